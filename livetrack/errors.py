@@ -1,0 +1,40 @@
+"""Typed errors. Library code raises these; only ``livetrack.cli`` turns them into
+messages and exit codes."""
+
+from __future__ import annotations
+
+
+class LivetrackError(Exception):
+    """Base class of every error livetrack raises on purpose."""
+
+
+class BadFrame(LivetrackError):
+    """A frame (header or pixel buffer) failed validation; the frame is rejected."""
+
+
+class BadMessage(LivetrackError):
+    """A message on the wire is not a valid livetrack message."""
+
+
+class SchemaMismatch(LivetrackError):
+    """A message or a database was written with an incompatible schema version."""
+
+
+class StoreError(LivetrackError):
+    """The SQLite store could not be read or written."""
+
+
+class SourceError(LivetrackError):
+    """A frame source (driver, movie, microscope) failed or was given bad input."""
+
+
+class ConfigError(LivetrackError):
+    """A configuration file or option is invalid."""
+
+
+class EvaluationError(LivetrackError):
+    """Results or ground truth could not be evaluated (missing files, bad layout)."""
+
+
+class EndpointInUse(LivetrackError):
+    """A socket could not bind because the address is already taken (another worker?)."""

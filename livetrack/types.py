@@ -1,0 +1,110 @@
+"""Array-based value types passed between the pipeline stages.
+
+Detections are kept as parallel NumPy arrays (not one object per cell) so that a
+frame with thousands of nuclei costs a handful of array operations, not thousands of
+Python objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+LabelImage = NDArray[np.int32]
+"""A 2-D label image: 0 = background, k > 0 = object k. Always int32 inside livetrack."""
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """The objects found in one frame, as parallel arrays of length N.
+
+    Attributes:
+        labels: (N,) int32, the value of each object in the frame's label image.
+        centroids: (N, 2) float64, (y, x) centroid in pixels of the original frame.
+        areas: (N,) int64, pixel count.
+        bboxes: (N, 4) int32, (y0, x0, y1, x1), end-exclusive.
+    """
+
+    labels: NDArray[np.int32]
+    centroids: NDArray[np.float64]
+    areas: NDArray[np.int64]
+    bboxes: NDArray[np.int32]
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if (
+            self.centroids.shape != (n, 2)
+            or self.areas.shape != (n,)
+            or self.bboxes.shape
+            != (
+                n,
+                4,
+            )
+        ):
+            raise ValueError(
+                f"Detections arrays disagree in length: labels {self.labels.shape}, "
+                f"centroids {self.centroids.shape}, areas {self.areas.shape}, "
+                f"bboxes {self.bboxes.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(
+            labels=np.zeros(0, np.int32),
+            centroids=np.zeros((0, 2), np.float64),
+            areas=np.zeros(0, np.int64),
+            bboxes=np.zeros((0, 4), np.int32),
+        )
+
+    @classmethod
+    def from_labels(cls, mask: NDArray[np.integer]) -> Detections:
+        """Measure every non-zero label of ``mask`` (one pass per statistic)."""
+        if mask.ndim != 2:
+            raise ValueError(f"label image must be 2-D, got shape {mask.shape}")
+        labels = np.unique(mask)
+        labels = labels[labels > 0].astype(np.int32)
+        if labels.size == 0:
+            return cls.empty()
+        mask_i = mask.astype(np.int32, copy=False)
+        areas = ndi.sum_labels(np.ones_like(mask_i), mask_i, labels).astype(np.int64)
+        cy = ndi.sum_labels(
+            np.arange(mask.shape[0])[:, None] * np.ones_like(mask_i), mask_i, labels
+        )
+        cx = ndi.sum_labels(
+            np.arange(mask.shape[1])[None, :] * np.ones_like(mask_i), mask_i, labels
+        )
+        centroids = np.stack([cy / areas, cx / areas], axis=1).astype(np.float64)
+        slices = ndi.find_objects(mask_i)
+        bboxes = np.array(
+            [
+                (s[0].start, s[1].start, s[0].stop, s[1].stop)
+                for s in (slices[lab - 1] for lab in labels)
+                if s is not None
+            ],
+            dtype=np.int32,
+        ).reshape(-1, 4)
+        return cls(labels=labels, centroids=centroids, areas=areas, bboxes=bboxes)
+
+    def subset(self, index: NDArray[np.intp] | NDArray[np.bool_]) -> Detections:
+        return Detections(
+            labels=self.labels[index],
+            centroids=self.centroids[index],
+            areas=self.areas[index],
+            bboxes=self.bboxes[index],
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    """A segmented frame: its label image and the measured objects in it."""
+
+    mask: LabelImage
+    detections: Detections
+    info: dict[str, float] = field(default_factory=dict)
+    """Free-form numbers worth logging (e.g. the nucleus diameter used, in px)."""
