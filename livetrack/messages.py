@@ -1,0 +1,212 @@
+"""Wire messages: frozen pydantic models with a ``kind`` discriminator.
+
+Every message carries ``schema`` (the wire schema version). A receiver validates a
+message once, at the edge (``transport``), and rejects anything that does not parse or
+whose major version differs with ``BadMessage`` / ``SchemaMismatch``. JSON only —
+nothing that crosses a socket is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+"""Bump on any incompatible change of a message model."""
+
+SUPPORTED_DTYPES: frozenset[str] = frozenset(
+    {"uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64"}
+)
+"""Pixel dtypes a frame may have on the wire (little-endian)."""
+
+LABEL_DTYPES: frozenset[str] = frozenset({"uint8", "uint16", "uint32", "int32"})
+"""Integer dtypes a label image may have on the wire."""
+
+MAX_PIXELS = 16384 * 16384
+"""Upper bound on H×W of one frame; protects the worker from absurd headers."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    """Wire schema version of the sender."""
+
+
+class FrameHeader(_Message):
+    """Describes the raw pixel buffer sent in the same multipart message."""
+
+    kind: Literal["frame"] = "frame"
+    run_id: str = Field(min_length=1, max_length=200)
+    """Identifies one acquisition; a restarted worker resumes the same run_id."""
+    position: str = Field(min_length=1, max_length=200)
+    """Stage position / field of view / well name. Tracker state is kept per position."""
+    frame_index: int = Field(ge=0)
+    """Time-point index within the position, starting at 0."""
+    timestamp: float
+    """Acquisition time, seconds since the epoch."""
+    shape: tuple[int, int]
+    """(height, width) of the 2-D frame in pixels."""
+    dtype: str
+    """NumPy dtype name of the pixels (little-endian), one of SUPPORTED_DTYPES."""
+    pixel_size_um: float | None = None
+    """Pixel size in micrometres, when the source knows it."""
+    channel: str = "default"
+    """Channel name (e.g. "DAPI"); the worker tracks one channel per position."""
+    total_frames: int | None = Field(default=None, ge=0)
+    """Frames the source expects to send for this position, if known (for progress/ETA)."""
+    source: str = Field(default="", max_length=1000)
+    """Human-readable description of the source (driver name and its main settings)."""
+    labels_dtype: str | None = None
+    """When set, a third message part carries a label image of this integer dtype and the
+    frame's shape, and the worker tracks these labels instead of segmenting
+    (tracking-only mode, e.g. replaying ground-truth masks)."""
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, v: str) -> str:
+        if v not in SUPPORTED_DTYPES:
+            raise ValueError(
+                f"unsupported pixel dtype {v!r}; use one of {sorted(SUPPORTED_DTYPES)}"
+            )
+        return v
+
+    @field_validator("labels_dtype")
+    @classmethod
+    def _integer_labels(cls, v: str | None) -> str | None:
+        if v is not None and v not in LABEL_DTYPES:
+            raise ValueError(f"unsupported label dtype {v!r}; use one of {sorted(LABEL_DTYPES)}")
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _sane_shape(cls, v: tuple[int, int]) -> tuple[int, int]:
+        h, w = v
+        if h < 1 or w < 1 or h * w > MAX_PIXELS:
+            raise ValueError(f"frame shape {v} is empty or larger than {MAX_PIXELS} pixels")
+        return v
+
+    @field_validator("timestamp")
+    @classmethod
+    def _finite_time(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("timestamp must be a finite number")
+        return v
+
+    @field_validator("pixel_size_um")
+    @classmethod
+    def _positive_pixel(cls, v: float | None) -> float | None:
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"pixel_size_um must be a positive number, got {v}")
+        return v
+
+    @property
+    def nbytes(self) -> int:
+        """Size in bytes the pixel buffer must have."""
+        return self.shape[0] * self.shape[1] * np.dtype(self.dtype).itemsize
+
+    @property
+    def labels_nbytes(self) -> int:
+        """Size in bytes the label buffer must have (0 when no labels are sent)."""
+        if self.labels_dtype is None:
+            return 0
+        return self.shape[0] * self.shape[1] * np.dtype(self.labels_dtype).itemsize
+
+
+class EndOfStream(_Message):
+    """Sent by a driver after its last frame. ``positions`` lists what it sent."""
+
+    kind: Literal["eos"] = "eos"
+    run_id: str = Field(min_length=1, max_length=200)
+    positions: tuple[str, ...] = ()
+    frames_sent: int = Field(default=0, ge=0)
+    reason: Literal["complete", "aborted", "error"] = "complete"
+    message: str = ""
+
+
+DriverMessage = Annotated[FrameHeader | EndOfStream, Field(discriminator="kind")]
+"""What travels on the frame channel (PUSH → PULL)."""
+
+
+class TrackEvent(_Message):
+    """A lineage event, published live as the worker commits a frame."""
+
+    kind: Literal["event"] = "event"
+    run_id: str
+    position: str
+    frame: int
+    event: Literal["birth", "division", "death"]
+    track_id: int
+    """Division: the mother; birth: the new track; death: the ended track."""
+    daughters: tuple[int, ...] = ()
+    y: float | None = None
+    x: float | None = None
+    confidence: float = 1.0
+    timestamp: float
+    """Acquisition time of the frame the event was detected in."""
+
+    @model_validator(mode="after")
+    def _division_has_daughters(self) -> TrackEvent:
+        if self.event == "division" and not self.daughters:
+            raise ValueError("a division event needs daughters")
+        return self
+
+
+class PositionStatus(BaseModel):
+    """Per-position health inside a WorkerStatus."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    position: str
+    last_frame: int
+    n_cells: int
+    active_tracks: int
+    divisions: int
+    updated: float
+    """Wall-clock time of the last committed frame of this position."""
+
+
+class WorkerStatus(_Message):
+    """Periodic heartbeat with throughput, latency and per-position progress."""
+
+    kind: Literal["status"] = "status"
+    run_id: str | None
+    state: Literal["idle", "running", "finished", "stopping"]
+    frames_processed: int
+    frames_rejected: int
+    fps: float
+    """Frames committed per second over the last few seconds."""
+    stage_ms: dict[str, float]
+    """Median ms per stage (receive, segment, track, store) over recent frames."""
+    lag_s: float
+    """Seconds from the acquisition timestamp of the last committed frame to its commit:
+    grows when the worker falls behind the microscope."""
+    device: str
+    positions: tuple[PositionStatus, ...] = ()
+    segmenter: str = ""
+    tracker: str = ""
+    db_path: str = ""
+    timestamp: float
+
+
+class FrameRejected(_Message):
+    """Published when the worker rejects a frame or message, so a dashboard can show it."""
+
+    kind: Literal["rejected"] = "rejected"
+    run_id: str | None = None
+    position: str | None = None
+    frame_index: int | None = None
+    reason: str
+    timestamp: float
+
+
+PublishedMessage = Annotated[TrackEvent | WorkerStatus | FrameRejected, Field(discriminator="kind")]
+"""What travels on the event channel (PUB → SUB)."""
+
+DRIVER_ADAPTER: TypeAdapter[FrameHeader | EndOfStream] = TypeAdapter(DriverMessage)
+PUBLISHED_ADAPTER: TypeAdapter[TrackEvent | WorkerStatus | FrameRejected] = TypeAdapter(
+    PublishedMessage
+)
