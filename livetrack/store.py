@@ -1,0 +1,1038 @@
+"""The SQLite store: one transaction per frame, a versioned schema, every column documented.
+
+Why SQLite in WAL mode: the worker is the only writer, while the TUI and the export read
+the same file at the same time. In WAL mode readers never block the writer and see every
+committed frame; a crash leaves the database at the last committed frame, which is exactly
+where a restarted worker resumes (re-sent frames are ignored, see ``Store.write_frame``).
+
+``PRAGMA synchronous=NORMAL`` is safe with WAL: a commit only appends to the WAL file and
+the WAL is fsynced at checkpoints, so an application crash loses nothing and the database
+is never corrupted. Only an OS crash or power cut can lose the last few commits — and those
+frames are simply re-sent and re-processed on restart. In exchange a commit costs no fsync,
+which matters at one commit per frame.
+
+The schema is defined once, as data (``TABLES``). From it come both ``SCHEMA_DOC`` and the
+``CREATE TABLE`` statements, which carry every column's description as an SQL comment, so
+``sqlite3 livetrack.db .schema`` is self-explanatory. ``PRAGMA user_version`` holds the
+schema version and ``PRAGMA application_id`` marks the file as a livetrack database.
+
+Versioning: a fresh file is created directly at ``SCHEMA_VERSION`` from ``TABLES``. A file
+with an older version is upgraded by ``MIGRATIONS[v]`` (version v → v+1, in one
+transaction). So when the schema changes: edit ``TABLES``, bump ``SCHEMA_VERSION`` and add
+the migration that turns an old file into the new shape (e.g. ``ALTER TABLE``). A newer or
+unknown version raises ``SchemaMismatch``.
+
+Refinements of the brief, and why:
+- ``positions`` stores ``height``/``width`` as two integer columns instead of one
+  ``frame_shape`` JSON value, so they can be queried and checked.
+- Tables are ``STRICT`` (SQLite rejects a wrongly typed value instead of storing it) and
+  the small-row keyed tables are ``WITHOUT ROWID`` (rows are stored in primary-key order,
+  so there is no second b-tree for the key: fewer bytes per detection).
+- ``detections.track_id`` is a foreign key into ``tracks`` and ``tracks.parent_id`` into
+  ``tracks``: a tracker that forgets a ``TrackStart`` makes the frame fail loudly instead
+  of leaving orphaned rows.
+- A label image is stored in the smallest of uint8/uint16/int32 that holds its largest
+  label (column ``dtype``); this halves what zlib must compress for < 65,536 objects.
+- Transactions are ``BEGIN IMMEDIATE`` (not sqlite-utils' deferred ``atomic()``): the write
+  lock is taken first, so a second writer waits for the busy timeout instead of failing at
+  once when its read snapshot turns stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Protocol, cast
+
+import numpy as np
+import sqlite_utils
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+from livetrack import __version__
+from livetrack.errors import SchemaMismatch, StoreError
+from livetrack.track.base import (
+    EventKind,
+    Fate,
+    FrameHistory,
+    TrackEnd,
+    TrackRecord,
+    TrackStep,
+)
+from livetrack.types import Detections, LabelImage
+
+logger = logging.getLogger("livetrack.store")
+
+SCHEMA_VERSION = 1
+"""Version of the schema in ``TABLES``; stored in ``PRAGMA user_version``."""
+
+APPLICATION_ID = 0x4C545243  # "LTRC"
+"""``PRAGMA application_id`` of a livetrack database (tells it apart from other SQLite files)."""
+
+RunStatus = Literal["running", "finished", "aborted"]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+class StoreConfig(BaseModel):
+    """Where and how the store writes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    path: Path = Path("livetrack.db")
+    """SQLite file. Readers (TUI, export) open the same file read-only while it is written."""
+    mask_codec: Literal["zlib"] = "zlib"
+    """Compression of label images; stored per mask (column ``codec``) so more can be added."""
+    zlib_level: int = Field(default=1, ge=0, le=9)
+    """zlib level: 1 is ~3x faster than 6 and label images (long runs) compress well anyway."""
+    busy_timeout_s: float = Field(default=30.0, ge=0.0)
+    """How long to wait for a lock held by another connection before giving up with StoreError."""
+
+
+# --------------------------------------------------------------------------- schema as data
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its name, its SQL declaration and what it means."""
+
+    name: str
+    decl: str
+    doc: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of the schema; ``constraints`` follow the columns in ``CREATE TABLE``."""
+
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+    constraints: tuple[str, ...] = ()
+    without_rowid: bool = False
+    indexes: tuple[tuple[str, str], ...] = ()
+    """(index name, comma-separated columns)."""
+
+
+_POS_FK = "FOREIGN KEY (run_id, position) REFERENCES positions (run_id, position)"
+_FRAME_FK = (
+    "FOREIGN KEY (run_id, position, frame) REFERENCES frames (run_id, position, frame) "
+    "ON DELETE CASCADE"
+)
+_RUN = Column("run_id", "TEXT NOT NULL", "run identifier (see runs.run_id)")
+_POS = Column("position", "TEXT NOT NULL", "stage position / field of view name")
+_FRAME = Column("frame", "INTEGER NOT NULL", "time-point index within the position, from 0")
+
+TABLES: tuple[Table, ...] = (
+    Table(
+        "runs",
+        "one row per acquisition run; a restarted worker resumes the same run_id",
+        (
+            Column("run_id", "TEXT PRIMARY KEY NOT NULL", "identifier chosen by the sender"),
+            Column("created", "REAL NOT NULL", "when the run was first begun (unix seconds)"),
+            Column("source", "TEXT NOT NULL", "where frames come from (driver name, file, URL)"),
+            Column(
+                "config",
+                "TEXT NOT NULL CHECK (json_valid(config))",
+                "JSON of the worker configuration the run was begun with",
+            ),
+            Column(
+                "status",
+                "TEXT NOT NULL CHECK (status IN ('running', 'finished', 'aborted'))",
+                "'running' while frames are written, then 'finished' or 'aborted'",
+            ),
+            Column("livetrack_version", "TEXT NOT NULL", "livetrack version that began the run"),
+            Column("schema_version", "INTEGER NOT NULL", "store schema version at begin"),
+            Column("finished", "REAL", "when the run ended (unix seconds); NULL while running"),
+        ),
+    ),
+    Table(
+        "positions",
+        "one row per (run, position) with a summary of its committed frames",
+        (
+            _RUN,
+            _POS,
+            Column("height", "INTEGER NOT NULL", "frame height in pixels"),
+            Column("width", "INTEGER NOT NULL", "frame width in pixels"),
+            Column("pixel_size_um", "REAL", "pixel size in micrometres; NULL when unknown"),
+            Column("first_frame", "INTEGER NOT NULL", "smallest committed frame index"),
+            Column("last_frame", "INTEGER NOT NULL", "largest committed frame index"),
+            Column("n_frames", "INTEGER NOT NULL", "number of committed frames"),
+        ),
+        (
+            "PRIMARY KEY (run_id, position)",
+            "FOREIGN KEY (run_id) REFERENCES runs (run_id)",
+        ),
+        without_rowid=True,
+    ),
+    Table(
+        "frames",
+        "one row per committed frame; its presence means the whole frame is stored",
+        (
+            _RUN,
+            _POS,
+            _FRAME,
+            Column("timestamp", "REAL NOT NULL", "acquisition time (unix seconds)"),
+            Column("received", "REAL NOT NULL", "when the worker committed it (unix seconds)"),
+            Column("n_detections", "INTEGER NOT NULL", "number of rows in detections"),
+            Column("channel", "TEXT NOT NULL", "channel that was segmented"),
+            Column(
+                "timings",
+                "TEXT NOT NULL CHECK (json_valid(timings))",
+                "JSON object: milliseconds spent per pipeline stage",
+            ),
+        ),
+        ("PRIMARY KEY (run_id, position, frame)", _POS_FK),
+        without_rowid=True,
+    ),
+    Table(
+        "masks",
+        "label image of each frame, compressed; apart from frames so frames stays small",
+        (
+            _RUN,
+            _POS,
+            _FRAME,
+            Column("codec", "TEXT NOT NULL", "compression of data: 'zlib'"),
+            Column("dtype", "TEXT NOT NULL", "NumPy dtype of the raw pixels, e.g. '<u2'"),
+            Column("height", "INTEGER NOT NULL", "rows of the label image"),
+            Column("width", "INTEGER NOT NULL", "columns of the label image"),
+            Column("data", "BLOB NOT NULL", "compressed C-order pixels; 0 = background"),
+        ),
+        ("PRIMARY KEY (run_id, position, frame)", _FRAME_FK),
+    ),
+    Table(
+        "detections",
+        "one row per segmented object per frame, with the track it was linked to",
+        (
+            _RUN,
+            _POS,
+            _FRAME,
+            Column("label", "INTEGER NOT NULL", "value of the object in the frame's mask"),
+            Column("track_id", "INTEGER NOT NULL", "track the object belongs to"),
+            Column("y", "REAL NOT NULL", "centroid row in pixels"),
+            Column("x", "REAL NOT NULL", "centroid column in pixels"),
+            Column("area", "INTEGER NOT NULL", "pixel count"),
+            Column("bbox_y0", "INTEGER NOT NULL", "bounding box first row"),
+            Column("bbox_x0", "INTEGER NOT NULL", "bounding box first column"),
+            Column("bbox_y1", "INTEGER NOT NULL", "bounding box end row (exclusive)"),
+            Column("bbox_x1", "INTEGER NOT NULL", "bounding box end column (exclusive)"),
+        ),
+        (
+            "PRIMARY KEY (run_id, position, frame, label)",
+            _FRAME_FK,
+            "FOREIGN KEY (run_id, position, track_id) "
+            "REFERENCES tracks (run_id, position, track_id)",
+        ),
+        without_rowid=True,
+        indexes=(("detections_track", "run_id, position, track_id"),),
+    ),
+    Table(
+        "tracks",
+        "one row per track (a cell between birth/division and division/loss)",
+        (
+            _RUN,
+            _POS,
+            Column("track_id", "INTEGER NOT NULL", "track id, unique within the position"),
+            Column("parent_id", "INTEGER", "mother track for a daughter of a division, else NULL"),
+            Column("start_frame", "INTEGER NOT NULL", "first frame with a detection"),
+            Column("end_frame", "INTEGER NOT NULL", "last frame with a detection so far"),
+            Column(
+                "fate",
+                "TEXT NOT NULL CHECK (fate IN ('active', 'divided', 'lost', 'left', 'died'))",
+                "'active' while open or at end of stream; else how the track ended",
+            ),
+        ),
+        (
+            "PRIMARY KEY (run_id, position, track_id)",
+            _POS_FK,
+            "FOREIGN KEY (run_id, position, parent_id) "
+            "REFERENCES tracks (run_id, position, track_id)",
+        ),
+        without_rowid=True,
+    ),
+    Table(
+        "events",
+        "lineage events as published live; id only grows, so readers poll with id > last seen",
+        (
+            Column("id", "INTEGER PRIMARY KEY AUTOINCREMENT", "increasing event number"),
+            _RUN,
+            _POS,
+            _FRAME,
+            Column(
+                "kind",
+                "TEXT NOT NULL CHECK (kind IN ('birth', 'division', 'death'))",
+                "'birth', 'division' or 'death'",
+            ),
+            Column("track_id", "INTEGER NOT NULL", "mother (division), new or ended track"),
+            Column(
+                "daughters",
+                "TEXT NOT NULL CHECK (json_valid(daughters))",
+                "JSON list of daughter track ids (division), else []",
+            ),
+            Column("y", "REAL", "where it happened, row in pixels; NULL if unknown"),
+            Column("x", "REAL", "where it happened, column in pixels; NULL if unknown"),
+            Column("confidence", "REAL NOT NULL", "tracker confidence in [0, 1]"),
+            Column("created", "REAL NOT NULL", "when it was stored (unix seconds)"),
+        ),
+        (_POS_FK,),
+        indexes=(("events_frame", "run_id, position, frame"),),
+    ),
+)
+
+SCHEMA_DOC: dict[str, dict[str, str]] = {t.name: {c.name: c.doc for c in t.columns} for t in TABLES}
+"""table → column → description, for every column of every table."""
+
+
+def render_ddl(table: Table) -> list[str]:
+    """``CREATE TABLE`` (with one ``--`` comment per column) and ``CREATE INDEX`` statements."""
+    items = [f"{c.name} {c.decl}" for c in table.columns] + list(table.constraints)
+    docs = [c.doc for c in table.columns] + [""] * len(table.constraints)
+    lines = []
+    for i, (item, doc) in enumerate(zip(items, docs, strict=True)):
+        comma = "," if i < len(items) - 1 else ""
+        lines.append(f"    {item}{comma}" + (f"  -- {doc}" if doc else ""))
+    options = "STRICT, WITHOUT ROWID" if table.without_rowid else "STRICT"
+    create = f"CREATE TABLE {table.name} (  -- {table.doc}\n" + "\n".join(lines) + f"\n) {options}"
+    indexes = [f"CREATE INDEX {name} ON {table.name} ({cols})" for name, cols in table.indexes]
+    return [create, *indexes]
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    """Create the current schema in an empty database (inside the caller's transaction)."""
+    for table in TABLES:
+        for statement in render_ddl(table):
+            conn.execute(statement)
+
+
+Migration = Callable[[sqlite3.Connection], None]
+"""Turns a database at version v into version v+1 (inside the caller's transaction)."""
+
+MIGRATIONS: dict[int, Migration] = {}
+"""from-version → migration. Empty while version 1 is the only version ever released."""
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    *,
+    target: int = SCHEMA_VERSION,
+    migrations: dict[int, Migration] | None = None,
+    create: Callable[[sqlite3.Connection], None] = _create_schema,
+) -> int:
+    """Bring the database on ``conn`` to version ``target``; return the version it had.
+
+    An empty file gets the current schema directly. A file from another program, or with a
+    version newer than ``target``, or with a gap in the migrations raises SchemaMismatch.
+    Runs in one ``BEGIN IMMEDIATE`` transaction, so a failed migration changes nothing.
+    """
+    steps = MIGRATIONS if migrations is None else migrations
+    version = _check_version(conn, target)
+    if version == target:
+        return version  # the common case: no write lock, no write
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _check_version(conn, target)  # again, under the lock
+        if version == 0:
+            create(conn)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        else:
+            for v in range(version, target):
+                if v not in steps:
+                    raise SchemaMismatch(f"no migration from store schema version {v} to {v + 1}")
+                logger.info("migrating store schema from version %d to %d", v, v + 1)
+                steps[v](conn)
+        conn.execute(f"PRAGMA user_version = {int(target)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return version
+
+
+def _check_version(conn: sqlite3.Connection, target: int) -> int:
+    """Return the file's schema version (0 = empty file) or raise SchemaMismatch."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    n_tables = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchone()[0]
+    if version == 0 and app_id == 0 and n_tables == 0:
+        return 0
+    if app_id != APPLICATION_ID:
+        raise SchemaMismatch(
+            f"not a livetrack database (application_id {app_id:#x}, {n_tables} tables)"
+        )
+    if version > target:
+        raise SchemaMismatch(
+            f"store schema version {version} is newer than this livetrack supports "
+            f"({target}); upgrade livetrack"
+        )
+    return version
+
+
+# --------------------------------------------------------------------------- error handling
+
+
+def _explain(exc: sqlite3.Error) -> str:
+    """A sentence that tells a user what to do about a common SQLite failure."""
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return "the database is locked by another writer for longer than the busy timeout"
+    if "readonly" in text or "read-only" in text:
+        return "the database is read-only (file permissions, or opened with readonly=True)"
+    if "disk is full" in text or "full" in text:
+        return "the disk is full"
+    if "unable to open" in text:
+        return "the file cannot be opened (missing directory, permissions, or absent file)"
+    if "foreign key" in text:
+        return (
+            "a row refers to a missing one (a detection's track id that was never in "
+            "step.started, a parent track that does not exist, or an unknown run/position)"
+        )
+    if "unique" in text:
+        return "a duplicate key (e.g. the same label twice in one frame)"
+    return "SQLite refused the operation"
+
+
+@contextlib.contextmanager
+def _sqlite_errors(what: str) -> Iterator[None]:
+    """Re-raise any sqlite3 error as StoreError naming ``what`` was being done."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"{what}: {_explain(exc)} ({type(exc).__name__}: {exc})") from exc
+
+
+# --------------------------------------------------------------------------- mask codec
+
+
+def _mask_dtype(mask: NDArray[np.integer]) -> np.dtype[Any]:
+    """Smallest little-endian dtype that holds every label of ``mask``."""
+    top = int(mask.max()) if mask.size else 0
+    if int(mask.min(initial=0)) < 0:
+        raise StoreError(f"label image has negative labels (min {int(mask.min())})")
+    if top < 2**8:
+        return np.dtype("<u1")
+    if top < 2**16:
+        return np.dtype("<u2")
+    return np.dtype("<i4")
+
+
+def encode_mask(mask: NDArray[np.integer], level: int) -> tuple[str, bytes]:
+    """(dtype string, zlib-compressed bytes) of a 2-D label image."""
+    if mask.ndim != 2:
+        raise StoreError(f"label image must be 2-D, got shape {mask.shape}")
+    dtype = _mask_dtype(mask)
+    raw = np.ascontiguousarray(mask, dtype=dtype)
+    return dtype.str, zlib.compress(raw.data, level)
+
+
+def decode_mask(codec: str, dtype: str, height: int, width: int, data: bytes) -> LabelImage:
+    """Inverse of ``encode_mask``; always returns int32 (``LabelImage``)."""
+    if codec != "zlib":
+        raise StoreError(f"unknown mask codec {codec!r}")
+    raw = np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype))
+    if raw.size != height * width:
+        raise StoreError(f"mask blob has {raw.size} pixels, expected {height}x{width}")
+    return raw.reshape(height, width).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- the store
+
+_DET_COLUMNS = "label, track_id, y, x, area, bbox_y0, bbox_x0, bbox_y1, bbox_x1"
+
+
+def _detections_from_rows(rows: Sequence[Sequence[Any]]) -> tuple[Detections, NDArray[np.int64]]:
+    """Rows of ``_DET_COLUMNS`` → (Detections, track ids), in row order."""
+    if not rows:
+        return Detections.empty(), np.zeros(0, np.int64)
+    a = np.array(rows, dtype=np.float64)
+    dets = Detections(
+        labels=a[:, 0].astype(np.int32),
+        centroids=np.ascontiguousarray(a[:, 2:4]),
+        areas=a[:, 4].astype(np.int64),
+        bboxes=a[:, 5:9].astype(np.int32),
+    )
+    return dets, a[:, 1].astype(np.int64)
+
+
+def _none_if_nan(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+def _connect(path: Path, readonly: bool, timeout_s: float) -> sqlite3.Connection:
+    """Open the file; read-only through a ``mode=ro`` URI so nothing can be created."""
+    if readonly:
+        if not path.is_file():
+            raise StoreError(f"cannot open store {path} read-only: no such file")
+        target, uri = path.resolve().as_uri() + "?mode=ro", True
+    else:
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot create store {path}: directory {path.parent} does not exist")
+        target, uri = str(path), False
+    with _sqlite_errors(f"opening store {path}"):
+        # check_same_thread=False: the TUI may hand the Store to a worker thread; every
+        # public method holds self._lock, so one connection is never used concurrently.
+        return sqlite3.connect(target, uri=uri, timeout=timeout_s, check_same_thread=False)
+
+
+class StoreWriter(Protocol):
+    """What the worker needs from a store (the seam; ``Store`` implements it)."""
+
+    def begin_run(self, run_id: str, *, source: str, config: dict[str, Any]) -> bool: ...
+
+    def end_run(self, run_id: str, status: Literal["finished", "aborted"] = "finished") -> None: ...
+
+    def write_frame(
+        self,
+        run_id: str,
+        position: str,
+        frame: int,
+        *,
+        timestamp: float,
+        mask: LabelImage,
+        detections: Detections,
+        step: TrackStep,
+        timings: dict[str, float] | None = None,
+        channel: str = "default",
+        pixel_size_um: float | None = None,
+    ) -> bool: ...
+
+    def write_track_ends(self, run_id: str, position: str, ends: list[TrackEnd]) -> None: ...
+
+    def last_frame(self, run_id: str, position: str) -> int | None: ...
+
+    def history(self, run_id: str, position: str, n_frames: int) -> list[FrameHistory]: ...
+
+    def tracks(self, run_id: str, position: str) -> list[TrackRecord]: ...
+
+
+class Store:
+    """The livetrack database: the worker writes frames, readers query lineages.
+
+    One Store = one connection. Open readers with ``readonly=True``; they see every frame
+    committed before each query while the writer keeps going (WAL). ``path`` is the file
+    opened; ``config.path`` is only the default a caller (the CLI) reads it from.
+    All public methods hold a lock, so a Store may be handed to another thread.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        readonly: bool = False,
+        config: StoreConfig | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self.config = config or StoreConfig(path=self.path)
+        self._lock = threading.RLock()
+        conn = _connect(self.path, readonly, self.config.busy_timeout_s)
+        try:
+            self.db = sqlite_utils.Database(conn, execute_plugins=False)
+            self._configure()
+            self._check_or_migrate()
+        except BaseException:
+            conn.close()
+            raise
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    def _configure(self) -> None:
+        """Pragmas: WAL (writer only; it is persistent in the file), foreign keys, timeout."""
+        with _sqlite_errors(f"configuring store {self.path}"):
+            self.conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout_s * 1000)}")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            if self.readonly:
+                self.conn.execute("PRAGMA query_only = ON")
+            else:
+                self.db.enable_wal()
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+
+    def _check_or_migrate(self) -> None:
+        with _sqlite_errors(f"reading the schema of {self.path}"):
+            if self.readonly:
+                version = _check_version(self.conn, SCHEMA_VERSION)
+                if version < SCHEMA_VERSION:
+                    raise SchemaMismatch(
+                        f"store {self.path} has schema version {version}, this livetrack "
+                        f"needs {SCHEMA_VERSION}; open it once read-write to migrate it"
+                    )
+            else:
+                migrate(self.conn)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Close the connection (the last one to close checkpoints and removes the WAL)."""
+        with self._lock:
+            self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE … COMMIT); rolled back on any error."""
+        if self.readonly:
+            raise StoreError(f"{what}: the store {self.path} was opened read-only")
+        with self._lock, _sqlite_errors(what):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _read(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A read snapshot: queries inside see one consistent state of the file."""
+        with self._lock, _sqlite_errors(what):
+            self.conn.execute("BEGIN")
+            try:
+                yield self.conn
+            finally:
+                if self.conn.in_transaction:
+                    self.conn.execute("COMMIT")
+
+    # ---------------------------------------------------------------- runs
+
+    def begin_run(self, run_id: str, *, source: str, config: dict[str, Any]) -> bool:
+        """Register a run; True if new. An existing run is resumed: its row is kept as it
+        was (config included) and its status set back to 'running'."""
+        try:
+            config_json = json.dumps(config, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"run {run_id!r}: config is not JSON-serialisable: {exc}") from exc
+        with self._write(f"beginning run {run_id!r}") as conn:
+            row = conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is not None:
+                if row[0] != config_json:
+                    logger.warning(
+                        "run %s resumed with a different config; keeping the first", run_id
+                    )
+                conn.execute(
+                    "UPDATE runs SET status = 'running', finished = NULL WHERE run_id = ?",
+                    (run_id,),
+                )
+                return False
+            conn.execute(
+                "INSERT INTO runs (run_id, created, source, config, status, livetrack_version,"
+                " schema_version, finished) VALUES (?, ?, ?, ?, 'running', ?, ?, NULL)",
+                (run_id, time.time(), source, config_json, __version__, SCHEMA_VERSION),
+            )
+            return True
+
+    def end_run(self, run_id: str, status: Literal["finished", "aborted"] = "finished") -> None:
+        """Mark a run finished or aborted (it may still be resumed later)."""
+        with self._write(f"ending run {run_id!r}") as conn:
+            cur = conn.execute(
+                "UPDATE runs SET status = ?, finished = ? WHERE run_id = ?",
+                (status, time.time(), run_id),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"ending run {run_id!r}: no such run")
+
+    # ---------------------------------------------------------------- frames
+
+    def write_frame(
+        self,
+        run_id: str,
+        position: str,
+        frame: int,
+        *,
+        timestamp: float,
+        mask: LabelImage,
+        detections: Detections,
+        step: TrackStep,
+        timings: dict[str, float] | None = None,
+        channel: str = "default",
+        pixel_size_um: float | None = None,
+    ) -> bool:
+        """Commit everything about one frame in ONE transaction; False if already stored.
+
+        A frame that is already committed is left untouched (a re-sent frame after a restart
+        is harmless). Any failure rolls the whole frame back and raises StoreError.
+        """
+        _validate_frame(frame, mask, detections, step)
+        mask_dtype, blob = encode_mask(mask, self.config.zlib_level)
+        key = (run_id, position, frame)
+        what = f"writing frame {frame} of run {run_id!r} position {position!r}"
+        with self._write(what) as conn:
+            if self._frame_exists(conn, key, what):
+                return False
+            stage = "positions"
+            try:
+                self._upsert_position(conn, key, mask.shape, pixel_size_um)
+                stage = "frames"
+                conn.execute(
+                    "INSERT INTO frames (run_id, position, frame, timestamp, received,"
+                    " n_detections, channel, timings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*key, timestamp, time.time(), len(detections), channel,
+                     json.dumps(timings or {})),
+                )  # fmt: skip
+                stage = "masks"
+                conn.execute(
+                    "INSERT INTO masks (run_id, position, frame, codec, dtype, height, width,"
+                    " data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*key, self.config.mask_codec, mask_dtype, *mask.shape, blob),
+                )
+                stage = "tracks (step.started)"
+                _insert_started(conn, key, step)
+                stage = "detections"
+                _insert_detections(conn, key, detections, step.track_ids)
+                stage = "tracks (end_frame)"
+                conn.execute(
+                    "UPDATE tracks SET end_frame = ?3 WHERE run_id = ?1 AND position = ?2"
+                    " AND end_frame < ?3 AND track_id IN (SELECT track_id FROM detections"
+                    " WHERE run_id = ?1 AND position = ?2 AND frame = ?3)",
+                    key,
+                )
+                stage = "tracks (step.ended)"
+                _apply_ends(conn, run_id, position, step.ended)
+                stage = "events"
+                _insert_events(conn, run_id, position, step)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"{what}, while inserting {stage}: {_explain(exc)} "
+                    f"({type(exc).__name__}: {exc}); nothing of this frame was stored"
+                ) from exc
+            return True
+
+    def _frame_exists(self, conn: sqlite3.Connection, key: tuple[str, str, int], what: str) -> bool:
+        if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", key[:1]).fetchone() is None:
+            raise StoreError(f"{what}: run {key[0]!r} was never begun (call begin_run first)")
+        return (
+            conn.execute(
+                "SELECT 1 FROM frames WHERE run_id = ? AND position = ? AND frame = ?", key
+            ).fetchone()
+            is not None
+        )
+
+    @staticmethod
+    def _upsert_position(
+        conn: sqlite3.Connection,
+        key: tuple[str, str, int],
+        shape: tuple[int, ...],
+        pixel_size_um: float | None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO positions (run_id, position, height, width, pixel_size_um, first_frame,"
+            " last_frame, n_frames) VALUES (?1, ?2, ?4, ?5, ?6, ?3, ?3, 1)"
+            " ON CONFLICT (run_id, position) DO UPDATE SET"
+            " first_frame = min(first_frame, excluded.first_frame),"
+            " last_frame = max(last_frame, excluded.last_frame),"
+            " n_frames = n_frames + 1,"
+            " pixel_size_um = coalesce(excluded.pixel_size_um, pixel_size_um)",
+            (*key, int(shape[0]), int(shape[1]), pixel_size_um),
+        )
+
+    def write_track_ends(self, run_id: str, position: str, ends: list[TrackEnd]) -> None:
+        """Close tracks (typically ``Tracker.finish`` at end of stream), in one transaction."""
+        with self._write(f"closing {len(ends)} tracks of run {run_id!r} position {position!r}"):
+            _apply_ends(self.conn, run_id, position, ends)
+
+    # ---------------------------------------------------------------- queries
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, newest first, ``config`` decoded."""
+        with self._read("listing runs"):
+            rows = list(self.db.query("SELECT * FROM runs ORDER BY created DESC, run_id DESC"))
+        for row in rows:
+            row["config"] = json.loads(row["config"])
+        return rows
+
+    def has_run(self, run_id: str) -> bool:
+        """Whether ``run_id`` was ever begun in this store."""
+        with self._read("looking up a run"):
+            row = self.conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return row is not None
+
+    def has_frame(self, run_id: str, position: str, frame: int) -> bool:
+        """Whether (run, position, frame) is committed (a re-sent frame is then ignored)."""
+        with self._read("looking up a frame"):
+            row = self.conn.execute(
+                "SELECT 1 FROM frames WHERE run_id = ? AND position = ? AND frame = ?",
+                (run_id, position, frame),
+            ).fetchone()
+        return row is not None
+
+    def latest_run_id(self) -> str | None:
+        """The most recently begun run, or None in an empty store."""
+        with self._read("finding the latest run"):
+            row = self.conn.execute(
+                "SELECT run_id FROM runs ORDER BY created DESC, run_id DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def positions(self, run_id: str) -> list[str]:
+        """Positions with at least one committed frame, sorted by name."""
+        with self._read("listing positions"):
+            rows = self.conn.execute(
+                "SELECT position FROM positions WHERE run_id = ? ORDER BY position", (run_id,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def frame_indices(self, run_id: str, position: str) -> list[int]:
+        """Committed frame indices, ascending."""
+        with self._read("listing frames"):
+            rows = self.conn.execute(
+                "SELECT frame FROM frames WHERE run_id = ? AND position = ? ORDER BY frame",
+                (run_id, position),
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def last_frame(self, run_id: str, position: str) -> int | None:
+        """Largest committed frame index (where a restarted worker resumes), or None."""
+        with self._read("finding the last frame"):
+            row = self.conn.execute(
+                "SELECT max(frame) FROM frames WHERE run_id = ? AND position = ?",
+                (run_id, position),
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def load_mask(self, run_id: str, position: str, frame: int) -> LabelImage:
+        """The label image of a committed frame (int32); StoreError if it is not stored."""
+        with self._read("loading a mask"):
+            row = self.conn.execute(
+                "SELECT codec, dtype, height, width, data FROM masks"
+                " WHERE run_id = ? AND position = ? AND frame = ?",
+                (run_id, position, frame),
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"no mask for frame {frame} of run {run_id!r} position {position!r}")
+        return decode_mask(*row)
+
+    def frame_detections(
+        self, run_id: str, position: str, frame: int
+    ) -> tuple[Detections, NDArray[np.int64]]:
+        """Detections of a frame (sorted by label) and their track ids."""
+        with self._read("loading detections"):
+            rows = self.conn.execute(
+                f"SELECT {_DET_COLUMNS} FROM detections"
+                " WHERE run_id = ? AND position = ? AND frame = ? ORDER BY label",
+                (run_id, position, frame),
+            ).fetchall()
+        return _detections_from_rows(rows)
+
+    def tracks(self, run_id: str, position: str) -> list[TrackRecord]:
+        """Every track of a position, by track id."""
+        with self._read("loading tracks"):
+            rows = self.conn.execute(
+                "SELECT track_id, parent_id, start_frame, end_frame, fate FROM tracks"
+                " WHERE run_id = ? AND position = ? ORDER BY track_id",
+                (run_id, position),
+            ).fetchall()
+        return [
+            TrackRecord(int(t), None if p is None else int(p), int(s), int(e), cast(Fate, f))
+            for t, p, s, e, f in rows
+        ]
+
+    def events(
+        self,
+        run_id: str | None = None,
+        position: str | None = None,
+        *,
+        kinds: Sequence[EventKind] | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Events with ``id > after_id`` in id order, optionally filtered; ``daughters``
+        decoded to a list and unknown ``y``/``x`` as NaN. Poll with the last id seen."""
+        where: list[str] = ["id > ?"]
+        params: list[Any] = [after_id]
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if position is not None:
+            where.append("position = ?")
+            params.append(position)
+        if kinds is not None:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            params.extend(kinds)
+        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._read("loading events"):
+            rows = list(self.db.query(sql, params))
+        for row in rows:
+            row["daughters"] = json.loads(row["daughters"])
+            row["y"] = math.nan if row["y"] is None else row["y"]
+            row["x"] = math.nan if row["x"] is None else row["x"]
+        return rows
+
+    def history(self, run_id: str, position: str, n_frames: int) -> list[FrameHistory]:
+        """The last ``n_frames`` committed frames, oldest first (to restore a tracker)."""
+        if n_frames <= 0:
+            return []
+        with self._read("loading frame history") as conn:
+            frames = [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT frame FROM frames WHERE run_id = ? AND position = ?"
+                    " ORDER BY frame DESC LIMIT ?",
+                    (run_id, position, n_frames),
+                )
+            ][::-1]
+            if not frames:
+                return []
+            rows = conn.execute(
+                f"SELECT frame, {_DET_COLUMNS} FROM detections WHERE run_id = ? AND position = ?"
+                " AND frame >= ? AND frame <= ? ORDER BY frame, label",
+                (run_id, position, frames[0], frames[-1]),
+            ).fetchall()
+        by_frame: dict[int, list[Any]] = {f: [] for f in frames}
+        for row in rows:
+            by_frame[int(row[0])].append(row[1:])
+        out = []
+        for f in frames:
+            dets, ids = _detections_from_rows(by_frame[f])
+            out.append(FrameHistory(frame=f, detections=dets, track_ids=ids))
+        return out
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        """Totals for summaries: positions, frames, detections, tracks, events by kind."""
+        with self._read("counting") as conn:
+            one = (run_id,)
+            out = {
+                "positions": _count(conn, "positions", one),
+                "frames": _count(conn, "frames", one),
+                "detections": _count(conn, "detections", one),
+                "tracks": _count(conn, "tracks", one),
+                "events": _count(conn, "events", one),
+            }
+            kinds = dict(
+                conn.execute(
+                    "SELECT kind, count(*) FROM events WHERE run_id = ? GROUP BY kind", one
+                ).fetchall()
+            )
+        out["births"] = int(kinds.get("birth", 0))
+        out["divisions"] = int(kinds.get("division", 0))
+        out["deaths"] = int(kinds.get("death", 0))
+        return out
+
+
+# --------------------------------------------------------------------------- write helpers
+
+
+def _count(conn: sqlite3.Connection, table: str, params: tuple[str]) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", params).fetchone()[0])
+
+
+def _validate_frame(frame: int, mask: LabelImage, detections: Detections, step: TrackStep) -> None:
+    """Catch caller mistakes before opening a transaction, with a message that names them."""
+    if step.frame != frame:
+        raise StoreError(f"frame {frame}: step is for frame {step.frame}")
+    if mask.ndim != 2:
+        raise StoreError(f"frame {frame}: mask must be 2-D, got shape {mask.shape}")
+    if len(step.track_ids) != len(detections):
+        raise StoreError(
+            f"frame {frame}: {len(detections)} detections but {len(step.track_ids)} track ids"
+        )
+
+
+def _insert_started(conn: sqlite3.Connection, key: tuple[str, str, int], step: TrackStep) -> None:
+    run_id, position, _ = key
+    conn.executemany(
+        "INSERT INTO tracks (run_id, position, track_id, parent_id, start_frame, end_frame,"
+        " fate) VALUES (?, ?, ?, ?, ?, ?, 'active')",
+        [
+            (run_id, position, int(s.track_id),
+             None if s.parent_id is None else int(s.parent_id),
+             int(s.start_frame), int(s.start_frame))
+            for s in step.started
+        ],
+    )  # fmt: skip
+
+
+def _insert_detections(
+    conn: sqlite3.Connection,
+    key: tuple[str, str, int],
+    dets: Detections,
+    track_ids: NDArray[np.int64],
+) -> None:
+    """One executemany over plain Python values (NumPy scalars are not SQLite types)."""
+    n = len(dets)
+    if n == 0:
+        return
+    rows = zip(
+        repeat(key[0], n),
+        repeat(key[1], n),
+        repeat(key[2], n),
+        dets.labels.tolist(),
+        np.asarray(track_ids).tolist(),
+        dets.centroids[:, 0].tolist(),
+        dets.centroids[:, 1].tolist(),
+        dets.areas.tolist(),
+        *dets.bboxes.T.tolist(),
+        strict=True,
+    )
+    conn.executemany(
+        f"INSERT INTO detections (run_id, position, frame, {_DET_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def _apply_ends(
+    conn: sqlite3.Connection, run_id: str, position: str, ends: Sequence[TrackEnd]
+) -> None:
+    """Set end_frame and fate; every ended track must exist (else the tracker lost count)."""
+    if not ends:
+        return
+    cur = conn.executemany(
+        "UPDATE tracks SET end_frame = ?, fate = ? WHERE run_id = ? AND position = ?"
+        " AND track_id = ?",
+        [(int(e.end_frame), e.fate, run_id, position, int(e.track_id)) for e in ends],
+    )
+    if cur.rowcount != len(ends):
+        known = {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT track_id FROM tracks WHERE run_id = ? AND position = ?",
+                (run_id, position),
+            )
+        }
+        missing = sorted({int(e.track_id) for e in ends} - known)
+        raise StoreError(
+            f"run {run_id!r} position {position!r}: cannot end unknown track(s) {missing[:10]}"
+        )
+
+
+def _insert_events(conn: sqlite3.Connection, run_id: str, position: str, step: TrackStep) -> None:
+    now = time.time()
+    conn.executemany(
+        "INSERT INTO events (run_id, position, frame, kind, track_id, daughters, y, x,"
+        " confidence, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (run_id, position, int(e.frame), e.kind, int(e.track_id),
+             json.dumps([int(d) for d in e.daughters]),
+             _none_if_nan(e.y), _none_if_nan(e.x), float(e.confidence), now)
+            for e in step.events
+        ],
+    )  # fmt: skip

@@ -1,0 +1,543 @@
+"""Tests of livetrack.store on real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydantic
+import pytest
+from livetrack.errors import SchemaMismatch, StoreError
+from livetrack.store import (
+    SCHEMA_DOC,
+    SCHEMA_VERSION,
+    Store,
+    StoreConfig,
+    StoreWriter,
+    decode_mask,
+    encode_mask,
+    migrate,
+)
+from livetrack.track.base import LineageEvent, TrackEnd, TrackRecord, TrackStart, TrackStep
+from livetrack.types import Detections
+
+RUN = "run-1"
+POS = "Pos0"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def blobs_mask(labels: list[int], shape: tuple[int, int] = (64, 96)) -> np.ndarray:
+    """A label image with one 5x5 square per label, laid out left to right, top to bottom."""
+    mask = np.zeros(shape, np.int32)
+    per_row = shape[1] // 8
+    for i, lab in enumerate(labels):
+        y, x = 2 + 8 * (i // per_row), 2 + 8 * (i % per_row)
+        mask[y : y + 5, x : x + 5] = lab
+    return mask
+
+
+def frame_data(labels: list[int]) -> tuple[np.ndarray, Detections]:
+    mask = blobs_mask(labels)
+    return mask, Detections.from_labels(mask)
+
+
+def step_for(frame: int, dets: Detections, track_of: dict[int, int], **kw: Any) -> TrackStep:
+    """TrackStep linking each detection (by label) to ``track_of[label]``."""
+    ids = np.array([track_of[int(lab)] for lab in dets.labels], np.int64)
+    return TrackStep(frame=frame, track_ids=ids, **kw)
+
+
+def write_lineage(store: Store, run: str = RUN, pos: str = POS) -> None:
+    """Four frames: tracks 1, 2 born at 0; track 1 divides into 3, 4 at frame 2; track 2 is
+    lost after frame 2; track 5 is born at 3."""
+    m, d = frame_data([1, 2])
+    store.write_frame(
+        run, pos, 0, timestamp=100.0, mask=m, detections=d,
+        step=step_for(0, d, {1: 1, 2: 2}, started=[TrackStart(1, 0), TrackStart(2, 0)],
+                      events=[LineageEvent("birth", 0, 1, y=4.0, x=4.0),
+                              LineageEvent("birth", 0, 2)]),
+        timings={"segment": 12.5, "track": 1.5}, pixel_size_um=0.65,
+    )  # fmt: skip
+    m, d = frame_data([1, 2])
+    store.write_frame(
+        run, pos, 1, timestamp=101.0, mask=m, detections=d, step=step_for(1, d, {1: 1, 2: 2})
+    )
+    m, d = frame_data([7, 8, 2])
+    store.write_frame(
+        run, pos, 2, timestamp=102.0, mask=m, detections=d,
+        step=step_for(2, d, {7: 3, 8: 4, 2: 2},
+                      started=[TrackStart(3, 2, parent_id=1), TrackStart(4, 2, parent_id=1)],
+                      ended=[TrackEnd(1, 1, "divided")],
+                      events=[LineageEvent("division", 2, 1, daughters=(3, 4), y=5.0, x=6.0,
+                                           confidence=0.8)]),
+    )  # fmt: skip
+    m, d = frame_data([7, 8, 300])
+    store.write_frame(
+        run, pos, 3, timestamp=103.0, mask=m, detections=d,
+        step=step_for(3, d, {7: 3, 8: 4, 300: 5}, started=[TrackStart(5, 3)],
+                      ended=[TrackEnd(2, 2, "lost")],
+                      events=[LineageEvent("birth", 3, 5), LineageEvent("death", 3, 2)]),
+    )  # fmt: skip
+
+
+def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, through a separate plain connection."""
+    conn = sqlite3.connect(path)
+    try:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return {n: conn.execute(f"SELECT * FROM {n} ORDER BY 1, 2, 3").fetchall() for n in names}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "livetrack.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    with Store(db_path) as s:
+        s.begin_run(RUN, source="test", config={"tracker": "lap", "max_gap": 2})
+        yield s
+
+
+def assert_same_detections(a: Detections, b: Detections) -> None:
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.centroids, b.centroids)
+    np.testing.assert_array_equal(a.areas, b.areas)
+    np.testing.assert_array_equal(a.bboxes, b.bboxes)
+    assert a.labels.dtype == np.int32
+    assert a.bboxes.dtype == np.int32
+    assert a.areas.dtype == np.int64
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_write_close_reopen_reads_back_identical(db_path: Path) -> None:
+    with Store(db_path) as s:
+        assert s.begin_run(RUN, source="sim", config={"a": 1}) is True
+        write_lineage(s)
+        s.end_run(RUN)
+    for readonly in (True, False):
+        with Store(db_path, readonly=readonly) as s:
+            for frame, labels in enumerate([[1, 2], [1, 2], [7, 8, 2], [7, 8, 300]]):
+                mask, dets = frame_data(labels)
+                got = s.load_mask(RUN, POS, frame)
+                assert got.dtype == np.int32
+                np.testing.assert_array_equal(got, mask)
+                got_dets, ids = s.frame_detections(RUN, POS, frame)
+                assert_same_detections(got_dets, dets)
+                assert ids.dtype == np.int64
+            _, ids = s.frame_detections(RUN, POS, 3)
+            assert ids.tolist() == [3, 4, 5]  # labels 7, 8, 300 in label order
+            assert s.tracks(RUN, POS) == [
+                TrackRecord(1, None, 0, 1, "divided"),
+                TrackRecord(2, None, 0, 2, "lost"),
+                TrackRecord(3, 1, 2, 3, "active"),
+                TrackRecord(4, 1, 2, 3, "active"),
+                TrackRecord(5, None, 3, 3, "active"),
+            ]
+            events = s.events(RUN, POS)
+            assert [(e["kind"], e["frame"], e["track_id"]) for e in events] == [
+                ("birth", 0, 1),
+                ("birth", 0, 2),
+                ("division", 2, 1),
+                ("birth", 3, 5),
+                ("death", 3, 2),
+            ]
+            division = events[2]
+            assert division["daughters"] == [3, 4]
+            assert (division["y"], division["x"], division["confidence"]) == (5.0, 6.0, 0.8)
+            assert math.isnan(events[1]["y"])
+            assert s.positions(RUN) == [POS]
+            assert s.frame_indices(RUN, POS) == [0, 1, 2, 3]
+            [run] = s.runs()
+            assert run["config"] == {"a": 1}
+            assert run["status"] == "finished"
+            assert run["schema_version"] == SCHEMA_VERSION
+            assert run["finished"] >= run["created"]
+            assert s.counts(RUN) == {
+                "positions": 1,
+                "frames": 4,
+                "detections": 10,
+                "tracks": 5,
+                "events": 5,
+                "births": 3,
+                "divisions": 1,
+                "deaths": 1,
+            }
+
+
+@pytest.mark.parametrize(("top", "dtype"), [(200, "|u1"), (60_000, "<u2"), (1_000_000, "<i4")])
+def test_mask_codec_keeps_large_labels(top: int, dtype: str) -> None:
+    mask = blobs_mask([1, top // 2, top])
+    got_dtype, blob = encode_mask(mask, level=1)
+    assert got_dtype == dtype
+    back = decode_mask("zlib", got_dtype, mask.shape[0], mask.shape[1], blob)
+    assert back.dtype == np.int32
+    np.testing.assert_array_equal(back, mask)
+
+
+def test_frame_row_and_position_summary(store: Store, db_path: Path) -> None:
+    write_lineage(store)
+    rows = dump(db_path)
+    frame0 = rows["frames"][0]
+    assert frame0[:3] == (RUN, POS, 0)
+    assert frame0[5] == 2  # n_detections
+    assert '"segment": 12.5' in frame0[7]  # timings JSON
+    # run_id, position, height, width, pixel_size_um, first_frame, last_frame, n_frames
+    assert rows["positions"] == [(RUN, POS, 64, 96, 0.65, 0, 3, 4)]
+
+
+def test_begin_run_resume_and_end_run(db_path: Path) -> None:
+    with Store(db_path) as s:
+        assert s.latest_run_id() is None
+        assert s.begin_run("a", source="sim", config={"x": 1}) is True
+        s.end_run("a", "aborted")
+        assert s.runs()[0]["status"] == "aborted"
+        assert s.begin_run("a", source="other", config={"x": 2}) is False
+        [run] = s.runs()
+        assert (run["status"], run["finished"], run["config"]) == ("running", None, {"x": 1})
+        assert s.begin_run("b", source="sim", config={}) is True
+        assert s.latest_run_id() == "b"
+        with pytest.raises(StoreError, match="no such run"):
+            s.end_run("nope")
+        with pytest.raises(StoreError, match="JSON"):
+            s.begin_run("c", source="sim", config={"bad": object()})
+
+
+# --------------------------------------------------------------------------- idempotence
+
+
+def test_rewrite_of_committed_frame_returns_false_and_changes_nothing(
+    store: Store, db_path: Path
+) -> None:
+    write_lineage(store)
+    before = dump(db_path)
+    mask, dets = frame_data([9])
+    again = store.write_frame(
+        RUN, POS, 2, timestamp=999.0, mask=mask, detections=dets,
+        step=step_for(2, dets, {9: 9}, started=[TrackStart(9, 2)],
+                      events=[LineageEvent("birth", 2, 9)]),
+    )  # fmt: skip
+    assert again is False
+    assert dump(db_path) == before
+
+
+# --------------------------------------------------------------------------- atomicity
+
+
+def assert_frame_absent(store: Store, db_path: Path, before: dict[str, Any], frame: int) -> None:
+    assert dump(db_path) == before
+    assert frame not in store.frame_indices(RUN, POS)
+    with pytest.raises(StoreError, match="no mask"):
+        store.load_mask(RUN, POS, frame)
+
+
+def test_duplicate_label_rolls_back_the_whole_frame(store: Store, db_path: Path) -> None:
+    write_lineage(store)
+    before = dump(db_path)
+    mask, dets = frame_data([7, 8])
+    twice = dets.subset(np.array([0, 1, 1]))  # label 8 twice: PK violation on the 3rd row
+    step = TrackStep(
+        4,
+        np.array([3, 4, 6], np.int64),
+        started=[TrackStart(6, 4)],
+        ended=[TrackEnd(5, 3, "lost")],
+        events=[LineageEvent("birth", 4, 6)],
+    )
+    with pytest.raises(StoreError, match=r"while inserting detections.*duplicate"):
+        store.write_frame(RUN, POS, 4, timestamp=1.0, mask=mask, detections=twice, step=step)
+    assert_frame_absent(store, db_path, before, 4)
+
+
+def test_unstarted_track_id_rolls_back_the_whole_frame(store: Store, db_path: Path) -> None:
+    write_lineage(store)
+    before = dump(db_path)
+    mask, dets = frame_data([7, 8])
+    step = TrackStep(4, np.array([3, 42], np.int64), events=[LineageEvent("birth", 4, 42)])
+    with pytest.raises(StoreError, match=r"detections.*never in step\.started"):
+        store.write_frame(RUN, POS, 4, timestamp=1.0, mask=mask, detections=dets, step=step)
+    assert_frame_absent(store, db_path, before, 4)
+
+
+def test_ending_unknown_track_rolls_back_the_whole_frame(store: Store, db_path: Path) -> None:
+    write_lineage(store)
+    before = dump(db_path)
+    mask, dets = frame_data([7, 8])
+    step = TrackStep(4, np.array([3, 4], np.int64), ended=[TrackEnd(77, 3, "lost")])
+    with pytest.raises(StoreError, match=r"unknown track\(s\) \[77\]"):
+        store.write_frame(RUN, POS, 4, timestamp=1.0, mask=mask, detections=dets, step=step)
+    assert_frame_absent(store, db_path, before, 4)
+    # the store is still usable after a failed frame
+    ok = step_for(4, dets, {7: 3, 8: 4})
+    assert store.write_frame(RUN, POS, 4, timestamp=1.0, mask=mask, detections=dets, step=ok)
+    assert store.last_frame(RUN, POS) == 4
+
+
+def test_inconsistent_inputs_are_rejected_before_writing(store: Store, db_path: Path) -> None:
+    mask, dets = frame_data([1, 2])
+    with pytest.raises(StoreError, match="2 detections but 1 track ids"):
+        store.write_frame(
+            RUN, POS, 0, timestamp=0.0, mask=mask, detections=dets,
+            step=TrackStep(0, np.array([1], np.int64), started=[TrackStart(1, 0)]),
+        )  # fmt: skip
+    with pytest.raises(StoreError, match="step is for frame 5"):
+        store.write_frame(
+            RUN, POS, 0, timestamp=0.0, mask=mask, detections=dets,
+            step=step_for(5, dets, {1: 1, 2: 2}),
+        )  # fmt: skip
+    with pytest.raises(StoreError, match="never begun"):
+        store.write_frame(
+            "other-run", POS, 0, timestamp=0.0, mask=mask, detections=dets,
+            step=step_for(0, dets, {1: 1, 2: 2}, started=[TrackStart(1, 0), TrackStart(2, 0)]),
+        )  # fmt: skip
+    assert store.frame_indices(RUN, POS) == []
+    assert dump(db_path)["tracks"] == []
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_every_column_of_every_table_is_documented(store: Store, db_path: Path) -> None:
+    tables = set(store.db.table_names()) - {"sqlite_sequence"}
+    assert tables == set(SCHEMA_DOC)
+    for table in tables:
+        columns = {c.name for c in store.db[table].columns}
+        assert columns == set(SCHEMA_DOC[table]), table
+        sql = store.conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = ?", (table,)
+        ).fetchone()[0]
+        for column, doc in SCHEMA_DOC[table].items():
+            assert len(doc) > 10, (table, column)
+            assert f"-- {doc}" in sql, (table, column)  # readable in `sqlite3 db .schema`
+
+
+def test_pragmas_wal_foreign_keys_timeout(db_path: Path) -> None:
+    with Store(db_path, config=StoreConfig(busy_timeout_s=2.5)) as s:
+        assert s.db.journal_mode == "wal"
+        assert s.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert s.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    with Store(db_path, readonly=True) as r:
+        assert r.db.journal_mode == "wal"  # persistent in the file
+
+
+def _set_user_version(path: Path, version: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_newer_schema_version_raises_schema_mismatch(db_path: Path, readonly: bool) -> None:
+    Store(db_path).close()
+    _set_user_version(db_path, SCHEMA_VERSION + 1)
+    with pytest.raises(SchemaMismatch, match="newer"):
+        Store(db_path, readonly=readonly)
+
+
+def test_foreign_sqlite_file_raises_schema_mismatch(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+    with pytest.raises(SchemaMismatch, match="not a livetrack database"):
+        Store(db_path)
+
+
+def test_older_schema_is_migrated_in_order(db_path: Path) -> None:
+    Store(db_path).close()
+    conn = sqlite3.connect(db_path)
+
+    def add_note(c: sqlite3.Connection) -> None:
+        c.execute("ALTER TABLE runs ADD COLUMN note TEXT")
+
+    def add_other(c: sqlite3.Connection) -> None:
+        c.execute("ALTER TABLE runs ADD COLUMN other TEXT")
+
+    # a gap in the chain: nothing changes
+    with pytest.raises(SchemaMismatch, match="no migration from store schema version 2"):
+        migrate(conn, target=3, migrations={SCHEMA_VERSION: add_note})
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert "note" not in [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
+
+    had = migrate(conn, target=3, migrations={1: add_note, 2: add_other})
+    assert had == SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert {"note", "other"} <= {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    conn.close()
+
+
+def test_readonly_open_of_old_schema_asks_for_migration(db_path: Path) -> None:
+    Store(db_path).close()
+    _set_user_version(db_path, SCHEMA_VERSION - 1)
+    with pytest.raises(SchemaMismatch, match="open it once read-write"):
+        Store(db_path, readonly=True)
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_readonly_reader_sees_commits_while_writer_is_open(db_path: Path) -> None:
+    with Store(db_path) as writer:
+        writer.begin_run(RUN, source="sim", config={})
+        mask, dets = frame_data([1, 2])
+        writer.write_frame(
+            RUN, POS, 0, timestamp=0.0, mask=mask, detections=dets,
+            step=step_for(0, dets, {1: 1, 2: 2}, started=[TrackStart(1, 0), TrackStart(2, 0)]),
+        )  # fmt: skip
+        with Store(db_path, readonly=True) as reader:
+            assert reader.last_frame(RUN, POS) == 0
+            writer.write_frame(
+                RUN, POS, 1, timestamp=1.0, mask=mask, detections=dets,
+                step=step_for(1, dets, {1: 1, 2: 2}),
+            )  # fmt: skip
+            assert reader.frame_indices(RUN, POS) == [0, 1]
+            np.testing.assert_array_equal(reader.load_mask(RUN, POS, 1), mask)
+            with pytest.raises(StoreError, match="read-only"):
+                reader.begin_run("x", source="sim", config={})
+            with pytest.raises(StoreError, match="read-only"):
+                reader.write_track_ends(RUN, POS, [TrackEnd(1, 1, "lost")])
+            # the writer is not blocked by an open reader
+            writer.write_track_ends(RUN, POS, [TrackEnd(1, 1, "active"), TrackEnd(2, 1, "lost")])
+            assert [t.fate for t in reader.tracks(RUN, POS)] == ["active", "lost"]
+
+
+@pytest.fixture
+def impatient_store(db_path: Path) -> Iterator[Store]:
+    with Store(db_path, config=StoreConfig(busy_timeout_s=0.05)) as s:
+        yield s
+
+
+def test_locked_write_fails_fast_with_short_timeout(impatient_store: Store, db_path: Path) -> None:
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match="busy timeout"):
+            impatient_store.begin_run("x", source="sim", config={})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert impatient_store.begin_run("x", source="sim", config={}) is True
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def test_history_returns_last_frames_oldest_first(store: Store) -> None:
+    write_lineage(store)
+    hist = store.history(RUN, POS, 2)
+    assert [h.frame for h in hist] == [2, 3]
+    written = [[7, 8, 2], [7, 8, 300]]  # as laid out by write_lineage
+    for h, labels, ids in zip(hist, written, [[2, 3, 4], [3, 4, 5]], strict=True):
+        assert h.detections.labels.tolist() == sorted(labels)
+        assert h.track_ids.tolist() == ids
+        _, dets = frame_data(labels)
+        assert_same_detections(h.detections, dets)
+    assert [h.frame for h in store.history(RUN, POS, 100)] == [0, 1, 2, 3]
+    assert store.history(RUN, POS, 0) == []
+    assert store.history(RUN, "elsewhere", 3) == []
+
+
+def test_history_with_empty_frames_and_gaps(store: Store) -> None:
+    empty = np.zeros((16, 16), np.int32)
+    for frame in (0, 2, 5):
+        store.write_frame(
+            RUN, POS, frame, timestamp=float(frame), mask=empty,
+            detections=Detections.empty(), step=TrackStep(frame, np.zeros(0, np.int64)),
+        )  # fmt: skip
+    hist = store.history(RUN, POS, 2)
+    assert [h.frame for h in hist] == [2, 5]
+    assert all(len(h.detections) == 0 and h.track_ids.shape == (0,) for h in hist)
+
+
+def test_last_frame(store: Store) -> None:
+    assert store.last_frame(RUN, POS) is None
+    mask, dets = frame_data([1])
+    started = [TrackStart(1, 3)]
+    store.write_frame(
+        RUN, POS, 3, timestamp=0.0, mask=mask, detections=dets,
+        step=step_for(3, dets, {1: 1}, started=started),
+    )  # fmt: skip
+    store.write_frame(
+        RUN, POS, 1, timestamp=0.0, mask=mask, detections=dets,
+        step=step_for(1, dets, {1: 2}, started=[TrackStart(2, 1)]),
+    )  # fmt: skip
+    assert store.last_frame(RUN, POS) == 3  # out-of-order arrival does not move it back
+    assert store.last_frame(RUN, "Pos1") is None
+    assert store.tracks(RUN, POS)[0].end_frame == 3
+
+
+def test_events_filtering(store: Store) -> None:
+    write_lineage(store)
+    store.begin_run("run-2", source="sim", config={})
+    write_lineage(store, run="run-2", pos="B2")
+    assert len(store.events()) == 10
+    assert {e["run_id"] for e in store.events("run-2")} == {"run-2"}
+    assert store.events(RUN, "B2") == []
+    divisions = store.events(kinds=["division"])
+    assert [(e["run_id"], e["daughters"]) for e in divisions] == [(RUN, [3, 4]), ("run-2", [3, 4])]
+    births_deaths = store.events(RUN, POS, kinds=["birth", "death"])
+    assert [e["kind"] for e in births_deaths] == ["birth", "birth", "birth", "death"]
+    first_two = store.events(limit=2)
+    assert [e["id"] for e in first_two] == [1, 2]
+    rest = store.events(after_id=first_two[-1]["id"])
+    assert [e["id"] for e in rest] == list(range(3, 11))
+    assert store.events(after_id=10) == []
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_directory_gives_clear_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        Store(tmp_path / "no" / "such" / "dir" / "x.db")
+
+
+def test_readonly_open_of_missing_file_gives_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no such file"):
+        Store(tmp_path / "absent.db", readonly=True)
+    assert not (tmp_path / "absent.db").exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores file modes")
+def test_read_only_file_gives_store_error(db_path: Path) -> None:
+    Store(db_path).close()
+    db_path.chmod(0o444)
+    try:
+        with pytest.raises(StoreError, match="read-only"), Store(db_path) as s:
+            s.begin_run(RUN, source="sim", config={})
+    finally:
+        db_path.chmod(0o644)
+
+
+def test_store_implements_the_writer_protocol(store: Store) -> None:
+    writer: StoreWriter = store  # checked by mypy
+    assert writer.last_frame(RUN, POS) is None
+
+
+def test_store_config_is_frozen_and_strict() -> None:
+    cfg = StoreConfig()
+    assert cfg.zlib_level == 1
+    with pytest.raises(pydantic.ValidationError):
+        StoreConfig(unknown=1)  # type: ignore[call-arg]
+    with pytest.raises(pydantic.ValidationError):
+        StoreConfig(zlib_level=12)
+    with pytest.raises(pydantic.ValidationError):
+        cfg.zlib_level = 3  # type: ignore[misc]
+    assert StoreConfig.model_fields["busy_timeout_s"].description
