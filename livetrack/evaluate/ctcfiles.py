@@ -1,0 +1,126 @@
+"""Reading and checking CTC folders before py-ctcmetrics sees them.
+
+py-ctcmetrics answers a malformed result with ``assert`` failures or a bare "Invalid
+results!" on stdout; these checks turn the common mistakes into an
+:class:`~livetrack.errors.EvaluationError` that says what is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from livetrack.errors import EvaluationError
+
+
+@dataclass(frozen=True)
+class CtcTracks:
+    """A ``*_track.txt`` table: columns label, begin, end, parent (int64, shape (n, 4))."""
+
+    table: NDArray[np.int64]
+
+    @property
+    def labels(self) -> NDArray[np.int64]:
+        return self.table[:, 0]
+
+    def row(self) -> dict[int, tuple[int, int, int]]:
+        """label -> (begin, end, parent)."""
+        return {int(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in self.table}
+
+    def children(self) -> dict[int, list[int]]:
+        """parent label -> its child labels (in file order)."""
+        out: dict[int, list[int]] = {}
+        for label, _, _, parent in self.table:
+            if parent > 0:
+                out.setdefault(int(parent), []).append(int(label))
+        return out
+
+
+def read_track_file(path: Path) -> CtcTracks:
+    """Parse ``L B E P`` lines (spaces or tabs); blank lines are ignored."""
+    if not path.is_file():
+        raise EvaluationError(f"missing track file {path}")
+    rows: list[list[int]] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            values = [int(p) for p in parts]
+        except ValueError as err:
+            raise EvaluationError(f"{path}:{n}: not integers: {line!r}") from err
+        if len(values) != 4:
+            raise EvaluationError(f"{path}:{n}: expected 'L B E P', got {line!r}")
+        rows.append(values)
+    table = np.array(rows, dtype=np.int64).reshape(-1, 4)
+    return CtcTracks(table)
+
+
+def validate_tracks(tracks: CtcTracks, n_frames: int, name: str) -> None:
+    """Check the CTC rules that do not need the masks.
+
+    Labels unique and in 1..65535, 0 <= B <= E < n_frames, parent 0 or an existing
+    label, and the parent ends before the child begins.
+    """
+    rows = tracks.row()
+    if len(rows) != len(tracks.table):
+        labels, counts = np.unique(tracks.labels, return_counts=True)
+        raise EvaluationError(f"{name}: duplicate track labels {labels[counts > 1].tolist()}")
+    for label, (begin, end, parent) in rows.items():
+        where = f"{name}: track {label} ({label} {begin} {end} {parent})"
+        if not 1 <= label <= 65535:
+            raise EvaluationError(f"{where}: label must be in 1..65535")
+        if begin < 0 or end < begin:
+            raise EvaluationError(f"{where}: needs 0 <= begin <= end")
+        if end >= n_frames:
+            raise EvaluationError(f"{where}: ends after the last frame {n_frames - 1}")
+        if parent == 0:
+            continue
+        if parent not in rows:
+            raise EvaluationError(f"{where}: parent {parent} is not a track")
+        if rows[parent][1] >= begin:
+            raise EvaluationError(
+                f"{where}: parent {parent} ends at frame {rows[parent][1]}, "
+                "not before the child begins"
+            )
+
+
+def mask_files(folder: Path, prefix: str) -> list[Path]:
+    """``prefix*.tif`` files of ``folder`` sorted by name (the CTC's frame order)."""
+    if not folder.is_dir():
+        raise EvaluationError(f"missing folder {folder}")
+    return sorted(p for p in folder.glob(f"{prefix}*.tif") if p.is_file())
+
+
+def frame_index(path: Path, prefix: str) -> int:
+    """Frame number of ``maskNNN.tif`` / ``man_segNNN.tif``."""
+    digits = path.stem[len(prefix) :].replace("_", "")
+    if not digits.isdigit():
+        raise EvaluationError(f"cannot read a frame number from {path.name}")
+    return int(digits)
+
+
+def check_layout(res_dir: Path, gt_dir: Path) -> tuple[int, bool]:
+    """Check both folders; return (number of frames, whether GT has SEG masks)."""
+    gt_tra = mask_files(gt_dir / "TRA", "man_track")
+    if not gt_tra:
+        raise EvaluationError(f"no TRA masks (man_track*.tif) in {gt_dir / 'TRA'}")
+    if not (gt_dir / "TRA" / "man_track.txt").is_file():
+        raise EvaluationError(f"missing {gt_dir / 'TRA' / 'man_track.txt'}")
+    res = mask_files(res_dir, "mask")
+    if len(res) != len(gt_tra):
+        raise EvaluationError(
+            f"{res_dir} has {len(res)} mask*.tif files but the ground truth has "
+            f"{len(gt_tra)} frames; export with n_frames equal to the GT frame count"
+        )
+    for t, path in enumerate(res):
+        if frame_index(path, "mask") != t:
+            raise EvaluationError(f"{res_dir}: expected frame {t}, found {path.name}")
+    if not (res_dir / "res_track.txt").is_file():
+        raise EvaluationError(f"missing {res_dir / 'res_track.txt'}")
+    seg_dir = gt_dir / "SEG"
+    has_seg = seg_dir.is_dir() and bool(mask_files(seg_dir, "man_seg"))
+    return len(gt_tra), has_seg
