@@ -1,0 +1,386 @@
+"""The distance-based online tracker (livetrack.track.lap) on hand-built and synthetic frames."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+
+from livetrack.errors import BadFrame, ConfigError
+from livetrack.track.base import FrameHistory, TrackEnd, Tracker, TrackRecord, TrackStep
+from livetrack.track.config import TrackConfig
+from livetrack.track.factory import make_tracker
+from livetrack.track.lap import LapTracker
+from livetrack.types import Detections
+
+SHAPE = (200, 200)
+CFG = TrackConfig(nucleus_diameter_px=10.0)
+
+
+def dets(points: list[tuple[float, float]], areas: list[float] | None = None) -> Detections:
+    """Detections at (y, x) points; default area = a 10 px disc."""
+    n = len(points)
+    if n == 0:
+        return Detections.empty()
+    a = np.array(areas if areas is not None else [79.0] * n).astype(np.int64)
+    c = np.array(points, np.float64).reshape(n, 2)
+    r = np.sqrt(a / np.pi)[:, None]
+    lo = np.floor(c - r).clip(0, None)
+    hi = np.minimum(np.ceil(c + r) + 1, np.array(SHAPE))
+    return Detections(
+        labels=np.arange(1, n + 1, dtype=np.int32),
+        centroids=c,
+        areas=a,
+        bboxes=np.concatenate([lo, hi], axis=1).astype(np.int32),
+    )
+
+
+def run(tracker: Tracker, frames: list[tuple[int, Detections]]) -> list[TrackStep]:
+    return [tracker.step(f, d) for f, d in frames]
+
+
+def test_factory_builds_a_lap_tracker() -> None:
+    tr = make_tracker(CFG, SHAPE)
+    assert isinstance(tr, LapTracker)
+    assert isinstance(tr, Tracker)
+    with pytest.raises(ConfigError):
+        make_tracker(CFG, (0, 10))
+
+
+def test_config_is_frozen_and_strict() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        TrackConfig(max_gapp=3)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="frozen"):
+        CFG.max_gap = 5  # type: ignore[misc]
+
+
+def test_straight_moving_cells_keep_ids() -> None:
+    tr = LapTracker(CFG, SHAPE)
+    starts = [(20.0 + 25 * i, 20.0) for i in range(6)]
+    steps = run(tr, [(f, dets([(y, x + 4.0 * f) for y, x in starts])) for f in range(20)])
+    first = steps[0].track_ids
+    assert len(set(first.tolist())) == 6
+    assert first.min() > 0
+    assert [s.start_frame for s in steps[0].started] == [0] * 6
+    assert all(s.parent_id is None for s in steps[0].started)
+    for s in steps[1:]:
+        assert s.track_ids.tolist() == first.tolist()
+        assert s.started == s.ended == s.events == []
+    assert steps[0].events == []  # the first frame's tracks are not "births"
+
+
+def test_motion_prediction_follows_fast_cells() -> None:
+    # Two cells crossing paths 9 px/frame (0.9 D): the velocity term keeps them apart.
+    tr = LapTracker(CFG, SHAPE)
+    frames = [(f, dets([(100.0, 40.0 + 9 * f), (108.0, 160.0 - 9 * f)])) for f in range(14)]
+    steps = run(tr, frames)
+    assert all(s.track_ids.tolist() == steps[0].track_ids.tolist() for s in steps)
+
+
+def test_gap_of_one_and_two_frames_relinked_three_not() -> None:
+    def movie(missing: set[int]) -> list[tuple[int, Detections]]:
+        return [(f, dets([(100.0, 50.0 + 2 * f)] if f not in missing else [])) for f in range(9)]
+
+    for missing in ({3}, {3, 4}):
+        tr = LapTracker(CFG, SHAPE)
+        steps = run(tr, movie(missing))
+        ids = {int(s.track_ids[0]) for s in steps if len(s.track_ids)}
+        assert len(ids) == 1, missing
+        assert all(s.ended == [] for s in steps)
+
+    tr = LapTracker(CFG, SHAPE)
+    steps = run(tr, movie({3, 4, 5}))
+    assert steps[6].track_ids[0] != steps[2].track_ids[0]
+    ended = [e for s in steps for e in s.ended]
+    assert len(ended) == 1
+    assert (ended[0].track_id, ended[0].end_frame, ended[0].fate) == (
+        steps[2].track_ids[0],
+        2,
+        "lost",
+    )
+    assert steps[5].ended == ended  # closed as soon as it cannot be linked
+    deaths = [e for s in steps for e in s.events if e.kind == "death"]
+    births = [e for s in steps for e in s.events if e.kind == "birth"]
+    assert [(d.track_id, d.frame) for d in deaths] == [(int(steps[2].track_ids[0]), 2)]
+    assert [b.track_id for b in births] == [int(steps[6].track_ids[0])]
+
+
+def test_skipped_frame_indices_count_as_missed_frames() -> None:
+    cfg = replace_cfg(max_gap=1)
+    tr = LapTracker(cfg, SHAPE)
+    s0 = tr.step(0, dets([(100.0, 50.0)]))
+    s1 = tr.step(2, dets([(100.0, 52.0)]))  # frame 1 dropped upstream: one missed frame
+    assert s1.track_ids.tolist() == s0.track_ids.tolist()
+    s2 = tr.step(5, dets([(100.0, 55.0)]))  # frames 3, 4 dropped: two missed > max_gap
+    assert s2.track_ids[0] != s0.track_ids[0]
+    assert [(e.track_id, e.end_frame) for e in s2.ended] == [(int(s0.track_ids[0]), 2)]
+
+
+def replace_cfg(**kw: object) -> TrackConfig:
+    return TrackConfig.model_validate({**CFG.model_dump(), **kw})
+
+
+def _division_movie(offset: float) -> list[tuple[int, Detections]]:
+    mother = [(f, dets([(100.0, 100.0 + f), (30.0, 30.0)], [120, 79])) for f in range(3)]
+    daughters = dets([(100.0, 102.0 - offset), (100.0, 103.0 + offset), (30.0, 30.0)], [60, 65, 79])
+    after = [
+        (
+            f,
+            dets(
+                [
+                    (100.0, 102.0 - offset - (f - 3)),
+                    (100.0, 103.0 + offset + (f - 3)),
+                    (30.0, 30.0),
+                ],
+                [60, 65, 79],
+            ),
+        )
+        for f in range(4, 7)
+    ]
+    return [*mother, (3, daughters), *after]
+
+
+@pytest.mark.parametrize(
+    ("offset", "case"),
+    [(5.0, "a: one daughter linked to the mother"), (16.0, "b: both daughters too far")],
+)
+def test_division(offset: float, case: str) -> None:
+    tr = LapTracker(CFG, SHAPE)
+    steps = run(tr, _division_movie(offset))
+    mother_id = int(steps[2].track_ids[0])
+    bystander = int(steps[0].track_ids[1])
+    s3 = steps[3]
+    divisions = [e for s in steps for e in s.events if e.kind == "division"]
+    assert len(divisions) == 1, case
+    ev = divisions[0]
+    d1, d2 = int(s3.track_ids[0]), int(s3.track_ids[1])
+    assert (ev.track_id, ev.frame, ev.daughters) == (mother_id, 3, tuple(sorted((d1, d2))))
+    assert (ev.y, ev.x) == (100.0, 102.0)
+    assert 0.5 <= ev.confidence <= 1.0
+    assert [(e.track_id, e.end_frame, e.fate) for e in s3.ended] == [(mother_id, 2, "divided")]
+    assert sorted((s.track_id, s.parent_id, s.start_frame) for s in s3.started) == [
+        (d1, mother_id, 3),
+        (d2, mother_id, 3),
+    ]
+    assert mother_id not in (d1, d2)
+    assert int(s3.track_ids[2]) == bystander
+    assert not [e for s in steps for e in s.events if e.kind in ("birth", "death")]
+    for s in steps[4:]:  # the daughters keep their ids afterwards
+        assert s.track_ids.tolist() == s3.track_ids.tolist()
+
+
+def test_no_division_for_a_large_newcomer_next_to_a_cell() -> None:
+    # A newborn as large as its neighbour, not symmetric: a birth, not a division.
+    tr = LapTracker(CFG, SHAPE)
+    frames = [(f, dets([(100.0, 100.0)], [79])) for f in range(3)]
+    frames.append((3, dets([(100.0, 100.0), (100.0, 114.0)], [79, 85])))
+    steps = run(tr, frames)
+    assert [e.kind for e in steps[3].events] == ["birth"]
+    assert steps[3].track_ids[0] == steps[0].track_ids[0]
+    assert [s.parent_id for s in steps[3].started] == [None]
+
+
+def test_cell_leaving_at_the_border_ends_left() -> None:
+    tr = LapTracker(CFG, SHAPE)
+    frames = [(f, dets([(100.0, 20.0 - 4 * f), (100.0, 100.0)])) for f in range(5)]
+    frames += [(f, dets([(100.0, 100.0)])) for f in range(5, 10)]
+    steps = run(tr, frames)
+    ended = [e for s in steps for e in s.ended]
+    assert [(e.track_id, e.end_frame, e.fate) for e in ended] == [
+        (int(steps[0].track_ids[0]), 4, "left")
+    ]
+    assert not [e for s in steps for e in s.events]
+    final = tr.finish(9)
+    assert [(e.track_id, e.end_frame, e.fate) for e in final] == [
+        (int(steps[0].track_ids[1]), 9, "active")
+    ]
+    assert tr.n_open == 0
+
+
+def test_finish_marks_old_tracks_lost_or_left() -> None:
+    tr = LapTracker(CFG, SHAPE)
+    tr.step(0, dets([(100.0, 100.0), (100.0, 3.0), (50.0, 50.0)]))
+    tr.step(1, dets([(50.0, 50.0)]))
+    fates = {(e.end_frame, e.fate) for e in tr.finish(1)}
+    assert fates == {(0, "lost"), (0, "left"), (1, "active")}
+
+
+def test_empty_frames() -> None:
+    tr = LapTracker(replace_cfg(nucleus_diameter_px=None), SHAPE)
+    s0 = tr.step(0, Detections.empty())
+    assert s0.track_ids.shape == (0,)
+    assert s0.track_ids.dtype == np.int64
+    assert s0.started == s0.ended == s0.events == []
+    s1 = tr.step(1, dets([(50.0, 50.0), (120.0, 120.0)]))
+    assert len(s1.started) == 2
+    s2 = tr.step(2, Detections.empty())
+    assert s2.track_ids.shape == (0,)
+    s3 = tr.step(3, dets([(50.0, 51.0), (120.0, 121.0)]))
+    assert s3.track_ids.tolist() == s1.track_ids.tolist()
+
+
+def test_frames_must_increase() -> None:
+    tr = LapTracker(CFG, SHAPE)
+    tr.step(4, dets([(50.0, 50.0)]))
+    with pytest.raises(BadFrame):
+        tr.step(4, dets([(50.0, 50.0)]))
+
+
+# ------------------------------------------------------------------ synthetic lineages
+
+
+@dataclass
+class _Cell:
+    pos: np.ndarray
+    area: float
+    hidden: int = 0
+
+
+def synthetic_movie(
+    seed: int, n_frames: int, skip: frozenset[int] = frozenset()
+) -> list[tuple[int, Detections]]:
+    """A seeded random walk with divisions, segmentation misses, deaths and arrivals."""
+    rng = np.random.default_rng(seed)
+    cells = [_Cell(rng.uniform(20, 180, 2), float(rng.uniform(70, 110))) for _ in range(25)]
+    out: list[tuple[int, Detections]] = []
+    for f in range(n_frames):
+        nxt: list[_Cell] = []
+        for c in cells:
+            r = rng.random()
+            if r < 0.03 and c.area > 60:  # division along a random axis
+                ang = rng.uniform(0, np.pi)
+                off = 4.0 * np.array([np.sin(ang), np.cos(ang)])
+                nxt += [_Cell(c.pos + off, c.area * 0.55), _Cell(c.pos - off, c.area * 0.55)]
+                continue
+            if r < 0.04:  # dies
+                continue
+            c.pos = np.clip(c.pos + rng.normal(0, 1.5, 2), 0, 199)
+            c.area = min(c.area * 1.03, 120.0)
+            c.hidden = int(rng.integers(1, 4)) if rng.random() < 0.04 else max(c.hidden - 1, 0)
+            nxt.append(c)
+        if rng.random() < 0.3:
+            nxt.append(_Cell(rng.uniform(0, 199, 2), float(rng.uniform(70, 110))))
+        cells = nxt
+        if f in skip:
+            continue
+        seen = [c for c in cells if c.hidden == 0]
+        out.append((f, dets([tuple(c.pos) for c in seen], [c.area for c in seen])))
+    return out
+
+
+def _records(steps: list[TrackStep]) -> list[TrackRecord]:
+    """The track table a store would hold after these steps."""
+    rec: dict[int, TrackRecord] = {}
+    for s in steps:
+        for st in s.started:
+            rec[st.track_id] = TrackRecord(
+                st.track_id, st.parent_id, st.start_frame, s.frame, "active"
+            )
+        for tid in s.track_ids.tolist():
+            rec[tid] = replace(rec[tid], end_frame=s.frame)
+        for e in s.ended:
+            rec[e.track_id] = replace(rec[e.track_id], end_frame=e.end_frame, fate=e.fate)
+    return list(rec.values())
+
+
+@pytest.mark.parametrize("diameter", [10.0, None])
+@pytest.mark.parametrize("extra_history", [0, 3])
+def test_restore_continues_exactly(diameter: float | None, extra_history: int) -> None:
+    cfg = replace_cfg(nucleus_diameter_px=diameter)
+    movie = synthetic_movie(3, 40, skip=frozenset({17, 25}))
+    straight = run(LapTracker(cfg, SHAPE), movie)
+    n_div = sum(e.kind == "division" for s in straight for e in s.events)
+    n_gap = sum(
+        len(set(a.track_ids.tolist()) - set(b.track_ids.tolist()) & set(c.track_ids.tolist()))
+        for a, b, c in zip(straight, straight[1:], straight[2:], strict=False)
+    )
+    assert n_div >= 2  # the scenario exercises divisions...
+    assert n_gap >= 2  # ...and gap closing
+    window = cfg.max_gap + 2 + extra_history
+    for k in (1, 5, 12, 16, 17, 23, 30):
+        head = straight[:k]
+        # The store returns detections in its own order (by label): reversing each frame
+        # shows the restored state does not depend on it.
+        history = [
+            FrameHistory(f, d.subset(np.arange(len(d))[::-1]), s.track_ids[::-1])
+            for (f, d), s in zip(movie[:k], head, strict=True)
+        ][-window:]
+        fresh = LapTracker(cfg, SHAPE)
+        fresh.restore(history, _records(head))
+        continued = run(fresh, movie[k:])
+        for a, b in zip(continued, straight[k:], strict=True):
+            assert a.frame == b.frame
+            assert a.track_ids.tolist() == b.track_ids.tolist(), (k, a.frame)
+            assert a.started == b.started
+            assert a.ended == b.ended
+            assert a.events == b.events
+        assert fresh.finish(movie[-1][0]) == _finish_straight(cfg, movie)
+
+
+def _finish_straight(cfg: TrackConfig, movie: list[tuple[int, Detections]]) -> list[TrackEnd]:
+    tr = LapTracker(cfg, SHAPE)
+    run(tr, movie)
+    return tr.finish(movie[-1][0])
+
+
+def test_track_ids_unique_positive_increasing() -> None:
+    movie = synthetic_movie(11, 40)
+    steps = run(LapTracker(CFG, SHAPE), movie)
+    started = [s.track_id for st in steps for s in st.started]
+    assert len(started) == len(set(started))
+    assert started == sorted(started)
+    assert min(started) >= 1
+    known: set[int] = set()
+    ended: set[int] = set()
+    for st in steps:
+        ids = st.track_ids.tolist()
+        assert len(ids) == len(set(ids))  # one detection per track per frame
+        known |= {s.track_id for s in st.started}
+        assert set(ids) <= known  # every id was announced in `started`
+        assert not set(ids) & ended  # closed tracks never come back
+        ended |= {e.track_id for e in st.ended}
+        for s in st.started:
+            assert s.parent_id is None or s.parent_id in ended
+
+
+def test_synthetic_movie_links_mostly_correct() -> None:
+    """Ground truth from the generator: consecutive-frame links of visible cells."""
+    rng = np.random.default_rng(5)
+    pos = rng.uniform(20, 180, (40, 2))
+    frames = []
+    for f in range(25):
+        pos = np.clip(pos + rng.normal(0, 1.5, pos.shape), 0, 199)
+        frames.append((f, dets([tuple(p) for p in pos], [79.0] * len(pos))))
+    steps = run(LapTracker(replace_cfg(nucleus_diameter_px=None), SHAPE), frames)
+    # Detection i is cell i in every frame: a link is right when the id carries over.
+    right = np.mean([np.mean(a.track_ids == b.track_ids) for a, b in itertools.pairwise(steps)])
+    assert right > 0.97
+
+
+SIM_AVAILABLE = importlib.util.find_spec("simulators.nuclei") is not None
+
+
+@pytest.mark.skipif(not SIM_AVAILABLE, reason="simulators/nuclei.py is not importable yet")
+def test_tracks_simulator_ground_truth_labels() -> None:
+    from simulators.nuclei import NucleiSimulator, SimulationConfig
+
+    sim = NucleiSimulator(SimulationConfig())
+    tracker: LapTracker | None = None
+    gt_links = hit = 0
+    prev: dict[int, int] = {}
+    for fr in sim.frames():
+        d = Detections.from_labels(fr.labels)
+        if tracker is None:
+            tracker = LapTracker(TrackConfig(), fr.labels.shape)
+        step = tracker.step(fr.index, d)
+        cur = dict(zip(d.labels.tolist(), step.track_ids.tolist(), strict=True))
+        for lab, tid in cur.items():
+            if lab in prev:  # the same GT label in consecutive frames = one GT link
+                gt_links += 1
+                hit += int(prev[lab] == tid)
+        prev = cur
+    assert gt_links > 0
+    assert hit / gt_links > 0.9
