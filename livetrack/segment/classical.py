@@ -1,0 +1,121 @@
+"""The classical segmentation baseline: normalise → smooth → Otsu foreground → distance-
+transform markers → marker-based watershed, all scaled by the nucleus diameter."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.segmentation import relabel_sequential, watershed
+from skimage.transform import resize
+
+from livetrack.segment.config import SegmentConfig
+from livetrack.segment.scale import estimate_diameter, foreground, normalise, resolve_diameter
+from livetrack.types import Detections, LabelImage, Segmentation
+
+log = logging.getLogger("livetrack.segment.classical")
+
+
+class ClassicalSegmenter:
+    """One instance per position: it keeps the diameter it settled on for that position."""
+
+    name = "classical"
+    device = "cpu"
+
+    def __init__(self, config: SegmentConfig | None = None) -> None:
+        self.config = config or SegmentConfig()
+        self._estimates: list[float] = []
+        self._diameter: float | None = None
+
+    @property
+    def diameter_px(self) -> float | None:
+        """The diameter in use (None until configured or estimated)."""
+        return self._diameter
+
+    def _diameter_for(
+        self, image: NDArray[np.generic], pixel_size_um: float | None
+    ) -> float | None:
+        c = self.config
+        given = resolve_diameter(c.nucleus_diameter_px, c.nucleus_diameter_um, pixel_size_um)
+        if given is not None:
+            return given
+        if self._diameter is not None:
+            return self._diameter
+        estimate = estimate_diameter(image, c.min_contrast)
+        if estimate is None:
+            return None
+        self._estimates.append(estimate)
+        current = statistics.median(self._estimates)
+        if len(self._estimates) >= c.auto_diameter_frames:
+            self._diameter = current
+            log.info("nucleus diameter estimated at %.1f px", current)
+        return current
+
+    def predict(
+        self, image: NDArray[np.generic], pixel_size_um: float | None = None
+    ) -> Segmentation:
+        if image.ndim != 2:
+            raise ValueError(f"expected a 2-D frame, got shape {image.shape}")
+        if image.dtype.kind not in "uif":
+            raise ValueError(f"expected a numeric frame, got dtype {image.dtype}")
+        diameter = self._diameter_for(image, pixel_size_um)
+        if diameter is None:  # nothing that looks like nuclei
+            return _empty(image.shape)
+        mask = self._segment(image, diameter)
+        return Segmentation(
+            mask=mask, detections=Detections.from_labels(mask), info={"diameter_px": diameter}
+        )
+
+    def _segment(self, image: NDArray[np.generic], diameter: float) -> LabelImage:
+        c = self.config
+        scale = (
+            min(1.0, c.canonical_diameter_px / diameter)
+            if diameter > 1.3 * c.canonical_diameter_px
+            else 1.0
+        )
+        img = normalise(image)
+        if scale < 1.0:
+            shape = (max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale)))
+            img = resize(img, shape, order=1, anti_aliasing=True, preserve_range=True).astype(
+                np.float32
+            )
+        d = diameter * scale
+        smoothed = ndi.gaussian_filter(img, max(c.smoothing * d, 0.5))
+        fg = foreground(smoothed, c.min_contrast, dim_sigma=c.dim_nuclei_sigma)
+        if fg is None:
+            return np.zeros(image.shape, np.int32)
+        fg = ndi.binary_fill_holes(fg)
+        dist = ndi.distance_transform_edt(fg).astype(np.float32)
+        # Nuclei are blobs: smoothing the distance map merges the ridge maxima of elongated
+        # shapes into one centre per nucleus.
+        dist_s = ndi.gaussian_filter(dist, max(0.1 * d, 0.5))
+        comps, _ = ndi.label(fg)
+        peaks = peak_local_max(
+            dist_s,
+            min_distance=max(1, round(c.marker_min_distance * d)),
+            threshold_abs=c.marker_min_depth * d,
+            labels=comps,
+            exclude_border=False,
+        )
+        markers = np.zeros(fg.shape, np.int32)
+        markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+        labels = watershed(-dist_s, markers, mask=fg).astype(np.int32)
+        min_area = c.min_area_fraction * np.pi * d * d / 4.0
+        if labels.max() > 0:
+            areas = np.bincount(labels.ravel())
+            small = np.flatnonzero(areas < min_area)
+            labels[np.isin(labels, small[small > 0])] = 0
+        if scale < 1.0:
+            labels = resize(
+                labels, image.shape, order=0, anti_aliasing=False, preserve_range=True
+            ).astype(np.int32)
+        out, _, _ = relabel_sequential(labels)
+        return np.asarray(out, dtype=np.int32)
+
+
+def _empty(shape: tuple[int, ...]) -> Segmentation:
+    return Segmentation(mask=np.zeros(shape, np.int32), detections=Detections.empty())

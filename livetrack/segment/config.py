@@ -1,0 +1,46 @@
+"""Settings of the segmentation stage. Every length is relative to the nucleus diameter so
+the defaults carry over to other microscopes and cell types."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SegmentConfig(BaseModel):
+    """How frames are turned into labelled nuclei."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    method: Literal["classical"] = "classical"
+    """Segmenter: 'classical' (smoothing, threshold, distance-transform watershed). The
+    learned model plugs in here in a later release."""
+    nucleus_diameter_px: float | None = Field(default=None, gt=2)
+    """Typical nucleus diameter in pixels. Takes precedence over everything else."""
+    nucleus_diameter_um: float | None = Field(default=None, gt=0)
+    """Typical nucleus diameter in micrometres, used with the frame's pixel size. Unset by
+    default because nuclei range from ~6 µm (HL60) to ~15 µm (mouse ES cells): the estimate
+    from the image is more reliable than a guess."""
+    auto_diameter_frames: int = Field(default=3, ge=1)
+    """When the diameter is estimated from the image, the median over this many first
+    frames with nuclei is kept for the rest of the position's movie (stable labels)."""
+    canonical_diameter_px: float = Field(default=20.0, ge=8)
+    """Frames whose nuclei are much larger than this are downscaled so nuclei are about
+    this size before segmenting (speed); labels come back at the original resolution."""
+    smoothing: float = Field(default=0.08, ge=0)
+    """Gaussian sigma, in nucleus diameters, applied before thresholding."""
+    min_contrast: float = Field(default=3.0, gt=0)
+    """The foreground must exceed the background by this many background standard
+    deviations (after smoothing), else the frame is taken to hold no nuclei: Otsu's
+    threshold always splits an image, even pure noise."""
+    dim_nuclei_sigma: float = Field(default=8.0, ge=0)
+    """Isolated objects this many noise standard deviations above the background are kept
+    even when below the (Otsu) threshold: dim nuclei next to bright ones. 0 disables."""
+    marker_min_distance: float = Field(default=0.45, gt=0)
+    """Minimum distance between two nucleus centres, in diameters (peak separation)."""
+    marker_min_depth: float = Field(default=0.12, ge=0)
+    """A centre must be at least this deep inside the foreground, in diameters: ignores
+    thin protrusions and debris."""
+    min_area_fraction: float = Field(default=0.15, ge=0)
+    """Objects smaller than this fraction of the expected nucleus area are dropped."""
