@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,10 @@ MAX_HEADER_BYTES = 64 * 1024
 
 class SendTimeout(Exception):
     """The receiver did not accept a frame within the configured time."""
+
+
+class SendAborted(Exception):
+    """A send waiting for the worker was abandoned because the stop event was set."""
 
 
 def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> str:
@@ -129,8 +134,11 @@ class FramePusher:
         send_timeout_s: float | None = None,
         allow_remote: bool = False,
         context: zmq.Context[Any] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         check_endpoint(endpoint, allow_remote=allow_remote)
+        self.stop = stop
+        """When set while a send waits for the worker, the send raises SendAborted."""
         self._ctx = context or zmq.Context.instance()
         # Linger > 0 so frames queued before close (incl. end-of-stream) still reach the worker.
         self._sock = _socket(self._ctx, zmq.PUSH, linger_ms=int(linger_s * 1000), hwm=hwm)
@@ -149,8 +157,11 @@ class FramePusher:
     def _wait_writable(self) -> None:
         start = time.monotonic()
         next_warning = 10.0
-        while not self._sock.poll(1000, zmq.POLLOUT):
+        while not self._sock.poll(100, zmq.POLLOUT):
             waited = time.monotonic() - start
+            if self.stop is not None and self.stop.is_set():
+                self.blocked_s += waited
+                raise SendAborted(f"stopped while waiting for the worker on {self.endpoint}")
             if self.send_timeout_s is not None and waited >= self.send_timeout_s:
                 self.blocked_s += waited
                 raise SendTimeout(
@@ -217,7 +228,7 @@ def _little_endian(a: NDArray[Any]) -> NDArray[Any]:
 
 
 def _bytes_view(a: NDArray[Any]) -> memoryview:
-    return memoryview(a.reshape(-1).view(np.uint8))
+    return a.reshape(-1).view(np.uint8).data
 
 
 class FramePuller:
@@ -235,6 +246,8 @@ class FramePuller:
         check_endpoint(endpoint, allow_remote=allow_remote)
         self._ctx = context or zmq.Context.instance()
         self._sock = _socket(self._ctx, zmq.PULL, linger_ms=0, hwm=hwm)
+        self.last_receive_ms = 0.0
+        """Time to take the last message off the socket and validate it (not the wait)."""
         # A peer sending a giant single part (not a livetrack driver) must not exhaust memory.
         self._sock.setsockopt(zmq.MAXMSGSIZE, 16384 * 16384 * 8 + MAX_HEADER_BYTES)
         self.endpoint = endpoint
@@ -252,8 +265,12 @@ class FramePuller:
         timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
         if not self._sock.poll(timeout_ms, zmq.POLLIN):
             return None
+        start = time.perf_counter()
         parts = self._sock.recv_multipart(copy=False)
-        return decode_driver_message([p.buffer for p in parts])
+        try:
+            return decode_driver_message([p.buffer for p in parts])
+        finally:
+            self.last_receive_ms = (time.perf_counter() - start) * 1000
 
     def close(self) -> None:
         self._sock.close()
@@ -410,8 +427,6 @@ def bench_throughput(
     same buffer; ``True`` goes through FramePusher/FramePuller (JSON header, validation,
     zero-copy view). Both run here, in one process, so their ratio is meaningful.
     """
-    import threading
-
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         if livetrack_protocol:
@@ -442,7 +457,7 @@ def bench_throughput(
             endpoint = bind_random_port(pull)
             push = _socket(ctx, zmq.PUSH, linger_ms=1000, hwm=4)
             push.connect(endpoint)
-            buf = memoryview(np.ascontiguousarray(image).reshape(-1).view(np.uint8))
+            buf = _bytes_view(np.ascontiguousarray(image))
 
             def send() -> None:
                 for _ in range(n_frames):

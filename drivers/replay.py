@@ -1,0 +1,221 @@
+"""Replay a recorded movie in CTC layout (``tNNN.tif``, any zero-padding) as a live source.
+
+Optionally with a folder of label masks (``man_trackNNN.tif``, ``man_segNNN.tif``,
+``maskNNN.tif``…) to track instead of segmenting — tracking-only mode, used to score the
+tracker alone. A frame that cannot be read is reported and skipped; the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from drivers.movie import MovieSource, is_ndtiff, open_ndtiff_movie, open_tiff_movie
+from livetrack.errors import SourceError
+from livetrack.source import FrameMeta
+
+log = logging.getLogger("livetrack.drivers.replay")
+
+_FRAME_RE = re.compile(r"^t(\d+)\.tiff?$", re.IGNORECASE)
+_MASK_RE = re.compile(r"^[A-Za-z_]*?(\d+)\.tiff?$", re.IGNORECASE)
+
+
+def index_files(folder: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
+    """Map frame number → file for every file in ``folder`` whose name matches ``pattern``."""
+    if not folder.is_dir():
+        raise SourceError(f"{folder} is not a folder")
+    found: dict[int, Path] = {}
+    for p in folder.iterdir():
+        m = pattern.match(p.name)
+        if m:
+            idx = int(m.group(1))
+            if idx in found:
+                raise SourceError(
+                    f"{folder}: two files for frame {idx}: {found[idx].name}, {p.name}"
+                )
+            found[idx] = p
+    return dict(sorted(found.items()))
+
+
+def pixel_size_from_tiff(path: Path) -> float | None:
+    """Pixel size in µm from a TIFF's resolution tags, or None when absent/implausible."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            tags = page.tags
+            res = tags.get("XResolution")
+            unit = tags.get("ResolutionUnit")
+            if res is None:
+                return None
+            num, den = res.value
+            if num == 0 or den == 0:
+                return None
+            px_per_unit = num / den
+            unit_val = int(unit.value) if unit is not None else 2
+    except (OSError, tifffile.TiffFileError, ValueError):
+        return None
+    um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit_val)  # inch, centimetre
+    if um_per_unit is None:
+        return None
+    size = um_per_unit / px_per_unit
+    # 72/96 dpi defaults mean "unknown"; real microscopes are 0.01–50 µm/px.
+    return size if 0.01 <= size <= 50 else None
+
+
+class CTCReplaySource:
+    """A FrameSource over a CTC-layout sequence folder."""
+
+    n_positions = 1
+
+    def __init__(
+        self,
+        seq_dir: Path,
+        *,
+        masks_dir: Path | None = None,
+        pixel_size_um: float | None = None,
+        position: str | None = None,
+        fps: float | None = None,
+    ) -> None:
+        self.seq_dir = Path(seq_dir)
+        self.frames_by_index = index_files(self.seq_dir, _FRAME_RE)
+        if not self.frames_by_index:
+            raise SourceError(f"{self.seq_dir} holds no frames named tNNN.tif")
+        self.masks_by_index: dict[int, Path] | None = None
+        if masks_dir is not None:
+            self.masks_by_index = index_files(Path(masks_dir), _MASK_RE)
+            missing = sorted(set(self.frames_by_index) - set(self.masks_by_index))
+            if missing:
+                raise SourceError(
+                    f"{masks_dir} has no mask for {len(missing)} frame(s), first: {missing[:5]}"
+                )
+        first = next(iter(self.frames_by_index.values()))
+        self.pixel_size_um = pixel_size_um or pixel_size_from_tiff(first)
+        self.position = position or f"{self.seq_dir.parent.name}_{self.seq_dir.name}"
+        self.fps = fps
+        self.skipped: list[tuple[int, str]] = []
+        self._closed = False
+
+    @property
+    def total_frames(self) -> int | None:
+        return len(self.frames_by_index)
+
+    def describe(self) -> str:
+        mode = f" masks={self.masks_dir_name}" if self.masks_by_index is not None else ""
+        return f"replay {self.seq_dir}{mode}"
+
+    @property
+    def masks_dir_name(self) -> str:
+        if not self.masks_by_index:
+            return ""
+        return str(next(iter(self.masks_by_index.values())).parent)
+
+    def frames(self) -> Iterator[tuple[np.ndarray, FrameMeta]]:
+        next_due = time.monotonic()
+        for idx, path in self.frames_by_index.items():
+            if self._closed:
+                return
+            try:
+                image = _read_2d(path)
+                labels = None
+                if self.masks_by_index is not None:
+                    labels = _read_2d(self.masks_by_index[idx]).astype(np.int32)
+                    if labels.shape != image.shape:
+                        raise SourceError(
+                            f"mask {self.masks_by_index[idx].name} is {labels.shape}, "
+                            f"frame is {image.shape}"
+                        )
+            except SourceError as err:
+                log.error("skipping frame %d: %s", idx, err)
+                self.skipped.append((idx, str(err)))
+                continue
+            if self.fps:
+                delay = next_due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_due += 1.0 / self.fps
+            yield (
+                image,
+                FrameMeta(
+                    position=self.position,
+                    frame_index=idx,
+                    timestamp=time.time(),
+                    pixel_size_um=self.pixel_size_um,
+                    labels=labels,
+                ),
+            )
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def _read_2d(path: Path) -> np.ndarray:
+    try:
+        arr = tifffile.imread(path)
+    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        raise SourceError(f"cannot read {path.name}: {err}") from None
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise SourceError(f"{path.name} has shape {arr.shape}; expected one 2-D plane")
+    if arr.dtype.kind not in "uif":
+        raise SourceError(f"{path.name} has unsupported pixel type {arr.dtype}")
+    if arr.dtype == np.int64 or arr.dtype == np.uint64:
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def open_movie(
+    path: Path,
+    *,
+    masks_dir: Path | None = None,
+    axes: str | None = None,
+    channel: str | int | None = None,
+    z: int | str | None = None,
+    pixel_size_um: float | None = None,
+    position: str | None = None,
+    fps: float | None = None,
+    realtime: bool = False,
+) -> CTCReplaySource | MovieSource:
+    """Open any recording ``livetrack replay`` understands, by what ``path`` is: an NDTiff
+    dataset folder (``NDTiff.index``), a CTC sequence folder (``tNNN.tif``), or a
+    multi-page TIFF / OME-TIFF file. Options that do not apply to the format are errors,
+    not silently ignored."""
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(
+            f"{path} does not exist: it is not a folder (CTC / NDTiff) or a TIFF file"
+        )
+    if path.is_dir() and is_ndtiff(path):
+        _refuse(masks_dir=masks_dir, axes=axes, position=position, fmt="an NDTiff dataset")
+        return open_ndtiff_movie(
+            path, channel=channel, z=z, pixel_size_um=pixel_size_um, fps=fps, realtime=realtime
+        )
+    if path.is_dir():
+        _refuse(axes=axes, channel=channel, z=z, fmt="a CTC folder")
+        if realtime:
+            raise SourceError(f"{path}: a CTC folder has no recorded timestamps; use fps")
+        return CTCReplaySource(
+            path, masks_dir=masks_dir, pixel_size_um=pixel_size_um, position=position, fps=fps
+        )
+    _refuse(masks_dir=masks_dir, fmt="a TIFF movie")
+    return open_tiff_movie(
+        path,
+        axes=axes,
+        channel=channel,
+        z=z,
+        pixel_size_um=pixel_size_um,
+        position=position,
+        fps=fps,
+        realtime=realtime,
+    )
+
+
+def _refuse(fmt: str, **options: object) -> None:
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise SourceError(f"{', '.join(given)} cannot be used with {fmt}")

@@ -1,0 +1,157 @@
+"""Wire a FrameSource, a worker and a store together in one process over real sockets.
+
+``livetrack run`` / ``replay`` / ``bench`` and the end-to-end tests all go through
+``run_pipeline``: the worker runs in the calling thread, the driver in a background
+thread, and frames cross a real ZeroMQ PUSH/PULL pair on 127.0.0.1 — the same path a
+separate driver process would use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from livetrack.config import Settings
+from livetrack.errors import EndpointInUse
+from livetrack.pump import PumpResult, pump
+from livetrack.source import FrameSource
+from livetrack.store import Store
+from livetrack.transport import EventPublisher, FramePuller, FramePusher
+from livetrack.worker import FrameResult, Worker
+
+log = logging.getLogger("livetrack.runner")
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    db_path: Path
+    frames_stored: int
+    frames_rejected: int
+    frames_duplicate: int
+    seconds: float
+    stage_ms: dict[str, float]
+    counts: dict[str, int]
+    events_endpoint: str
+    pump: PumpResult | None
+    timings: list[dict[str, float]] = field(default_factory=list)
+    """Per-frame stage timings (ms), in arrival order."""
+
+
+def choose_run_id(store: Store, base: str) -> str:
+    """Resume ``base`` if it exists unfinished; if it finished, start ``base-2``, ``-3``…"""
+    runs = {r["run_id"]: r for r in store.runs()}
+    candidate, n = base, 1
+    while candidate in runs and runs[candidate]["status"] == "finished":
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def open_publisher(endpoint: str, *, allow_remote: bool) -> EventPublisher:
+    """Bind the event publisher; if the port is taken (another worker), use a free one."""
+    try:
+        return EventPublisher(endpoint, allow_remote=allow_remote)
+    except EndpointInUse:
+        host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
+        pub = EventPublisher(f"tcp://{host}:0", allow_remote=allow_remote)
+        log.warning("%s is in use; publishing events on %s instead", endpoint, pub.endpoint)
+        return pub
+
+
+def run_pipeline(
+    source: FrameSource,
+    settings: Settings,
+    *,
+    description: str,
+    run_id: str,
+    db_path: Path,
+    stop: threading.Event | None = None,
+    on_frame: Callable[[FrameResult], None] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    events_endpoint: str | None = None,
+) -> RunSummary:
+    """Stream ``source`` through a worker into ``db_path``; returns when the stream ends
+    or ``stop`` is set. Timings of every frame are kept for benchmarks."""
+    stop = stop or threading.Event()
+    timings: list[dict[str, float]] = []
+
+    def record(result: FrameResult) -> None:
+        if result.status == "stored":
+            timings.append(result.timings_ms)
+        if on_frame is not None:
+            on_frame(result)
+
+    store = Store(db_path, config=settings.store)
+    puller = FramePuller("tcp://127.0.0.1:0", hwm=settings.worker.receive_hwm)
+    publisher = open_publisher(
+        events_endpoint or settings.worker.events_endpoint,
+        allow_remote=settings.worker.allow_remote,
+    )
+    settings = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"exit_on_eos": True})}
+    )
+    worker = Worker(settings, store, puller, publisher, on_frame=record)
+    pusher = FramePusher(puller.endpoint, hwm=settings.worker.receive_hwm, stop=stop)
+    pump_result: list[PumpResult] = []
+    pump_error: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            pump_result.append(pump(source, pusher, run_id, description=description, stop=stop))
+        except BaseException as err:  # reported by the caller's thread below
+            pump_error.append(err)
+            stop.set()
+
+    if on_ready is not None:
+        on_ready(publisher.endpoint)
+    started = time.perf_counter()
+    driver = threading.Thread(target=drive, name="livetrack-driver", daemon=True)
+    driver.start()
+    try:
+        worker.run(stop)
+        # Stopped by the user before the driver's end-of-stream arrived: keep what is
+        # stored and mark the run resumable.
+        worker.abort_open_runs()
+    finally:
+        stop.set()
+        driver.join(timeout=10)
+        pusher.close(linger_s=0)
+        puller.close()
+        publisher.close()
+        counts = store.counts(run_id) if store.has_run(run_id) else {}
+        store.close()
+    if pump_error:
+        raise pump_error[0]
+    return RunSummary(
+        run_id=run_id,
+        db_path=Path(db_path),
+        frames_stored=worker.frames_processed,
+        frames_rejected=worker.frames_rejected,
+        frames_duplicate=worker.frames_duplicate,
+        seconds=time.perf_counter() - started,
+        stage_ms=_medians(timings),
+        counts=counts,
+        events_endpoint=publisher.endpoint,
+        pump=pump_result[0] if pump_result else None,
+        timings=timings,
+    )
+
+
+def _medians(timings: list[dict[str, float]]) -> dict[str, float]:
+    import statistics
+
+    keys: dict[str, list[float]] = {}
+    for t in timings:
+        for k, v in t.items():
+            keys.setdefault(k, []).append(v)
+    return {k: statistics.median(v) for k, v in keys.items()}
+
+
+def describe_counts(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())

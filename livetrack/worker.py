@@ -1,0 +1,432 @@
+"""The worker loop: receive → segment → track → store → publish, one frame at a time.
+
+It holds no business logic of its own: segmentation, tracking and storage live behind
+their seams. What it owns is the per-(run, position) state, ordering rules (duplicates
+are idempotent, gaps are tolerated), error isolation (a bad frame is rejected and the
+run goes on) and the heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from livetrack.config import Settings
+from livetrack.errors import BadFrame, BadMessage, SchemaMismatch, StoreError
+from livetrack.messages import (
+    EndOfStream,
+    FrameHeader,
+    FrameRejected,
+    PositionStatus,
+    TrackEvent,
+    WorkerStatus,
+)
+from livetrack.segment.base import Segmenter
+from livetrack.segment.factory import make_segmenter
+from livetrack.store import Store
+from livetrack.track.base import Tracker, TrackStep
+from livetrack.track.factory import make_tracker
+from livetrack.transport import EventPublisher, FramePuller, ReceivedFrame
+from livetrack.types import Detections, Segmentation
+
+log = logging.getLogger("livetrack.worker")
+
+STAGES = ("receive", "segment", "track", "store")
+
+WorkerState = Literal["idle", "running", "finished", "stopping"]
+
+
+class WorkerStopped(Exception):
+    """The worker gave up (e.g. the store kept failing); the message says why."""
+
+
+@dataclass
+class PositionState:
+    """Live state of one position of one run."""
+
+    segmenter: Segmenter
+    tracker: Tracker
+    shape: tuple[int, int]
+    last_frame: int | None
+    n_cells: int = 0
+    active_tracks: int = 0
+    divisions: int = 0
+    updated: float = 0.0
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What happened to one received frame (for progress displays and tests)."""
+
+    run_id: str
+    position: str
+    frame_index: int
+    status: str
+    """'stored', 'duplicate' or 'rejected'."""
+    n_cells: int = 0
+    n_events: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    total_frames: int | None = None
+    message: str = ""
+
+
+class GivenLabels:
+    """Segmenter used in tracking-only mode: the frame came with its label image."""
+
+    name = "given-labels"
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self._labels = labels
+
+    def predict(self, image: np.ndarray, pixel_size_um: float | None = None) -> Segmentation:
+        mask = np.asarray(self._labels, dtype=np.int32)
+        return Segmentation(mask=mask, detections=Detections.from_labels(mask))
+
+
+class Worker:
+    """Processes frames from a FramePuller until stopped (or end-of-stream)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        puller: FramePuller,
+        publisher: EventPublisher | None = None,
+        *,
+        on_frame: Callable[[FrameResult], None] | None = None,
+        segmenter_factory: Callable[[], Segmenter] | None = None,
+        tracker_factory: Callable[[tuple[int, int]], Tracker] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.puller = puller
+        self.publisher = publisher
+        self.on_frame = on_frame
+        self._make_segmenter = segmenter_factory or (lambda: make_segmenter(settings.segment))
+        self._make_tracker = tracker_factory or (lambda shape: make_tracker(settings.track, shape))
+        self.positions: dict[tuple[str, str], PositionState] = {}
+        self.open_runs: set[str] = set()
+        self.finished_runs: set[str] = set()
+        self.frames_processed = 0
+        self.frames_rejected = 0
+        self.frames_duplicate = 0
+        self._store_failures = 0
+        self._recent: deque[dict[str, float]] = deque(maxlen=50)
+        self._commit_times: deque[float] = deque(maxlen=50)
+        self._last_status = 0.0
+        self._current_run: str | None = None
+        self._last_lag_s = 0.0
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Serve until ``stop`` is set, or until every run ended when ``exit_on_eos``."""
+        stop = stop or threading.Event()
+        log.info("worker listening for frames on %s", self.puller.endpoint)
+        while not stop.is_set():
+            self.poll_once(timeout_s=0.2)
+            if self.settings.worker.exit_on_eos and self.finished_runs and not self.open_runs:
+                break
+        self._publish_status("stopping" if stop.is_set() else "finished", force=True)
+
+    def poll_once(self, timeout_s: float = 0.2) -> FrameResult | EndOfStream | None:
+        """Receive and handle at most one message. Never raises for bad input."""
+        try:
+            msg = self.puller.recv(timeout_s=timeout_s)
+        except (BadMessage, BadFrame, SchemaMismatch) as err:
+            return self._reject(None, str(err))
+        if msg is None:
+            self._publish_status("running" if self.open_runs else "idle")
+            return None
+        if isinstance(msg, EndOfStream):
+            self.end_of_stream(msg)
+            return msg
+        result = self.handle_frame(msg, receive_ms=self.puller.last_receive_ms)
+        self._publish_status("running")
+        return result
+
+    # ------------------------------------------------------------- one frame
+    def handle_frame(self, rf: ReceivedFrame, receive_ms: float = 0.0) -> FrameResult:
+        h = rf.header
+        try:
+            state = self._position_state(h)
+        except BadFrame as err:
+            return self._reject(h, str(err))
+        if state.last_frame is not None and h.frame_index <= state.last_frame:
+            if self.store.has_frame(h.run_id, h.position, h.frame_index):
+                self.frames_duplicate += 1
+                log.info("frame %s/%d already stored; ignoring re-send", h.position, h.frame_index)
+                return self._emit(FrameResult(h.run_id, h.position, h.frame_index, "duplicate"))
+            return self._reject(
+                h,
+                f"frame {h.position}/{h.frame_index} arrived after frame {state.last_frame}; "
+                "frames must arrive in order",
+            )
+        if state.last_frame is not None and h.frame_index > state.last_frame + 1:
+            log.warning(
+                "position %s: frames %d..%d never arrived; tracking across the gap",
+                h.position,
+                state.last_frame + 1,
+                h.frame_index - 1,
+            )
+        timings = {"receive": receive_ms}
+        try:
+            t = time.perf_counter()
+            segmenter = GivenLabels(rf.labels) if rf.labels is not None else state.segmenter
+            seg = segmenter.predict(rf.image, h.pixel_size_um)
+            timings["segment"] = (time.perf_counter() - t) * 1000
+        except (ValueError, BadFrame) as err:
+            return self._reject(
+                h, f"frame {h.position}/{h.frame_index}: segmentation failed: {err}"
+            )
+        t = time.perf_counter()
+        step = state.tracker.step(h.frame_index, seg.detections)
+        timings["track"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        try:
+            self.store.write_frame(
+                h.run_id,
+                h.position,
+                h.frame_index,
+                timestamp=h.timestamp,
+                mask=seg.mask,
+                detections=seg.detections,
+                step=step,
+                timings=timings,
+                channel=h.channel,
+                pixel_size_um=h.pixel_size_um,
+            )
+        except StoreError as err:
+            # The tracker already advanced past a frame the store does not hold: drop the
+            # position's state so the next frame re-synchronises from what was committed.
+            self.positions.pop((h.run_id, h.position), None)
+            self._store_failures += 1
+            if self._store_failures >= self.settings.worker.max_store_failures:
+                raise WorkerStopped(
+                    f"{self._store_failures} consecutive frames could not be stored; last "
+                    f"error: {err}"
+                ) from err
+            return self._reject(h, f"frame {h.position}/{h.frame_index} not stored: {err}")
+        self._store_failures = 0
+        timings["store"] = (time.perf_counter() - t) * 1000
+        self._after_commit(h, state, seg, step, timings)
+        return self._emit(
+            FrameResult(
+                h.run_id,
+                h.position,
+                h.frame_index,
+                "stored",
+                n_cells=len(seg.detections),
+                n_events=len(step.events),
+                timings_ms=timings,
+                total_frames=h.total_frames,
+            )
+        )
+
+    def _after_commit(
+        self,
+        h: FrameHeader,
+        state: PositionState,
+        seg: Segmentation,
+        step: TrackStep,
+        timings: dict[str, float],
+    ) -> None:
+        now = time.time()
+        state.last_frame = h.frame_index
+        state.n_cells = len(seg.detections)
+        ended = {e.track_id for e in step.ended}
+        state.active_tracks = len(set(step.track_ids.tolist()) - ended)
+        self.frames_processed += 1
+        self._recent.append(timings)
+        self._commit_times.append(time.monotonic())
+        self._last_lag_s = max(0.0, now - h.timestamp)
+        for ev in step.events:
+            if ev.kind == "division":
+                state.divisions += 1
+            if self.publisher is not None:
+                self.publisher.publish(
+                    TrackEvent(
+                        run_id=h.run_id,
+                        position=h.position,
+                        frame=ev.frame,
+                        event=ev.kind,
+                        track_id=ev.track_id,
+                        daughters=ev.daughters,
+                        y=None if np.isnan(ev.y) else ev.y,
+                        x=None if np.isnan(ev.x) else ev.x,
+                        confidence=ev.confidence,
+                        timestamp=h.timestamp,
+                    )
+                )
+        state.updated = now
+
+    def _position_state(self, h: FrameHeader) -> PositionState:
+        key = (h.run_id, h.position)
+        state = self.positions.get(key)
+        if state is not None:
+            if state.shape != h.shape:
+                raise BadFrame(
+                    f"frame {h.position}/{h.frame_index} is {h.shape}, earlier frames of this "
+                    f"position were {state.shape}"
+                )
+            return state
+        if h.run_id not in self.open_runs:
+            self._open_run(h)
+        state = PositionState(
+            segmenter=self._make_segmenter(),
+            tracker=self._make_tracker(h.shape),
+            shape=h.shape,
+            last_frame=self.store.last_frame(h.run_id, h.position),
+        )
+        if state.last_frame is not None:
+            self._restore(h, state)
+        self.positions[key] = state
+        return state
+
+    def _open_run(self, h: FrameHeader) -> None:
+        is_new = self.store.begin_run(
+            h.run_id, source=h.source or "stream", config=self.settings.model_dump(mode="json")
+        )
+        self.open_runs.add(h.run_id)
+        self.finished_runs.discard(h.run_id)
+        self._current_run = h.run_id
+        log.info("%s run %s (%s)", "started" if is_new else "resuming", h.run_id, h.source)
+
+    def _restore(self, h: FrameHeader, state: PositionState) -> None:
+        window = self.settings.track.max_gap + 2
+        history = self.store.history(h.run_id, h.position, window)
+        tracks = self.store.tracks(h.run_id, h.position)
+        state.tracker.restore(history, tracks)
+        state.divisions = sum(
+            1 for e in self.store.events(h.run_id, h.position, kinds=["division"])
+        )
+        log.info(
+            "position %s of run %s: resuming after frame %s (%d tracks restored)",
+            h.position,
+            h.run_id,
+            state.last_frame,
+            len(tracks),
+        )
+
+    # ------------------------------------------------------------ stream end
+    def end_of_stream(self, eos: EndOfStream) -> None:
+        """Close the run's open tracks and mark it finished (or aborted)."""
+        for (run_id, position), state in list(self.positions.items()):
+            if run_id != eos.run_id:
+                continue
+            if eos.reason == "complete" and state.last_frame is not None:
+                self.store.write_track_ends(
+                    run_id, position, state.tracker.finish(state.last_frame)
+                )
+            del self.positions[(run_id, position)]
+        if eos.run_id in self.open_runs or self.store.has_run(eos.run_id):
+            self.store.end_run(eos.run_id, "finished" if eos.reason == "complete" else "aborted")
+        self.open_runs.discard(eos.run_id)
+        self.finished_runs.add(eos.run_id)
+        log.info(
+            "end of stream for run %s (%s, %d frames sent)%s",
+            eos.run_id,
+            eos.reason,
+            eos.frames_sent,
+            f": {eos.message}" if eos.message else "",
+        )
+
+    def abort_open_runs(self) -> None:
+        """On shutdown without end-of-stream: mark open runs 'aborted' (resumable)."""
+        for run_id in list(self.open_runs):
+            self.store.end_run(run_id, "aborted")
+        self.open_runs.clear()
+
+    # ------------------------------------------------------------- reporting
+    def _emit(self, result: FrameResult) -> FrameResult:
+        if self.on_frame is not None:
+            self.on_frame(result)
+        return result
+
+    def _reject(self, h: FrameHeader | None, reason: str) -> FrameResult:
+        self.frames_rejected += 1
+        log.error("rejected: %s", reason)
+        if self.publisher is not None:
+            self.publisher.publish(
+                FrameRejected(
+                    run_id=h.run_id if h else None,
+                    position=h.position if h else None,
+                    frame_index=h.frame_index if h else None,
+                    reason=reason,
+                    timestamp=time.time(),
+                )
+            )
+        return self._emit(
+            FrameResult(
+                h.run_id if h else "",
+                h.position if h else "",
+                h.frame_index if h else -1,
+                "rejected",
+                message=reason,
+            )
+        )
+
+    def stage_medians(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for stage in STAGES:
+            values = [t[stage] for t in self._recent if stage in t]
+            if values:
+                out[stage] = statistics.median(values)
+        return out
+
+    def fps(self) -> float:
+        if len(self._commit_times) < 2:
+            return 0.0
+        span = self._commit_times[-1] - self._commit_times[0]
+        return (len(self._commit_times) - 1) / span if span > 0 else 0.0
+
+    def status(self, state: WorkerState) -> WorkerStatus:
+        return WorkerStatus(
+            run_id=self._current_run,
+            state=state,
+            frames_processed=self.frames_processed,
+            frames_rejected=self.frames_rejected,
+            fps=self.fps(),
+            stage_ms=self.stage_medians(),
+            lag_s=self._last_lag_s,
+            device=_device_of(self.positions),
+            positions=tuple(
+                PositionStatus(
+                    position=pos,
+                    last_frame=s.last_frame if s.last_frame is not None else -1,
+                    n_cells=s.n_cells,
+                    active_tracks=s.active_tracks,
+                    divisions=s.divisions,
+                    updated=s.updated,
+                )
+                for (_, pos), s in sorted(self.positions.items())
+            ),
+            segmenter=self.settings.segment.method,
+            tracker=self.settings.track.method,
+            db_path=str(self.store.path),
+            timestamp=time.time(),
+        )
+
+    def _publish_status(self, state: WorkerState, force: bool = False) -> None:
+        if self.publisher is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_status < self.settings.worker.status_interval_s:
+            return
+        self._last_status = now
+        self.publisher.publish(self.status(state))
+
+
+def _device_of(positions: dict[Any, PositionState]) -> str:
+    for s in positions.values():
+        device = getattr(s.segmenter, "device", None)
+        if device is not None:
+            return str(device)
+    return "cpu"

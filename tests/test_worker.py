@@ -1,0 +1,226 @@
+"""The worker over real sockets and a real SQLite file, fed by the simulator."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from drivers.simulator import SimulatorSource
+from livetrack.config import Settings
+from livetrack.messages import EndOfStream, FrameHeader, TrackEvent
+from livetrack.pump import header_for, pump
+from livetrack.store import Store
+from livetrack.transport import EventPublisher, EventSubscriber, FramePuller, FramePusher
+from livetrack.worker import FrameResult, Worker
+from simulators.nuclei import SimulationConfig
+
+SIM = SimulationConfig(
+    seed=3,
+    n_frames=24,
+    height=160,
+    width=160,
+    n_cells=10,
+    nucleus_diameter_px=16,
+    cell_cycle_frames=12,
+)
+
+
+def make_worker(db: Path, ctx: zmq.Context, closing, publisher: bool = False) -> Worker:  # type: ignore[type-arg]
+    puller = closing(FramePuller("tcp://127.0.0.1:0", hwm=1000, context=ctx))
+    pub = closing(EventPublisher("tcp://127.0.0.1:0", context=ctx)) if publisher else None
+    store = closing(Store(db))
+    settings = Settings().model_copy(
+        update={"worker": Settings().worker.model_copy(update={"exit_on_eos": True})}
+    )
+    return Worker(settings, store, puller, pub)
+
+
+def pusher_for(worker: Worker, ctx: zmq.Context, closing) -> FramePusher:  # type: ignore[type-arg]
+    return closing(FramePusher(worker.puller.endpoint, hwm=1000, context=ctx, linger_s=0))
+
+
+def drain(worker: Worker, until_eos: bool = True, timeout_s: float = 60) -> list[FrameResult]:
+    results: list[FrameResult] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = worker.poll_once(timeout_s=0.5)
+        if isinstance(got, FrameResult):
+            results.append(got)
+        elif (isinstance(got, EndOfStream) and until_eos) or (got is None and not until_eos):
+            return results
+    raise AssertionError("worker did not see end-of-stream in time")
+
+
+def gt_frames(config: SimulationConfig = SIM) -> list[tuple[np.ndarray, object]]:
+    return list(SimulatorSource(config, with_labels=True).frames())
+
+
+def test_worker_stores_every_frame_with_tracks_and_divisions(tmp_path, zmq_context, closing):
+    worker = make_worker(tmp_path / "a.db", zmq_context, closing)
+    pusher = pusher_for(worker, zmq_context, closing)
+    result = pump(SimulatorSource(SIM, with_labels=True), pusher, "run1", description="sim")
+    assert result.frames_sent == SIM.n_frames
+    results = drain(worker)
+    assert [r.status for r in results] == ["stored"] * SIM.n_frames
+    store = worker.store
+    assert store.frame_indices("run1", "sim") == list(range(SIM.n_frames))
+    assert store.runs()[0]["status"] == "finished"
+    # detections are exactly the GT objects of each frame
+    for _image, meta in gt_frames()[:: SIM.n_frames // 4]:
+        det, tids = store.frame_detections("run1", "sim", meta.frame_index)  # type: ignore[attr-defined]
+        n_gt = len(np.unique(meta.labels)) - 1  # type: ignore[attr-defined]
+        assert len(det) == n_gt
+        assert (tids > 0).all()
+    tracks = store.tracks("run1", "sim")
+    assert tracks, "no tracks stored"
+    divisions = store.events("run1", "sim", kinds=["division"])
+    assert divisions, "the simulator divides cells; the tracker found none"
+    children = {t.track_id: t.parent_id for t in tracks}
+    for d in divisions:
+        daughters = d["daughters"]
+        assert len(daughters) >= 1
+        assert all(children[k] == d["track_id"] for k in daughters)
+
+
+def test_resent_frames_are_idempotent_and_late_frames_rejected(tmp_path, zmq_context, closing):
+    worker = make_worker(tmp_path / "b.db", zmq_context, closing)
+    pusher = pusher_for(worker, zmq_context, closing)
+    frames = gt_frames()[:6]
+
+    def send(i: int) -> None:
+        image, meta = frames[i]
+        pusher.send_frame(
+            header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels),  # type: ignore[arg-type]
+            image,
+            meta.labels,  # type: ignore[attr-defined]
+        )
+
+    for i in (0, 1, 3):  # frame 2 goes missing
+        send(i)
+    send(1)  # re-sent after a driver reconnect: already stored
+    send(2)  # arrives after 3: out of order
+    send(4)
+    results = drain(worker, until_eos=False)
+    statuses = [(r.frame_index, r.status) for r in results]
+    assert statuses == [
+        (0, "stored"),
+        (1, "stored"),
+        (3, "stored"),
+        (1, "duplicate"),
+        (2, "rejected"),
+        (4, "stored"),
+    ]
+    assert "arrived after frame 3" in results[4].message
+    assert worker.store.frame_indices("r", "sim") == [0, 1, 3, 4]
+    assert worker.frames_rejected == 1
+    assert worker.frames_duplicate == 1
+
+
+def test_bad_input_is_rejected_and_the_run_goes_on(tmp_path, zmq_context, closing):
+    worker = make_worker(tmp_path / "c.db", zmq_context, closing)
+    raw = closing(zmq_context.socket(zmq.PUSH))
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(worker.puller.endpoint)
+    good = FrameHeader(
+        run_id="r", position="p", frame_index=0, timestamp=1.0, shape=(64, 64), dtype="uint16"
+    )
+    img = np.zeros((64, 64), np.uint16)
+    img[20:30, 20:30] = 1000
+    raw.send_multipart([b"{broken json", b""])
+    raw.send_multipart([good.model_dump_json().encode(), b"short"])
+    raw.send_multipart([good.model_dump_json().encode(), img.tobytes()])
+    bigger = good.model_copy(update={"frame_index": 1, "shape": (32, 32)})
+    raw.send_multipart([bigger.model_dump_json().encode(), np.zeros((32, 32), np.uint16).tobytes()])
+    nxt = good.model_copy(update={"frame_index": 2})
+    raw.send_multipart([nxt.model_dump_json().encode(), img.tobytes()])
+    results = drain(worker, until_eos=False)
+    assert [r.status for r in results] == ["rejected", "rejected", "stored", "rejected", "stored"]
+    assert "not valid JSON" in results[0].message
+    assert "needs 8192" in results[1].message
+    assert "earlier frames of this position were (64, 64)" in results[3].message
+    assert worker.store.frame_indices("r", "p") == [0, 2]
+
+
+def test_restarted_worker_continues_the_same_lineage(tmp_path, zmq_context, closing):
+    """Kill the worker after k frames (no end-of-stream), start a new one on the same DB,
+    send the remaining frames: the lineage equals an uninterrupted run's."""
+    frames = gt_frames()
+
+    def send_range(worker: Worker, lo: int, hi: int, eos: bool) -> None:
+        pusher = pusher_for(worker, zmq_context, closing)
+        for image, meta in frames[lo:hi]:
+            pusher.send_frame(
+                header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels),  # type: ignore[arg-type]
+                image,
+                meta.labels,  # type: ignore[attr-defined]
+            )
+        if eos:
+            pusher.send_eos(EndOfStream(run_id="r", positions=("sim",)))
+        drain(worker, until_eos=eos)
+
+    straight = make_worker(tmp_path / "straight.db", zmq_context, closing)
+    send_range(straight, 0, len(frames), eos=True)
+
+    first = make_worker(tmp_path / "resumed.db", zmq_context, closing)
+    send_range(first, 0, 11, eos=False)
+    first.store.close()  # the process "dies": no end-of-stream, no finish()
+    second = make_worker(tmp_path / "resumed.db", zmq_context, closing)
+    send_range(second, 11, len(frames), eos=True)
+
+    def lineage(store: Store) -> tuple[object, ...]:
+        tracks = sorted(
+            (t.track_id, t.parent_id, t.start_frame, t.end_frame, t.fate)
+            for t in store.tracks("r", "sim")
+        )
+        per_frame = tuple(
+            tuple(store.frame_detections("r", "sim", f)[1].tolist())
+            for f in store.frame_indices("r", "sim")
+        )
+        return tuple(tracks), per_frame
+
+    assert lineage(second.store) == lineage(straight.store)
+
+
+def test_events_are_published_live(tmp_path, zmq_context, closing):
+    worker = make_worker(tmp_path / "d.db", zmq_context, closing, publisher=True)
+    assert worker.publisher is not None
+    sub = closing(EventSubscriber(worker.publisher.endpoint, context=zmq_context))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # wait until the subscription is live
+        worker.publisher.publish(worker.status("idle"))
+        if sub.recv(timeout_s=0.1) is not None:
+            break
+    pusher = pusher_for(worker, zmq_context, closing)
+    pump(SimulatorSource(SIM, with_labels=True), pusher, "run1", description="sim")
+    drain(worker)
+    received = []
+    while (msg := sub.recv(timeout_s=0.5)) is not None:
+        received.append(msg)
+    events = [m for m in received if isinstance(m, TrackEvent)]
+    stored = worker.store.events("run1", "sim")
+    assert len(events) == len(stored) > 0
+    assert {(e.frame, e.event, e.track_id) for e in events} == {
+        (s["frame"], s["kind"], s["track_id"]) for s in stored
+    }
+
+
+@pytest.mark.parametrize("positions", [("A1", "B2")])
+def test_positions_are_tracked_independently(tmp_path, zmq_context, closing, positions):
+    worker = make_worker(tmp_path / "e.db", zmq_context, closing)
+    pusher = pusher_for(worker, zmq_context, closing)
+    frames = gt_frames()[:8]
+    for image, meta in frames:  # interleave two positions, same content
+        for pos in positions:
+            h = header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels)  # type: ignore[arg-type]
+            pusher.send_frame(h.model_copy(update={"position": pos}), image, meta.labels)  # type: ignore[attr-defined]
+    results = drain(worker, until_eos=False)
+    assert sum(r.status == "stored" for r in results) == 16
+    assert sorted(worker.store.positions("r")) == list(positions)
+    a, b = (worker.store.tracks("r", p) for p in positions)
+    assert [(t.track_id, t.parent_id, t.start_frame) for t in a] == [
+        (t.track_id, t.parent_id, t.start_frame) for t in b
+    ]
