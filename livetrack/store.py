@@ -936,6 +936,64 @@ class Store:
         out["deaths"] = int(kinds.get("death", 0))
         return out
 
+    def position_summaries(self, run_id: str) -> list[dict[str, Any]]:
+        """Per-position health for dashboards, sorted by position: ``position``,
+        ``last_frame``, ``n_frames``, ``n_cells`` (detections in the last frame),
+        ``updated`` (commit time of the last frame), ``active_tracks`` (fate 'active')
+        and ``divisions`` (division events so far). One read snapshot, so the numbers agree."""
+        with self._read("summarising positions") as conn:
+            rows = conn.execute(
+                "SELECT p.position, p.last_frame, p.n_frames, f.n_detections, f.received,"
+                " (SELECT count(*) FROM tracks t WHERE t.run_id = p.run_id"
+                "  AND t.position = p.position AND t.fate = 'active'),"
+                " (SELECT count(*) FROM events e WHERE e.run_id = p.run_id"
+                "  AND e.position = p.position AND e.kind = 'division')"
+                " FROM positions p LEFT JOIN frames f ON f.run_id = p.run_id"
+                " AND f.position = p.position AND f.frame = p.last_frame"
+                " WHERE p.run_id = ? ORDER BY p.position",
+                (run_id,),
+            ).fetchall()
+        keys = ("position", "last_frame", "n_frames", "n_cells", "updated", "active_tracks")
+        return [{**dict(zip(keys, row[:6], strict=True)), "divisions": int(row[6])} for row in rows]
+
+    def cells_per_frame(
+        self, run_id: str, position: str, last_n: int | None = None
+    ) -> list[tuple[int, int]]:
+        """``(frame, n_detections)`` of the last ``last_n`` committed frames (all when
+        None), oldest first — the cells-over-time series a dashboard draws."""
+        sql = "SELECT frame, n_detections FROM frames WHERE run_id = ? AND position = ?"
+        params: list[Any] = [run_id, position]
+        if last_n is not None:
+            sql += " ORDER BY frame DESC LIMIT ?"
+            params.append(max(int(last_n), 0))
+        else:
+            sql += " ORDER BY frame"
+        with self._read("loading cell counts"):
+            rows = self.conn.execute(sql, params).fetchall()
+        out = [(int(f), int(n)) for f, n in rows]
+        return out[::-1] if last_n is not None else out
+
+    def recent_frames(self, run_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The ``limit`` most recently committed frames of a run (any position), oldest
+        first, with ``position``, ``frame``, ``timestamp``, ``received`` and ``timings``
+        (decoded JSON, ms per stage): throughput, latency and lag without a live worker."""
+        with self._read("loading recent frames"):
+            rows = self.conn.execute(
+                "SELECT position, frame, timestamp, received, timings FROM frames"
+                " WHERE run_id = ? ORDER BY received DESC LIMIT ?",
+                (run_id, max(int(limit), 0)),
+            ).fetchall()
+        return [
+            {
+                "position": p,
+                "frame": int(f),
+                "timestamp": t,
+                "received": r,
+                "timings": json.loads(j),
+            }
+            for p, f, t, r, j in reversed(rows)
+        ]
+
 
 # --------------------------------------------------------------------------- write helpers
 

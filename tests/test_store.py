@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pydantic
 import pytest
+
 from livetrack.errors import SchemaMismatch, StoreError
 from livetrack.store import (
     SCHEMA_DOC,
@@ -541,3 +542,30 @@ def test_store_config_is_frozen_and_strict() -> None:
     with pytest.raises(pydantic.ValidationError):
         cfg.zlib_level = 3  # type: ignore[misc]
     assert StoreConfig.model_fields["busy_timeout_s"].description
+
+
+# --------------------------------------------------------------------------- dashboard queries
+
+
+def test_dashboard_queries_summarise_positions_cells_and_recent_frames(store: Store) -> None:
+    write_lineage(store)
+    write_lineage(store, pos="Pos1")
+    summaries = store.position_summaries(RUN)
+    assert [s["position"] for s in summaries] == [POS, "Pos1"]
+    s = summaries[0]
+    # last frame 3 holds 3 detections; tracks 3, 4, 5 are active, 1 divided, 2 lost.
+    assert (s["last_frame"], s["n_frames"], s["n_cells"]) == (3, 4, 3)
+    assert (s["active_tracks"], s["divisions"]) == (3, 1)
+    assert s["updated"] > 0
+    assert store.position_summaries("no-such-run") == []
+
+    assert store.cells_per_frame(RUN, POS) == [(0, 2), (1, 2), (2, 3), (3, 3)]
+    assert store.cells_per_frame(RUN, POS, last_n=2) == [(2, 3), (3, 3)]
+    assert store.cells_per_frame(RUN, "nowhere") == []
+
+    recent = store.recent_frames(RUN, limit=3)
+    assert len(recent) == 3
+    assert [r["received"] for r in recent] == sorted(r["received"] for r in recent)
+    assert recent[-1]["position"] == "Pos1"  # written last
+    first = store.recent_frames(RUN, limit=100)[0]
+    assert first["timings"] == {"segment": 12.5, "track": 1.5}

@@ -1,0 +1,376 @@
+"""The dashboard, driven by Textual's pilot against a real worker fed by the simulator
+(real sockets, a real SQLite file), plus layout snapshots at 80x24 and 160x48.
+
+Snapshots: ``tests/snapshots/tui_<W>x<H>.json`` holds the region of every panel and the
+screen text below the header with digits replaced by ``9`` (times and ids vary in value,
+not in width; the clock is pinned so ages are fixed). Regenerate after an intended layout
+change with ``LIVETRACK_UPDATE_SNAPSHOTS=1 pytest tests/test_tui.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from drivers.simulator import SimulatorSource
+from livetrack.config import Settings
+from livetrack.errors import EndpointInUse
+from livetrack.messages import WorkerStatus
+from livetrack.runner import run_pipeline
+from livetrack.store import Store
+from livetrack.track.base import TrackRecord
+from livetrack.transport import EventPublisher
+from livetrack.tui import DashboardApp, make_app
+from livetrack.tui.data import build_lineage
+from livetrack.tui.widgets import HelpScreen, sparkline
+from simulators.nuclei import SimulationConfig
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+PANELS = ("header", "positions", "sparks", "feed", "lineage")
+
+
+def sim_config() -> SimulationConfig:
+    """Small and quick, with divisions from the first frames on."""
+    return SimulationConfig(
+        height=160,
+        width=160,
+        n_cells=10,
+        nucleus_diameter_px=16,
+        cell_cycle_frames=12,
+        n_frames=24,
+    )
+
+
+def fast_settings() -> Settings:
+    s = Settings()
+    return s.model_copy(update={"worker": s.worker.model_copy(update={"status_interval_s": 0.2})})
+
+
+@pytest.fixture(scope="module")
+def finished_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tracking-only run of the simulator (deterministic)."""
+    db = tmp_path_factory.mktemp("tui") / "finished.db"
+    run_pipeline(
+        SimulatorSource(sim_config(), with_labels=True),
+        fast_settings(),
+        description="simulator (test)",
+        run_id="sim-test",
+        db_path=db,
+        events_endpoint="tcp://127.0.0.1:0",
+    )
+    return db
+
+
+def screen_text(app: DashboardApp) -> str:
+    """The screen as plain text, as a terminal would show it."""
+    width, height = app.size
+    console = Console(
+        width=width,
+        height=height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system=None,
+        record=True,
+        legacy_windows=False,
+    )
+    update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    console.print(update)
+    return console.export_text()
+
+
+async def wait_for(pilot: Any, condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the time limit")
+        await pilot.pause(0.05)
+
+
+def store_divisions(db: Path, run_id: str) -> dict[str, dict[str, Any]]:
+    with Store(db, readonly=True) as store:
+        return {
+            f"{run_id}/{e['position']}/{e['frame']}/{e['track_id']}": e
+            for e in store.events(run_id, kinds=["division"])
+        }
+
+
+def store_tracks(db: Path, run_id: str, position: str) -> dict[int, TrackRecord]:
+    with Store(db, readonly=True) as store:
+        return {t.track_id: t for t in store.tracks(run_id, position)}
+
+
+# --------------------------------------------------------------------------- live run
+
+
+def test_live_division_appears_in_feed_and_lineage_matches_store(tmp_path: Path) -> None:
+    db = tmp_path / "live.db"  # does not exist yet: the worker creates it
+    stop = threading.Event()
+    done = threading.Event()
+
+    def start_pipeline(app: DashboardApp) -> None:
+        def run() -> None:
+            try:
+                summary = run_pipeline(
+                    SimulatorSource(sim_config(), interval_s=0.08, with_labels=True),
+                    fast_settings(),
+                    description="simulator (live test)",
+                    run_id="live",
+                    db_path=db,
+                    stop=stop,
+                    on_ready=app.attach_endpoint,
+                    events_endpoint="tcp://127.0.0.1:0",
+                )
+                app.pipeline_finished(f"{summary.frames_stored} frames stored")
+            finally:
+                done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+    async def drive() -> None:
+        app = make_app(db_path=db, run_id="live", poll_interval_s=0.2, stop=stop,
+                       on_start=start_pipeline)  # fmt: skip
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for(pilot, lambda: any(d.origin == "live" for d in app.divisions.values()))
+            await wait_for(pilot, done.is_set)
+            expected = store_divisions(db, "live")
+            assert expected, "the simulator should divide within 24 frames"
+            await wait_for(pilot, lambda: set(app.divisions) == set(expected))
+            await wait_for(pilot, lambda: app.finished_text is not None)
+            feed = app.query_one("#feed")
+            assert feed.row_count == len(expected)  # type: ignore[attr-defined]
+
+            await pilot.press("d", "enter")  # newest division → its lineage
+            newest = app.visible_divisions()[0]
+            await wait_for(pilot, lambda: app.lineage_shown is not None)
+            lineage = app.lineage_shown
+            assert (lineage.position, lineage.track_id) == (newest.position, newest.mother)
+            tracks = store_tracks(db, "live", newest.position)
+            daughters = [c.track.track_id for c in lineage.subtree.children]
+            assert sorted(daughters) == sorted(newest.daughters)
+            assert all(tracks[d].parent_id == newest.mother for d in daughters)
+            assert tracks[newest.mother].fate == "divided"
+            ancestors = [a.track_id for a in lineage.ancestors]
+            parent = tracks[newest.mother].parent_id
+            assert ancestors[-1:] == ([] if parent is None else [parent])
+            text = screen_text(app)
+            assert "run finished" in text
+            assert f"track {newest.mother}" in text
+            for d in newest.daughters:
+                assert f"track {d} " in text
+            await pilot.press("q")
+        assert stop.is_set()  # quitting stops a pipeline started by the CLI
+
+    asyncio.run(drive())
+
+
+async def bind_again(endpoint: str, timeout_s: float = 5.0) -> EventPublisher:
+    """Bind a publisher where one was just closed (ZeroMQ releases the port shortly after)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return EventPublisher(endpoint)
+        except EndpointInUse:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+def test_reconnects_when_the_worker_restarts(tmp_path: Path) -> None:
+    first = EventPublisher("tcp://127.0.0.1:0")
+    endpoint = first.endpoint
+
+    def status(run_id: str) -> WorkerStatus:
+        return WorkerStatus(
+            run_id=run_id, state="running", frames_processed=3, frames_rejected=0, fps=1.0,
+            stage_ms={"segment": 5.0}, lag_s=0.1, device="cpu", timestamp=time.time(),
+        )  # fmt: skip
+
+    async def drive() -> None:
+        nonlocal first
+        app = make_app(endpoint=endpoint)
+        async with app.run_test(size=(80, 24)) as pilot:
+
+            def seen(run_id: str, pub: EventPublisher) -> bool:
+                pub.publish(status(run_id))
+                return app.live_status is not None and app.live_status.run_id == run_id
+
+            await wait_for(pilot, lambda: seen("before", first))
+            first.close()  # the worker goes away …
+            second = await bind_again(endpoint)  # … and comes back on the same endpoint
+            try:
+                await wait_for(pilot, lambda: seen("after", second))
+            finally:
+                second.close()
+            assert "live ●" in screen_text(app)
+
+    try:
+        asyncio.run(drive())
+    finally:
+        first.close()
+
+
+def test_missing_db_and_silent_endpoint_show_messages_not_tracebacks(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "absent.db"
+    pub = EventPublisher("tcp://127.0.0.1:0")
+    silent = pub.endpoint
+    pub.close()  # nobody publishes there any more
+
+    async def drive(endpoint: str, expect: str) -> None:
+        app = make_app(db_path=missing, endpoint=endpoint, poll_interval_s=0.1)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await wait_for(pilot, lambda: "db" in app.problems)
+            await pilot.pause(0.2)
+            text = screen_text(app)
+            assert "no such file yet" in text
+            assert expect in text
+            assert "Traceback" not in text
+
+    asyncio.run(drive(silent, f"waiting for a worker on {silent}"))
+    asyncio.run(drive("carrier-pigeon://loft", "cannot subscribe to carrier-pigeon://loft"))
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_keys_help_filter_pause_and_position(finished_db: Path) -> None:
+    async def drive() -> None:
+        app = make_app(db_path=finished_db, poll_interval_s=0.1)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for(pilot, lambda: len(app.divisions) > 2)
+            all_rows = app.visible_divisions()
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            assert "pause" in screen_text(app)
+            await pilot.press("escape")
+            assert not isinstance(app.screen, HelpScreen)
+
+            track = all_rows[-1].daughters[0]
+            await pilot.press("slash", *str(track), "enter")
+            rows = app.visible_divisions()
+            assert rows
+            assert all(d.mother == track or track in d.daughters for d in rows)
+            assert app.query_one("#feed").row_count == len(rows)  # type: ignore[attr-defined]
+            await pilot.press("a")
+            assert len(app.visible_divisions()) == len(all_rows)
+
+            await pilot.press("p")
+            assert app.paused
+            assert "paused" in screen_text(app)
+            await pilot.press("p")
+            assert not app.paused
+
+            app.query_one("#positions").focus()
+            await pilot.press("enter")
+            assert app.selected_position == "sim"
+            assert all(d.position == "sim" for d in app.visible_divisions())
+
+    asyncio.run(drive())
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+def layout_snapshot(app: DashboardApp) -> dict[str, Any]:
+    regions = {}
+    for name in PANELS:
+        r = app.query_one(f"#{name}").region
+        regions[name] = [r.x, r.y, r.width, r.height]
+    lines = screen_text(app).splitlines()
+    body = [re.sub(r"\d", "9", line.rstrip()) for line in lines[3:-1]]
+    return {"regions": regions, "body": body}
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def test_layout_snapshot(finished_db: Path, size: tuple[int, int]) -> None:
+    with Store(finished_db, readonly=True) as store:
+        last_commit = max(r["received"] for r in store.recent_frames("sim-test", 5))
+
+    async def drive() -> dict[str, Any]:
+        app = make_app(db_path=finished_db, poll_interval_s=0.1, clock=lambda: last_commit + 7)
+        async with app.run_test(size=size) as pilot:
+            expected = store_divisions(finished_db, "sim-test")
+            await wait_for(pilot, lambda: len(app.divisions) == len(expected))
+            await pilot.press("d", "enter")
+            await wait_for(pilot, lambda: app.lineage_shown is not None)
+            await pilot.pause(0.1)
+            text = screen_text(app)
+            lines = text.splitlines()
+            assert len(lines) == size[1]
+            assert all(len(line) <= size[0] for line in lines)
+            for title in ("Positions", "Divisions, newest first", "Lineage", "Cells over time"):
+                assert title in text
+            assert "run sim-test" in lines[0]
+            assert "? keys" in lines[-1]
+            assert "7s" in text  # the age of the last frame, from the pinned clock
+            _assert_panels_tile_the_screen(app, size)
+            return layout_snapshot(app)
+
+    got = asyncio.run(drive())
+    path = SNAPSHOTS / f"tui_{size[0]}x{size[1]}.json"
+    if os.environ.get("LIVETRACK_UPDATE_SNAPSHOTS"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(got, indent=1, ensure_ascii=False) + "\n")
+    assert path.exists(), f"no snapshot {path}; run with LIVETRACK_UPDATE_SNAPSHOTS=1"
+    assert got == json.loads(path.read_text())
+
+
+def _assert_panels_tile_the_screen(app: DashboardApp, size: tuple[int, int]) -> None:
+    """Every panel is on screen, none overlaps another, the feed shows several rows."""
+    regions = {name: app.query_one(f"#{name}").region for name in PANELS}
+    for name, r in regions.items():
+        assert min(r.x, r.y) >= 0, name
+        assert r.right <= size[0], name
+        assert r.bottom <= size[1], name
+        assert r.width >= 20, name
+        assert r.height >= 3, name
+    names = list(regions)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not regions[a].overlaps(regions[b]), (a, b)
+    assert regions["feed"].height >= 6  # border + header + at least 3 divisions
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_build_lineage_walks_up_and_down() -> None:
+    tracks = [
+        TrackRecord(1, None, 0, 4, "divided"),
+        TrackRecord(2, 1, 5, 9, "divided"),
+        TrackRecord(3, 1, 5, 20, "active"),
+        TrackRecord(4, 2, 10, 20, "active"),
+        TrackRecord(5, 2, 10, 12, "lost"),
+        TrackRecord(6, None, 0, 20, "active"),
+    ]
+    lin = build_lineage(tracks, 2, run_id="r", position="p")
+    assert [a.track_id for a in lin.ancestors] == [1]
+    assert lin.subtree is not None
+    assert lin.subtree.track.track_id == 2
+    assert [c.track.track_id for c in lin.subtree.children] == [4, 5]
+    assert build_lineage(tracks, 99).subtree is None
+    # Bad data with a parent cycle must terminate.
+    cyclic = [TrackRecord(1, 2, 0, 1, "divided"), TrackRecord(2, 1, 2, 3, "divided")]
+    lin = build_lineage(cyclic, 1)
+    assert [a.track_id for a in lin.ancestors] == [2]
+    assert lin.subtree is not None
+    assert [c.track.track_id for c in lin.subtree.children] == [2]
+    assert lin.subtree.children[0].children == ()
+
+
+def test_sparkline_scales_between_min_and_max() -> None:
+    assert sparkline([], 10) == ""
+    assert sparkline([1, 2, 3], 0) == ""
+    assert sparkline([0, 7], 10) == "▁█"
+    assert sparkline([5, 5, 5], 10) == "▄▄▄"
+    assert sparkline(list(range(100)), 4) == "▁▃▆█"
