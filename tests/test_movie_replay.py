@@ -1,0 +1,169 @@
+"""Replay of recorded movies: OME-TIFF / ImageJ / plain multi-page TIFF written by
+tifffile and NDTiff datasets written by ndstorage, through a real worker into SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+
+from drivers.movie import MovieSource, open_ndtiff_movie, open_tiff_movie
+from drivers.replay import CTCReplaySource, open_movie
+from livetrack.config import Settings
+from livetrack.errors import SourceError
+from livetrack.runner import run_pipeline
+from livetrack.store import Store
+
+H, W = 64, 80
+
+
+def _blobs(seed: int, n: int = 6, radius: float = 5.0) -> np.ndarray:
+    """A frame of bright round nuclei on a dim noisy background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:H, :W]
+    img = rng.normal(100, 5, (H, W))
+    for _ in range(n):
+        cy, cx = rng.uniform(10, H - 10), rng.uniform(10, W - 10)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] += 900
+    return img.clip(0, 65535).astype(np.uint16)
+
+
+def _movie(n_t: int, n_c: int, n_z: int = 1, seed: int = 0) -> np.ndarray:
+    frames = [_blobs(seed * 1000 + i) for i in range(n_t * n_c * n_z)]
+    return np.stack(frames).reshape(n_t, n_c, n_z, H, W)
+
+
+def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def _replay(source: Any, db: Path, run_id: str = "replay") -> Any:
+    return run_pipeline(
+        source, Settings(), description=source.describe(), run_id=run_id, db_path=db
+    )
+
+
+def test_ome_tiff_two_positions_choose_channel(tmp_path: Path) -> None:
+    a, b = _movie(5, 2, seed=1)[:, :, 0], _movie(5, 2, seed=2)[:, :, 0]
+    path = tmp_path / "plate.ome.tif"
+    md = {"axes": "TCYX", "Channel": {"Name": ["DAPI", "GFP"]}, "PhysicalSizeX": 0.65}
+    with tifffile.TiffWriter(path, ome=True) as w:
+        w.write(a, metadata={**md, "Name": "A1", "PhysicalSizeY": 0.65})
+        w.write(b, metadata={**md, "Name": "B2", "PhysicalSizeY": 0.65})
+
+    src = open_movie(path, channel="GFP")
+    assert isinstance(src, MovieSource)
+    got = [(m.position, m.frame_index, m.channel, img) for img, m in src.frames()]
+    assert [(p, t) for p, t, _, _ in got] == [(p, t) for t in range(5) for p in ("A1", "B2")]
+    assert {c for _, _, c, _ in got} == {"GFP"}
+    for pos, t, _, img in got:
+        np.testing.assert_array_equal(img, (a if pos == "A1" else b)[t, 1])
+    assert src.pixel_size_um == pytest.approx(0.65)
+
+    db = tmp_path / "ome.db"
+    summary = _replay(open_movie(path, channel=1), db)
+    assert summary.frames_stored == 10
+    with Store(db, readonly=True) as store:
+        assert store.positions("replay") == ["A1", "B2"]
+        assert store.frame_indices("replay", "A1") == list(range(5))
+        assert store.frame_indices("replay", "B2") == list(range(5))
+    assert {r[0] for r in _rows(db, "SELECT channel FROM frames")} == {"GFP"}
+    sizes = {r[0] for r in _rows(db, "SELECT pixel_size_um FROM positions")}
+    assert sorted(sizes) == pytest.approx([0.65])
+    assert _rows(db, "SELECT COUNT(*) FROM detections")[0][0] > 0
+
+
+def test_imagej_hyperstack_max_projects_z(tmp_path: Path) -> None:
+    data = _movie(4, 2, 3, seed=3)  # T C Z Y X
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, data.transpose(0, 2, 1, 3, 4), imagej=True, metadata={"axes": "TZCYX"})
+    frames = list(open_tiff_movie(path, channel=1).frames())
+    assert [m.frame_index for _, m in frames] == [0, 1, 2, 3]
+    for img, m in frames:
+        np.testing.assert_array_equal(img, data[m.frame_index, 1].max(axis=0))
+    one_plane = list(open_tiff_movie(path, channel=0, z=2).frames())
+    np.testing.assert_array_equal(one_plane[3][0], data[3, 0, 2])
+
+
+def test_plain_multipage_tiff_axes_flag(tmp_path: Path) -> None:
+    data = _movie(6, 1)[:, 0, 0]
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, data)  # no axes metadata: pages are time points by default
+    frames = list(open_tiff_movie(path, position="w1").frames())
+    assert [(m.position, m.frame_index) for _, m in frames] == [("w1", t) for t in range(6)]
+    # The same pages declared as a z-stack: one max-projected frame.
+    ((img, _meta),) = list(open_tiff_movie(path, axes="ZYX").frames())
+    np.testing.assert_array_equal(img, data.max(axis=0))
+    with pytest.raises(SourceError, match="do not match"):
+        open_tiff_movie(path, axes="TCYX")
+    with pytest.raises(SourceError, match="real-time"):
+        open_tiff_movie(path, realtime=True)  # no recorded timestamps
+
+
+def test_ndtiff_dataset_into_db(tmp_path: Path) -> None:
+    from ndstorage import NDTiffDataset
+
+    data = {p: _movie(4, 2, seed=10 + i)[:, :, 0] for i, p in enumerate(("A1", "B2"))}
+    ds = NDTiffDataset(str(tmp_path), name="acq", writable=True)
+    ds.initialize({})
+    for t in range(4):
+        for pos in ("A1", "B2"):
+            for ci, ch in enumerate(("DAPI", "FITC")):
+                md = {"ElapsedTime-ms": 500.0 * t, "PixelSize_um": 0.5}
+                ds.put_image({"time": t, "position": pos, "channel": ch}, data[pos][t, ci], md)
+    # ndstorage 0.1.18's finish() leaves its writer's read handle open (ResourceWarning,
+    # an error under filterwarnings=error): close it ourselves.
+    writer = ds.current_writer
+    ds.finish()
+    writer.reader.close()
+    ds.close()
+    path = tmp_path / "acq_1"
+
+    src = open_movie(path, channel="FITC", realtime=False)
+    assert isinstance(src, MovieSource)
+    got = [(m.position, m.frame_index, img) for img, m in src.frames()]
+    assert [(p, t) for p, t, _ in got] == [(p, t) for t in range(4) for p in ("A1", "B2")]
+    for pos, t, img in got:
+        np.testing.assert_array_equal(img, data[pos][t, 1])
+    recorded = open_ndtiff_movie(path)
+    assert [p.recorded_s for p in recorded.planes[::2]] == [0.0, 0.5, 1.0, 1.5]
+    recorded.close()
+
+    db = tmp_path / "nd.db"
+    summary = _replay(open_movie(path, channel="DAPI", fps=200.0), db)
+    assert summary.frames_stored == 8
+    with Store(db, readonly=True) as store:
+        assert store.positions("replay") == ["A1", "B2"]
+        assert store.frame_indices("replay", "B2") == [0, 1, 2, 3]
+    assert {r[0] for r in _rows(db, "SELECT channel FROM frames")} == {"DAPI"}
+    assert {r[0] for r in _rows(db, "SELECT pixel_size_um FROM positions")} == {0.5}
+
+
+def test_open_movie_dispatch_and_refusals(tmp_path: Path) -> None:
+    seq = tmp_path / "01"
+    seq.mkdir()
+    for t in range(2):
+        tifffile.imwrite(seq / f"t{t:03d}.tif", _blobs(t))
+    assert isinstance(open_movie(seq), CTCReplaySource)
+    with pytest.raises(SourceError, match="channel"):
+        open_movie(seq, channel="GFP")
+    with pytest.raises(SourceError, match="timestamps"):
+        open_movie(seq, realtime=True)
+    movie = tmp_path / "m.tif"
+    tifffile.imwrite(movie, np.stack([_blobs(0), _blobs(1)]))
+    with pytest.raises(SourceError, match="masks_dir"):
+        open_movie(movie, masks_dir=seq)
+    with pytest.raises(SourceError, match="channel"):
+        open_movie(movie, channel="GFP")
+    with pytest.raises(SourceError, match="does not exist"):
+        open_movie(tmp_path / "missing.tif")
+    with pytest.raises(SourceError, match="not both"):
+        open_movie(movie, fps=2.0, realtime=True)
