@@ -1,0 +1,803 @@
+"""The ``livetrack`` command line. The only place that configures logging and turns
+library errors into messages and exit codes (0 ok, 1 livetrack error, 2 usage)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from livetrack import __version__
+from livetrack.errors import LivetrackError
+
+log = logging.getLogger("livetrack")
+
+
+# ----------------------------------------------------------------- arguments
+def _sim_args(p: argparse.ArgumentParser, *, frames_default: int = 50) -> None:
+    g = p.add_argument_group("simulation")
+    g.add_argument("--frames", type=int, default=frames_default, help="number of frames")
+    g.add_argument("--seed", type=int, default=0, help="random seed (same seed = same movie)")
+    g.add_argument("--cells", type=int, default=None, help="initial number of nuclei")
+    g.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="frame size in pixels"
+    )
+    g.add_argument(
+        "--diameter", type=float, default=None, help="simulated nucleus diameter in pixels"
+    )
+    g.add_argument(
+        "--preset",
+        choices=["default", "sim-plus", "gowt1"],
+        default="default",
+        help="statistics to mimic (see simulators/nuclei.py)",
+    )
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--db", type=Path, default=Path("livetrack.db"), help="SQLite database")
+    g.add_argument("--config", type=Path, default=None, help="settings file (TOML or JSON)")
+    g.add_argument(
+        "--run-id", default=None, help="run to write (an unfinished run with this id is resumed)"
+    )
+    g.add_argument(
+        "--nucleus-diameter",
+        type=float,
+        default=None,
+        dest="nucleus_diameter",
+        help="nucleus diameter in pixels (default: from pixel size or estimated)",
+    )
+    g.add_argument(
+        "--events",
+        default=None,
+        metavar="ENDPOINT",
+        help="where to publish events/status (default tcp://127.0.0.1:5558)",
+    )
+    g.add_argument(
+        "--no-tui",
+        action="store_true",
+        help="plain progress instead of the dashboard (the dashboard is shown by "
+        "default when stdout and stderr are a terminal)",
+    )
+
+
+def _mm_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "Micro-Manager (--source micromanager; --frames N time points, 0 = until Ctrl-C; "
+        "--interval S between time points)"
+    )
+    g.add_argument(
+        "--source",
+        choices=["simulator", "micromanager"],
+        default="simulator",
+        help="where frames come from (default: the simulator)",
+    )
+    g.add_argument(
+        "--mm-app-path",
+        type=Path,
+        default=None,
+        help="Micro-Manager install folder for the headless Python backend (default: the "
+        "DemoCamera of the mm-test-adapters package, with its demo config)",
+    )
+    g.add_argument(
+        "--mm-config",
+        default=None,
+        help="hardware config file (default MMConfig_demo.cfg; relative to --mm-app-path)",
+    )
+    g.add_argument(
+        "--mm-java",
+        action="store_true",
+        help="attach to a running Micro-Manager Studio instead (Tools › Options › "
+        "'Run server on port 4827'); uses its hardware, config and position list",
+    )
+    g.add_argument("--mm-port", type=int, default=4827, help="Studio server port (--mm-java)")
+    g.add_argument(
+        "--positions",
+        nargs="+",
+        default=None,
+        metavar="[NAME=]X,Y[,Z]",
+        help="XY stage positions in µm (default: the Studio position list, else the current "
+        "position as Pos0)",
+    )
+    g.add_argument("--channel-group", default="Channel", help="config group of --channel")
+    g.add_argument(
+        "--channel",
+        nargs="+",
+        default=None,
+        help="channel preset(s); several are tracked as separate series POS-CHANNEL",
+    )
+    g.add_argument(
+        "--z",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="UM",
+        help="focus position(s) in µm: one = that plane, several = max projection",
+    )
+    g.add_argument("--exposure", type=float, default=None, help="exposure in ms")
+    g.add_argument(
+        "--mm-property",
+        action="append",
+        default=[],
+        metavar="DEVICE:PROPERTY=VALUE",
+        help="set a device property first (repeatable); with the demo config the default "
+        "is Camera:Mode=Fluorescent Beads",
+    )
+    g.add_argument(
+        "--overflow",
+        choices=["block", "drop-oldest", "drop-newest"],
+        default="block",
+        help="when the worker lags: pause the camera (block, no frame lost) or drop frames "
+        "(counted and logged)",
+    )
+    g.add_argument("--queue-size", type=int, default=8, help="frames buffered before --overflow")
+    g.add_argument(
+        "--save-dir",
+        type=Path,
+        default=None,
+        help="also save the raw acquisition as an NDTiff dataset here",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livetrack", description="Live cell tracking on a stream of microscope frames."
+    )
+    parser.add_argument("--version", action="version", version=f"livetrack {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="simulator → worker → SQLite in one process (the default job)")
+    _sim_args(p)
+    _pipeline_args(p)
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="seconds between frames (0 = as fast as the worker goes)",
+    )
+    p.add_argument(
+        "--track-only",
+        action="store_true",
+        help="send the simulator's ground-truth masks and only track them",
+    )
+    _mm_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "replay",
+        help="replay a recording through the worker: CTC folder, (OME-)TIFF stack, NDTiff",
+    )
+    p.add_argument(
+        "seq_dir",
+        type=Path,
+        metavar="MOVIE",
+        help="CTC folder (tNNN.tif), multi-page / OME-TIFF / ImageJ file, or NDTiff folder",
+    )
+    p.add_argument(
+        "--axes",
+        default=None,
+        help="axis order of a TIFF's pages, e.g. TCZYX (default: from its metadata)",
+    )
+    p.add_argument("--channel", default=None, help="channel name or index to track")
+    p.add_argument(
+        "--z", default=None, help="z-plane index to track, or 'max' (default: max projection)"
+    )
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace frames at their recorded timestamps (OME-TIFF, ImageJ, NDTiff)",
+    )
+    p.add_argument(
+        "--masks",
+        type=Path,
+        default=None,
+        help="folder of label masks to track instead of segmenting",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        dest="pixel_size",
+        help="µm per pixel (default: from the TIFF tags)",
+    )
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="time points per second (default: as fast as possible)",
+    )
+    p.add_argument(
+        "--position", default=None, help="position name (default: from the folder or file)"
+    )
+    _pipeline_args(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("worker", help="run the worker alone (frames in, SQLite + events out)")
+    _pipeline_args(p)
+    p.add_argument("--frames-endpoint", default=None, help="PULL endpoint to bind for frames")
+    p.add_argument("--exit-on-eos", action="store_true", help="stop after the stream ends")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding beyond 127.0.0.1 (protect the network yourself)",
+    )
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("sim", help="stream the simulator to a running worker")
+    _sim_args(p)
+    p.add_argument("--connect", default="tcp://127.0.0.1:5557", help="worker frames endpoint")
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between frames")
+    p.add_argument("--run-id", default=None, help="run id (default: from the seed and size)")
+    p.add_argument("--track-only", action="store_true", help="send ground-truth masks too")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("simulate", help="write a simulated movie with ground truth (CTC layout)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--sequence", default="01", help="sequence name (folder NN)")
+    _sim_args(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("export", help="export a run's lineages (CTC: maskNNN.tif + res_track.txt)")
+    p.add_argument("db", type=Path)
+    p.add_argument("--ctc", type=Path, required=True, metavar="OUT_DIR")
+    p.add_argument("--run-id", default=None, help="default: the latest run")
+    p.add_argument("--position", default=None, help="default: the only position")
+    p.add_argument(
+        "--n-frames",
+        type=int,
+        default=None,
+        help="write this many masks (missing frames as empty masks)",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="score a CTC result folder against ground truth")
+    p.add_argument("res_dir", type=Path, help="folder with maskNNN.tif + res_track.txt")
+    p.add_argument("gt_dir", type=Path, help="the NN_GT folder (TRA/, optional SEG/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--tolerance", type=int, default=1, help="division frame tolerance")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="per-stage timings and memory of a simulated run")
+    _sim_args(p, frames_default=30)
+    p.add_argument(
+        "--transport-frames",
+        type=int,
+        default=100,
+        help="frames for the 2048² ZeroMQ throughput comparison (0 = skip)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tui", help="the monitoring dashboard for a running worker and/or a DB")
+    p.add_argument(
+        "--db", type=Path, default=Path("livetrack.db"), help="SQLite database (history)"
+    )
+    p.add_argument(
+        "--connect",
+        default="tcp://127.0.0.1:5558",
+        metavar="ENDPOINT",
+        help="worker events endpoint to subscribe to (live); 'none' for the DB only",
+    )
+    p.add_argument("--run-id", default=None, help="run to show (default: the live or newest run)")
+    p.set_defaults(func=cmd_tui)
+    return parser
+
+
+# ------------------------------------------------------------------- helpers
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (not at setup)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _setup_logging(args: argparse.Namespace, console: Any | None = None) -> None:
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    handler: logging.Handler
+    if console is not None:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("livetrack")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _sim_config(args: argparse.Namespace) -> Any:
+    from simulators.nuclei import SimulationConfig
+
+    presets: dict[str, Callable[[], SimulationConfig]] = {
+        "default": SimulationConfig,
+        "sim-plus": SimulationConfig.like_sim_plus,
+        "gowt1": SimulationConfig.like_gowt1,
+    }
+    base = presets[args.preset]()
+    update: dict[str, Any] = {"seed": args.seed, "n_frames": args.frames}
+    if args.cells is not None:
+        update["n_cells"] = args.cells
+    if args.size is not None:
+        update["height"], update["width"] = args.size
+    if args.diameter is not None:
+        update["nucleus_diameter_px"] = args.diameter
+    return SimulationConfig(**{**base.model_dump(), **update})
+
+
+def _sim_run_id(cfg: Any) -> str:
+    return f"sim-s{cfg.seed}-{cfg.height}x{cfg.width}-c{cfg.n_cells}-f{cfg.n_frames}"
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from livetrack.config import load_settings
+
+    segment: dict[str, Any] = {"nucleus_diameter_px": getattr(args, "nucleus_diameter", None)}
+    worker: dict[str, Any] = {}
+    if getattr(args, "events", None):
+        worker["events_endpoint"] = args.events
+    if getattr(args, "frames_endpoint", None):
+        worker["frames_endpoint"] = args.frames_endpoint
+    if getattr(args, "allow_remote", False):
+        worker["allow_remote"] = True
+    if getattr(args, "exit_on_eos", False):
+        worker["exit_on_eos"] = True
+    store = {"path": args.db} if getattr(args, "db", None) else {}
+    return load_settings(getattr(args, "config", None), segment=segment, worker=worker, store=store)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C / SIGTERM: finish the current frame, close cleanly, exit 0. The previous
+    handlers come back afterwards (the CLI is also called in-process by tests)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # second Ctrl-C: the user really wants out
+            raise KeyboardInterrupt
+        log.warning("stopping after the current frame (again to force)")
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _Progress:
+    """Frame progress on stderr: a rich bar on a terminal, a log line every few seconds
+    otherwise (CI logs, nohup)."""
+
+    def __init__(self, total: int | None, label: str) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.interactive = self.console.is_terminal
+        self.total = total
+        self.label = label
+        self.done = 0
+        self.cells = 0
+        self.events = 0
+        self.rejected = 0
+        self.started = time.monotonic()
+        self._last_line = 0.0
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.interactive:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=self.total, info="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, result: Any) -> None:
+        if result.status == "stored":
+            self.done += 1
+            self.cells = result.n_cells
+            self.events += result.n_events
+        elif result.status == "rejected":
+            self.rejected += 1
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        info = f"{rate:5.1f} fr/s · {self.cells} cells · {self.events} events"
+        if self.rejected:
+            info += f" · [red]{self.rejected} rejected[/red]"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done, info=info)
+        elif time.monotonic() - self._last_line > 5 or self.done == self.total:
+            self._last_line = time.monotonic()
+            total = f"/{self.total}" if self.total else ""
+            print(f"{self.label}: frame {self.done}{total} · {info}", file=sys.stderr, flush=True)
+
+
+def _print_summary(summary: Any) -> None:
+    c = summary.counts
+    print(
+        f"run {summary.run_id}: {summary.frames_stored} frames stored"
+        f" ({summary.frames_rejected} rejected, {summary.frames_duplicate} already stored)"
+        f" in {summary.seconds:.1f} s → {summary.db_path}"
+    )
+    if c:
+        print("  " + ", ".join(f"{k}: {v}" for k, v in c.items()))
+    if summary.stage_ms:
+        print(
+            "  median ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_ms.items())
+        )
+
+
+def _run_source(args: argparse.Namespace, source: Any, description: str, base_run_id: str) -> int:
+    from livetrack.runner import choose_run_id, run_pipeline
+    from livetrack.store import Store
+
+    settings = _settings(args)
+    with Store(args.db, config=settings.store) as store:
+        run_id = args.run_id or choose_run_id(store, base_run_id)
+    if not args.no_tui and sys.stdout.isatty() and sys.stderr.isatty():
+        return _run_with_tui(args, source, description, run_id, settings)
+    stop = threading.Event()
+    progress = _Progress(source.total_frames, run_id)
+    _setup_logging(args, progress.console if progress.interactive else None)
+    with _stop_on_signals(stop), progress:
+        summary = run_pipeline(
+            source,
+            settings,
+            description=description,
+            run_id=run_id,
+            db_path=args.db,
+            stop=stop,
+            on_frame=progress.update,
+            on_ready=lambda ep: log.info("publishing events on %s", ep),
+        )
+    _print_summary(summary)
+    if stop.is_set() and summary.pump is not None and summary.pump.reason != "complete":
+        print(f"stopped early; run the same command again to resume run {run_id}")
+    return 0
+
+
+def _tui_logging(args: argparse.Namespace, app: Any) -> None:
+    """While Textual owns the terminal, log records go to the dashboard (warnings become
+    notifications) instead of stderr."""
+    from livetrack.tui import TuiLogHandler
+
+    _setup_logging(args)
+    logging.getLogger("livetrack").handlers[:] = [TuiLogHandler(app)]
+
+
+def _run_with_tui(
+    args: argparse.Namespace, source: Any, description: str, run_id: str, settings: Any
+) -> int:
+    """The dashboard owns the main thread; the pipeline runs beside it. Quitting the
+    dashboard stops the pipeline; a pipeline that ends leaves the dashboard open."""
+    from livetrack.runner import run_pipeline
+    from livetrack.tui import make_app
+
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def pipeline(app: Any) -> None:
+        try:
+            summary = run_pipeline(
+                source,
+                settings,
+                description=description,
+                run_id=run_id,
+                db_path=args.db,
+                stop=stop,
+                on_ready=app.attach_endpoint,
+            )
+        except Exception as err:  # shown in the dashboard, re-raised after it closes
+            outcome["error"] = err
+            app.pipeline_finished(f"run {run_id} failed: {err}", error=True)
+            return
+        outcome["summary"] = summary
+        app.pipeline_finished(
+            f"run {run_id} finished: {summary.frames_stored} frames stored; q quits"
+        )
+
+    def start(app: Any) -> None:
+        thread = threading.Thread(target=pipeline, args=(app,), name="livetrack-pipeline")
+        outcome["thread"] = thread
+        thread.start()
+
+    app = make_app(db_path=args.db, run_id=run_id, stop=stop, on_start=start)
+    _tui_logging(args, app)
+    try:
+        app.run()
+    finally:
+        stop.set()
+        if "thread" in outcome:
+            outcome["thread"].join()
+        _setup_logging(args)
+    if "error" in outcome:
+        raise outcome["error"]
+    summary = outcome.get("summary")
+    if summary is not None:
+        _print_summary(summary)
+        if summary.pump is not None and summary.pump.reason != "complete":
+            print(f"stopped early; run the same command again to resume run {run_id}")
+    return 0
+
+
+# ------------------------------------------------------------------ commands
+def cmd_tui(args: argparse.Namespace) -> int:
+    from livetrack.tui import make_app
+
+    endpoint = None if args.connect.lower() == "none" else args.connect
+    app = make_app(db_path=args.db, endpoint=endpoint, run_id=args.run_id)
+    _tui_logging(args, app)
+    app.run()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from drivers.simulator import SimulatorSource
+
+    if args.source == "micromanager":
+        return _run_micromanager(args)
+    cfg = _sim_config(args)
+    source = SimulatorSource(cfg, interval_s=args.interval, with_labels=args.track_only)
+    return _run_source(args, source, source.describe(), _sim_run_id(cfg))
+
+
+def _run_micromanager(args: argparse.Namespace) -> int:
+    from drivers.micromanager import (
+        DEMO_CONFIG,
+        AcquisitionPlan,
+        MicroManagerSource,
+        parse_position,
+        parse_property,
+    )
+
+    demo = not args.mm_java and args.mm_app_path is None
+    if demo:
+        log.info("no --mm-app-path: using the DemoCamera from mm-test-adapters (%s)", DEMO_CONFIG)
+    properties = [parse_property(t) for t in args.mm_property]
+    if demo and not properties:
+        properties = [("Camera", "Mode", "Fluorescent Beads")]
+    plan = AcquisitionPlan(
+        n_frames=args.frames or None,
+        interval_s=args.interval,
+        positions=tuple(parse_position(t, i) for i, t in enumerate(args.positions or [])),
+        channel_group=args.channel_group if args.channel else None,
+        channels=tuple(args.channel or ()),
+        exposure_ms=args.exposure,
+        z_um=tuple(args.z or ()),
+        properties=tuple(properties),
+    )
+    source = MicroManagerSource(
+        plan,
+        backend="java" if args.mm_java else "python",
+        mm_app_path=args.mm_app_path,
+        config_file=args.mm_config,
+        port=args.mm_port,
+        queue_size=args.queue_size,
+        policy=args.overflow,
+        save_dir=args.save_dir,
+    )
+    code = _run_source(args, source, source.describe(), "mm-java" if args.mm_java else "mm")
+    print(f"  micromanager: {source.summary()}")
+    return code
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from drivers.replay import open_movie
+
+    source = open_movie(
+        args.seq_dir,
+        masks_dir=args.masks,
+        axes=args.axes,
+        channel=args.channel,
+        z=args.z,
+        pixel_size_um=args.pixel_size,
+        position=args.position,
+        fps=args.fps,
+        realtime=args.realtime,
+    )
+    name = getattr(source, "position", None) or args.seq_dir.name.split(".")[0]
+    base = f"replay-{name}" + ("-masks" if args.masks else "")
+    return _run_source(args, source, source.describe(), base)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from livetrack.runner import open_publisher
+    from livetrack.store import Store
+    from livetrack.transport import FramePuller
+    from livetrack.worker import Worker
+
+    _setup_logging(args)
+    settings = _settings(args)
+    stop = threading.Event()
+    w = settings.worker
+    puller = FramePuller(w.frames_endpoint, hwm=w.receive_hwm, allow_remote=w.allow_remote)
+    publisher = open_publisher(w.events_endpoint, allow_remote=w.allow_remote)
+    store = Store(args.db, config=settings.store)
+
+    def report(result: Any) -> None:
+        if result.status == "stored":
+            log.info(
+                "%s frame %d: %d cells, %d events (%s)",
+                result.position,
+                result.frame_index,
+                result.n_cells,
+                result.n_events,
+                ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items()),
+            )
+
+    worker = Worker(settings, store, puller, publisher, on_frame=report)
+    log.info(
+        "worker ready: frames %s, events %s, db %s", puller.endpoint, publisher.endpoint, args.db
+    )
+    try:
+        with _stop_on_signals(stop):
+            worker.run(stop)
+    finally:
+        worker.abort_open_runs()
+        puller.close()
+        publisher.close()
+        store.close()
+    print(
+        f"worker stopped: {worker.frames_processed} frames stored, "
+        f"{worker.frames_rejected} rejected"
+    )
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from drivers.simulator import SimulatorSource
+    from livetrack.pump import pump
+    from livetrack.transport import FramePusher
+
+    _setup_logging(args)
+    cfg = _sim_config(args)
+    source = SimulatorSource(cfg, interval_s=args.interval, with_labels=args.track_only)
+    stop = threading.Event()
+    pusher = FramePusher(args.connect, stop=stop)
+    run_id = args.run_id or _sim_run_id(cfg)
+    log.info("streaming %s to %s as run %s", source.describe(), args.connect, run_id)
+    try:
+        with _stop_on_signals(stop):
+            result = pump(source, pusher, run_id, description=source.describe(), stop=stop)
+    finally:
+        pusher.close()
+    print(f"sent {result.frames_sent} frames ({result.reason})")
+    return 0 if result.reason != "error" else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.nuclei import write_ctc
+
+    _setup_logging(args)
+    cfg = _sim_config(args)
+    seq = write_ctc(cfg, args.out_dir, sequence=args.sequence)
+    print(f"wrote {cfg.n_frames} frames with ground truth to {seq} and {seq}_GT")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from livetrack.evaluate import ExportFrame, export_ctc
+    from livetrack.store import Store
+
+    _setup_logging(args)
+    with Store(args.db, readonly=True) as store:
+        run_id = args.run_id or store.latest_run_id()
+        if run_id is None:
+            raise LivetrackError(f"{args.db} holds no runs")
+        positions = store.positions(run_id)
+        position = args.position
+        if position is None:
+            if len(positions) != 1:
+                raise LivetrackError(
+                    f"run {run_id} has positions {positions}; choose one with --position"
+                )
+            position = positions[0]
+        elif position not in positions:
+            raise LivetrackError(f"run {run_id} has no position {position!r} (has {positions})")
+        indices = store.frame_indices(run_id, position)
+
+        def frames() -> Any:
+            for f in indices:
+                det, track_ids = store.frame_detections(run_id, position, f)
+                yield ExportFrame(
+                    frame=f,
+                    mask=store.load_mask(run_id, position, f),
+                    labels=det.labels,
+                    track_ids=track_ids,
+                )
+
+        n_frames = args.n_frames or (indices[-1] + 1 if indices else 0)
+        out = export_ctc(frames(), store.tracks(run_id, position), args.ctc, n_frames=n_frames)
+    print(f"exported run {run_id} position {position}: {len(indices)} frames → {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from livetrack.evaluate import evaluate_ctc, format_table
+
+    _setup_logging(args)
+    result = evaluate_ctc(args.res_dir, args.gt_dir, frame_tolerance=args.tolerance)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(format_table(result, title=f"{args.res_dir} vs {args.gt_dir}"))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from livetrack.bench import run_bench
+
+    _setup_logging(args)
+    report = run_bench(_sim_config(args), transport_frames=args.transport_frames)
+    print(json.dumps(report) if args.json else report_text(report))
+    return 0
+
+
+def report_text(report: dict[str, Any]) -> str:
+    from livetrack.bench import format_report
+
+    return format_report(report)
+
+
+# ---------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except LivetrackError as err:
+        print(f"livetrack {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as err:
+        print(f"livetrack {args.command}: error: {err.filename}: not found", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"livetrack {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

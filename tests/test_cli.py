@@ -1,0 +1,256 @@
+"""The command line end to end: simulate → run → export → evaluate, replay, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tifffile
+
+from livetrack.cli import main
+from livetrack.store import Store
+from tests.conftest import SIM_PLUS, needs_data
+
+SIM_ARGS = [
+    "--frames",
+    "14",
+    "--seed",
+    "5",
+    "--size",
+    "128",
+    "128",
+    "--cells",
+    "8",
+    "--diameter",
+    "16",
+]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def gt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    code, out, _ = run_cli(capsys, "simulate", tmp_path / "gt", *SIM_ARGS)
+    assert code == 0, out
+    return tmp_path / "gt"
+
+
+def test_simulate_writes_ctc_layout(gt: Path) -> None:
+    assert len(sorted((gt / "01").glob("t*.tif"))) == 14
+    assert len(sorted((gt / "01_GT" / "TRA").glob("man_track*.tif"))) == 14
+    assert (gt / "01_GT" / "TRA" / "man_track.txt").read_text().strip()
+    assert tifffile.imread(gt / "01" / "t000.tif").dtype.name == "uint16"
+
+
+def test_run_export_evaluate_scores_against_simulated_gt(
+    tmp_path: Path, gt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "run.db"
+    code, out, err = run_cli(
+        capsys, "run", *SIM_ARGS, "--db", db, "--no-tui", "--events", "tcp://127.0.0.1:0"
+    )
+    assert code == 0, err
+    assert "14 frames stored" in out
+    with Store(db, readonly=True) as store:
+        run_id = store.latest_run_id()
+        assert run_id is not None
+        assert store.frame_indices(run_id, "sim") == list(range(14))
+        assert store.counts(run_id)["detections"] > 14 * 4
+    code, out, err = run_cli(capsys, "export", db, "--ctc", tmp_path / "res")
+    assert code == 0, err
+    assert len(list((tmp_path / "res").glob("mask*.tif"))) == 14
+    code, out, err = run_cli(capsys, "evaluate", tmp_path / "res", gt / "01_GT", "--json")
+    assert code == 0, err
+    scores = json.loads(out)
+    # classical segmentation of clean simulated nuclei: well above chance, below perfect
+    assert 0.5 < scores["DET"] <= 1.0
+    assert 0.5 < scores["TRA"] <= 1.0
+    code, out, _ = run_cli(capsys, "evaluate", tmp_path / "res", gt / "01_GT")
+    assert "TRA" in out
+    assert "DET" in out
+
+
+def test_track_only_run_on_gt_masks_is_near_perfect(
+    tmp_path: Path, gt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "t.db"
+    code, _, err = run_cli(
+        capsys, "run", *SIM_ARGS, "--db", db, "--track-only", "--events", "tcp://127.0.0.1:0"
+    )
+    assert code == 0, err
+    assert run_cli(capsys, "export", db, "--ctc", tmp_path / "res")[0] == 0
+    code, out, err = run_cli(capsys, "evaluate", tmp_path / "res", gt / "01_GT", "--json")
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["DET"] == pytest.approx(1.0)
+    assert scores["TRA"] > 0.95
+
+
+def test_replay_with_masks_tracks_the_given_labels(
+    tmp_path: Path, gt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "r.db"
+    code, out, err = run_cli(
+        capsys,
+        "replay",
+        gt / "01",
+        "--masks",
+        gt / "01_GT" / "TRA",
+        "--db",
+        db,
+        "--no-tui",
+        "--events",
+        "tcp://127.0.0.1:0",
+    )
+    assert code == 0, err
+    assert "14 frames stored" in out
+    with Store(db, readonly=True) as store:
+        run_id = store.latest_run_id()
+        assert run_id == "replay-gt_01-masks"
+        pos = store.positions(run_id)
+        assert pos == ["gt_01"]
+        first = store.runs()[0]
+        assert "replay" in first["source"]
+
+
+def test_same_command_after_a_finished_run_starts_a_new_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "twice.db"
+    args = [
+        "run",
+        "--frames",
+        "3",
+        "--size",
+        "64",
+        "64",
+        "--cells",
+        "3",
+        "--diameter",
+        "12",
+        "--db",
+        db,
+        "--events",
+        "tcp://127.0.0.1:0",
+    ]
+    assert run_cli(capsys, *args)[0] == 0
+    assert run_cli(capsys, *args)[0] == 0
+    with Store(db, readonly=True) as store:
+        ids = sorted(r["run_id"] for r in store.runs())
+    assert ids == ["sim-s0-64x64-c3-f3", "sim-s0-64x64-c3-f3-2"]
+
+
+def test_replay_skips_a_corrupt_frame_and_keeps_going(
+    tmp_path: Path, gt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seq = tmp_path / "seq" / "01"
+    shutil.copytree(gt / "01", seq)
+    (seq / "t005.tif").write_bytes(b"this is not a tiff")
+    db = tmp_path / "c.db"
+    code, out, err = run_cli(capsys, "replay", seq, "--db", db, "--events", "tcp://127.0.0.1:0")
+    assert code == 0, err
+    assert "13 frames stored" in out
+    assert "t005.tif" in err
+    with Store(db, readonly=True) as store:
+        run_id = store.latest_run_id()
+        assert run_id is not None
+        assert 5 not in store.frame_indices(run_id, "seq_01")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["replay", "/no/such/folder"], "is not a folder"),
+        (["export", "/no/such.db", "--ctc", "/tmp/x"], "no/such.db"),
+        (["evaluate", "/no/res", "/no/gt"], "/no/"),
+    ],
+)
+def test_errors_are_one_clear_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_config_file_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[track]\nno_such_field = 3\n")
+    code, _, err = run_cli(
+        capsys, "run", "--frames", "2", "--config", cfg, "--db", tmp_path / "x.db"
+    )
+    assert code == 1
+    assert "no_such_field" in err
+
+
+def test_bench_reports_every_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        "--frames",
+        "4",
+        "--size",
+        "96",
+        "96",
+        "--cells",
+        "5",
+        "--diameter",
+        "14",
+        "--transport-frames",
+        "3",
+        "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert set(report["stage_ms_median"]) == {"receive", "segment", "track", "store"}
+    assert all(v >= 0 for v in report["stage_ms_median"].values())
+    assert report["transport_2048_uint16"]["livetrack_fps"] > 0
+    assert report["peak_rss_mb"] > 0
+
+
+def test_console_script_runs_as_a_separate_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "livetrack.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("livetrack ")
+
+
+@needs_data
+@pytest.mark.data
+def test_tracking_only_replay_of_sim_plus_scores_high(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seq = SIM_PLUS / "01"
+    db = tmp_path / "simplus.db"
+    code, _, err = run_cli(
+        capsys,
+        "replay",
+        seq,
+        "--masks",
+        SIM_PLUS / "01_GT" / "TRA",
+        "--db",
+        db,
+        "--events",
+        "tcp://127.0.0.1:0",
+    )
+    assert code == 0, err
+    assert run_cli(capsys, "export", db, "--ctc", tmp_path / "res")[0] == 0
+    code, out, err = run_cli(capsys, "evaluate", tmp_path / "res", SIM_PLUS / "01_GT", "--json")
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["TRA"] > 0.95
+    assert scores["division_f1"] > 0.5
