@@ -30,11 +30,12 @@ class ClassicalSegmenter:
         self.config = config or SegmentConfig()
         self._estimates: list[float] = []
         self._diameter: float | None = None
+        self._last_diameter: float | None = None
 
     @property
     def diameter_px(self) -> float | None:
-        """The diameter in use (None until configured or estimated)."""
-        return self._diameter
+        """The diameter used for the last frame (None before any frame with nuclei)."""
+        return self._last_diameter
 
     def _diameter_for(
         self, image: NDArray[np.generic], pixel_size_um: float | None
@@ -65,6 +66,7 @@ class ClassicalSegmenter:
         diameter = self._diameter_for(image, pixel_size_um)
         if diameter is None:  # nothing that looks like nuclei
             return _empty(image.shape)
+        self._last_diameter = diameter
         mask = self._segment(image, diameter)
         return Segmentation(
             mask=mask, detections=Detections.from_labels(mask), info={"diameter_px": diameter}

@@ -37,7 +37,7 @@ class SegmentConfig(BaseModel):
     dim_nuclei_sigma: float = Field(default=8.0, ge=0)
     """Isolated objects this many noise standard deviations above the background are kept
     even when below the (Otsu) threshold: dim nuclei next to bright ones. 0 disables."""
-    marker_min_distance: float = Field(default=0.45, gt=0)
+    marker_min_distance: float = Field(default=0.35, gt=0)
     """Minimum distance between two nucleus centres, in diameters (peak separation)."""
     marker_min_depth: float = Field(default=0.12, ge=0)
     """A centre must be at least this deep inside the foreground, in diameters: ignores

@@ -16,6 +16,9 @@ log = logging.getLogger("livetrack.segment.scale")
 
 MIN_ESTIMATE_OBJECTS = 3
 """Fewer foreground objects than this and the estimate is not trusted."""
+SINGLE_NUCLEUS_RATIO = 1.8
+"""Components with area below this × π r² (r: largest inscribed radius) count as single
+nuclei when estimating the diameter."""
 
 
 def normalise(
@@ -94,17 +97,28 @@ def dim_objects(
 def estimate_diameter(image: NDArray[np.generic], min_contrast: float = 3.0) -> float | None:
     """Typical nucleus diameter in pixels, from the image alone, or None if unsure.
 
-    Foreground by Otsu on a lightly smoothed image; for each connected component, twice the
-    maximum of the distance transform is the width of its widest disc — one nucleus wide
-    even when nuclei touch in clumps, which is why it is used instead of component areas.
-    The median over components is corrected from inscribed to equivalent diameter (×1.15,
-    the ratio for ellipses of axis ratio ~1.3).
+    Foreground by Otsu on a lightly smoothed image. Components whose area is close to
+    their largest inscribed disc's are single nuclei; the median equivalent diameter of
+    those is the estimate. Crowded frames where few components are single fall back on
+    twice the median inscribed radius (one nucleus wide even inside clumps) × 1.15, the
+    inscribed-to-equivalent ratio of an ellipse of axis ratio ~1.3.
     """
     img = normalise(image)
     step = max(1, int(max(img.shape) // 1024))  # big frames: estimate on a subsampled copy
     if step > 1:
         img = img[::step, ::step]
-    smoothed = ndi.gaussian_filter(img, 2.0)
+    first = _estimate(img, 2.0, min_contrast)
+    if first is None:
+        return None
+    # The smoothing widens small nuclei by ~its sigma: re-measure with a sigma suited to
+    # the first estimate (only ever smaller, so noise stays averaged for big nuclei).
+    sigma = float(np.clip(0.06 * first, 0.7, 2.0))
+    second = _estimate(img, sigma, min_contrast) if sigma < 2.0 else first
+    return None if second is None else second * step
+
+
+def _estimate(img: NDArray[np.float32], sigma: float, min_contrast: float) -> float | None:
+    smoothed = ndi.gaussian_filter(img, sigma)
     mask = foreground(smoothed, min_contrast)
     if mask is None:
         return None
@@ -113,11 +127,19 @@ def estimate_diameter(image: NDArray[np.generic], min_contrast: float = 3.0) -> 
     if n < MIN_ESTIMATE_OBJECTS:
         return None
     dist = ndi.distance_transform_edt(mask)
-    radii = np.asarray(ndi.maximum(dist, labels, np.arange(1, n + 1)), dtype=np.float64)
-    radii = radii[radii >= 2.0]  # specks of noise
+    index = np.arange(1, n + 1)
+    radii = np.asarray(ndi.maximum(dist, labels, index), dtype=np.float64)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    real = radii >= 2.0  # specks of noise
+    radii, areas = radii[real], areas[real]
     if radii.size < MIN_ESTIMATE_OBJECTS:
         return None
-    return float(2.0 * np.median(radii) * 1.15 * step)
+    # A single nucleus (an ellipse of axis ratio up to ~1.8) has an area of at most ~1.8×
+    # the disc inscribed in it; clumps of touching nuclei have more. Measure singles only.
+    single = areas < SINGLE_NUCLEUS_RATIO * np.pi * radii**2
+    if np.count_nonzero(single) >= MIN_ESTIMATE_OBJECTS:
+        return float(2.0 * np.sqrt(np.median(areas[single]) / np.pi))
+    return float(2.0 * np.median(radii) * 1.15)
 
 
 def resolve_diameter(

@@ -1,0 +1,199 @@
+"""The classical segmenter and nucleus-scale handling, on hand-made images and CTC data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from livetrack.errors import ConfigError
+from livetrack.segment.base import Segmenter
+from livetrack.segment.classical import ClassicalSegmenter
+from livetrack.segment.config import SegmentConfig
+from livetrack.segment.factory import make_segmenter
+from livetrack.segment.scale import estimate_diameter, resolve_diameter
+from tests.conftest import GOWT1, SIM_PLUS, needs_data
+
+
+def discs(
+    shape: tuple[int, int],
+    centres: list[tuple[float, float]],
+    diameter: float,
+    *,
+    noise: float = 0.0,
+    seed: int = 0,
+    brightness: list[float] | None = None,
+) -> np.ndarray:
+    """uint16 image of bright discs on a dark background (+ optional Gaussian noise)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, 100.0)
+    for i, (cy, cx) in enumerate(centres):
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= (diameter / 2) ** 2
+        img[inside] += 1000.0 * (brightness[i] if brightness else 1.0)
+    if noise:
+        img += np.random.default_rng(seed).normal(0, noise, shape)
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def grid_centres(n: int, spacing: float, offset: float) -> list[tuple[float, float]]:
+    return [(offset + i * spacing, offset + j * spacing) for i in range(n) for j in range(n)]
+
+
+def test_isolated_discs_are_counted_exactly() -> None:
+    img = discs((200, 200), grid_centres(3, 60, 40), 24, noise=20)
+    seg = ClassicalSegmenter().predict(img)
+    assert len(seg.detections) == 9
+    assert seg.mask.shape == img.shape
+    assert seg.mask.dtype == np.int32
+    assert sorted(np.unique(seg.mask)[1:].tolist()) == list(range(1, 10))  # sequential
+    # each detection sits on a disc centre
+    centres = np.array(grid_centres(3, 60, 40))
+    d = np.linalg.norm(seg.detections.centroids[:, None] - centres[None], axis=2)
+    assert d.min(axis=1).max() < 2.0
+
+
+def test_two_touching_nuclei_come_out_as_two_labels() -> None:
+    img = discs((120, 160), [(60, 60), (60, 60 + 26)], 28, noise=10)
+    seg = ClassicalSegmenter(SegmentConfig(nucleus_diameter_px=28)).predict(img)
+    assert len(seg.detections) == 2
+    left, right = sorted(seg.detections.centroids[:, 1])
+    assert left < 73 < right
+
+
+@pytest.mark.parametrize(
+    "image", [np.zeros((64, 64), np.uint16), np.full((64, 64), 500, np.uint16)]
+)
+def test_empty_and_constant_frames_give_no_objects(image: np.ndarray) -> None:
+    seg = ClassicalSegmenter().predict(image)
+    assert len(seg.detections) == 0
+    assert not seg.mask.any()
+
+
+def test_pure_noise_gives_no_objects() -> None:
+    noise = np.random.default_rng(1).normal(1000, 30, (256, 256)).astype(np.uint16)
+    assert len(ClassicalSegmenter().predict(noise).detections) == 0
+
+
+def test_dim_nuclei_next_to_bright_ones_are_found() -> None:
+    centres = grid_centres(3, 70, 45)
+    bright = [1.0, 0.08, 1.0, 0.08, 1.0, 0.08, 1.0, 0.08, 1.0]  # 12× dimmer
+    img = discs((230, 230), centres, 30, noise=8, brightness=bright)
+    seg = ClassicalSegmenter(SegmentConfig(nucleus_diameter_px=30)).predict(img)
+    assert len(seg.detections) == 9
+
+
+def test_dtype_does_not_change_the_result() -> None:
+    base = discs((160, 160), grid_centres(2, 70, 45), 26, noise=15)
+    scaled = (base.astype(np.float64) - 100) / 1100 * 200 + 20  # into uint8 range
+    results = [
+        ClassicalSegmenter(SegmentConfig(nucleus_diameter_px=26)).predict(img).mask
+        for img in (base, base.astype(np.float32), scaled.astype(np.uint8))
+    ]
+    assert all(len(np.unique(m)) - 1 == 4 for m in results)
+    for m in results[1:]:
+        overlap = np.count_nonzero((m > 0) & (results[0] > 0)) / np.count_nonzero(results[0])
+        assert overlap > 0.9
+
+
+def test_three_dimensional_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        ClassicalSegmenter().predict(np.zeros((2, 8, 8), np.uint16))
+
+
+@pytest.mark.parametrize("diameter", [8.0, 12.0, 24.0, 48.0])
+def test_diameter_is_estimated_from_the_image(diameter: float) -> None:
+    spacing = diameter * 2.2
+    n = 4
+    size = int(spacing * (n + 1))
+    img = discs((size, size), grid_centres(n, spacing, spacing), diameter, noise=20, seed=2)
+    est = estimate_diameter(img)
+    assert est is not None
+    assert est == pytest.approx(diameter, rel=0.25)
+
+
+def test_diameter_from_clumped_nuclei_is_not_inflated() -> None:
+    """Pairs of touching nuclei plus a few singles: the clumps must not drive the estimate."""
+    centres = []
+    for i in range(4):
+        for j in range(3):
+            cy, cx = 40 + i * 70, 40 + j * 90
+            centres += [(cy, cx), (cy, cx + 22)]
+    centres += [(330, 60), (330, 160), (330, 260), (400, 110)]
+    img = discs((450, 320), centres, 24, noise=10)
+    est = estimate_diameter(img)
+    assert est is not None
+    assert est == pytest.approx(24, rel=0.25)
+
+
+def test_diameter_resolution_order() -> None:
+    assert resolve_diameter(30.0, 10.0, 0.5) == 30.0
+    assert resolve_diameter(None, 10.0, 0.5) == pytest.approx(20.0)
+    assert resolve_diameter(None, 10.0, None) is None
+    assert resolve_diameter(None, None, 0.5) is None
+
+
+def test_pixel_size_route_and_large_nuclei_are_downscaled() -> None:
+    # 60 px nuclei at 0.25 µm/px = 15 µm: segmented at the canonical scale, labels returned
+    # at full resolution.
+    img = discs((400, 400), grid_centres(2, 160, 120), 60, noise=20)
+    cfg = SegmentConfig(nucleus_diameter_um=15.0)
+    seg = ClassicalSegmenter(cfg).predict(img, pixel_size_um=0.25)
+    assert seg.info["diameter_px"] == pytest.approx(60.0)
+    assert seg.mask.shape == (400, 400)
+    assert len(seg.detections) == 4
+    # Thresholding in log space puts the outline in the outer part of the (smoothed) edge:
+    # sharp synthetic discs come out ~30% larger in area; real, blurred nuclei ~10% (SIM+).
+    expected_area = np.pi * 30**2
+    assert np.all(np.abs(seg.detections.areas - expected_area) < 0.4 * expected_area)
+    assert np.ptp(seg.detections.areas) < 0.05 * expected_area
+
+
+def test_estimated_diameter_is_kept_for_the_position() -> None:
+    seg = ClassicalSegmenter(SegmentConfig(auto_diameter_frames=2))
+    img = discs((200, 200), grid_centres(3, 60, 40), 24, noise=20)
+    seg.predict(img)
+    seg.predict(img)
+    kept = seg.diameter_px
+    big = discs((400, 400), grid_centres(3, 120, 80), 48, noise=20)
+    seg.predict(big)  # a very different frame does not change the settled scale
+    assert seg.diameter_px == kept
+
+
+def test_factory_and_protocol() -> None:
+    seg = make_segmenter(SegmentConfig())
+    assert isinstance(seg, Segmenter)
+    assert seg.name == "classical"
+    with pytest.raises(ConfigError):
+        make_segmenter(SegmentConfig.model_construct(method="nope"))  # type: ignore[arg-type]
+
+
+def _object_recall_precision(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
+    g, p = gt.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    both = (g > 0) & (p > 0)
+    pairs, inter = np.unique(np.stack([g[both], p[both]]), axis=1, return_counts=True)
+    iou = inter / (np.bincount(g)[pairs[0]] + np.bincount(p)[pairs[1]] - inter)
+    return int((iou >= 0.5).sum()), len(np.unique(g)) - 1, len(np.unique(p)) - 1
+
+
+@needs_data
+@pytest.mark.data
+def test_object_f1_on_ctc_sequences() -> None:
+    seg = ClassicalSegmenter()
+    tp = n_gt = n_pred = 0
+    for idx in (0, 20, 40, 60):
+        img = tifffile.imread(SIM_PLUS / "01" / f"t{idx:03d}.tif")
+        gt = tifffile.imread(SIM_PLUS / "01_GT" / "SEG" / f"man_seg{idx:03d}.tif")
+        a, b, c = _object_recall_precision(gt, seg.predict(img).mask)
+        tp, n_gt, n_pred = tp + a, n_gt + b, n_pred + c
+    f1 = 2 * tp / (n_gt + n_pred)
+    assert f1 > 0.9  # measured 0.975 over all 65 frames
+    assert seg.diameter_px == pytest.approx(54.6, rel=0.2)  # GT median equivalent diameter
+
+    seg = ClassicalSegmenter()
+    found = annotated = 0
+    for f in sorted((GOWT1 / "01_GT" / "SEG").glob("man_seg*.tif"))[:8]:
+        idx = int(f.stem.removeprefix("man_seg"))
+        img = tifffile.imread(GOWT1 / "01" / f"t{idx:03d}.tif")
+        a, b, _ = _object_recall_precision(tifffile.imread(f), seg.predict(img).mask)
+        found, annotated = found + a, annotated + b
+    assert found / annotated > 0.8  # sparse SEG: recall of annotated nuclei; measured 0.94
