@@ -300,8 +300,7 @@ class Worker:
         log.info("%s run %s (%s)", "started" if is_new else "resuming", h.run_id, h.source)
 
     def _restore(self, h: FrameHeader, state: PositionState) -> None:
-        window = self.settings.track.max_gap + 2
-        history = self.store.history(h.run_id, h.position, window)
+        history = self.store.history(h.run_id, h.position, state.tracker.history_window)
         tracks = self.store.tracks(h.run_id, h.position)
         state.tracker.restore(history, tracks)
         state.divisions = sum(

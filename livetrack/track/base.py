@@ -91,6 +91,11 @@ class Tracker(Protocol):
 
     name: str
 
+    @property
+    def history_window(self) -> int:
+        """How many of the last committed frames ``restore`` needs."""
+        ...
+
     def step(self, frame: int, detections: Detections) -> TrackStep:
         """Link ``detections`` of ``frame`` to the active tracks and return the decisions."""
         ...
