@@ -1,0 +1,145 @@
+"""The nuclei simulator: determinism, CTC ground-truth consistency, realism basics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from simulators.nuclei import NucleiSimulator, SimulationConfig, write_ctc
+
+CFG = SimulationConfig(
+    seed=4,
+    n_frames=30,
+    height=192,
+    width=160,
+    n_cells=14,
+    nucleus_diameter_px=18,
+    cell_cycle_frames=14,
+    speed_diam_per_frame=0.12,
+    drift_diam_per_frame=(0.0, 0.15),  # cells drift right: some leave, some enter
+    death_rate=0.01,
+)
+
+
+@pytest.fixture(scope="module")
+def ctc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim")
+    write_ctc(CFG, out)
+    return out
+
+
+def read_tracks(ctc: Path) -> dict[int, tuple[int, int, int]]:
+    rows = (ctc / "01_GT" / "TRA" / "man_track.txt").read_text().split("\n")
+    tracks = {}
+    for row in filter(None, rows):
+        label, begin, end, parent = map(int, row.split())
+        tracks[label] = (begin, end, parent)
+    return tracks
+
+
+def test_ctc_layout_and_dtypes(ctc: Path) -> None:
+    frames = sorted((ctc / "01").glob("t*.tif"))
+    assert [f.name for f in frames[:2]] == ["t000.tif", "t001.tif"]
+    assert len(frames) == CFG.n_frames
+    img = tifffile.imread(frames[0])
+    assert img.dtype == np.uint16
+    assert img.shape == (CFG.height, CFG.width)
+    for sub in ("TRA", "SEG"):
+        masks = sorted((ctc / "01_GT" / sub).glob("*.tif"))
+        assert len(masks) == CFG.n_frames
+        assert tifffile.imread(masks[0]).dtype == np.uint16
+    with tifffile.TiffFile(frames[0]) as tif:  # pixel size in the resolution tags
+        num, den = tif.pages.first.tags["XResolution"].value
+        assert 1e4 / (num / den) == pytest.approx(CFG.pixel_size_um, rel=1e-3)
+
+
+def test_ground_truth_obeys_ctc_rules(ctc: Path) -> None:
+    tracks = read_tracks(ctc)
+    present: dict[int, set[int]] = {}
+    for t in range(CFG.n_frames):
+        mask = tifffile.imread(ctc / "01_GT" / "TRA" / f"man_track{t:03d}.tif")
+        np.testing.assert_array_equal(
+            mask, tifffile.imread(ctc / "01_GT" / "SEG" / f"man_seg{t:03d}.tif")
+        )
+        for label in np.unique(mask)[1:]:
+            present.setdefault(int(label), set()).add(t)
+    assert set(present) == set(tracks)
+    for label, (begin, end, parent) in tracks.items():
+        # every track is present in every frame from its start to its end (no gaps)
+        assert present[label] == set(range(begin, end + 1)), label
+        if parent:
+            assert parent in tracks
+            assert tracks[parent][1] == begin - 1  # daughters start right after the mother
+
+
+def test_movie_has_divisions_entries_exits_and_deaths(ctc: Path) -> None:
+    tracks = read_tracks(ctc)
+    children: dict[int, int] = {}
+    for _b, _e, parent in tracks.values():
+        if parent:
+            children[parent] = children.get(parent, 0) + 1
+    assert sum(1 for n in children.values() if n == 2) >= 3
+    last = CFG.n_frames - 1
+    late_roots = [lab for lab, (b, _e, p) in tracks.items() if b > 0 and p == 0]
+    assert late_roots, "no cell entered the field of view"
+    ended_early = [lab for lab, (_b, e, _p) in tracks.items() if e < last and lab not in children]
+    assert ended_early, "no cell left the field of view or died"
+
+
+def test_streamed_frames_equal_written_files(ctc: Path) -> None:
+    for f in NucleiSimulator(CFG).frames():
+        if f.index % 7:
+            continue
+        np.testing.assert_array_equal(f.image, tifffile.imread(ctc / "01" / f"t{f.index:03d}.tif"))
+        np.testing.assert_array_equal(
+            f.labels, tifffile.imread(ctc / "01_GT" / "TRA" / f"man_track{f.index:03d}.tif")
+        )
+
+
+def test_determinism_and_seed_dependence() -> None:
+    small = CFG.model_copy(update={"n_frames": 6})
+    a = [(f.image, f.labels) for f in NucleiSimulator(small).frames()]
+    b = [(f.image, f.labels) for f in NucleiSimulator(small).frames()]
+    c = [
+        (f.image, f.labels) for f in NucleiSimulator(small.model_copy(update={"seed": 5})).frames()
+    ]
+    for (ia, la), (ib, lb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(ia, ib)
+        np.testing.assert_array_equal(la, lb)
+    assert not np.array_equal(a[-1][0], c[-1][0])
+
+
+def test_camera_settings_do_not_move_the_cells() -> None:
+    small = CFG.model_copy(update={"n_frames": 8})
+    noisy = small.model_copy(update={"read_noise": 20.0, "bleach_rate": 0.05, "vignetting": 0.4})
+    for f, g in zip(NucleiSimulator(small).frames(), NucleiSimulator(noisy).frames(), strict=True):
+        np.testing.assert_array_equal(f.labels, g.labels)
+        if f.index:
+            assert not np.array_equal(f.image, g.image)
+
+
+def test_nucleus_size_and_contrast_follow_the_config() -> None:
+    for diameter in (12.0, 30.0):
+        cfg = SimulationConfig(
+            seed=1, n_frames=1, height=256, width=256, n_cells=20, nucleus_diameter_px=diameter
+        )
+        frame = next(NucleiSimulator(cfg).frames())
+        areas = np.bincount(frame.labels.ravel())[1:]
+        areas = areas[areas > 0]
+        # cells at the border are cut: look at the upper half of the size distribution
+        median = float(np.median(areas[areas >= np.percentile(areas, 25)]))
+        assert median == pytest.approx(np.pi * diameter**2 / 4, rel=0.4)
+        inside = frame.image[frame.labels > 0].astype(float)
+        outside = frame.image[frame.labels == 0].astype(float)
+        assert np.median(inside) > np.median(outside) + 5 * outside.std()
+
+
+def test_thousands_of_cells_stream() -> None:
+    cfg = SimulationConfig(
+        seed=2, n_frames=2, height=1024, width=1024, n_cells=1500, nucleus_diameter_px=14
+    )
+    frames = list(NucleiSimulator(cfg).frames())
+    assert len(np.unique(frames[-1].labels)) - 1 > 1000
