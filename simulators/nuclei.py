@@ -472,9 +472,9 @@ class NucleiSimulator:
         inherit = np.exp(motion.normal(0.0, cv / 2, 2 * m))
         mean_area = np.tile(mothers.mean_area, 2) * inherit
         daughters = self._new_cells(pos, mean_area, np.zeros(2 * m), motion, appearance)
-        daughters.vel = np.concatenate([mothers.vel, mothers.vel]) + np.concatenate(
-            [offset, -offset]
-        ) * 0.1
+        daughters.vel = (
+            np.concatenate([mothers.vel, mothers.vel]) + np.concatenate([offset, -offset]) * 0.1
+        )
         daughters.theta = np.tile(axis, 2)
         daughters.bright = np.tile(mothers.bright, 2) * np.exp(appearance.normal(0, 0.05, 2 * m))
         daughters.parent = np.tile(mothers.label, 2)
