@@ -1,5 +1,16 @@
 """Wire messages: frozen pydantic models with a ``kind`` discriminator.
 
+Acknowledged delivery (so a driver survives a worker crash): a driver that subscribes to
+the worker's event channel sets ``FrameHeader.previous_frame`` and keeps every frame until
+the worker publishes a ``FrameCommitted`` for it (or for a later frame of the same
+position — acks are cumulative per position). The worker publishes ``FrameCommitted`` only
+after the frame's SQLite transaction committed, so an acknowledged frame is durable. A
+worker refuses a frame whose ``previous_frame`` it has neither stored nor rejected, so
+frames lost in a dead worker's socket are re-sent in order instead of being tracked across
+a gap. Every worker process has its own ``worker_id`` (in ``FrameCommitted`` and
+``WorkerStatus``): a driver that sees a new one knows the worker restarted and re-sends
+what is not acknowledged; re-sent frames that were already stored are idempotent.
+
 Every message carries ``schema`` (the wire schema version). A receiver validates a
 message once, at the edge (``transport``), and rejects anything that does not parse or
 whose major version differs with ``BadMessage`` / ``SchemaMismatch``. JSON only —
@@ -64,6 +75,11 @@ class FrameHeader(_Message):
     """When set, a third message part carries a label image of this integer dtype and the
     frame's shape, and the worker tracks these labels instead of segmenting
     (tracking-only mode, e.g. replaying ground-truth masks)."""
+    previous_frame: int | None = Field(default=None, ge=0)
+    """Acknowledged mode only: the index of the frame the driver sent before this one for
+    the same position (None for the first). A worker that has not handled that frame
+    (stored or rejected it) refuses this one: the frames in between were lost on the way
+    (e.g. in a crashed worker's socket) and the driver re-sends them first."""
 
     @field_validator("dtype")
     @classmethod
@@ -125,6 +141,8 @@ class EndOfStream(_Message):
     frames_sent: int = Field(default=0, ge=0)
     reason: Literal["complete", "aborted", "error"] = "complete"
     message: str = ""
+    frames_dropped: int = Field(default=0, ge=0)
+    """Frames the driver dropped on purpose (explicitly lossy mode only), also logged."""
 
 
 DriverMessage = Annotated[FrameHeader | EndOfStream, Field(discriminator="kind")]
@@ -190,6 +208,27 @@ class WorkerStatus(_Message):
     tracker: str = ""
     db_path: str = ""
     timestamp: float
+    worker_id: str = ""
+    """Random id of the worker process; a new one means the worker restarted."""
+
+
+class FrameCommitted(_Message):
+    """Acknowledgement: the worker has durably dealt with a frame (or an end-of-stream).
+
+    Published on the event channel (topic ``committed``) *after* the frame's transaction
+    committed. ``status`` 'stored' = committed now, 'duplicate' = it was already stored
+    (a re-send), 'end-of-stream' = the run's end-of-stream was handled (``position`` and
+    ``frame_index`` are None). Acks are cumulative per (run, position): the worker handles
+    a position's frames in order, so every frame up to ``frame_index`` is done with.
+    """
+
+    kind: Literal["committed"] = "committed"
+    run_id: str
+    position: str | None = None
+    frame_index: int | None = None
+    status: Literal["stored", "duplicate", "end-of-stream"]
+    worker_id: str
+    timestamp: float
 
 
 class FrameRejected(_Message):
@@ -203,10 +242,12 @@ class FrameRejected(_Message):
     timestamp: float
 
 
-PublishedMessage = Annotated[TrackEvent | WorkerStatus | FrameRejected, Field(discriminator="kind")]
+PublishedMessage = Annotated[
+    TrackEvent | WorkerStatus | FrameRejected | FrameCommitted, Field(discriminator="kind")
+]
 """What travels on the event channel (PUB → SUB)."""
 
 DRIVER_ADAPTER: TypeAdapter[FrameHeader | EndOfStream] = TypeAdapter(DriverMessage)
-PUBLISHED_ADAPTER: TypeAdapter[TrackEvent | WorkerStatus | FrameRejected] = TypeAdapter(
-    PublishedMessage
+PUBLISHED_ADAPTER: TypeAdapter[TrackEvent | WorkerStatus | FrameRejected | FrameCommitted] = (
+    TypeAdapter(PublishedMessage)
 )

@@ -1,4 +1,10 @@
-"""Push a FrameSource's frames to a worker, then end-of-stream. Shared by every driver."""
+"""Push a FrameSource's frames to a worker, then end-of-stream. Shared by every driver.
+
+With a plain ``FramePusher`` a frame is handed to ZeroMQ and forgotten (fine in one
+process, where worker and driver live and die together). With an ``AckedPusher`` every
+frame is kept until the worker acknowledges its commit, re-sent after a worker restart,
+and the end-of-stream goes out only once every frame is acknowledged.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import numpy as np
 from livetrack.errors import LivetrackError
 from livetrack.messages import EndOfStream, FrameHeader
 from livetrack.source import FrameMeta, FrameSource
-from livetrack.transport import FramePusher, SendAborted, SendTimeout
+from livetrack.transport import AckedPusher, FramePusher, SendAborted, SendTimeout
 
 log = logging.getLogger("livetrack.pump")
 
@@ -24,6 +30,8 @@ class PumpResult:
     positions: tuple[str, ...]
     reason: str
     message: str = ""
+    frames_dropped: int = 0
+    """Frames dropped because the worker could not keep up (explicitly lossy mode only)."""
 
 
 def header_for(
@@ -52,7 +60,7 @@ def header_for(
 
 def pump(
     source: FrameSource,
-    pusher: FramePusher,
+    pusher: FramePusher | AckedPusher,
     run_id: str,
     *,
     description: str,
@@ -61,7 +69,7 @@ def pump(
 ) -> PumpResult:
     """Send every frame of ``source`` then an EndOfStream (also on error or stop, with the
     reason, so the worker can mark the run aborted and keep what it stored)."""
-    sent = 0
+    sent = dropped = 0
     positions: list[str] = []
     reason: Literal["complete", "aborted", "error"] = "complete"
     message = ""
@@ -82,7 +90,9 @@ def pump(
                 total_frames=per_position,
                 labels=labels,
             )
-            pusher.send_frame(header, image, labels)
+            if pusher.send_frame(header, image, labels) is False:
+                dropped += 1
+                continue
             sent += 1
             if on_sent is not None:
                 on_sent(meta)
@@ -104,12 +114,15 @@ def pump(
             frames_sent=sent,
             reason=reason,
             message=message,
+            frames_dropped=dropped,
         )
         try:
             pusher.send_eos(eos)
         except (SendAborted, SendTimeout) as err:
             log.warning("end-of-stream not delivered (%s); the run stays resumable", err)
-    return PumpResult(sent, tuple(positions), reason, message)
+    if dropped:
+        log.warning("%d frames were dropped because the worker could not keep up", dropped)
+    return PumpResult(sent, tuple(positions), reason, message, frames_dropped=dropped)
 
 
 def _frames_per_position(source: FrameSource) -> int | None:

@@ -21,7 +21,7 @@ from livetrack.errors import EndpointInUse
 from livetrack.pump import PumpResult, pump
 from livetrack.source import FrameSource
 from livetrack.store import Store
-from livetrack.transport import EventPublisher, FramePuller, FramePusher
+from livetrack.transport import CurveServer, EventPublisher, FramePuller, FramePusher
 from livetrack.worker import FrameResult, Worker
 
 log = logging.getLogger("livetrack.runner")
@@ -53,13 +53,15 @@ def choose_run_id(store: Store, base: str) -> str:
     return candidate
 
 
-def open_publisher(endpoint: str, *, allow_remote: bool) -> EventPublisher:
+def open_publisher(
+    endpoint: str, *, allow_remote: bool, curve: CurveServer | None = None
+) -> EventPublisher:
     """Bind the event publisher; if the port is taken (another worker), use a free one."""
     try:
-        return EventPublisher(endpoint, allow_remote=allow_remote)
+        return EventPublisher(endpoint, allow_remote=allow_remote, curve=curve)
     except EndpointInUse:
         host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
-        pub = EventPublisher(f"tcp://{host}:0", allow_remote=allow_remote)
+        pub = EventPublisher(f"tcp://{host}:0", allow_remote=allow_remote, curve=curve)
         log.warning("%s is in use; publishing events on %s instead", endpoint, pub.endpoint)
         return pub
 

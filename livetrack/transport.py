@@ -9,21 +9,42 @@ subscriber may miss status ticks, never stored data (that lives in SQLite).
 Nothing received is ever unpickled: headers are JSON parsed by pydantic, pixels are
 interpreted with ``numpy.frombuffer`` after the header's shape/dtype were checked
 against the buffer size.
+
+Surviving a worker crash (``AckedPusher``): frames sent into a dead worker's socket are
+lost inside ZeroMQ, so a driver that must not lose frames subscribes to the worker's event
+channel and keeps every frame in a bounded buffer until the worker acknowledges it with a
+``FrameCommitted`` (published only after the frame's SQLite commit, so acknowledged =
+durable). When it sees a new ``worker_id`` (the worker restarted) or no acknowledgement
+arrives for ``resend_after_s``, it re-sends everything unacknowledged, in order; the
+worker ignores frames it already stored. Each frame names the ``previous_frame`` sent for
+its position, and the worker refuses a frame whose predecessor never reached it, so a
+frame that reaches a restarted worker before the re-sends is not tracked across a false
+gap. When the buffer is full the driver pauses (default) or, only with
+``overflow="drop"``, drops the new frame, counted and logged.
+
+Security: sockets bind to loopback unless ``allow_remote`` is set, and a non-loopback
+bind also requires ZeroMQ CURVE (``CurveServer``: the worker's secret key and the public
+keys of the clients it accepts; ``CurveClient`` for drivers and dashboards). Keys come
+from ``livetrack keys`` (``write_keypair``), files readable by their owner only.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import zmq
 from numpy.typing import NDArray
 from pydantic import ValidationError
+from zmq.utils import z85
 
 from livetrack.errors import BadFrame, BadMessage, ConfigError, EndpointInUse, SchemaMismatch
 from livetrack.messages import (
@@ -31,6 +52,7 @@ from livetrack.messages import (
     PUBLISHED_ADAPTER,
     SCHEMA_VERSION,
     EndOfStream,
+    FrameCommitted,
     FrameHeader,
     FrameRejected,
     TrackEvent,
@@ -52,11 +74,165 @@ class SendAborted(Exception):
     """A send waiting for the worker was abandoned because the stop event was set."""
 
 
-def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> str:
+class InvalidFrame(BadFrame):
+    """A frame whose header is valid but whose content is not (buffer size, NaNs): the
+    worker knows which frame it rejected (``header``) and can tell the driver."""
+
+    def __init__(self, message: str, header: FrameHeader) -> None:
+        super().__init__(message)
+        self.header = header
+
+
+# ------------------------------------------------------------------------- CURVE
+
+
+@dataclass(frozen=True)
+class CurveServer:
+    """CURVE for a binding socket (the worker): its secret key and the public keys of
+    the clients allowed in (all Z85 text, 40 characters)."""
+
+    secret_key: bytes
+    allowed_clients: frozenset[bytes]
+
+    @property
+    def public_key(self) -> bytes:
+        return zmq.curve_public(self.secret_key)
+
+
+@dataclass(frozen=True)
+class CurveClient:
+    """CURVE for a connecting socket (driver, dashboard): its own secret key and the
+    public key of the worker it talks to."""
+
+    secret_key: bytes
+    server_key: bytes
+
+    @property
+    def public_key(self) -> bytes:
+        return zmq.curve_public(self.secret_key)
+
+
+def _check_z85_key(key: bytes, where: str) -> bytes:
+    key = key.strip()
+    if len(key) != 40:
+        raise ConfigError(f"{where}: a CURVE key is 40 Z85 characters, got {len(key)}")
+    try:
+        z85.decode(key)
+    except (ValueError, KeyError):
+        raise ConfigError(f"{where}: not a Z85-encoded CURVE key") from None
+    return key
+
+
+def read_key(path: Path) -> bytes:
+    """Read a key file written by ``write_keypair`` (``NAME.public`` or ``NAME.secret``)."""
+    try:
+        text = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read key file {path}: {err.strerror}") from None
+    return _check_z85_key(text, str(path))
+
+
+def write_keypair(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """Generate a CURVE keypair: ``NAME.public`` and ``NAME.secret`` in ``out_dir``, both
+    created with mode 0600 (never overwritten). Give the worker its secret and the
+    clients' ``.public`` files; give each client its secret and the worker's ``.public``."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"key name {name!r} must be a plain file name")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.curve_keypair()
+    paths = (out_dir / f"{name}.public", out_dir / f"{name}.secret")
+    for path, key in zip(paths, (public, secret), strict=True):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ConfigError(f"{path} exists; not overwriting a key") from None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key + b"\n")
+    return paths
+
+
+def curve_server(secret_file: Path, client_keys: Iterable[Path]) -> CurveServer:
+    """Worker-side CURVE from key files; ``client_keys`` may name files or folders of
+    ``*.public`` files."""
+    allowed: set[bytes] = set()
+    for p in client_keys:
+        files = sorted(p.glob("*.public")) if p.is_dir() else [p]
+        allowed.update(read_key(f) for f in files)
+    if not allowed:
+        raise ConfigError("CURVE needs at least one allowed client public key")
+    return CurveServer(read_key(secret_file), frozenset(allowed))
+
+
+def curve_client(secret_file: Path, server_key_file: Path) -> CurveClient:
+    return CurveClient(read_key(secret_file), read_key(server_key_file))
+
+
+class _KeyCheck:
+    """ZAP credentials callback: is the client's public key in the allowed set?"""
+
+    def __init__(self) -> None:
+        self.allowed: set[bytes] = set()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ok = key in self.allowed
+        if not ok:
+            log.warning("refused a CURVE client with an unknown public key")
+        return ok
+
+
+_auth_lock = threading.Lock()
+_authenticators: dict[int, tuple[Any, _KeyCheck, int]] = {}
+
+
+def _start_auth(ctx: zmq.Context[Any], curve: CurveServer) -> None:
+    """One ZAP authenticator thread per context, shared by its server sockets."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    with _auth_lock:
+        auth, check, users = _authenticators.get(id(ctx), (None, _KeyCheck(), 0))
+        if auth is None:
+            auth = ThreadAuthenticator(ctx, log=logging.getLogger("livetrack.transport.zap"))
+            auth.start()
+            auth.configure_curve_callback(domain="livetrack", credentials_provider=check)
+        check.allowed.update(curve.allowed_clients)
+        _authenticators[id(ctx)] = (auth, check, users + 1)
+
+
+def _stop_auth(ctx: zmq.Context[Any]) -> None:
+    with _auth_lock:
+        entry = _authenticators.get(id(ctx))
+        if entry is None:
+            return
+        auth, check, users = entry
+        if users <= 1:
+            auth.stop()
+            del _authenticators[id(ctx)]
+        else:
+            _authenticators[id(ctx)] = (auth, check, users - 1)
+
+
+def _curve_as_server(sock: zmq.Socket[Any], ctx: zmq.Context[Any], curve: CurveServer) -> None:
+    _start_auth(ctx, curve)
+    sock.setsockopt(zmq.ZAP_DOMAIN, b"livetrack")
+    sock.curve_secretkey = curve.secret_key
+    sock.curve_publickey = curve.public_key
+    sock.curve_server = True
+
+
+def _curve_as_client(sock: zmq.Socket[Any], curve: CurveClient) -> None:
+    sock.curve_secretkey = curve.secret_key
+    sock.curve_publickey = curve.public_key
+    sock.curve_serverkey = curve.server_key
+
+
+def check_endpoint(
+    endpoint: str, *, allow_remote: bool = False, curve: CurveServer | None = None
+) -> str:
     """Refuse to bind/connect beyond loopback unless the user asked for it explicitly.
 
     ``ipc://`` and ``inproc://`` are always local. A ``tcp://`` host must be a loopback
-    address or ``localhost`` unless ``allow_remote`` is set.
+    address or ``localhost`` unless ``allow_remote`` is set. Binding a server socket
+    (``curve`` is then what it was given) beyond loopback also requires CURVE.
     """
     if endpoint.startswith(("ipc://", "inproc://")):
         return endpoint
@@ -67,18 +243,39 @@ def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> str:
     if not sep or not (port == "*" or port.isdigit()):
         raise ConfigError(f"endpoint {endpoint!r} needs a port, e.g. tcp://127.0.0.1:5557")
     host = host.strip("[]")
-    if host == "localhost" or allow_remote:
+    if host == "localhost":
         return endpoint
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if not loopback:
+    if loopback:
+        return endpoint
+    if not allow_remote:
         raise ConfigError(
             f"endpoint {endpoint!r} is not on the loopback interface; livetrack only listens on "
-            "127.0.0.1 unless you pass --allow-remote (and then protect the link yourself)"
+            "127.0.0.1 unless you pass --allow-remote with CURVE keys (see livetrack keys)"
         )
     return endpoint
+
+
+def _check_server_endpoint(endpoint: str, allow_remote: bool, curve: CurveServer | None) -> None:
+    """A server socket may bind beyond loopback only with --allow-remote AND CURVE."""
+    check_endpoint(endpoint, allow_remote=allow_remote)
+    if allow_remote and curve is None and not _is_local(endpoint):
+        raise ConfigError(
+            f"refusing to bind {endpoint} beyond loopback without encryption: give the "
+            "worker CURVE keys (--curve-secret and --curve-clients; create them with "
+            "livetrack keys)"
+        )
+
+
+def _is_local(endpoint: str) -> bool:
+    try:
+        check_endpoint(endpoint, allow_remote=False)
+    except ConfigError:
+        return False
+    return True
 
 
 def _socket(ctx: zmq.Context[Any], kind: int, *, linger_ms: int, hwm: int) -> zmq.Socket[Any]:
@@ -135,6 +332,7 @@ class FramePusher:
         allow_remote: bool = False,
         context: zmq.Context[Any] | None = None,
         stop: threading.Event | None = None,
+        curve: CurveClient | None = None,
     ) -> None:
         check_endpoint(endpoint, allow_remote=allow_remote)
         self.stop = stop
@@ -145,6 +343,8 @@ class FramePusher:
         # Queue only to a live worker: with no worker connected, sending blocks (and the
         # driver can tell the user) instead of filling a queue nobody will read.
         self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        if curve is not None:
+            _curve_as_client(self._sock, curve)
         self.endpoint = endpoint
         if bind:
             self.endpoint = _bind(self._sock, endpoint)
@@ -184,28 +384,16 @@ class FramePusher:
     ) -> None:
         """Send one frame (and its label image in tracking-only mode); blocks while the
         worker's queue is full (backpressure)."""
-        where = f"frame {header.position}/{header.frame_index}"
-        arr = _little_endian(image)
-        if arr.shape != header.shape or arr.dtype.name != header.dtype:
-            raise BadFrame(
-                f"{where}: header says {header.shape} {header.dtype}, "
-                f"array is {arr.shape} {arr.dtype.name}"
-            )
-        parts: list[bytes | memoryview] = [header.model_dump_json().encode(), _bytes_view(arr)]
-        if (labels is None) != (header.labels_dtype is None):
-            raise BadFrame(
-                f"{where}: labels given without labels_dtype in the header, or vice versa"
-            )
-        if labels is not None:
-            lab = _little_endian(labels)
-            if lab.shape != header.shape or lab.dtype.name != header.labels_dtype:
-                raise BadFrame(
-                    f"{where}: header says labels {header.shape} {header.labels_dtype}, "
-                    f"array is {lab.shape} {lab.dtype.name}"
-                )
-            parts.append(_bytes_view(lab))
+        parts = encode_frame(header, image, labels)
         self._wait_writable()
         self._sock.send_multipart(parts, copy=False)
+
+    def try_send(self, parts: list[bytes | memoryview], timeout_ms: int = 0) -> bool:
+        """Send an encoded message if the worker takes it within ``timeout_ms``."""
+        if not self._sock.poll(timeout_ms, zmq.POLLOUT):
+            return False
+        self._sock.send_multipart(parts, copy=False)
+        return True
 
     def send_eos(self, eos: EndOfStream) -> None:
         self._wait_writable()
@@ -218,6 +406,33 @@ class FramePusher:
             self._sock.close()
         else:
             self._sock.close(linger=int(linger_s * 1000))
+
+
+def encode_frame(
+    header: FrameHeader,
+    image: NDArray[np.generic],
+    labels: NDArray[np.integer] | None = None,
+) -> list[bytes | memoryview]:
+    """Check a frame against its header and lay it out as message parts (zero-copy)."""
+    where = f"frame {header.position}/{header.frame_index}"
+    arr = _little_endian(image)
+    if arr.shape != header.shape or arr.dtype.name != header.dtype:
+        raise BadFrame(
+            f"{where}: header says {header.shape} {header.dtype}, "
+            f"array is {arr.shape} {arr.dtype.name}"
+        )
+    parts: list[bytes | memoryview] = [header.model_dump_json().encode(), _bytes_view(arr)]
+    if (labels is None) != (header.labels_dtype is None):
+        raise BadFrame(f"{where}: labels given without labels_dtype in the header, or vice versa")
+    if labels is not None:
+        lab = _little_endian(labels)
+        if lab.shape != header.shape or lab.dtype.name != header.labels_dtype:
+            raise BadFrame(
+                f"{where}: header says labels {header.shape} {header.labels_dtype}, "
+                f"array is {lab.shape} {lab.dtype.name}"
+            )
+        parts.append(_bytes_view(lab))
+    return parts
 
 
 def _little_endian(a: NDArray[Any]) -> NDArray[Any]:
@@ -242,10 +457,14 @@ class FramePuller:
         hwm: int = 4,
         allow_remote: bool = False,
         context: zmq.Context[Any] | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
-        check_endpoint(endpoint, allow_remote=allow_remote)
+        _check_server_endpoint(endpoint, allow_remote, curve)
         self._ctx = context or zmq.Context.instance()
         self._sock = _socket(self._ctx, zmq.PULL, linger_ms=0, hwm=hwm)
+        self._curve = curve
+        if curve is not None:
+            _curve_as_server(self._sock, self._ctx, curve)
         self.last_receive_ms = 0.0
         """Time to take the last message off the socket and validate it (not the wait)."""
         # A peer sending a giant single part (not a livetrack driver) must not exhaust memory.
@@ -274,6 +493,8 @@ class FramePuller:
 
     def close(self) -> None:
         self._sock.close()
+        if self._curve is not None:
+            _stop_auth(self._ctx)
 
 
 def _parse_header(raw: memoryview | bytes) -> FrameHeader | EndOfStream:
@@ -330,14 +551,17 @@ def decode_driver_message(
     expected = 2 if msg.labels_dtype is None else 3
     if len(parts) != expected:
         layout = "[header, pixels]" if expected == 2 else "[header, pixels, labels]"
-        raise BadFrame(f"{where}: expected {expected} parts {layout}, got {len(parts)}")
-    image = _view(parts[1], msg.dtype, msg.shape, where, "pixel")
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        n_bad = int(np.count_nonzero(~np.isfinite(image)))
-        raise BadFrame(f"{where}: {n_bad} pixels are NaN or infinite")
-    labels = None
-    if msg.labels_dtype is not None:
-        labels = _view(parts[2], msg.labels_dtype, msg.shape, where, "label")
+        raise InvalidFrame(f"{where}: expected {expected} parts {layout}, got {len(parts)}", msg)
+    try:
+        image = _view(parts[1], msg.dtype, msg.shape, where, "pixel")
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            n_bad = int(np.count_nonzero(~np.isfinite(image)))
+            raise BadFrame(f"{where}: {n_bad} pixels are NaN or infinite")
+        labels = None
+        if msg.labels_dtype is not None:
+            labels = _view(parts[2], msg.labels_dtype, msg.shape, where, "label")
+    except BadFrame as err:
+        raise InvalidFrame(str(err), msg) from None
     return ReceivedFrame(header=msg, image=image, received=received, labels=labels)
 
 
@@ -365,19 +589,27 @@ class EventPublisher:
         hwm: int = 10000,
         allow_remote: bool = False,
         context: zmq.Context[Any] | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
-        check_endpoint(endpoint, allow_remote=allow_remote)
+        _check_server_endpoint(endpoint, allow_remote, curve)
         self._ctx = context or zmq.Context.instance()
         self._sock = _socket(self._ctx, zmq.PUB, linger_ms=0, hwm=hwm)
+        self._curve = curve
+        if curve is not None:
+            _curve_as_server(self._sock, self._ctx, curve)
         self.endpoint = endpoint
         self.endpoint = _bind(self._sock, endpoint)
 
-    def publish(self, msg: TrackEvent | WorkerStatus | FrameRejected) -> None:
+    def publish(self, msg: TrackEvent | WorkerStatus | FrameRejected | FrameCommitted) -> None:
         # PUB never blocks: when a subscriber's queue is full it misses messages, by design.
         self._sock.send_multipart([msg.kind.encode(), msg.model_dump_json().encode()])
 
-    def close(self) -> None:
-        self._sock.close()
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close; ``linger_s`` > 0 lets the last messages (e.g. the end-of-stream
+        acknowledgement of a worker about to exit) leave first."""
+        self._sock.close(linger=int(linger_s * 1000))
+        if self._curve is not None:
+            _stop_auth(self._ctx)
 
 
 class EventSubscriber:
@@ -390,10 +622,13 @@ class EventSubscriber:
         topics: tuple[str, ...] = ("",),
         allow_remote: bool = False,
         context: zmq.Context[Any] | None = None,
+        curve: CurveClient | None = None,
     ) -> None:
         check_endpoint(endpoint, allow_remote=allow_remote)
         self._ctx = context or zmq.Context.instance()
         self._sock = _socket(self._ctx, zmq.SUB, linger_ms=0, hwm=10000)
+        if curve is not None:
+            _curve_as_client(self._sock, curve)
         for topic in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._sock.connect(endpoint)
@@ -401,7 +636,7 @@ class EventSubscriber:
 
     def recv(
         self, timeout_s: float | None = None
-    ) -> TrackEvent | WorkerStatus | FrameRejected | None:
+    ) -> TrackEvent | WorkerStatus | FrameRejected | FrameCommitted | None:
         """Next published message, or None on timeout. Raises BadMessage if invalid."""
         timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
         if not self._sock.poll(timeout_ms, zmq.POLLIN):
@@ -416,6 +651,256 @@ class EventSubscriber:
 
     def close(self) -> None:
         self._sock.close()
+
+
+Overflow = Literal["pause", "drop"]
+
+
+@dataclass
+class _Pending:
+    """A message kept until the worker acknowledges it."""
+
+    run_id: str
+    position: str
+    index: int
+    parts: list[bytes | memoryview] = field(repr=False)
+    eos: bool = False
+    sent: bool = False
+
+
+class AckedPusher:
+    """Acknowledged delivery: a FramePusher plus a subscription to the worker's events.
+
+    Every frame stays in a buffer of at most ``max_unacked`` frames until the worker
+    publishes a ``FrameCommitted`` for it (after its SQLite commit). Frames that were
+    sent but are not acknowledged are re-sent, in order, when a new ``worker_id``
+    appears (the worker restarted) or nothing was acknowledged for ``resend_after_s``.
+    With the buffer full the driver pauses (``overflow="pause"``, the default: nothing is
+    lost, acquisition waits) or, with ``overflow="drop"``, waits ``drop_wait_s`` and then
+    drops the new frame — counted in ``dropped`` and logged, never silently.
+
+    Memory is bounded by ``max_unacked`` frames here plus the sockets' high-water marks.
+    The frames' arrays are referenced, not copied: a source must not reuse the memory of
+    a frame it yielded (none of livetrack's drivers do).
+    """
+
+    def __init__(
+        self,
+        pusher: FramePusher,
+        acks: EventSubscriber,
+        *,
+        max_unacked: int = 16,
+        overflow: Overflow = "pause",
+        resend_after_s: float = 5.0,
+        drop_wait_s: float = 1.0,
+    ) -> None:
+        if max_unacked < 1:
+            raise ConfigError(f"max_unacked must be at least 1, got {max_unacked}")
+        self.pusher = pusher
+        self.acks = acks
+        self.max_unacked = max_unacked
+        self.overflow: Overflow = overflow
+        self.resend_after_s = resend_after_s
+        self.drop_wait_s = drop_wait_s
+        self.endpoint = pusher.endpoint
+        self.dropped = 0
+        """Frames dropped because the buffer was full (lossy mode only)."""
+        self.resent = 0
+        """Frames sent again after a worker restart or a silence."""
+        self.acknowledged = 0
+        self.peak_unacked = 0
+        self._buffer: list[_Pending] = []
+        self._last_sent: dict[tuple[str, str], int] = {}
+        self._worker_id: str | None = None
+        self._restarted = False
+        self._last_progress = time.monotonic()
+        self._eos_acked: set[str] = set()
+        self._greeted = False
+
+    @property
+    def unacked(self) -> int:
+        """Messages kept for a possible re-send."""
+        return len(self._buffer)
+
+    @property
+    def worker_id(self) -> str | None:
+        """The id of the worker process last heard from."""
+        return self._worker_id
+
+    # -------------------------------------------------------------- sending
+    def send_frame(
+        self,
+        header: FrameHeader,
+        image: NDArray[np.generic],
+        labels: NDArray[np.integer] | None = None,
+    ) -> bool:
+        """Queue a frame for acknowledged delivery; False if dropped (lossy mode only)."""
+        key = (header.run_id, header.position)
+        header = header.model_copy(update={"previous_frame": self._last_sent.get(key)})
+        parts = encode_frame(header, image, labels)
+        if not self._greeted:
+            # Acks published before our subscription is live are lost (a PUB/SUB "slow
+            # joiner"); the worker's heartbeat tells us the subscription works.
+            self._wait(lambda: self._worker_id is not None, timeout_s=self.resend_after_s)
+            self._greeted = True
+        if not self._wait(lambda: len(self._buffer) < self.max_unacked, lossy=True):
+            self.dropped += 1
+            log.warning(
+                "dropped frame %s/%d: %d frames are waiting for the worker (lossy mode, "
+                "%d dropped so far)",
+                header.position,
+                header.frame_index,
+                len(self._buffer),
+                self.dropped,
+            )
+            return False
+        self._keep(_Pending(header.run_id, header.position, header.frame_index, parts))
+        self._last_sent[key] = header.frame_index
+        self._service(0)
+        return True
+
+    def send_eos(self, eos: EndOfStream, timeout_s: float | None = 30.0) -> bool:
+        """Deliver the end-of-stream once every frame is acknowledged, and wait for its
+        own acknowledgement (re-sending as needed). A stopped or failed stream's
+        end-of-stream is sent once, without waiting. False if not acknowledged in time."""
+        message: list[bytes | memoryview] = [eos.model_dump_json().encode()]
+        if eos.reason != "complete":
+            return self.pusher.try_send(message, timeout_ms=1000)
+        self._wait(lambda: all(p.eos for p in self._buffer))
+        self._keep(_Pending(eos.run_id, "", -1, message, eos=True))
+        delivered = self._wait(lambda: eos.run_id in self._eos_acked, timeout_s=timeout_s)
+        if not delivered:
+            log.warning(
+                "the worker did not acknowledge the end of run %s within %.0f s; the run "
+                "stays resumable",
+                eos.run_id,
+                timeout_s or 0.0,
+            )
+        return delivered
+
+    def close(self, linger_s: float | None = 0.0) -> None:
+        self.pusher.close(linger_s)
+        self.acks.close()
+
+    # ------------------------------------------------------------- internals
+    def _keep(self, pending: _Pending) -> None:
+        if not self._buffer:
+            self._last_progress = time.monotonic()
+        self._buffer.append(pending)
+        self.peak_unacked = max(self.peak_unacked, len(self._buffer))
+
+    def _wait(self, done: Any, *, lossy: bool = False, timeout_s: float | None = None) -> bool:
+        """Serve acknowledgements and re-sends until ``done()``; False when lossy mode
+        gives up on the frame or ``timeout_s`` passes. Raises SendAborted when the stop
+        event is set, SendTimeout after the pusher's ``send_timeout_s``."""
+        start = time.monotonic()
+        next_warning = 10.0
+        while not done():
+            self._service(0.1)
+            waited = time.monotonic() - start
+            stop = self.pusher.stop
+            if stop is not None and stop.is_set():
+                raise SendAborted(f"stopped while waiting for the worker on {self.endpoint}")
+            limit = self.pusher.send_timeout_s
+            if limit is not None and waited >= limit:
+                raise SendTimeout(
+                    f"the worker on {self.endpoint} acknowledged nothing for {waited:.0f} s"
+                )
+            if lossy and self.overflow == "drop" and waited >= self.drop_wait_s:
+                return False
+            if timeout_s is not None and waited >= timeout_s:
+                return False
+            if waited >= next_warning:
+                log.warning(
+                    "%d frames wait for the worker on %s to acknowledge them (%.0f s); "
+                    "acquisition paused",
+                    len(self._buffer),
+                    self.endpoint,
+                    waited,
+                )
+                next_warning *= 2
+        self.pusher.blocked_s += time.monotonic() - start
+        return True
+
+    def _service(self, timeout_s: float) -> None:
+        """Take acknowledgements off the event socket, re-send if needed, push out what
+        the worker will take; wait up to ``timeout_s`` for either socket."""
+        self._drain_acks()
+        self._maybe_resend()
+        self._push_unsent()
+        if timeout_s <= 0:
+            return
+        poller = zmq.Poller()
+        poller.register(self.acks._sock, zmq.POLLIN)
+        if any(not p.sent for p in self._buffer):
+            poller.register(self.pusher._sock, zmq.POLLOUT)
+        poller.poll(int(timeout_s * 1000))
+        self._drain_acks()
+        self._maybe_resend()
+        self._push_unsent()
+
+    def _push_unsent(self) -> None:
+        for p in self._buffer:
+            if p.sent:
+                continue
+            if not self.pusher.try_send(p.parts):
+                return
+            p.sent = True
+
+    def _drain_acks(self) -> None:
+        while True:
+            try:
+                msg = self.acks.recv(timeout_s=0)
+            except BadMessage as err:
+                log.warning("ignored an invalid message on the event channel: %s", err)
+                continue
+            if msg is None:
+                return
+            if isinstance(msg, FrameCommitted | WorkerStatus) and msg.worker_id:
+                self._note_worker(msg.worker_id)
+            if isinstance(msg, FrameCommitted):
+                self._on_ack(msg)
+
+    def _note_worker(self, worker_id: str) -> None:
+        if self._worker_id is not None and worker_id != self._worker_id:
+            log.warning(
+                "the worker restarted; re-sending %d unacknowledged messages", len(self._buffer)
+            )
+            self._restarted = True
+        self._worker_id = worker_id
+
+    def _on_ack(self, ack: FrameCommitted) -> None:
+        before = len(self._buffer)
+        if ack.status == "end-of-stream":
+            self._eos_acked.add(ack.run_id)
+            self._buffer = [p for p in self._buffer if not (p.eos and p.run_id == ack.run_id)]
+        elif ack.frame_index is not None:
+            self._buffer = [
+                p
+                for p in self._buffer
+                if p.eos
+                or p.run_id != ack.run_id
+                or p.position != ack.position
+                or p.index > ack.frame_index
+            ]
+        self.acknowledged += before - len(self._buffer)
+        self._last_progress = time.monotonic()
+
+    def _maybe_resend(self) -> None:
+        silent = time.monotonic() - self._last_progress > self.resend_after_s
+        sent = [p for p in self._buffer if p.sent]
+        if sent and (self._restarted or silent):
+            if not self._restarted:
+                log.warning(
+                    "no acknowledgement from the worker for %.0f s; re-sending %d messages",
+                    self.resend_after_s,
+                    len(sent),
+                )
+            for p in sent:
+                p.sent = False
+            self.resent += len(sent)
+            self._last_progress = time.monotonic()
+        self._restarted = False
 
 
 def bench_throughput(

@@ -4,6 +4,12 @@ It holds no business logic of its own: segmentation, tracking and storage live b
 their seams. What it owns is the per-(run, position) state, ordering rules (duplicates
 are idempotent, gaps are tolerated), error isolation (a bad frame is rejected and the
 run goes on) and the heartbeat.
+
+Acknowledgements: after a frame's transaction committed (or when a re-sent frame turns
+out to be stored already) the worker publishes ``FrameCommitted``; after an
+end-of-stream too. A frame naming a ``previous_frame`` the worker has neither stored nor
+rejected is refused without being handled: it overtook frames lost while the worker was
+away, and the acknowledging driver (``transport.AckedPusher``) re-sends them in order.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import statistics
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +27,10 @@ from typing import Any, Literal
 import numpy as np
 
 from livetrack.config import Settings
-from livetrack.errors import BadFrame, BadMessage, SchemaMismatch, StoreError
+from livetrack.errors import BadFrame, BadMessage, LivetrackError, SchemaMismatch, StoreError
 from livetrack.messages import (
     EndOfStream,
+    FrameCommitted,
     FrameHeader,
     FrameRejected,
     PositionStatus,
@@ -34,7 +42,7 @@ from livetrack.segment.factory import make_segmenter
 from livetrack.store import Store
 from livetrack.track.base import Tracker, TrackStep
 from livetrack.track.factory import make_tracker
-from livetrack.transport import EventPublisher, FramePuller, ReceivedFrame
+from livetrack.transport import EventPublisher, FramePuller, InvalidFrame, ReceivedFrame
 from livetrack.types import Detections, Segmentation
 
 log = logging.getLogger("livetrack.worker")
@@ -44,8 +52,9 @@ STAGES = ("receive", "segment", "track", "store")
 WorkerState = Literal["idle", "running", "finished", "stopping"]
 
 
-class WorkerStopped(Exception):
-    """The worker gave up (e.g. the store kept failing); the message says why."""
+class WorkerStopped(LivetrackError):
+    """The worker gave up (e.g. the store kept failing); the message says why. What was
+    committed before stays, and the run is resumable."""
 
 
 @dataclass
@@ -124,6 +133,12 @@ class Worker:
         self._last_status = 0.0
         self._current_run: str | None = None
         self._last_lag_s = 0.0
+        self.worker_id = uuid.uuid4().hex[:12]
+        """Random id of this worker process, in acknowledgements and heartbeats: a driver
+        that sees a new one knows the worker restarted."""
+        self._rejected_upto: dict[tuple[str, str], int] = {}
+        """Per (run, position): the highest frame index rejected for its content (handled,
+        so the frame after it may follow)."""
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event | None = None) -> None:
@@ -140,6 +155,8 @@ class Worker:
         """Receive and handle at most one message. Never raises for bad input."""
         try:
             msg = self.puller.recv(timeout_s=timeout_s)
+        except InvalidFrame as err:
+            return self._reject(err.header, str(err), handled=True)
         except (BadMessage, BadFrame, SchemaMismatch) as err:
             return self._reject(None, str(err))
         if msg is None:
@@ -158,16 +175,25 @@ class Worker:
         try:
             state = self._position_state(h)
         except BadFrame as err:
-            return self._reject(h, str(err))
+            return self._reject(h, str(err), handled=True)
         if state.last_frame is not None and h.frame_index <= state.last_frame:
             if self.store.has_frame(h.run_id, h.position, h.frame_index):
                 self.frames_duplicate += 1
                 log.info("frame %s/%d already stored; ignoring re-send", h.position, h.frame_index)
+                self._acknowledge(h, "duplicate")
                 return self._emit(FrameResult(h.run_id, h.position, h.frame_index, "duplicate"))
             return self._reject(
                 h,
                 f"frame {h.position}/{h.frame_index} arrived after frame {state.last_frame}; "
                 "frames must arrive in order",
+                handled=True,
+            )
+        if not self._predecessor_handled(h, state):
+            return self._reject(
+                h,
+                f"frame {h.position}/{h.frame_index} follows frame {h.previous_frame}, which "
+                "never arrived (lost while the worker was away?); waiting for the driver to "
+                "re-send it",
             )
         if state.last_frame is not None and h.frame_index > state.last_frame + 1:
             log.warning(
@@ -184,7 +210,7 @@ class Worker:
             timings["segment"] = (time.perf_counter() - t) * 1000
         except (ValueError, BadFrame) as err:
             return self._reject(
-                h, f"frame {h.position}/{h.frame_index}: segmentation failed: {err}"
+                h, f"frame {h.position}/{h.frame_index}: segmentation failed: {err}", handled=True
             )
         t = time.perf_counter()
         step = state.tracker.step(h.frame_index, seg.detections)
@@ -216,6 +242,7 @@ class Worker:
             return self._reject(h, f"frame {h.position}/{h.frame_index} not stored: {err}")
         self._store_failures = 0
         timings["store"] = (time.perf_counter() - t) * 1000
+        self._acknowledge(h, "stored")
         self._after_commit(h, state, seg, step, timings)
         return self._emit(
             FrameResult(
@@ -267,6 +294,37 @@ class Worker:
                 )
         state.updated = now
 
+    def _predecessor_handled(self, h: FrameHeader, state: PositionState) -> bool:
+        """Whether the frame the driver sent before this one was stored or rejected here
+        (always true for drivers that do not name it)."""
+        if h.previous_frame is None:
+            return True
+        handled = max(
+            -1 if state.last_frame is None else state.last_frame,
+            self._rejected_upto.get((h.run_id, h.position), -1),
+        )
+        return h.previous_frame <= handled
+
+    def _acknowledge(
+        self,
+        h: FrameHeader | EndOfStream,
+        status: Literal["stored", "duplicate", "end-of-stream"],
+    ) -> None:
+        """Publish a FrameCommitted; called only once the frame is durable."""
+        if self.publisher is None:
+            return
+        frame = h if isinstance(h, FrameHeader) else None
+        self.publisher.publish(
+            FrameCommitted(
+                run_id=h.run_id,
+                position=None if frame is None else frame.position,
+                frame_index=None if frame is None else frame.frame_index,
+                status=status,
+                worker_id=self.worker_id,
+                timestamp=time.time(),
+            )
+        )
+
     def _position_state(self, h: FrameHeader) -> PositionState:
         key = (h.run_id, h.position)
         state = self.positions.get(key)
@@ -286,7 +344,7 @@ class Worker:
             last_frame=self.store.last_frame(h.run_id, h.position),
         )
         if state.last_frame is not None:
-            self._restore(h, state)
+            self._restore(h.run_id, h.position, state)
         self.positions[key] = state
         return state
 
@@ -299,24 +357,29 @@ class Worker:
         self._current_run = h.run_id
         log.info("%s run %s (%s)", "started" if is_new else "resuming", h.run_id, h.source)
 
-    def _restore(self, h: FrameHeader, state: PositionState) -> None:
-        history = self.store.history(h.run_id, h.position, state.tracker.history_window)
-        tracks = self.store.tracks(h.run_id, h.position)
+    def _restore(self, run_id: str, position: str, state: PositionState) -> None:
+        history = self.store.history(run_id, position, state.tracker.history_window)
+        tracks = self.store.tracks(run_id, position)
         state.tracker.restore(history, tracks)
-        state.divisions = sum(
-            1 for e in self.store.events(h.run_id, h.position, kinds=["division"])
-        )
+        state.divisions = sum(1 for e in self.store.events(run_id, position, kinds=["division"]))
         log.info(
             "position %s of run %s: resuming after frame %s (%d tracks restored)",
-            h.position,
-            h.run_id,
+            position,
+            run_id,
             state.last_frame,
             len(tracks),
         )
 
     # ------------------------------------------------------------ stream end
     def end_of_stream(self, eos: EndOfStream) -> None:
-        """Close the run's open tracks and mark it finished (or aborted)."""
+        """Close the run's open tracks and mark it finished (or aborted).
+
+        Positions this worker process never saw a frame of (it restarted after their last
+        frame) are restored from the store first, so their tracks are closed too; closing
+        already-closed tracks again changes nothing (a re-sent end-of-stream is harmless).
+        """
+        if eos.reason == "complete" and self.store.has_run(eos.run_id):
+            self._restore_unseen_positions(eos.run_id)
         for (run_id, position), state in list(self.positions.items()):
             if run_id != eos.run_id:
                 continue
@@ -329,6 +392,7 @@ class Worker:
             self.store.end_run(eos.run_id, "finished" if eos.reason == "complete" else "aborted")
         self.open_runs.discard(eos.run_id)
         self.finished_runs.add(eos.run_id)
+        self._acknowledge(eos, "end-of-stream")
         log.info(
             "end of stream for run %s (%s, %d frames sent)%s",
             eos.run_id,
@@ -336,6 +400,21 @@ class Worker:
             eos.frames_sent,
             f": {eos.message}" if eos.message else "",
         )
+
+    def _restore_unseen_positions(self, run_id: str) -> None:
+        for position in self.store.positions(run_id):
+            last = self.store.last_frame(run_id, position)
+            if (run_id, position) in self.positions or last is None:
+                continue
+            h, w = self.store.load_mask(run_id, position, last).shape
+            state = PositionState(
+                segmenter=self._make_segmenter(),
+                tracker=self._make_tracker((int(h), int(w))),
+                shape=(int(h), int(w)),
+                last_frame=last,
+            )
+            self._restore(run_id, position, state)
+            self.positions[(run_id, position)] = state
 
     def abort_open_runs(self) -> None:
         """On shutdown without end-of-stream: mark open runs 'aborted' (resumable)."""
@@ -349,8 +428,13 @@ class Worker:
             self.on_frame(result)
         return result
 
-    def _reject(self, h: FrameHeader | None, reason: str) -> FrameResult:
+    def _reject(self, h: FrameHeader | None, reason: str, *, handled: bool = False) -> FrameResult:
+        """Count, log and publish a rejection. ``handled``: the frame itself is bad (it
+        will not get better by re-sending), so the frame after it may follow."""
         self.frames_rejected += 1
+        if handled and h is not None:
+            key = (h.run_id, h.position)
+            self._rejected_upto[key] = max(self._rejected_upto.get(key, -1), h.frame_index)
         log.error("rejected: %s", reason)
         if self.publisher is not None:
             self.publisher.publish(
@@ -411,6 +495,7 @@ class Worker:
             tracker=self.settings.track.method,
             db_path=str(self.store.path),
             timestamp=time.time(),
+            worker_id=self.worker_id,
         )
 
     def _publish_status(self, state: WorkerState, force: bool = False) -> None:

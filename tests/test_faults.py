@@ -1,0 +1,647 @@
+"""Fault injection with real processes, real sockets and real database files.
+
+A ``livetrack worker`` process is killed with SIGKILL at random moments while a
+``livetrack sim --acks`` driver streams to it, and restarted with the same command; the
+lineage in the database must equal an uninterrupted run's. Also: SIGKILL in the middle
+of frame commits (integrity), a locked and a full database, SIGTERM shutdown, and a
+sender far faster than the worker (memory stays bounded on both sides).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from livetrack.cli import main
+from livetrack.config import Settings
+from livetrack.store import Store, StoreConfig
+from livetrack.worker import WorkerStopped
+
+REPO = Path(__file__).resolve().parents[1]
+LIVETRACK = [sys.executable, "-m", "livetrack.cli"]
+SIM_ARGS = ["--size", "160", "160", "--cells", "10", "--diameter", "16", "--track-only"]
+
+
+# ----------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def endpoints() -> tuple[str, str]:
+    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+
+
+def spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as fh:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def worker_cmd(db: Path, frames: str, events: str) -> list[str]:
+    return [
+        *LIVETRACK,
+        "worker",
+        "--db",
+        str(db),
+        "--frames-endpoint",
+        frames,
+        "--events",
+        events,
+        "--exit-on-eos",
+    ]
+
+
+def sim_cmd(frames: str, events: str, *, seed: int, n_frames: int, run_id: str) -> list[str]:
+    return [
+        *LIVETRACK,
+        "sim",
+        *SIM_ARGS,
+        "--seed",
+        str(seed),
+        "--frames",
+        str(n_frames),
+        "--interval",
+        "0.05",
+        "--connect",
+        frames,
+        "--acks",
+        events,
+        "--resend-after",
+        "1",
+        "--run-id",
+        run_id,
+    ]
+
+
+def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Until ``text`` appears in ``log`` after what was there at call time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20) -> int:
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        return proc.wait(timeout=10)
+
+
+def lineage(db: Path, run_id: str) -> dict[str, Any]:
+    """Everything a lineage consists of: tracks (parents, fates), per-frame track ids,
+    events and the run status."""
+    with Store(db, readonly=True) as store:
+        pos = "sim"
+        frames = {
+            f: tuple(map(tuple, (d.labels.tolist(), t.tolist())))
+            for f in store.frame_indices(run_id, pos)
+            for d, t in [store.frame_detections(run_id, pos, f)]
+        }
+        events = [
+            (e["frame"], e["kind"], e["track_id"], tuple(e["daughters"]))
+            for e in store.events(run_id, pos)
+        ]
+        status = {r["run_id"]: r["status"] for r in store.runs()}[run_id]
+        return {
+            "tracks": store.tracks(run_id, pos),
+            "frames": frames,
+            "events": events,
+            "status": status,
+        }
+
+
+def check_integrity(db: Path) -> None:
+    """PRAGMA integrity_check is ok and every committed frame is complete."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        incomplete = conn.execute(
+            "SELECT f.frame FROM frames f LEFT JOIN masks m USING (run_id, position, frame)"
+            " WHERE m.frame IS NULL OR f.n_detections != (SELECT count(*) FROM detections d"
+            " WHERE d.run_id = f.run_id AND d.position = f.position AND d.frame = f.frame)"
+        ).fetchall()
+        assert incomplete == []
+    finally:
+        conn.close()
+
+
+def reference_lineage(tmp: Path, *, seed: int, n_frames: int, run_id: str) -> dict[str, Any]:
+    db = tmp / "reference.db"
+    args = ["-q", "run", *SIM_ARGS, "--seed", str(seed), "--frames", str(n_frames)]
+    code = main(
+        [*args, "--db", str(db), "--run-id", run_id, "--no-tui", "--events", "tcp://127.0.0.1:0"]
+    )
+    assert code == 0
+    return lineage(db, run_id)
+
+
+def run_with_kills(tmp: Path, *, seed: int, n_frames: int, n_kills: int) -> int:
+    """Stream ``n_frames`` while SIGKILLing the worker ``n_kills`` times at random
+    moments (restarting it each time with the same command); returns the kills done.
+    The lineage must equal an uninterrupted run's."""
+    rng = random.Random(seed)
+    db, run_id = tmp / f"killed-{seed}.db", f"faults-{seed}"
+    frames_ep, events_ep = endpoints()
+    wlog, dlog = tmp / f"worker-{seed}.log", tmp / f"driver-{seed}.log"
+    worker = spawn(worker_cmd(db, frames_ep, events_ep), wlog)
+    driver = spawn(sim_cmd(frames_ep, events_ep, seed=seed, n_frames=n_frames, run_id=run_id), dlog)
+    kills = 0
+    try:
+        while kills < n_kills and driver.poll() is None:
+            wlog.write_text("")
+            if not wait_for_line(wlog, "worker ready", worker, timeout_s=30):
+                break  # it finished the run (exit on end-of-stream) before we struck
+            time.sleep(rng.uniform(0.0, 0.3))
+            if driver.poll() is not None:
+                break
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            kills += 1
+            if db.exists():
+                check_integrity(db)
+            worker = spawn(worker_cmd(db, frames_ep, events_ep), wlog)
+        assert stop_process(driver, timeout_s=120) == 0, dlog.read_text()[-3000:]
+        stop_process(worker)
+    finally:
+        for proc in (driver, worker):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    check_integrity(db)
+    got = lineage(db, run_id)
+    want = reference_lineage(tmp, seed=seed, n_frames=n_frames, run_id=run_id)
+    assert got["status"] == want["status"] == "finished"
+    assert sorted(got["frames"]) == list(range(n_frames))
+    assert got["frames"] == want["frames"]
+    assert got["tracks"] == want["tracks"]
+    assert got["events"] == want["events"]
+    (tmp / "reference.db").unlink()
+    return kills
+
+
+# ----------------------------------------------------------- crash-resume
+def test_kill_9_worker_three_times_lineage_equals_uninterrupted_run(tmp_path: Path) -> None:
+    assert run_with_kills(tmp_path, seed=3, n_frames=40, n_kills=3) == 3
+
+
+@pytest.mark.slow
+def test_kill_9_worker_twenty_times_lineage_equals_uninterrupted_run(tmp_path: Path) -> None:
+    total, seed = 0, 11
+    while total < 20:
+        total += run_with_kills(tmp_path, seed=seed, n_frames=40, n_kills=20 - total)
+        seed += 1
+    assert total == 20
+
+
+# ------------------------------------------------- acknowledgements, in-process
+def _stream(frames: int, seed: int = 3) -> list[tuple[np.ndarray, Any]]:
+    from drivers.simulator import SimulatorSource
+    from simulators.nuclei import SimulationConfig
+
+    cfg = SimulationConfig(
+        seed=seed, n_frames=frames, height=96, width=96, n_cells=5, nucleus_diameter_px=14
+    )
+    return list(SimulatorSource(cfg, with_labels=True).frames())
+
+
+class _WorkerThread:
+    """An in-process worker on fixed endpoints, served by a thread until stopped."""
+
+    def __init__(self, db: Path, frames_ep: str, events_ep: str) -> None:
+        from livetrack.transport import EventPublisher, FramePuller
+        from livetrack.worker import Worker
+
+        self.store = Store(db)
+        self.puller = FramePuller(frames_ep)
+        self.publisher = EventPublisher(events_ep)
+        self.worker = Worker(Settings(), self.store, self.puller, self.publisher)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.worker.run, args=(self.stop,))
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.puller.close()
+        self.publisher.close()
+        self.store.close()
+
+
+def _acked_pusher(frames_ep: str, events_ep: str, **kw: Any) -> Any:
+    from livetrack.transport import AckedPusher, EventSubscriber, FramePusher
+
+    pusher = FramePusher(frames_ep, linger_s=0, send_timeout_s=30)
+    return AckedPusher(pusher, EventSubscriber(events_ep, topics=("committed", "status")), **kw)
+
+
+def test_driver_resends_to_a_restarted_worker_by_worker_id(tmp_path: Path) -> None:
+    """No silence timeout (resend_after_s huge): the new worker_id alone triggers the
+    re-send of what the first worker never committed."""
+    from livetrack.pump import header_for
+
+    frames_ep, events_ep = endpoints()
+    first = _WorkerThread(tmp_path / "a.db", frames_ep, events_ep)
+    sender = _acked_pusher(frames_ep, events_ep, max_unacked=64, resend_after_s=1e6)
+    stream = _stream(12)
+    try:
+        for image, meta in stream[:6]:
+            sender.send_frame(
+                header_for("r", image, meta, source="t", total_frames=12, labels=meta.labels),
+                image,
+                meta.labels,
+            )
+        deadline = time.monotonic() + 20
+        while sender.acknowledged < 6 and time.monotonic() < deadline:
+            sender._service(0.1)
+        assert sender.acknowledged == 6
+        first.stop.set()  # the worker stops reading: frames now sent are lost with it
+        first.thread.join()
+        for image, meta in stream[6:]:
+            sender.send_frame(
+                header_for("r", image, meta, source="t", total_frames=12, labels=meta.labels),
+                image,
+                meta.labels,
+            )
+        time.sleep(0.2)
+        sender._service(0)
+        first.close()
+        assert sender.unacked == 6
+        second = _WorkerThread(tmp_path / "a.db", frames_ep, events_ep)
+        try:
+            from livetrack.messages import EndOfStream
+
+            assert sender.send_eos(EndOfStream(run_id="r", positions=("sim",), frames_sent=12))
+            assert sender.worker_id == second.worker.worker_id
+            assert sender.resent > 0  # frames swallowed by the first worker went again
+        finally:
+            second.close()
+    finally:
+        sender.close()
+    with Store(tmp_path / "a.db", readonly=True) as store:
+        assert store.frame_indices("r", "sim") == list(range(12))
+        assert store.runs()[0]["status"] == "finished"
+
+
+def test_frame_whose_predecessor_never_arrived_is_refused_until_resent(tmp_path: Path) -> None:
+    from livetrack.pump import header_for
+    from livetrack.transport import FramePuller, FramePusher
+    from livetrack.worker import Worker
+
+    store = Store(tmp_path / "p.db")
+    puller = FramePuller("tcp://127.0.0.1:0", hwm=100)
+    pusher = FramePusher(puller.endpoint, hwm=100, linger_s=0)
+    worker = Worker(Settings(), store, puller)
+    stream = _stream(4)
+
+    def send(i: int, previous: int | None) -> str:
+        image, meta = stream[i]
+        h = header_for("r", image, meta, source="t", total_frames=4, labels=meta.labels)
+        pusher.send_frame(h.model_copy(update={"previous_frame": previous}), image, meta.labels)
+        result = worker.poll_once(timeout_s=10)
+        assert result is not None
+        assert not isinstance(result, tuple)
+        return str(getattr(result, "status", ""))
+
+    try:
+        assert send(0, None) == "stored"
+        assert send(2, 1) == "rejected"  # frame 1 was lost on the way
+        assert store.frame_indices("r", "sim") == [0]
+        assert send(1, 0) == "stored"
+        assert send(2, 1) == "stored"
+        assert send(1, 0) == "duplicate"
+    finally:
+        pusher.close()
+        puller.close()
+        store.close()
+
+
+def test_lossy_mode_drops_new_frames_counted_when_no_worker_acknowledges() -> None:
+    from livetrack.pump import header_for
+
+    frames_ep, events_ep = endpoints()
+    sender = _acked_pusher(
+        frames_ep, events_ep, max_unacked=3, overflow="drop", drop_wait_s=0.1, resend_after_s=0.5
+    )
+    try:
+        delivered = [
+            sender.send_frame(
+                header_for("r", im, m, source="t", total_frames=6, labels=m.labels), im, m.labels
+            )
+            for im, m in _stream(6)
+        ]
+    finally:
+        sender.close()
+    assert delivered == [True] * 3 + [False] * 3
+    assert sender.dropped == 3
+    assert sender.unacked == 3
+
+
+# ---------------------------------------------------------------- storage
+def committed_frames(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(conn.execute("SELECT count(*) FROM frames").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # schema not created yet
+        return 0
+
+
+def wait_for_frames(db: Path, n: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while committed_frames(db) < n:
+        assert proc.poll() is None, "process ended early"
+        assert time.monotonic() < deadline, f"fewer than {n} frames committed in time"
+        time.sleep(0.02)
+
+
+def run_cmd(db: Path, n_frames: int, interval: float = 0.0) -> list[str]:
+    return [
+        *LIVETRACK,
+        "run",
+        "--no-tui",
+        *SIM_ARGS,
+        "--seed",
+        "5",
+        "--frames",
+        str(n_frames),
+        "--interval",
+        str(interval),
+        "--db",
+        str(db),
+        "--events",
+        "tcp://127.0.0.1:0",
+    ]
+
+
+def test_kill_9_mid_commit_leaves_an_intact_database_and_resumes(tmp_path: Path) -> None:
+    """SIGKILL while frames are committed back to back (256² masks, ~10 ms a commit):
+    the database passes integrity_check, every stored frame is complete, and the same
+    command then finishes the run."""
+    rng = random.Random(7)
+    db = tmp_path / "k.db"
+    cmd = [
+        *LIVETRACK,
+        "run",
+        "--no-tui",
+        "--track-only",
+        "--size",
+        "256",
+        "256",
+        "--cells",
+        "30",
+        "--frames",
+        "60",
+        "--db",
+        str(db),
+        "--events",
+        "tcp://127.0.0.1:0",
+    ]
+    for _ in range(3):
+        proc = spawn(cmd, tmp_path / "run.log")
+        before = committed_frames(db)
+        wait_for_frames(db, before + 1, proc)
+        time.sleep(rng.uniform(0.0, 0.15))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        check_integrity(db)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    check_integrity(db)
+    with Store(db, readonly=True) as store:
+        run = store.runs()[0]
+        assert run["status"] == "finished"
+        assert store.frame_indices(run["run_id"], "sim") == list(range(60))
+
+
+def _one_frame_worker(tmp_path: Path, config: StoreConfig, max_failures: int) -> tuple[Any, ...]:
+    from livetrack.transport import FramePuller, FramePusher
+    from livetrack.worker import Worker
+
+    store = Store(tmp_path / "s.db", config=config)
+    puller = FramePuller("tcp://127.0.0.1:0", hwm=100)
+    pusher = FramePusher(puller.endpoint, hwm=100, linger_s=0)
+    settings = Settings().model_copy(
+        update={"worker": Settings().worker.model_copy(update={"max_store_failures": max_failures})}
+    )
+    return Worker(settings, store, puller), pusher, puller, store
+
+
+def _send(worker: Any, pusher: Any, frame: tuple[np.ndarray, Any]) -> Any:
+    from livetrack.pump import header_for
+
+    image, meta = frame
+    h = header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels)
+    pusher.send_frame(h, image, meta.labels)
+    return worker.poll_once(timeout_s=10)
+
+
+def test_locked_database_waits_then_stops_with_a_clear_message(tmp_path: Path) -> None:
+    stream = _stream(6)
+    worker, pusher, puller, store = _one_frame_worker(
+        tmp_path, StoreConfig(busy_timeout_s=1.0), max_failures=2
+    )
+    other = sqlite3.connect(
+        tmp_path / "s.db", timeout=0, isolation_level=None, check_same_thread=False
+    )
+    try:
+        assert _send(worker, pusher, stream[0]).status == "stored"
+        # a lock shorter than the busy timeout: the commit waits and succeeds
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+        assert _send(worker, pusher, stream[1]).status == "stored"
+        # a lock held for good: the frame is rejected naming the lock, then the worker stops
+        time.sleep(0.1)
+        other.execute("BEGIN IMMEDIATE")
+        result = _send(worker, pusher, stream[2])
+        assert result.status == "rejected"
+        assert "locked" in result.message
+        with pytest.raises(WorkerStopped, match="locked"):
+            _send(worker, pusher, stream[3])
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        pusher.close()
+        puller.close()
+        store.close()
+    check_integrity(tmp_path / "s.db")
+    with Store(tmp_path / "s.db", readonly=True) as s:
+        assert s.frame_indices("r", "sim") == [0, 1]
+
+
+def test_full_disk_is_reported_and_stops_the_worker_safely(tmp_path: Path) -> None:
+    """SQLite's max_page_count makes the file 'full' exactly as a full disk does
+    (SQLITE_FULL); earlier frames stay intact."""
+    stream = _stream(60)
+    worker, pusher, puller, store = _one_frame_worker(tmp_path, StoreConfig(), max_failures=2)
+    try:
+        assert _send(worker, pusher, stream[0]).status == "stored"
+        pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+        store.conn.execute(f"PRAGMA max_page_count = {pages}")
+        results = []
+        for frame in stream[1:58]:  # the last pages' free room holds a few frames first
+            results.append(_send(worker, pusher, frame))
+            if results[-1].status == "rejected":
+                break
+        assert results[-1].status == "rejected"
+        assert "disk is full" in results[-1].message
+        stored = [r.frame_index for r in results if r.status == "stored"]
+        with pytest.raises(WorkerStopped, match="disk is full"):
+            _send(worker, pusher, stream[len(results) + 1])
+    finally:
+        pusher.close()
+        puller.close()
+        store.close()
+    check_integrity(tmp_path / "s.db")
+    with Store(tmp_path / "s.db", readonly=True) as s:
+        assert s.frame_indices("r", "sim") == [0, *stored]
+
+
+# ---------------------------------------------------------------- shutdown
+def test_sigterm_worker_flushes_exits_0_and_the_run_resumes(tmp_path: Path) -> None:
+    db, run_id = tmp_path / "t.db", "term"
+    frames_ep, events_ep = endpoints()
+    wlog = tmp_path / "w.log"
+    worker = spawn(worker_cmd(db, frames_ep, events_ep), wlog)
+    driver = spawn(
+        sim_cmd(frames_ep, events_ep, seed=4, n_frames=30, run_id=run_id), tmp_path / "d.log"
+    )
+    try:
+        wait_for_frames(db, 5, worker)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0, wlog.read_text()[-2000:]
+        assert "worker stopped:" in wlog.read_text()
+        check_integrity(db)
+        with Store(db, readonly=True) as store:
+            assert {r["run_id"]: r["status"] for r in store.runs()}[run_id] == "aborted"
+        worker = spawn(worker_cmd(db, frames_ep, events_ep), wlog)  # same command resumes
+        assert driver.wait(timeout=60) == 0
+        assert worker.wait(timeout=30) == 0
+    finally:
+        for proc in (driver, worker):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    check_integrity(db)
+    assert lineage(db, run_id) == reference_lineage(tmp_path, seed=4, n_frames=30, run_id=run_id)
+
+
+def test_sigterm_run_exits_0_and_the_same_command_resumes(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    out = tmp_path / "run.log"
+    proc = spawn(run_cmd(db, 30, interval=0.1), out)
+    try:
+        wait_for_frames(db, 3, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, out.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "run the same command again to resume" in out.read_text()
+    check_integrity(db)
+    stored = committed_frames(db)
+    assert 3 <= stored < 30
+    done = subprocess.run(run_cmd(db, 30), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with Store(db, readonly=True) as store:
+        runs = store.runs()
+        assert len(runs) == 1
+        assert runs[0]["status"] == "finished"
+        assert store.frame_indices(runs[0]["run_id"], "sim") == list(range(30))
+
+
+# ------------------------------------------------------------- backpressure
+FAST_SENDER = r"""
+import sys, time
+import numpy as np
+from livetrack.messages import EndOfStream, FrameHeader
+from livetrack.transport import AckedPusher, EventSubscriber, FramePusher
+
+frames_ep, events_ep, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+yy, xx = np.mgrid[:1024, :1024]
+base = ((yy // 64) * 16 + (xx // 64) + 1).astype(np.int32)   # 256 square "nuclei"
+base[(yy % 64 < 8) | (xx % 64 < 8)] = 0
+sender = AckedPusher(FramePusher(frames_ep, linger_s=0), EventSubscriber(events_ep),
+                     max_unacked=8, resend_after_s=30)
+for i in range(n):
+    labels = base.copy()                                  # a new buffer per frame, like a camera
+    image = (labels > 0).astype(np.uint16) * 1000 + np.uint16(i % 7)
+    h = FrameHeader(run_id="bp", position="p", frame_index=i, timestamp=time.time(),
+                    shape=(1024, 1024), dtype="uint16", labels_dtype="int32", total_frames=n)
+    sender.send_frame(h, image, labels)
+assert sender.send_eos(EndOfStream(run_id="bp", positions=("p",), frames_sent=n), timeout_s=60)
+print(f"peak_unacked={sender.peak_unacked} max_unacked={sender.max_unacked} "
+      f"blocked_s={sender.pusher.blocked_s:.1f}", flush=True)
+sender.close()
+"""
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("n_frames", [60, pytest.param(300, marks=pytest.mark.slow)])
+def test_fast_sender_keeps_memory_bounded_on_both_sides(tmp_path: Path, n_frames: int) -> None:
+    """1024² frames (2 MB pixels + 4 MB labels each) from a sender that only copies
+    buffers, into a worker that labels, tracks and commits them: unbounded queues would
+    grow by ~6 MB a frame (360 MB for 60, 1.8 GB for 300); both sides stay flat."""
+    db = tmp_path / "bp.db"
+    frames_ep, events_ep = endpoints()
+    worker = spawn(worker_cmd(db, frames_ep, events_ep), tmp_path / "w.log")
+    out = tmp_path / "sender.log"
+    sender = spawn([sys.executable, "-c", FAST_SENDER, frames_ep, events_ep, str(n_frames)], out)
+    peaks = {"worker": 0.0, "sender": 0.0}
+    base: dict[str, float] = {}
+    try:
+        while sender.poll() is None:
+            if not base and committed_frames(db) >= 5:
+                base = {"worker": rss_mb(worker.pid), "sender": rss_mb(sender.pid)}
+            if base:
+                peaks["worker"] = max(peaks["worker"], rss_mb(worker.pid))
+                peaks["sender"] = max(peaks["sender"], rss_mb(sender.pid))
+            time.sleep(0.05)
+        assert sender.returncode == 0, out.read_text()[-2000:]
+        assert worker.wait(timeout=30) == 0
+    finally:
+        for proc in (sender, worker):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert committed_frames(db) == n_frames
+    report = dict(kv.split("=") for kv in out.read_text().split() if "=" in kv)
+    assert report["peak_unacked"] == report["max_unacked"]  # the sender was held back
+    growth = {k: peaks[k] - base[k] for k in peaks}
+    assert base, "never sampled"
+    print(f"RSS MB at frame 5 {base}, growth after {n_frames} frames {growth}; {report}")
+    assert growth["worker"] < 150, (growth, base)
+    assert growth["sender"] < 150, (growth, base)
