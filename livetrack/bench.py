@@ -11,6 +11,7 @@ import platform
 import resource
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 from livetrack.config import Settings
 from livetrack.runner import run_pipeline
 from livetrack.transport import bench_throughput
+from livetrack.worker import FrameResult
 
 
 def _peak_rss_mb() -> float:
@@ -103,3 +105,110 @@ def format_report(report: dict[str, Any]) -> str:
             f"{t['ratio_vs_bare_mean']:.2f}",
         ]
     return "\n".join(lines)
+
+
+def _rss_mb() -> float:
+    """Current resident set size of this process (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return _peak_rss_mb()
+
+
+def run_soak(sim_config: Any, *, track_only: bool = False, window: int = 100) -> dict[str, Any]:
+    """A long simulated run through the real pipeline (sockets, worker, SQLite): RSS and
+    per-frame latency early (frames ``window``..2×``window``) against late (the last
+    ``window`` frames). Flat numbers mean nothing grows with the length of the movie."""
+    from drivers.simulator import SimulatorSource
+
+    n = sim_config.n_frames
+    if n < 4 * window:
+        raise ValueError(f"a soak needs at least {4 * window} frames, got {n}")
+    latency: list[float] = []
+    wall: list[float] = []
+    rss: list[float] = []
+    cells: list[float] = []
+    stages: list[dict[str, float]] = []
+    last = [time.perf_counter()]
+
+    def sample(result: FrameResult) -> None:
+        if result.status != "stored":
+            return
+        now = time.perf_counter()
+        wall.append((now - last[0]) * 1000)
+        last[0] = now
+        latency.append(sum(result.timings_ms.values()))
+        rss.append(_rss_mb())
+        cells.append(float(result.n_cells))
+        stages.append(result.timings_ms)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = SimulatorSource(sim_config, with_labels=track_only)
+        summary = run_pipeline(
+            source,
+            Settings(),
+            description=source.describe(),
+            run_id="soak",
+            db_path=Path(tmp) / "soak.db",
+            on_frame=sample,
+            events_endpoint="tcp://127.0.0.1:0",
+        )
+        db_bytes = sum(p.stat().st_size for p in Path(tmp).glob("soak.db*"))
+    early, late = slice(window, 2 * window), slice(len(latency) - window, len(latency))
+
+    def med(xs: list[float], part: slice) -> float:
+        return statistics.median(xs[part])
+
+    per_cell = [1000 * t / max(c, 1) for t, c in zip(latency, cells, strict=True)]
+
+    return {
+        "frames": n,
+        "frames_stored": summary.frames_stored,
+        "size": [sim_config.height, sim_config.width],
+        "cells": sim_config.n_cells,
+        "mode": "track-only (simulator masks)" if track_only else "classical segmentation",
+        "seconds": summary.seconds,
+        "cells_per_frame": summary.counts.get("detections", 0) / max(summary.frames_stored, 1),
+        "early_frames": [window, 2 * window],
+        "late_frames": [len(latency) - window, len(latency)],
+        "rss_mb": {"early": rss[window - 1], "late": rss[-1], "max": max(rss)},
+        "worker_ms_median": {"early": med(latency, early), "late": med(latency, late)},
+        "wall_ms_median": {"early": med(wall, early), "late": med(wall, late)},
+        "cells_median": {"early": med(cells, early), "late": med(cells, late)},
+        "stage_ms_median": {
+            k: {"early": med(v, early), "late": med(v, late)}
+            for k in ("receive", "segment", "track", "store")
+            for v in [[t.get(k, 0.0) for t in stages]]
+        },
+        "worker_us_per_cell_median": {"early": med(per_cell, early), "late": med(per_cell, late)},
+        "db_bytes_per_frame": db_bytes / max(summary.frames_stored, 1),
+    }
+
+
+def format_soak(r: dict[str, Any]) -> str:
+    def change(d: dict[str, float]) -> str:
+        return f"{d['early']:.1f} → {d['late']:.1f} ({(d['late'] / d['early'] - 1) * 100:+.1f}%)"
+
+    return "\n".join(
+        [
+            f"livetrack soak — {r['frames_stored']}/{r['frames']} frames "
+            f"{r['size'][0]}×{r['size'][1]}, {r['cells']} initial cells, {r['mode']}, "
+            f"{r['seconds']:.0f} s",
+            f"frames {r['early_frames'][0]}–{r['early_frames'][1]} vs "
+            f"{r['late_frames'][0]}–{r['late_frames'][1]}:",
+            f"  RSS MB:                        {change(r['rss_mb'])}; max {r['rss_mb']['max']:.1f}",
+            f"  worker ms/frame (median):      {change(r['worker_ms_median'])}",
+            f"  wall ms between commits (med): {change(r['wall_ms_median'])}",
+            f"  cells per frame (median):      {change(r['cells_median'])}",
+            f"  worker µs per cell (median):   {change(r['worker_us_per_cell_median'])}",
+            *(
+                f"    {k + ' ms':<28} {change(v) if v['early'] > 0 else '—'}"
+                for k, v in r["stage_ms_median"].items()
+            ),
+            f"  database: {r['db_bytes_per_frame'] / 1024:.1f} KiB/frame",
+        ]
+    )

@@ -148,6 +148,45 @@ def _mm_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _delivery_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "acknowledged delivery (survives worker restarts: frames are kept until the "
+        "worker has committed them, and re-sent after a restart)"
+    )
+    g.add_argument(
+        "--acks",
+        default=None,
+        metavar="ENDPOINT",
+        help="the worker's events endpoint to take acknowledgements from, e.g. "
+        "tcp://127.0.0.1:5558 (default: fire and forget)",
+    )
+    g.add_argument(
+        "--max-unacked",
+        type=int,
+        default=16,
+        help="frames kept until acknowledged; when full, see --when-full",
+    )
+    g.add_argument(
+        "--when-full",
+        choices=["pause", "drop"],
+        default="pause",
+        help="pause acquisition (default, nothing lost) or drop new frames (counted, logged)",
+    )
+    g.add_argument(
+        "--resend-after",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="re-send unacknowledged frames after this long without an acknowledgement",
+    )
+    g.add_argument(
+        "--curve-secret", type=Path, default=None, metavar="FILE", help="this client's secret key"
+    )
+    g.add_argument(
+        "--curve-server", type=Path, default=None, metavar="FILE", help="the worker's public key"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livetrack", description="Live cell tracking on a stream of microscope frames."
@@ -230,7 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow binding beyond 127.0.0.1 (protect the network yourself)",
+        help="allow binding beyond 127.0.0.1; needs --curve-secret and --curve-clients",
+    )
+    p.add_argument(
+        "--curve-secret",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the worker's CURVE secret key (livetrack keys): encrypt and authenticate",
+    )
+    p.add_argument(
+        "--curve-clients",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="public keys (files or folders of *.public) of the drivers/dashboards allowed in",
     )
     p.set_defaults(func=cmd_worker)
 
@@ -240,7 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=0.0, help="seconds between frames")
     p.add_argument("--run-id", default=None, help="run id (default: from the seed and size)")
     p.add_argument("--track-only", action="store_true", help="send ground-truth masks too")
+    _delivery_args(p)
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("keys", help="create a CURVE keypair for remote endpoints")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--name", default="livetrack", help="file names: NAME.public, NAME.secret")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("simulate", help="write a simulated movie with ground truth (CTC layout)")
     p.add_argument("out_dir", type=Path)
@@ -277,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames for the 2048² ZeroMQ throughput comparison (0 = skip)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--soak",
+        action="store_true",
+        help="long run: RSS and per-frame latency early vs late (use with --frames 10000)",
+    )
+    p.add_argument(
+        "--track-only",
+        action="store_true",
+        help="(--soak) track the simulator's masks instead of segmenting",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tui", help="the monitoring dashboard for a running worker and/or a DB")
@@ -652,8 +722,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     stop = threading.Event()
     w = settings.worker
-    puller = FramePuller(w.frames_endpoint, hwm=w.receive_hwm, allow_remote=w.allow_remote)
-    publisher = open_publisher(w.events_endpoint, allow_remote=w.allow_remote)
+    curve = _curve_server(args)
+    puller = FramePuller(
+        w.frames_endpoint, hwm=w.receive_hwm, allow_remote=w.allow_remote, curve=curve
+    )
+    try:
+        publisher = open_publisher(w.events_endpoint, allow_remote=w.allow_remote, curve=curve)
+    except LivetrackError:
+        puller.close()
+        raise
     store = Store(args.db, config=settings.store)
 
     def report(result: Any) -> None:
@@ -677,7 +754,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         worker.abort_open_runs()
         puller.close()
-        publisher.close()
+        publisher.close(linger_s=1.0)  # let the last acknowledgement out
         store.close()
     print(
         f"worker stopped: {worker.frames_processed} frames stored, "
@@ -689,13 +766,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_sim(args: argparse.Namespace) -> int:
     from drivers.simulator import SimulatorSource
     from livetrack.pump import pump
-    from livetrack.transport import FramePusher
+    from livetrack.transport import AckedPusher
 
     _setup_logging(args)
     cfg = _sim_config(args)
     source = SimulatorSource(cfg, interval_s=args.interval, with_labels=args.track_only)
     stop = threading.Event()
-    pusher = FramePusher(args.connect, stop=stop)
+    pusher = _driver_pusher(args, stop)
     run_id = args.run_id or _sim_run_id(cfg)
     log.info("streaming %s to %s as run %s", source.describe(), args.connect, run_id)
     try:
@@ -703,8 +780,55 @@ def cmd_sim(args: argparse.Namespace) -> int:
             result = pump(source, pusher, run_id, description=source.describe(), stop=stop)
     finally:
         pusher.close()
-    print(f"sent {result.frames_sent} frames ({result.reason})")
+    extra = f", {result.frames_dropped} dropped" if result.frames_dropped else ""
+    if isinstance(pusher, AckedPusher):
+        extra += f", {pusher.resent} re-sent after worker restarts"
+    print(f"sent {result.frames_sent} frames ({result.reason}{extra})")
     return 0 if result.reason != "error" else 1
+
+
+def _curve_server(args: argparse.Namespace) -> Any:
+    from livetrack.transport import curve_server
+
+    if (args.curve_secret is None) != (args.curve_clients is None):
+        raise LivetrackError("CURVE needs both --curve-secret and --curve-clients")
+    if args.curve_secret is None:
+        return None
+    return curve_server(args.curve_secret, args.curve_clients)
+
+
+def _driver_pusher(args: argparse.Namespace, stop: threading.Event) -> Any:
+    """A plain FramePusher, or with --acks an AckedPusher that survives worker restarts."""
+    from livetrack.transport import AckedPusher, EventSubscriber, FramePusher, curve_client
+
+    if (args.curve_secret is None) != (args.curve_server is None):
+        raise LivetrackError("CURVE needs both --curve-secret and --curve-server")
+    curve = None
+    if args.curve_secret is not None:
+        curve = curve_client(args.curve_secret, args.curve_server)
+    remote = curve is not None
+    pusher = FramePusher(args.connect, stop=stop, curve=curve, allow_remote=remote)
+    if args.acks is None:
+        return pusher
+    acks = EventSubscriber(
+        args.acks, topics=("committed", "status"), curve=curve, allow_remote=remote
+    )
+    return AckedPusher(
+        pusher,
+        acks,
+        max_unacked=args.max_unacked,
+        overflow=args.when_full,
+        resend_after_s=args.resend_after,
+    )
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from livetrack.transport import write_keypair
+
+    _setup_logging(args)
+    public, secret = write_keypair(args.out_dir, args.name)
+    print(f"wrote {public} (give it to the other side) and {secret} (keep it private; mode 0600)")
+    return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -770,6 +894,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from livetrack.bench import run_bench
 
     _setup_logging(args)
+    if args.soak:
+        from livetrack.bench import format_soak, run_soak
+
+        soak = run_soak(_sim_config(args), track_only=args.track_only)
+        print(json.dumps(soak) if args.json else format_soak(soak))
+        return 0
     report = run_bench(_sim_config(args), transport_frames=args.transport_frames)
     print(json.dumps(report) if args.json else report_text(report))
     return 0
