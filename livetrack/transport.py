@@ -259,6 +259,24 @@ def check_endpoint(
     return endpoint
 
 
+def _server_socket(
+    ctx: zmq.Context[Any],
+    kind: int,
+    endpoint: str,
+    *,
+    hwm: int,
+    allow_remote: bool,
+    curve: CurveServer | None,
+) -> zmq.Socket[Any]:
+    """A not-yet-bound socket for the worker side: endpoint checked (loopback, or remote
+    only with CURVE), linger 0, high-water marks set, CURVE server keys when given."""
+    _check_server_endpoint(endpoint, allow_remote, curve)
+    sock = _socket(ctx, kind, linger_ms=0, hwm=hwm)
+    if curve is not None:
+        _curve_as_server(sock, ctx, curve)
+    return sock
+
+
 def _check_server_endpoint(endpoint: str, allow_remote: bool, curve: CurveServer | None) -> None:
     """A server socket may bind beyond loopback only with --allow-remote AND CURVE."""
     check_endpoint(endpoint, allow_remote=allow_remote)
@@ -459,12 +477,11 @@ class FramePuller:
         context: zmq.Context[Any] | None = None,
         curve: CurveServer | None = None,
     ) -> None:
-        _check_server_endpoint(endpoint, allow_remote, curve)
         self._ctx = context or zmq.Context.instance()
-        self._sock = _socket(self._ctx, zmq.PULL, linger_ms=0, hwm=hwm)
+        self._sock = _server_socket(
+            self._ctx, zmq.PULL, endpoint, hwm=hwm, allow_remote=allow_remote, curve=curve
+        )
         self._curve = curve
-        if curve is not None:
-            _curve_as_server(self._sock, self._ctx, curve)
         self.last_receive_ms = 0.0
         """Time to take the last message off the socket and validate it (not the wait)."""
         # A peer sending a giant single part (not a livetrack driver) must not exhaust memory.
@@ -591,12 +608,11 @@ class EventPublisher:
         context: zmq.Context[Any] | None = None,
         curve: CurveServer | None = None,
     ) -> None:
-        _check_server_endpoint(endpoint, allow_remote, curve)
         self._ctx = context or zmq.Context.instance()
-        self._sock = _socket(self._ctx, zmq.PUB, linger_ms=0, hwm=hwm)
+        self._sock = _server_socket(
+            self._ctx, zmq.PUB, endpoint, hwm=hwm, allow_remote=allow_remote, curve=curve
+        )
         self._curve = curve
-        if curve is not None:
-            _curve_as_server(self._sock, self._ctx, curve)
         self.endpoint = endpoint
         self.endpoint = _bind(self._sock, endpoint)
 
