@@ -627,6 +627,16 @@ class DashboardApp(App[None]):
         line.append_text(self._connection_text())
         return line
 
+    def _run_ended(self) -> bool:
+        """The run this dashboard shows has ended (in-process pipeline done, or the DB says
+        so): a quiet socket is then expected, not a worker problem."""
+        if self.finished_text is not None:
+            return True
+        return self.db_snapshot is not None and self.db_snapshot.run_status in (
+            "finished",
+            "aborted",
+        )
+
     def _state_text(self) -> Text:
         if self.finished_text is not None:
             style = "bold red" if self.finished_error else "bold yellow"
@@ -650,6 +660,8 @@ class DashboardApp(App[None]):
             out.append(f"live ✗ {self.problems['live']}", style="bold red")
         elif self.live_last_rx is None:
             out.append(f"live ○ waiting for a worker on {self.endpoint}", style="yellow")
+        elif self._live_silent() and self._run_ended():
+            out.append(f"live ■ run ended; still listening on {self.endpoint}", style="dim")
         elif self._live_silent():
             silent = self.clock() - self.live_last_rx
             out.append(
