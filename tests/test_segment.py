@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage as ndi
 
 from livetrack.errors import ConfigError
 from livetrack.segment.base import Segmenter
-from livetrack.segment.classical import ClassicalSegmenter
+from livetrack.segment.classical import ClassicalSegmenter, distance_inside
 from livetrack.segment.config import SegmentConfig
 from livetrack.segment.factory import make_segmenter
 from livetrack.segment.scale import estimate_diameter, resolve_diameter
@@ -93,6 +94,17 @@ def test_dtype_does_not_change_the_result() -> None:
     for m in results[1:]:
         overlap = np.count_nonzero((m > 0) & (results[0] > 0)) / np.count_nonzero(results[0])
         assert overlap > 0.9
+
+
+def test_per_component_distance_matches_the_global_transform() -> None:
+    """The per-bounding-box distance transform used for speed equals scipy's on the whole
+    frame for components that do not touch, including ones cut by the frame border."""
+    img = discs((150, 170), [(40, 40), (40, 100), (110, 70), (5, 160), (140, 5)], 30)
+    comps, n = ndi.label(img > 500)
+    assert n == 5
+    fast = distance_inside(comps)
+    assert fast.dtype == np.float32
+    np.testing.assert_allclose(fast, ndi.distance_transform_edt(comps > 0), atol=1e-5)
 
 
 def test_three_dimensional_input_is_refused() -> None:
