@@ -3,6 +3,7 @@ the defaults carry over to other microscopes and cell types."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,9 +14,10 @@ class SegmentConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    method: Literal["classical"] = "classical"
-    """Segmenter: 'classical' (smoothing, threshold, distance-transform watershed). The
-    learned model plugs in here in a later release."""
+    method: Literal["classical", "learned"] = "classical"
+    """Segmenter: 'classical' (smoothing, threshold, distance-transform watershed) or
+    'learned' (a small U-Net predicting Caliban's three maps, then peaks + watershed;
+    falls back to classical when torch cannot be imported)."""
     nucleus_diameter_px: float | None = Field(default=None, gt=2)
     """Typical nucleus diameter in pixels. Takes precedence over everything else."""
     nucleus_diameter_um: float | None = Field(default=None, gt=0)
@@ -44,3 +46,15 @@ class SegmentConfig(BaseModel):
     thin protrusions and debris."""
     min_area_fraction: float = Field(default=0.15, ge=0)
     """Objects smaller than this fraction of the expected nucleus area are dropped."""
+    model_dir: Path | None = None
+    """(learned) Model folder with config.json + weights.pt; None = the shipped model."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """(learned) Where the model runs; 'auto' prefers CUDA (half precision), then Apple
+    MPS, then the CPU."""
+    tile_px: int = Field(default=1024, ge=64)
+    """(learned) Frames larger than this at the model's scale are processed in
+    overlapping tiles of this size, so memory stays bounded for any frame size."""
+    fg_threshold: float = Field(default=0.5, gt=0, lt=1)
+    """(learned) Foreground probability above which a pixel belongs to a nucleus."""
+    peak_threshold: float = Field(default=0.5, gt=0, lt=1)
+    """(learned) Minimum inner-distance value of a nucleus centre (1 = exact centre)."""

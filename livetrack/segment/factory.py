@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+
 from livetrack.errors import ConfigError
 from livetrack.segment.base import Segmenter
 from livetrack.segment.classical import ClassicalSegmenter
 from livetrack.segment.config import SegmentConfig
 
+log = logging.getLogger("livetrack.segment.factory")
+
 
 def make_segmenter(config: SegmentConfig | None = None) -> Segmenter:
+    """The configured segmenter. 'learned' needs torch; without it the classical
+    segmenter is used (logged), so a worker without torch still runs."""
     config = config or SegmentConfig()
     if config.method == "classical":
         return ClassicalSegmenter(config)
+    if config.method == "learned":
+        try:
+            from livetrack.segment.learned import LearnedSegmenter
+        except (ImportError, OSError) as exc:  # no torch, or its libraries fail to load
+            log.warning("learned segmenter unavailable (%s); using the classical one", exc)
+            return ClassicalSegmenter(config)
+        return LearnedSegmenter(config)
     raise ConfigError(f"unknown segmentation method {config.method!r}")

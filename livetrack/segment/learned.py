@@ -1,0 +1,182 @@
+"""The learned segmenter: rescale to the model's nucleus size, predict Caliban's three maps
+in overlapping tiles, then peaks + watershed, and labels back at the frame's resolution."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from skimage.segmentation import relabel_sequential
+from skimage.transform import resize
+
+from livetrack.segment.config import SegmentConfig
+from livetrack.segment.model import NucleusUNet, load_model
+from livetrack.segment.postprocess import PostprocessParams, labels_from_maps
+from livetrack.segment.scale import estimate_diameter, normalise, resolve_diameter
+from livetrack.types import Detections, LabelImage, Segmentation
+
+log = logging.getLogger("livetrack.segment.learned")
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "seg-unet-v1"
+"""The model trained here and shipped inside the package (see README)."""
+TILE_MARGIN_DIAMETERS = 2.0
+"""Overlap kept on each side of a tile, in nucleus diameters: the network's output near a
+tile edge lacks context, so only each tile's centre is used."""
+MAX_CPU_THREADS = 8
+"""More threads than this gain little for a model this small."""
+BATCH_TILES = 4
+"""Tiles per forward pass (bounds memory on big frames)."""
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then the CPU ('auto'); or exactly the requested one."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class LearnedSegmenter:
+    """One instance per position: keeps the diameter it settled on for that position."""
+
+    name = "learned"
+
+    def __init__(self, config: SegmentConfig | None = None, model: NucleusUNet | None = None):
+        self.config = config or SegmentConfig(method="learned")
+        self.model = (
+            model if model is not None else load_model(self.config.model_dir or SHIPPED_MODEL)
+        )
+        self.model.eval()
+        self.torch_device = pick_device(self.config.device)
+        self.half = self.torch_device.type == "cuda"
+        self.model.to(self.torch_device)
+        if self.half:
+            self.model.half()
+        if self.torch_device.type == "cpu" and torch.get_num_threads() > MAX_CPU_THREADS:
+            torch.set_num_threads(MAX_CPU_THREADS)
+        self.device = str(self.torch_device)
+        self._estimates: list[float] = []
+        self._diameter: float | None = None
+        self._last_diameter: float | None = None
+
+    @property
+    def canonical_diameter_px(self) -> float:
+        return float(self.model.config.canonical_diameter_px)
+
+    @property
+    def diameter_px(self) -> float | None:
+        """The diameter used for the last frame (None before any frame with nuclei)."""
+        return self._last_diameter
+
+    def _diameter_for(
+        self, image: NDArray[np.generic], pixel_size_um: float | None
+    ) -> float | None:
+        c = self.config
+        given = resolve_diameter(c.nucleus_diameter_px, c.nucleus_diameter_um, pixel_size_um)
+        if given is not None:
+            return given
+        if self._diameter is not None:
+            return self._diameter
+        estimate = estimate_diameter(image, c.min_contrast)
+        if estimate is None:
+            return None
+        self._estimates.append(estimate)
+        current = statistics.median(self._estimates)
+        if len(self._estimates) >= c.auto_diameter_frames:
+            self._diameter = current
+            log.info("nucleus diameter estimated at %.1f px", current)
+        return current
+
+    def predict(
+        self, image: NDArray[np.generic], pixel_size_um: float | None = None
+    ) -> Segmentation:
+        if image.ndim != 2:
+            raise ValueError(f"expected a 2-D frame, got shape {image.shape}")
+        if image.dtype.kind not in "uif":
+            raise ValueError(f"expected a numeric frame, got dtype {image.dtype}")
+        diameter = self._diameter_for(image, pixel_size_um)
+        if diameter is None:  # nothing that looks like nuclei
+            return Segmentation(mask=np.zeros(image.shape, np.int32), detections=Detections.empty())
+        self._last_diameter = diameter
+        mask = self.segment(image, diameter)
+        return Segmentation(
+            mask=mask, detections=Detections.from_labels(mask), info={"diameter_px": diameter}
+        )
+
+    def segment(self, image: NDArray[np.generic], diameter_px: float) -> LabelImage:
+        """Labels at the frame's resolution for nuclei of ``diameter_px``."""
+        factor = self.canonical_diameter_px / diameter_px
+        img = normalise(image)
+        shape = (max(16, round(img.shape[0] * factor)), max(16, round(img.shape[1] * factor)))
+        if shape != img.shape:
+            img = resize(img, shape, order=1, anti_aliasing=factor < 1, preserve_range=True)
+        maps = self.predict_maps(img.astype(np.float32))
+        params = PostprocessParams(
+            fg_threshold=self.config.fg_threshold,
+            peak_threshold=self.config.peak_threshold,
+            min_area_fraction=self.config.min_area_fraction,
+        )
+        labels = labels_from_maps(
+            maps[0], maps[1], maps[2], self.canonical_diameter_px, params=params
+        )
+        if labels.shape != image.shape:
+            labels = resize(
+                labels, image.shape, order=0, anti_aliasing=False, preserve_range=True
+            ).astype(np.int32)
+            labels, _, _ = relabel_sequential(labels)  # tiny objects can vanish upscaling
+        return np.asarray(labels, dtype=np.int32)
+
+    def predict_maps(self, img: NDArray[np.float32]) -> NDArray[np.float32]:
+        """(3, H, W): inner distance, outer distance, foreground probability, for an
+        image already normalised and at the model's scale. Big images go in tiles of
+        ``tile_px`` whose centres are stitched; the margins overlap by
+        ``TILE_MARGIN_DIAMETERS`` nucleus diameters."""
+        h, w = img.shape
+        mult = self.model.multiple
+        margin = _round_up(round(TILE_MARGIN_DIAMETERS * self.canonical_diameter_px), mult)
+        tile = max(_round_up(self.config.tile_px, mult), 2 * margin + mult)
+        if h <= tile and w <= tile:
+            ph, pw = _round_up(h, mult), _round_up(w, mult)
+            padded = np.pad(img, ((0, ph - h), (0, pw - w)), mode="reflect")
+            return self._run(padded[None])[0][:, :h, :w]
+        # As few tiles as fit in tile_px, then shrunk evenly so little work is wasted.
+        ny, nx = -(-h // (tile - 2 * margin)), -(-w // (tile - 2 * margin))
+        sy, sx = _round_up(-(-h // ny), mult), _round_up(-(-w // nx), mult)
+        padded = np.pad(
+            img,
+            ((margin, ny * sy - h + margin), (margin, nx * sx - w + margin)),
+            mode="reflect",
+        )
+        origins = [(iy * sy, ix * sx) for iy in range(ny) for ix in range(nx)]
+        out = np.zeros((3, ny * sy, nx * sx), np.float32)
+        for i in range(0, len(origins), BATCH_TILES):
+            batch = origins[i : i + BATCH_TILES]
+            tiles = np.stack(
+                [padded[y : y + sy + 2 * margin, x : x + sx + 2 * margin] for y, x in batch]
+            )
+            maps = self._run(tiles)
+            for (y, x), m in zip(batch, maps, strict=True):
+                out[:, y : y + sy, x : x + sx] = m[:, margin : margin + sy, margin : margin + sx]
+        return out[:, :h, :w]
+
+    def _run(self, tiles: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The network on a (N, H, W) batch → (N, 3, H, W) maps (fg as a probability)."""
+        x = torch.from_numpy(np.ascontiguousarray(tiles[:, None])).to(self.torch_device)
+        if self.half:
+            x = x.half()
+        with torch.inference_mode():
+            raw = self.model(x).float()
+            fg = torch.softmax(raw[:, 2:4], dim=1)[:, 1:2]
+            maps = torch.cat([raw[:, 0:2], fg], dim=1)
+        return np.asarray(maps.cpu().numpy(), dtype=np.float32)
+
+
+def _round_up(n: int, mult: int) -> int:
+    return -(-n // mult) * mult

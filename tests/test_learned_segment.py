@@ -1,0 +1,215 @@
+"""The learned segmenter: model, post-processing, tiling, weights, scale, training data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from livetrack.segment.config import SegmentConfig
+from livetrack.segment.factory import make_segmenter
+from livetrack.segment.learned import LearnedSegmenter
+from livetrack.segment.model import (
+    WEIGHTS_FILE,
+    ModelConfig,
+    NucleusUNet,
+    inner_distance,
+    load_model,
+    outer_distance,
+    save_model,
+)
+from livetrack.segment.postprocess import labels_from_maps
+from livetrack.segment.train import CtcSource, TrainConfig, ctc_frames, train
+from simulators.nuclei import NucleiSimulator, SimulationConfig
+
+TINY = ModelConfig(width=4, depth=2, canonical_diameter_px=32.0)
+
+
+def _tiny_model(seed: int = 0) -> NucleusUNet:
+    torch.manual_seed(seed)
+    return NucleusUNet(TINY).eval()
+
+
+def _discs(shape: tuple[int, int], centres: list[tuple[float, float]], r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        labels[inside & (labels == 0)] = k
+    return labels
+
+
+def _recall(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Fraction of ground-truth objects matched by a prediction at IoU >= 0.5."""
+    g, p = gt.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    both = (g > 0) & (p > 0)
+    pairs, inter = np.unique(np.stack([g[both], p[both]]), axis=1, return_counts=True)
+    ga, pa = np.bincount(g), np.bincount(p)
+    iou = inter / (ga[pairs[0]] + pa[pairs[1]] - inter)
+    return float(np.count_nonzero(iou >= 0.5)) / max(1, len(np.unique(gt)) - 1)
+
+
+def test_tiny_model_shapes_and_determinism() -> None:
+    a, b = _tiny_model(0), _tiny_model(0)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+    x = torch.rand(2, 1, 32, 48)
+    with torch.inference_mode():
+        out1, out2 = a(x), b(x)
+    assert out1.shape == (2, 4, 32, 48)
+    assert torch.equal(out1, out2)
+    assert not torch.equal(_tiny_model(1)(x), out1)
+
+
+def test_targets_have_a_peak_per_nucleus_and_a_valley_between_touching_ones() -> None:
+    labels = _discs((64, 96), [(32, 30), (32, 58)], 15)
+    inner = inner_distance(labels, 4.0)
+    outer = outer_distance(labels, 8.0)
+    assert inner[32, 30] == pytest.approx(1.0, abs=0.05)
+    assert inner[32, 58] == pytest.approx(1.0, abs=0.05)
+    assert inner[0, 0] == 0
+    assert outer[0, 0] == 0
+    # the seam between the touching discs is low in both maps
+    seam = np.flatnonzero((labels[32] == 1) & (np.roll(labels[32], -1) == 2))[0]
+    assert outer[32, seam] <= 1.0 / 8.0 + 1e-6
+    assert inner[32, seam] < 0.5 * inner[32, 30]
+
+
+def test_postprocess_splits_two_touching_nuclei() -> None:
+    gt = _discs((64, 96), [(32, 30), (32, 58)], 15)
+    labels = labels_from_maps(
+        inner_distance(gt, 4.0), outer_distance(gt, 15.0), (gt > 0).astype(np.float32), 30.0
+    )
+    assert labels.dtype == np.int32
+    assert labels.max() == 2
+    assert _recall(gt, labels) == 1.0
+
+
+def test_postprocess_empty_and_markerless_foreground() -> None:
+    zeros = np.zeros((40, 40), np.float32)
+    assert labels_from_maps(zeros, zeros, zeros, 16.0).max() == 0
+    gt = _discs((40, 40), [(20, 20)], 9)
+    fg = (gt > 0).astype(np.float32)
+    # no inner-distance peak at all: the foreground blob is still kept as one object
+    labels = labels_from_maps(zeros, fg, fg, 16.0)
+    assert labels.max() == 1
+    assert _recall(gt, labels) == 1.0
+
+
+def test_tiled_maps_equal_whole_frame_maps_away_from_the_border() -> None:
+    model = _tiny_model(3)
+    rng = np.random.default_rng(0)
+    img = rng.random((300, 260)).astype(np.float32)
+    whole = LearnedSegmenter(SegmentConfig(method="learned", tile_px=1024), model=model)
+    tiled = LearnedSegmenter(SegmentConfig(method="learned", tile_px=192), model=model)
+    a, b = whole.predict_maps(img), tiled.predict_maps(img)
+    assert a.shape == b.shape == (3, 300, 260)
+    inner = (slice(None), slice(40, -40), slice(40, -40))
+    np.testing.assert_allclose(a[inner], b[inner], atol=1e-4)
+
+
+def test_weights_round_trip_with_weights_only(tmp_path: Path) -> None:
+    model = _tiny_model(5)
+    save_model(model, tmp_path / "m", {"note": "test"})
+    state = torch.load(tmp_path / "m" / WEIGHTS_FILE, weights_only=True)
+    assert set(state) == set(model.state_dict())
+    loaded = load_model(tmp_path / "m")
+    assert loaded.config == TINY
+    for k, v in model.state_dict().items():
+        expected = v.half().float() if v.is_floating_point() else v
+        assert torch.equal(loaded.state_dict()[k], expected), k
+
+
+def test_training_is_seeded_and_reproducible(tmp_path: Path) -> None:
+    cfg = TrainConfig(seed=7, steps=3, batch=2, patch=64, sim_movies=1, model=TINY)
+    info = train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    assert isinstance(info["frames"], int)
+    assert info["frames"] >= 1
+    a, b = load_model(tmp_path / "a"), load_model(tmp_path / "b")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert not torch.equal(
+        a.state_dict()["head.weight"], _tiny_model(7).state_dict()["head.weight"].half().float()
+    )
+
+
+def test_sparse_ctc_ground_truth_ignores_unannotated_nuclei(tmp_path: Path) -> None:
+    seq = tmp_path / "01"
+    (tmp_path / "01_GT" / "SEG").mkdir(parents=True)
+    (tmp_path / "01_GT" / "TRA").mkdir(parents=True)
+    seq.mkdir()
+    tra = _discs((80, 120), [(40, 30), (40, 90)], 12)
+    seg = np.where(tra == 1, 5, 0).astype(np.uint16)  # only the left nucleus drawn
+    tifffile.imwrite(seq / "t000.tif", (tra > 0).astype(np.uint16) * 1000 + 100)
+    tifffile.imwrite(tmp_path / "01_GT" / "SEG" / "man_seg000.tif", seg)
+    tifffile.imwrite(tmp_path / "01_GT" / "TRA" / "man_track000.tif", tra.astype(np.uint16))
+    [(image, labels, ignore)] = ctc_frames(CtcSource.parse(str(seq)))
+    assert image.shape == labels.shape == (80, 120)
+    assert ignore is not None
+    assert ignore[tra == 2].all()
+    assert not ignore[tra == 1].any()
+    assert CtcSource.parse(f"{seq}:3-9") == CtcSource(seq, 3, 9)
+    assert ctc_frames(CtcSource.parse(f"{seq}:1-9")) == []
+
+
+@pytest.fixture(scope="module")
+def shipped() -> LearnedSegmenter:
+    segmenter = make_segmenter(SegmentConfig(method="learned", device="cpu"))
+    assert isinstance(segmenter, LearnedSegmenter)
+    return segmenter
+
+
+def _sim_frame(diameter: float, size: tuple[int, int], cells: int, seed: int) -> tuple:
+    cfg = SimulationConfig(
+        seed=seed, n_frames=1, height=size[0], width=size[1], n_cells=cells,
+        nucleus_diameter_px=diameter,
+    )  # fmt: skip
+    frame = next(iter(NucleiSimulator(cfg).frames()))
+    return frame.image, frame.labels
+
+
+def test_shipped_model_segments_a_simulated_frame(shipped: LearnedSegmenter) -> None:
+    assert shipped.name == "learned"
+    image, gt = _sim_frame(20.0, (256, 256), 60, seed=101)
+    seg = shipped.predict(image)
+    assert seg.mask.shape == image.shape
+    assert seg.mask.dtype == np.int32
+    assert len(seg.detections) == seg.mask.max()
+    assert _recall(gt, seg.mask) >= 0.8  # small fragments at the frame edge included
+
+
+def test_labels_come_back_at_the_original_resolution(shipped: LearnedSegmenter) -> None:
+    image, gt = _sim_frame(44.0, (250, 330), 20, seed=102)
+    cfg = SegmentConfig(method="learned", nucleus_diameter_um=22.0)
+    segmenter = LearnedSegmenter(cfg, model=shipped.model)
+    seg = segmenter.predict(image, pixel_size_um=0.5)  # 22 µm / 0.5 µm/px = 44 px
+    assert segmenter.diameter_px == pytest.approx(44.0)
+    assert seg.mask.shape == (250, 330)
+    assert _recall(gt, seg.mask) >= 0.8
+
+
+def test_a_nucleus_across_a_tile_border_is_one_label(shipped: LearnedSegmenter) -> None:
+    d = shipped.canonical_diameter_px
+    cfg = SegmentConfig(method="learned", nucleus_diameter_px=d, tile_px=128)
+    segmenter = LearnedSegmenter(cfg, model=shipped.model)
+    step = 128 - 2 * 32  # tile minus the two margins (2 diameters, rounded up to 16 px)
+    centres = [(step, step), (step / 2, step), (step, step / 2 + 3), (step * 1.6, step * 1.5)]
+    gt = _discs((200, 220), centres, d / 2)
+    rng = np.random.default_rng(0)
+    image = (gt > 0) * 400.0 + 100.0 + rng.normal(0, 10, gt.shape)
+    mask = segmenter.predict(image).mask
+    assert _recall(gt, mask) == 1.0
+    # the nucleus centred on a tile corner: one label covers it, no other one a part of it
+    values, counts = np.unique(mask[gt == 1], return_counts=True)
+    parts = values[(values > 0) & (counts > 0.05 * np.count_nonzero(gt == 1))]
+    assert len(parts) == 1
+
+
+def test_empty_frame_gives_no_nuclei(shipped: LearnedSegmenter) -> None:
+    seg = shipped.predict(np.full((64, 64), 100, np.uint16))
+    assert seg.mask.max() == 0
+    assert len(seg.detections) == 0
