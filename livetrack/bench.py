@@ -27,9 +27,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def run_bench(sim_config: Any, *, transport_frames: int = 100) -> dict[str, Any]:
+def run_bench(
+    sim_config: Any, *, transport_frames: int = 100, settings: Settings | None = None
+) -> dict[str, Any]:
     """Simulate a run of the given size through the real pipeline, then compare the
     transport with a bare pyzmq loop on 2048×2048 uint16 frames."""
+    settings = settings or Settings()
     from drivers.simulator import SimulatorSource
 
     report: dict[str, Any] = {
@@ -38,12 +41,13 @@ def run_bench(sim_config: Any, *, transport_frames: int = 100) -> dict[str, Any]
         "size": [sim_config.height, sim_config.width],
         "cells": sim_config.n_cells,
         "seed": sim_config.seed,
+        "segmenter": settings.segment.method,
     }
     with tempfile.TemporaryDirectory() as tmp:
         source = SimulatorSource(sim_config)
         summary = run_pipeline(
             source,
-            Settings(),
+            settings,
             description=source.describe(),
             run_id="bench",
             db_path=Path(tmp) / "bench.db",
@@ -83,6 +87,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"livetrack bench — {report['frames']} frames {report['size'][0]}×{report['size'][1]}, "
         f"{report['cells']} initial cells (seed {report['seed']}), "
+        f"{report['segmenter']} segmenter, "
         f"{report['cells_per_frame']:.0f} detections/frame on average",
         "",
         f"{'stage':<10}{'median ms':>12}{'p95 ms':>10}",

@@ -57,6 +57,12 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
         help="nucleus diameter in pixels (default: from pixel size or estimated)",
     )
     g.add_argument(
+        "--segmenter",
+        choices=("classical", "learned"),
+        default=None,
+        help="segmentation method (default: from the settings, else classical)",
+    )
+    g.add_argument(
         "--events",
         default=None,
         metavar="ENDPOINT",
@@ -308,6 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     _sim_args(p)
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("train", help="train a learned model")
+    train_sub = p.add_subparsers(dest="model", required=True, metavar="MODEL")
+    p = train_sub.add_parser("segment", help="the learned nucleus segmenter (seeded)")
+    p.add_argument("out_dir", type=Path, help="model folder to write (config.json, weights.pt)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps")
+    p.add_argument("--sim-movies", type=int, default=160, help="random simulated movies")
+    p.add_argument(
+        "--ctc",
+        action="append",
+        default=[],
+        metavar="SEQ[:FIRST-LAST]",
+        help="a CTC sequence folder with NN_GT/SEG masks, optionally a frame range (repeat)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.set_defaults(func=cmd_train_segment)
+
     p = sub.add_parser("export", help="export a run's lineages (CTC: maskNNN.tif + res_track.txt)")
     p.add_argument("db", type=Path)
     p.add_argument("--ctc", type=Path, required=True, metavar="OUT_DIR")
@@ -346,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--track-only",
         action="store_true",
         help="(--soak) track the simulator's masks instead of segmenting",
+    )
+    p.add_argument(
+        "--segmenter",
+        choices=("classical", "learned"),
+        default="classical",
+        help="segmentation method to measure",
     )
     p.set_defaults(func=cmd_bench)
 
@@ -420,7 +449,10 @@ def _sim_run_id(cfg: Any) -> str:
 def _settings(args: argparse.Namespace) -> Any:
     from livetrack.config import load_settings
 
-    segment: dict[str, Any] = {"nucleus_diameter_px": getattr(args, "nucleus_diameter", None)}
+    segment: dict[str, Any] = {
+        "nucleus_diameter_px": getattr(args, "nucleus_diameter", None),
+        "method": getattr(args, "segmenter", None),
+    }
     worker: dict[str, Any] = {}
     if getattr(args, "events", None):
         worker["events_endpoint"] = args.events
@@ -841,6 +873,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_segment(args: argparse.Namespace) -> int:
+    from livetrack.segment.train import CtcSource, TrainConfig, train
+
+    _setup_logging(args)
+    cfg = TrainConfig(
+        seed=args.seed,
+        steps=args.steps,
+        sim_movies=args.sim_movies,
+        ctc=tuple(CtcSource.parse(c) for c in args.ctc),
+        threads=args.threads,
+    )
+    info = train(cfg, args.out_dir)
+    print(f"trained on {info['frames']} frames in {info['wall_s']} s → {args.out_dir}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from livetrack.evaluate import ExportFrame, export_ctc
     from livetrack.store import Store
@@ -900,7 +948,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         soak = run_soak(_sim_config(args), track_only=args.track_only)
         print(json.dumps(soak) if args.json else format_soak(soak))
         return 0
-    report = run_bench(_sim_config(args), transport_frames=args.transport_frames)
+    from livetrack.config import load_settings
+
+    settings = load_settings(segment={"method": args.segmenter})
+    report = run_bench(_sim_config(args), transport_frames=args.transport_frames, settings=settings)
     print(json.dumps(report) if args.json else report_text(report))
     return 0
 
