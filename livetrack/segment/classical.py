@@ -4,7 +4,6 @@ transform markers → marker-based watershed, all scaled by the nucleus diameter
 from __future__ import annotations
 
 import logging
-import statistics
 
 import numpy as np
 from numpy.typing import NDArray
@@ -14,7 +13,7 @@ from skimage.segmentation import relabel_sequential, watershed
 from skimage.transform import resize
 
 from livetrack.segment.config import SegmentConfig
-from livetrack.segment.scale import estimate_diameter, foreground, normalise, resolve_diameter
+from livetrack.segment.scale import NucleusScale, check_frame, foreground, normalise
 from livetrack.types import Detections, LabelImage, Segmentation
 
 log = logging.getLogger("livetrack.segment.classical")
@@ -28,45 +27,20 @@ class ClassicalSegmenter:
 
     def __init__(self, config: SegmentConfig | None = None) -> None:
         self.config = config or SegmentConfig()
-        self._estimates: list[float] = []
-        self._diameter: float | None = None
-        self._last_diameter: float | None = None
+        self._scale = NucleusScale(self.config)
 
     @property
     def diameter_px(self) -> float | None:
         """The diameter used for the last frame (None before any frame with nuclei)."""
-        return self._last_diameter
-
-    def _diameter_for(
-        self, image: NDArray[np.generic], pixel_size_um: float | None
-    ) -> float | None:
-        c = self.config
-        given = resolve_diameter(c.nucleus_diameter_px, c.nucleus_diameter_um, pixel_size_um)
-        if given is not None:
-            return given
-        if self._diameter is not None:
-            return self._diameter
-        estimate = estimate_diameter(image, c.min_contrast)
-        if estimate is None:
-            return None
-        self._estimates.append(estimate)
-        current = statistics.median(self._estimates)
-        if len(self._estimates) >= c.auto_diameter_frames:
-            self._diameter = current
-            log.info("nucleus diameter estimated at %.1f px", current)
-        return current
+        return self._scale.last
 
     def predict(
         self, image: NDArray[np.generic], pixel_size_um: float | None = None
     ) -> Segmentation:
-        if image.ndim != 2:
-            raise ValueError(f"expected a 2-D frame, got shape {image.shape}")
-        if image.dtype.kind not in "uif":
-            raise ValueError(f"expected a numeric frame, got dtype {image.dtype}")
-        diameter = self._diameter_for(image, pixel_size_um)
+        check_frame(image)
+        diameter = self._scale.for_frame(image, pixel_size_um)
         if diameter is None:  # nothing that looks like nuclei
             return _empty(image.shape)
-        self._last_diameter = diameter
         mask = self._segment(image, diameter)
         return Segmentation(
             mask=mask, detections=Detections.from_labels(mask), info={"diameter_px": diameter}

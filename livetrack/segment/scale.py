@@ -6,11 +6,14 @@ Kept apart from any one segmenter so the learned model can reuse it.
 from __future__ import annotations
 
 import logging
+import statistics
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
+
+from livetrack.segment.config import SegmentConfig
 
 log = logging.getLogger("livetrack.segment.scale")
 
@@ -153,3 +156,49 @@ def resolve_diameter(
     if nucleus_diameter_um is not None and pixel_size_um:
         return nucleus_diameter_um / pixel_size_um
     return None
+
+
+def check_frame(image: NDArray[np.generic]) -> None:
+    """Segmenters take one 2-D plane of real numbers; anything else is a clear error."""
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D frame, got shape {image.shape}")
+    if image.dtype.kind not in "uif":
+        raise ValueError(f"expected a numeric frame, got dtype {image.dtype}")
+
+
+class NucleusScale:
+    """The nucleus diameter one position's segmenter uses, frame after frame.
+
+    A configured diameter (px, or µm with the frame's pixel size) wins. Otherwise the
+    diameter is estimated from each frame until ``auto_diameter_frames`` frames with
+    nuclei were seen, then their median is kept for the rest of the movie, so labels
+    stay stable.
+    """
+
+    def __init__(self, config: SegmentConfig) -> None:
+        self.config = config
+        self._estimates: list[float] = []
+        self._settled: float | None = None
+        self.last: float | None = None
+        """The diameter used for the last frame with nuclei (None before any)."""
+
+    def for_frame(self, image: NDArray[np.generic], pixel_size_um: float | None) -> float | None:
+        """Diameter in px for this frame, or None when it shows nothing like nuclei."""
+        c = self.config
+        diameter = resolve_diameter(c.nucleus_diameter_px, c.nucleus_diameter_um, pixel_size_um)
+        if diameter is None:
+            diameter = self._settled if self._settled is not None else self._estimate(image)
+        if diameter is not None:
+            self.last = diameter
+        return diameter
+
+    def _estimate(self, image: NDArray[np.generic]) -> float | None:
+        estimate = estimate_diameter(image, self.config.min_contrast)
+        if estimate is None:
+            return None
+        self._estimates.append(estimate)
+        current = float(statistics.median(self._estimates))
+        if len(self._estimates) >= self.config.auto_diameter_frames:
+            self._settled = current
+            log.info("nucleus diameter estimated at %.1f px", current)
+        return current
