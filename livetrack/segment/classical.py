@@ -40,7 +40,7 @@ class ClassicalSegmenter:
         check_frame(image)
         diameter = self._scale.for_frame(image, pixel_size_um)
         if diameter is None:  # nothing that looks like nuclei
-            return _empty(image.shape)
+            return Segmentation.empty(image.shape)
         mask = self._segment(image, diameter)
         return Segmentation(
             mask=mask, detections=Detections.from_labels(mask), info={"diameter_px": diameter}
@@ -116,7 +116,3 @@ def distance_inside(components: NDArray[np.int32]) -> NDArray[np.float32]:
         inside = components[pad] == k
         out[pad][inside] = ndi.distance_transform_edt(inside)[inside]
     return out
-
-
-def _empty(shape: tuple[int, ...]) -> Segmentation:
-    return Segmentation(mask=np.zeros(shape, np.int32), detections=Detections.empty())

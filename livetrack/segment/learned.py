@@ -78,7 +78,7 @@ class LearnedSegmenter:
         check_frame(image)
         diameter = self._scale.for_frame(image, pixel_size_um)
         if diameter is None:  # nothing that looks like nuclei
-            return Segmentation(mask=np.zeros(image.shape, np.int32), detections=Detections.empty())
+            return Segmentation.empty(image.shape)
         mask = self.segment(image, diameter)
         return Segmentation(
             mask=mask, detections=Detections.from_labels(mask), info={"diameter_px": diameter}
