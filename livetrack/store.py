@@ -33,6 +33,9 @@ Refinements of the brief, and why:
   of leaving orphaned rows.
 - A label image is stored in the smallest of uint8/uint16/int32 that holds its largest
   label (column ``dtype``); this halves what zlib must compress for < 65,536 objects.
+- A learned tracker's per-detection embeddings (``TrackStep.embeddings``) are one float16
+  BLOB per frame in their own table, rows in label order (the order ``history`` returns
+  detections in), written in the frame's transaction; frames without have no row.
 - Transactions are ``BEGIN IMMEDIATE`` (not sqlite-utils' deferred ``atomic()``): the write
   lock is taken first, so a second writer waits for the busy timeout instead of failing at
   once when its read snapshot turns stale.
@@ -74,8 +77,9 @@ from livetrack.types import Detections, LabelImage
 
 logger = logging.getLogger("livetrack.store")
 
-SCHEMA_VERSION = 1
-"""Version of the schema in ``TABLES``; stored in ``PRAGMA user_version``."""
+SCHEMA_VERSION = 2
+"""Version of the schema in ``TABLES``; stored in ``PRAGMA user_version``.
+1: the first release. 2: adds the ``embeddings`` table (learned trackers)."""
 
 APPLICATION_ID = 0x4C545243  # "LTRC"
 """``PRAGMA application_id`` of a livetrack database (tells it apart from other SQLite files)."""
@@ -134,6 +138,35 @@ _FRAME_FK = (
 _RUN = Column("run_id", "TEXT NOT NULL", "run identifier (see runs.run_id)")
 _POS = Column("position", "TEXT NOT NULL", "stage position / field of view name")
 _FRAME = Column("frame", "INTEGER NOT NULL", "time-point index within the position, from 0")
+
+EMBEDDING_DTYPE = np.dtype("<f2")
+"""How ``TrackStep.embeddings`` are stored: float16 halves the bytes of float32 and keeps
+~3 significant digits, plenty for neighbourhood embeddings (read back as float32)."""
+
+EMBEDDINGS_TABLE = Table(
+    "embeddings",
+    "per-detection vectors a learned tracker keeps with each frame, to restore it after a restart",
+    (
+        _RUN,
+        _POS,
+        _FRAME,
+        Column(
+            "n",
+            "INTEGER NOT NULL CHECK (n >= 0)",
+            "rows: one per detection of the frame, in increasing label order",
+        ),
+        Column("dim", "INTEGER NOT NULL CHECK (dim >= 0)", "columns: length of each vector"),
+        Column("dtype", "TEXT NOT NULL", "NumPy dtype of the values, e.g. '<f2' (float16)"),
+        Column(
+            "data",
+            "BLOB NOT NULL",
+            "raw C-order n x dim values; row i is the detection with the i-th smallest label",
+        ),
+    ),
+    ("PRIMARY KEY (run_id, position, frame)", _FRAME_FK),
+)
+"""Added in schema version 2 (``MIGRATIONS[1]`` creates it). Changing it later needs a new
+migration, and ``MIGRATIONS[1]`` must then keep creating the version-2 shape."""
 
 TABLES: tuple[Table, ...] = (
     Table(
@@ -289,6 +322,7 @@ TABLES: tuple[Table, ...] = (
         (_POS_FK,),
         indexes=(("events_frame", "run_id, position, frame"),),
     ),
+    EMBEDDINGS_TABLE,
 )
 
 SCHEMA_DOC: dict[str, dict[str, str]] = {t.name: {c.name: c.doc for c in t.columns} for t in TABLES}
@@ -319,8 +353,16 @@ def _create_schema(conn: sqlite3.Connection) -> None:
 Migration = Callable[[sqlite3.Connection], None]
 """Turns a database at version v into version v+1 (inside the caller's transaction)."""
 
-MIGRATIONS: dict[int, Migration] = {}
-"""from-version → migration. Empty while version 1 is the only version ever released."""
+
+def _add_embeddings_table(conn: sqlite3.Connection) -> None:
+    """Version 1 → 2: the ``embeddings`` table. Old frames simply have none (history gives
+    ``embeddings=None`` for them); every version-1 table and row is kept as it is."""
+    for statement in render_ddl(EMBEDDINGS_TABLE):
+        conn.execute(statement)
+
+
+MIGRATIONS: dict[int, Migration] = {1: _add_embeddings_table}
+"""from-version → migration."""
 
 
 def migrate(
@@ -447,6 +489,30 @@ def decode_mask(codec: str, dtype: str, height: int, width: int, data: bytes) ->
     if raw.size != height * width:
         raise StoreError(f"mask blob has {raw.size} pixels, expected {height}x{width}")
     return raw.reshape(height, width).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- embedding codec
+
+
+def encode_embeddings(embeddings: NDArray[np.floating], labels: NDArray[np.integer]) -> bytes:
+    """Raw ``EMBEDDING_DTYPE`` bytes of ``embeddings`` (row i = detection with ``labels[i]``),
+    rows reordered to increasing label, the order ``Store.history`` gives detections in."""
+    order = np.argsort(np.asarray(labels), kind="stable")
+    rows = np.ascontiguousarray(np.asarray(embeddings)[order], dtype=EMBEDDING_DTYPE)
+    return rows.tobytes()
+
+
+def decode_embeddings(n: int, dim: int, dtype: str, data: bytes) -> NDArray[np.float32]:
+    """Inverse of ``encode_embeddings`` (rows in label order); always float32, (n, dim)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise StoreError(f"embeddings have an unknown dtype {dtype!r}") from exc
+    if dt.kind != "f" or len(data) != n * dim * dt.itemsize:
+        raise StoreError(
+            f"embeddings blob has {len(data)} bytes, expected {n}x{dim} values of {dtype!r}"
+        )
+    return np.frombuffer(data, dtype=dt).reshape(n, dim).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- the store
@@ -680,6 +746,10 @@ class Store:
         """
         _validate_frame(frame, mask, detections, step)
         mask_dtype, blob = encode_mask(mask, self.config.zlib_level)
+        emb: tuple[int, int, bytes] | None = None
+        if step.embeddings is not None:
+            n, dim = np.shape(step.embeddings)
+            emb = (int(n), int(dim), encode_embeddings(step.embeddings, detections.labels))
         key = (run_id, position, frame)
         what = f"writing frame {frame} of run {run_id!r} position {position!r}"
         with self._write(what) as conn:
@@ -716,6 +786,13 @@ class Store:
                 _apply_ends(conn, run_id, position, step.ended)
                 stage = "events"
                 _insert_events(conn, run_id, position, step)
+                if emb is not None:
+                    stage = "embeddings"
+                    conn.execute(
+                        "INSERT INTO embeddings (run_id, position, frame, n, dim, dtype, data)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (*key, emb[0], emb[1], EMBEDDING_DTYPE.str, emb[2]),
+                    )
             except sqlite3.Error as exc:
                 raise StoreError(
                     f"{what}, while inserting {stage}: {_explain(exc)} "
@@ -887,7 +964,9 @@ class Store:
         return rows
 
     def history(self, run_id: str, position: str, n_frames: int) -> list[FrameHistory]:
-        """The last ``n_frames`` committed frames, oldest first (to restore a tracker)."""
+        """The last ``n_frames`` committed frames, oldest first (to restore a tracker):
+        detections in label order, their track ids and, when the tracker stored them, their
+        embeddings (same row order; None for a frame without)."""
         if n_frames <= 0:
             return []
         with self._read("loading frame history") as conn:
@@ -906,13 +985,25 @@ class Store:
                 " AND frame >= ? AND frame <= ? ORDER BY frame, label",
                 (run_id, position, frames[0], frames[-1]),
             ).fetchall()
+            emb_rows = conn.execute(
+                "SELECT frame, n, dim, dtype, data FROM embeddings WHERE run_id = ?"
+                " AND position = ? AND frame >= ? AND frame <= ?",
+                (run_id, position, frames[0], frames[-1]),
+            ).fetchall()
         by_frame: dict[int, list[Any]] = {f: [] for f in frames}
         for row in rows:
             by_frame[int(row[0])].append(row[1:])
+        embeddings = {int(r[0]): decode_embeddings(*r[1:]) for r in emb_rows}
         out = []
         for f in frames:
             dets, ids = _detections_from_rows(by_frame[f])
-            out.append(FrameHistory(frame=f, detections=dets, track_ids=ids))
+            emb = embeddings.get(f)
+            if emb is not None and len(emb) != len(dets):
+                raise StoreError(
+                    f"frame {f} of run {run_id!r} position {position!r}: {len(dets)} "
+                    f"detections but {len(emb)} stored embedding rows"
+                )
+            out.append(FrameHistory(frame=f, detections=dets, track_ids=ids, embeddings=emb))
         return out
 
     def counts(self, run_id: str) -> dict[str, int]:
@@ -1011,6 +1102,28 @@ def _validate_frame(frame: int, mask: LabelImage, detections: Detections, step: 
     if len(step.track_ids) != len(detections):
         raise StoreError(
             f"frame {frame}: {len(detections)} detections but {len(step.track_ids)} track ids"
+        )
+    if step.embeddings is not None:
+        _validate_embeddings(frame, np.asarray(step.embeddings), len(detections))
+
+
+def _validate_embeddings(frame: int, emb: NDArray[Any], n_detections: int) -> None:
+    """(N, D) real numbers, one row per detection, finite also once stored as float16."""
+    if emb.ndim != 2:
+        raise StoreError(f"frame {frame}: step.embeddings must be 2-D (N, D), got {emb.shape}")
+    if emb.shape[0] != n_detections:
+        raise StoreError(
+            f"frame {frame}: {n_detections} detections but step.embeddings has {emb.shape[0]} rows"
+        )
+    if emb.dtype.kind not in "fiu":
+        raise StoreError(f"frame {frame}: step.embeddings must be real numbers, got {emb.dtype}")
+    if not np.isfinite(emb).all():
+        raise StoreError(f"frame {frame}: step.embeddings holds NaN or infinite values")
+    limit = float(np.finfo(EMBEDDING_DTYPE).max)
+    if emb.size and float(np.abs(emb).max()) > limit:
+        raise StoreError(
+            f"frame {frame}: step.embeddings holds values beyond ±{limit:g}, which "
+            f"{EMBEDDING_DTYPE.name} cannot store"
         )
 
 

@@ -213,7 +213,7 @@ class Worker:
                 h, f"frame {h.position}/{h.frame_index}: segmentation failed: {err}", handled=True
             )
         t = time.perf_counter()
-        step = state.tracker.step(h.frame_index, seg.detections)
+        step = state.tracker.step(h.frame_index, seg.detections, image=rf.image, mask=seg.mask)
         timings["track"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         try:

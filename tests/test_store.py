@@ -15,14 +15,20 @@ import pytest
 
 from livetrack.errors import SchemaMismatch, StoreError
 from livetrack.store import (
+    EMBEDDINGS_TABLE,
+    MIGRATIONS,
     SCHEMA_DOC,
     SCHEMA_VERSION,
+    TABLES,
     Store,
     StoreConfig,
     StoreWriter,
+    decode_embeddings,
     decode_mask,
+    encode_embeddings,
     encode_mask,
     migrate,
+    render_ddl,
 )
 from livetrack.track.base import LineageEvent, TrackEnd, TrackRecord, TrackStart, TrackStep
 from livetrack.types import Detections
@@ -364,6 +370,7 @@ def test_foreign_sqlite_file_raises_schema_mismatch(db_path: Path) -> None:
 def test_older_schema_is_migrated_in_order(db_path: Path) -> None:
     Store(db_path).close()
     conn = sqlite3.connect(db_path)
+    v = SCHEMA_VERSION
 
     def add_note(c: sqlite3.Connection) -> None:
         c.execute("ALTER TABLE runs ADD COLUMN note TEXT")
@@ -372,16 +379,104 @@ def test_older_schema_is_migrated_in_order(db_path: Path) -> None:
         c.execute("ALTER TABLE runs ADD COLUMN other TEXT")
 
     # a gap in the chain: nothing changes
-    with pytest.raises(SchemaMismatch, match="no migration from store schema version 2"):
-        migrate(conn, target=3, migrations={SCHEMA_VERSION: add_note})
+    with pytest.raises(SchemaMismatch, match=f"no migration from store schema version {v + 1}"):
+        migrate(conn, target=v + 2, migrations={v: add_note})
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert "note" not in [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
 
-    had = migrate(conn, target=3, migrations={1: add_note, 2: add_other})
+    had = migrate(conn, target=v + 2, migrations={v: add_note, v + 1: add_other})
     assert had == SCHEMA_VERSION
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == v + 2
     assert {"note", "other"} <= {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
     conn.close()
+
+
+def _schema_sql(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    finally:
+        conn.close()
+
+
+def _create_v1_schema(conn: sqlite3.Connection) -> None:
+    """The schema of release 1: every table of version 2 but ``embeddings`` (the only
+    change of version 2), unchanged."""
+    for table in TABLES:
+        if table is not EMBEDDINGS_TABLE:
+            for statement in render_ddl(table):
+                conn.execute(statement)
+
+
+def test_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) -> None:
+    # A version-1 file: the release-1 schema created through the real migrate() with
+    # target=1, then filled by the store's write path (unchanged for the version-1 tables).
+    old = tmp_path / "v1.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    assert migrate(conn, target=1, migrations={}, create=_create_v1_schema) == 0
+    conn.close()
+    assert "embeddings" not in _schema_sql(old)
+    with pytest.raises(SchemaMismatch, match="open it once read-write"):
+        Store(old, readonly=True)
+    filled = tmp_path / "filled.db"
+    with Store(filled) as s:
+        s.begin_run(RUN, source="sim", config={})
+        write_lineage(s)
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("ATTACH ? AS src", (str(filled),))
+    conn.execute("PRAGMA foreign_keys = OFF")  # copy tables in any order
+    for table in TABLES:
+        if table is not EMBEDDINGS_TABLE:
+            conn.execute(f"INSERT INTO {table.name} SELECT * FROM src.{table.name}")
+    conn.execute("DETACH src")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+    before = dump(old)
+    assert len(before["detections"]) == 10
+
+    with Store(old) as s:  # the current Store migrates it in place
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s.frame_indices(RUN, POS) == [0, 1, 2, 3]
+        assert [h.embeddings for h in s.history(RUN, POS, 10)] == [None] * 4
+    after = dump(old)
+    assert after.pop("embeddings") == []
+    assert after == before  # every row of every version-1 table kept as it was
+
+    with Store(old) as s:  # and embeddings can now be written and read back
+        mask, dets = frame_data([7, 8, 300])
+        emb = np.arange(6, dtype=np.float32).reshape(3, 2)
+        assert s.write_frame(
+            RUN, POS, 4, timestamp=104.0, mask=mask, detections=dets,
+            step=step_for(4, dets, {7: 3, 8: 4, 300: 5}, embeddings=emb),
+        )  # fmt: skip
+        *_, third, last = s.history(RUN, POS, 3)
+        assert (third.frame, third.embeddings) == (3, None)
+        assert last.frame == 4
+        assert last.embeddings is not None
+        np.testing.assert_array_equal(last.embeddings, emb)
+    assert len(dump(old)["embeddings"]) == 1
+    # same tables, columns, docs and indexes as a file created at version 2
+    Store(tmp_path / "fresh.db").close()
+    assert _schema_sql(old) == _schema_sql(tmp_path / "fresh.db")
+    with Store(old, readonly=True) as r:
+        assert len(r.history(RUN, POS, 1)) == 1
+
+
+def test_failed_migration_leaves_the_version_1_file_as_it_was(tmp_path: Path) -> None:
+    old = tmp_path / "v1.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    migrate(conn, target=1, migrations={}, create=_create_v1_schema)
+
+    def half_then_fail(c: sqlite3.Connection) -> None:
+        MIGRATIONS[1](c)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(conn, migrations={1: half_then_fail})
+    conn.close()
+    assert "embeddings" not in _schema_sql(old)
+    with Store(old) as s:  # and a later open still upgrades it
+        assert "embeddings" in s.db.table_names()
 
 
 def test_readonly_open_of_old_schema_asks_for_migration(db_path: Path) -> None:
@@ -389,6 +484,125 @@ def test_readonly_open_of_old_schema_asks_for_migration(db_path: Path) -> None:
     _set_user_version(db_path, SCHEMA_VERSION - 1)
     with pytest.raises(SchemaMismatch, match="open it once read-write"):
         Store(db_path, readonly=True)
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def test_embeddings_round_trip_in_label_order(store: Store, db_path: Path) -> None:
+    write_lineage(store)
+    mask, sorted_dets = frame_data([2, 7, 300, 8])
+    assert sorted_dets.labels.tolist() == [2, 7, 8, 300]
+    dets = sorted_dets.subset(np.array([3, 0, 2, 1]))  # given to the store unsorted
+    assert dets.labels.tolist() == [300, 2, 8, 7]
+    rng = np.random.default_rng(0)
+    emb = rng.normal(scale=3.0, size=(4, 16)).astype(np.float32)
+    emb[:, 0] = dets.labels  # row i is labelled by its detection's label
+    step = step_for(4, dets, {7: 3, 8: 4, 300: 5, 2: 6}, started=[TrackStart(6, 4)],
+                    embeddings=emb)  # fmt: skip
+    assert store.write_frame(RUN, POS, 4, timestamp=1.0, mask=mask, detections=dets, step=step)
+    # a re-sent frame with other embeddings changes nothing
+    other = step_for(4, dets, {7: 3, 8: 4, 300: 5, 2: 6}, embeddings=emb + 1)
+    assert not store.write_frame(RUN, POS, 4, timestamp=1.0, mask=mask, detections=dets, step=other)
+    [(n, dim, dtype, blob)] = (
+        sqlite3.connect(db_path).execute("SELECT n, dim, dtype, data FROM embeddings").fetchall()
+    )
+    assert (n, dim, dtype, len(blob)) == (4, 16, "<f2", 4 * 16 * 2)  # float16 on disk
+
+    for s in (store, Store(db_path, readonly=True)):
+        *older, h = s.history(RUN, POS, 3)
+        assert [o.embeddings for o in older] == [None, None]  # frames written without
+        assert h.frame == 4
+        assert h.detections.labels.tolist() == [2, 7, 8, 300]
+        assert h.track_ids.tolist() == [6, 3, 4, 5]
+        assert h.embeddings is not None
+        assert h.embeddings.dtype == np.float32
+        assert h.embeddings.shape == (4, 16)
+        assert h.embeddings[:, 0].tolist() == [2, 7, 8, 300]  # follows the detections
+        expected = emb[np.argsort(dets.labels)]
+        np.testing.assert_allclose(h.embeddings, expected, rtol=1e-3, atol=1e-3)
+        np.testing.assert_array_equal(h.embeddings, expected.astype(np.float16))
+        if s is not store:
+            s.close()
+
+
+def test_empty_frame_with_embeddings_gives_empty_rows_not_none(store: Store) -> None:
+    empty = np.zeros((16, 16), np.int32)
+    store.write_frame(
+        RUN, POS, 0, timestamp=0.0, mask=empty, detections=Detections.empty(),
+        step=TrackStep(0, np.zeros(0, np.int64), embeddings=np.zeros((0, 8), np.float32)),
+    )  # fmt: skip
+    store.write_frame(
+        RUN, POS, 1, timestamp=1.0, mask=empty, detections=Detections.empty(),
+        step=TrackStep(1, np.zeros(0, np.int64)),
+    )  # fmt: skip
+    first, second = store.history(RUN, POS, 2)
+    assert first.embeddings is not None
+    assert first.embeddings.shape == (0, 8)
+    assert second.embeddings is None
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "match"),
+    [
+        (np.zeros((2, 4), np.float32), "3 detections but step.embeddings has 2 rows"),
+        (np.zeros((4, 4), np.float32), "3 detections but step.embeddings has 4 rows"),
+        (np.zeros(3, np.float32), r"must be 2-D \(N, D\), got \(3,\)"),
+        (np.zeros((3, 2, 2), np.float32), "must be 2-D"),
+        (np.array([[0.0], [np.nan], [1.0]], np.float32), "NaN or infinite"),
+        (np.array([[0.0], [np.inf], [1.0]], np.float32), "NaN or infinite"),
+        (np.array([[0.0], [1e6], [1.0]], np.float32), "beyond ±65504.*float16"),
+        (np.ones((3, 2), np.complex64), "real numbers"),
+    ],
+)
+def test_bad_embeddings_are_rejected_and_nothing_is_stored(
+    store: Store, db_path: Path, embeddings: np.ndarray, match: str
+) -> None:
+    write_lineage(store)
+    before = dump(db_path)
+    mask, dets = frame_data([7, 8, 9])
+    step = step_for(4, dets, {7: 3, 8: 4, 9: 6}, started=[TrackStart(6, 4)],
+                    embeddings=embeddings)  # fmt: skip
+    with pytest.raises(StoreError, match=f"frame 4: .*{match}"):
+        store.write_frame(RUN, POS, 4, timestamp=1.0, mask=mask, detections=dets, step=step)
+    assert_frame_absent(store, db_path, before, 4)
+    assert dump(db_path)["embeddings"] == []
+
+
+def test_failed_frame_rolls_back_its_embeddings(store: Store, db_path: Path) -> None:
+    write_lineage(store)
+    before = dump(db_path)
+    mask, dets = frame_data([7, 8])
+    step = TrackStep(4, np.array([3, 4], np.int64), ended=[TrackEnd(77, 3, "lost")],
+                     embeddings=np.ones((2, 3), np.float32))  # fmt: skip
+    with pytest.raises(StoreError, match="unknown track"):
+        store.write_frame(RUN, POS, 4, timestamp=1.0, mask=mask, detections=dets, step=step)
+    assert_frame_absent(store, db_path, before, 4)
+
+
+def test_deleting_a_frame_deletes_its_embeddings(store: Store, db_path: Path) -> None:
+    """No code deletes frames today; the foreign key makes sure any that will also drops
+    the frame's embeddings (as it does its mask and detections)."""
+    mask, dets = frame_data([1, 2])
+    store.write_frame(
+        RUN, POS, 0, timestamp=0.0, mask=mask, detections=dets,
+        step=step_for(0, dets, {1: 1, 2: 2}, started=[TrackStart(1, 0), TrackStart(2, 0)],
+                      embeddings=np.ones((2, 3), np.float32)),
+    )  # fmt: skip
+    assert len(dump(db_path)["embeddings"]) == 1
+    store.conn.execute("DELETE FROM frames WHERE run_id = ? AND frame = 0", (RUN,))
+    store.conn.commit()
+    rows = dump(db_path)
+    assert rows["embeddings"] == rows["masks"] == rows["detections"] == []
+
+
+def test_corrupt_embeddings_blob_gives_store_error() -> None:
+    blob = encode_embeddings(np.ones((2, 3), np.float32), np.array([5, 1]))
+    np.testing.assert_array_equal(decode_embeddings(2, 3, "<f2", blob), np.ones((2, 3)))
+    with pytest.raises(StoreError, match="expected 3x3"):
+        decode_embeddings(3, 3, "<f2", blob)
+    with pytest.raises(StoreError, match="unknown dtype"):
+        decode_embeddings(2, 3, "nonsense", blob)
 
 
 # --------------------------------------------------------------------------- concurrency

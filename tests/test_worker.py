@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +16,10 @@ from livetrack.config import Settings
 from livetrack.messages import EndOfStream, FrameHeader, TrackEvent
 from livetrack.pump import header_for, pump
 from livetrack.store import Store
+from livetrack.track.base import FrameHistory, TrackEnd, Tracker, TrackRecord, TrackStep
+from livetrack.track.factory import make_tracker
 from livetrack.transport import EventPublisher, EventSubscriber, FramePuller, FramePusher
+from livetrack.types import Detections
 from livetrack.worker import FrameResult, Worker
 from simulators.nuclei import SimulationConfig
 
@@ -29,14 +34,14 @@ SIM = SimulationConfig(
 )
 
 
-def make_worker(db: Path, ctx: zmq.Context, closing, publisher: bool = False) -> Worker:  # type: ignore[type-arg]
+def make_worker(db: Path, ctx: zmq.Context, closing, publisher: bool = False, **kw: Any) -> Worker:  # type: ignore[type-arg]
     puller = closing(FramePuller("tcp://127.0.0.1:0", hwm=1000, context=ctx))
     pub = closing(EventPublisher("tcp://127.0.0.1:0", context=ctx)) if publisher else None
     store = closing(Store(db))
     settings = Settings().model_copy(
         update={"worker": Settings().worker.model_copy(update={"exit_on_eos": True})}
     )
-    return Worker(settings, store, puller, pub)
+    return Worker(settings, store, puller, pub, **kw)
 
 
 def pusher_for(worker: Worker, ctx: zmq.Context, closing) -> FramePusher:  # type: ignore[type-arg]
@@ -224,3 +229,108 @@ def test_positions_are_tracked_independently(tmp_path, zmq_context, closing, pos
     assert [(t.track_id, t.parent_id, t.start_frame) for t in a] == [
         (t.track_id, t.parent_id, t.start_frame) for t in b
     ]
+
+
+def embedding_of(frame: int, dets: Detections) -> np.ndarray:
+    """What the recording tracker returns: per detection (label, y, x, frame)."""
+    return np.column_stack([dets.labels, dets.centroids, np.full(len(dets), frame)]).astype(
+        np.float32
+    )
+
+
+@dataclass
+class RecordingTracker:
+    """The real tracker, plus a record of what the worker gave it, returning embeddings."""
+
+    inner: Tracker
+    name: str = "recording"
+    steps: list[tuple[int, Detections, Any, Any]] = field(default_factory=list)
+    restored: list[FrameHistory] = field(default_factory=list)
+
+    @property
+    def history_window(self) -> int:
+        return self.inner.history_window
+
+    def step(
+        self,
+        frame: int,
+        detections: Detections,
+        image: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+    ) -> TrackStep:
+        self.steps.append((frame, detections, image, mask))
+        step = self.inner.step(frame, detections, image=image, mask=mask)
+        return replace(step, embeddings=embedding_of(frame, detections))
+
+    def finish(self, last_frame: int) -> list[TrackEnd]:
+        return self.inner.finish(last_frame)
+
+    def restore(self, history: list[FrameHistory], tracks: list[TrackRecord]) -> None:
+        self.restored = list(history)
+        self.inner.restore(history, tracks)
+
+
+def test_tracker_gets_image_and_mask_and_its_embeddings_survive_a_restart(
+    tmp_path, zmq_context, closing
+):
+    trackers: list[RecordingTracker] = []
+
+    def factory(shape: tuple[int, int]) -> Tracker:
+        trackers.append(RecordingTracker(make_tracker(Settings().track, shape)))
+        return trackers[-1]
+
+    frames = gt_frames()[:9]
+    db = tmp_path / "emb.db"
+
+    def send(worker: Worker, lo: int, hi: int, *, labels: bool = True, pos: str = "sim") -> None:
+        pusher = pusher_for(worker, zmq_context, closing)
+        for image, meta in frames[lo:hi]:
+            given = meta.labels if labels else None  # type: ignore[attr-defined]
+            h = header_for("r", image, meta, source="t", total_frames=None, labels=given)  # type: ignore[arg-type]
+            pusher.send_frame(h.model_copy(update={"position": pos}), image, given)
+        results = drain(worker, until_eos=False)
+        assert [r.status for r in results] == ["stored"] * (hi - lo)
+
+    first = make_worker(db, zmq_context, closing, tracker_factory=factory)
+    send(first, 0, 6)
+    send(first, 0, 2, labels=False, pos="segmented")  # the segmenter's own label image
+    assert len(trackers) == 2
+    for tracker, pos, sent in (
+        (trackers[0], "sim", frames[:6]),
+        (trackers[1], "segmented", frames[:2]),
+    ):
+        assert [s[0] for s in tracker.steps] == list(range(len(sent)))
+        for (frame, dets, image, mask), (sent_image, meta) in zip(tracker.steps, sent, strict=True):
+            assert image is not None
+            assert mask is not None
+            np.testing.assert_array_equal(image, sent_image)
+            assert mask.shape == sent_image.shape
+            np.testing.assert_array_equal(mask, first.store.load_mask("r", pos, frame))
+            if pos == "sim":
+                np.testing.assert_array_equal(mask, meta.labels)  # type: ignore[attr-defined]
+            assert len(dets) > 0
+            assert set(dets.labels.tolist()) == set(np.unique(mask).tolist()) - {0}
+
+    # what step returned comes back from the store, row for row with the detections
+    history = first.store.history("r", "sim", 100)
+    assert [h.frame for h in history] == list(range(6))
+    for h, (frame, dets, _, _) in zip(history, trackers[0].steps, strict=True):
+        assert h.embeddings is not None
+        order = np.argsort(dets.labels)
+        np.testing.assert_array_equal(h.detections.labels, dets.labels[order])
+        expected = embedding_of(frame, dets)[order]
+        np.testing.assert_allclose(h.embeddings, expected, rtol=1e-3)
+        np.testing.assert_array_equal(h.embeddings[:, 0], h.detections.labels)
+    first.store.close()  # the worker "dies"
+
+    second = make_worker(db, zmq_context, closing, tracker_factory=factory)
+    send(second, 6, 9)
+    restored = trackers[-1].restored
+    window = trackers[-1].history_window
+    assert [h.frame for h in restored] == list(range(6 - window, 6))
+    for h in restored:
+        assert h.embeddings is not None
+        assert h.embeddings.shape == (len(h.detections), 4)
+        np.testing.assert_array_equal(h.embeddings[:, 0], h.detections.labels)
+        np.testing.assert_array_equal(h.embeddings[:, 3], h.frame)
+    assert [h.embeddings is not None for h in second.store.history("r", "sim", 100)] == [True] * 9

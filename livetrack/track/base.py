@@ -63,6 +63,10 @@ class TrackStep:
     started: list[TrackStart] = field(default_factory=list)
     ended: list[TrackEnd] = field(default_factory=list)
     events: list[LineageEvent] = field(default_factory=list)
+    embeddings: NDArray[np.float32] | None = None
+    """(N, D) per-detection state a learned tracker needs again after a restart (the
+    neighbourhood embedding of each detection, same order as ``track_ids``); the store keeps
+    it and gives it back in ``FrameHistory.embeddings``. None for trackers that need none."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class FrameHistory:
     frame: int
     detections: Detections
     track_ids: NDArray[np.int64]
+    embeddings: NDArray[np.float32] | None = None
+    """What ``TrackStep.embeddings`` held for this frame (same row order as ``detections``),
+    or None when none was stored."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +103,18 @@ class Tracker(Protocol):
         """How many of the last committed frames ``restore`` needs."""
         ...
 
-    def step(self, frame: int, detections: Detections) -> TrackStep:
-        """Link ``detections`` of ``frame`` to the active tracks and return the decisions."""
+    def step(
+        self,
+        frame: int,
+        detections: Detections,
+        image: NDArray[np.generic] | None = None,
+        mask: NDArray[np.integer] | None = None,
+    ) -> TrackStep:
+        """Link ``detections`` of ``frame`` to the active tracks and return the decisions.
+
+        ``image`` (the raw 2-D frame) and ``mask`` (its label image, whose values are
+        ``detections.labels``) are given by the worker; trackers that look at appearance need
+        them, distance-only trackers ignore them."""
         ...
 
     def finish(self, last_frame: int) -> list[TrackEnd]:

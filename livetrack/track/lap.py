@@ -133,12 +133,16 @@ class LapTracker:
         """How many last frames ``restore`` needs to rebuild the state exactly."""
         return self.config.max_gap + 2
 
-    def step(self, frame: int, detections: Detections) -> TrackStep:
-        """Link ``detections`` of ``frame`` to the open tracks; see the module docstring."""
-        if self._last_frame is not None and frame <= self._last_frame:
-            raise BadFrame(f"frame {frame} arrived after frame {self._last_frame}")
-        self._diameters.append((frame, equivalent_diameter(detections.areas)))
-        diam = self._diameter(frame)
+    def step(
+        self,
+        frame: int,
+        detections: Detections,
+        image: NDArray[np.generic] | None = None,
+        mask: NDArray[np.integer] | None = None,
+    ) -> TrackStep:
+        """Link ``detections`` of ``frame`` to the open tracks; see the module docstring.
+        ``image`` and ``mask`` are not used (distance and area only)."""
+        diam = self._prepare(frame, detections, image, mask)
         ended: list[TrackEnd] = []
         events: list[LineageEvent] = []
 
@@ -251,6 +255,20 @@ class LapTracker:
         self._seen_first = bool(hist) or bool(tracks)
 
     # ------------------------------------------------------------------ internals
+
+    def _prepare(
+        self,
+        frame: int,
+        detections: Detections,
+        image: NDArray[np.generic] | None,
+        mask: NDArray[np.integer] | None,
+    ) -> float:
+        """Check the frame order, update the diameter window; return the length unit (px).
+        Subclasses extend this to compute per-detection features."""
+        if self._last_frame is not None and frame <= self._last_frame:
+            raise BadFrame(f"frame {frame} arrived after frame {self._last_frame}")
+        self._diameters.append((frame, equivalent_diameter(detections.areas)))
+        return self._diameter(frame)
 
     def _diameter(self, frame: int) -> float:
         """Length unit (px): configured, or median over the last ``max_gap + 2`` frames."""
