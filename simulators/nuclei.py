@@ -97,6 +97,9 @@ class SimulationConfig(BaseModel):
     """Area of the rounded-up mother relative to its area just before mitosis."""
     mitotic_brightness: float = Field(1.8, ge=1.0)
     """Brightness of the rounded-up mother relative to its normal brightness."""
+    mitotic_axis_ratio: float = Field(1.0, ge=1.0, le=3.0)
+    """Major/minor axis ratio of the mother in mitosis: 1 = rounded up; > 1 = elongated
+    along the axis it then divides on (anaphase-like, as in Fluo-N2DH-SIM+)."""
     max_confluence: float = Field(0.55, gt=0.0, le=1.0)
     """Nucleus-area fraction of the simulated world at which the cell cycle stops
     (progression slows linearly towards it: contact inhibition)."""
@@ -462,6 +465,8 @@ class NucleiSimulator:
         """Two daughters per mother, each of half its pre-mitotic area, along an axis."""
         m = len(mothers)
         axis = motion.uniform(0.0, np.pi, m)
+        if self.config.mitotic_axis_ratio > 1.0:
+            axis = mothers.theta.copy()  # elongated mothers divide along their long axis
         unit = np.stack([np.sin(axis), np.cos(axis)], axis=1)
         phase = np.clip(mothers.age / mothers.cycle, 0.0, 1.0)
         pre_area = mothers.mean_area * _LN2 * 2.0**phase
@@ -525,7 +530,7 @@ class NucleiSimulator:
         slot = np.zeros((h, w), np.int32)
         signal = np.zeros((h, w), np.float32)
         area = self._areas(cells)
-        ratio = np.where(cells.mitosis > 0, 1.0, cells.ratio)
+        ratio = np.where(cells.mitosis > 0, c.mitotic_axis_ratio, cells.ratio)
         b_ax = np.sqrt(area / (np.pi * ratio))
         a_ax = b_ax * ratio
         gain = cells.bright * c.nucleus_signal

@@ -143,3 +143,43 @@ def test_thousands_of_cells_stream() -> None:
     )
     frames = list(NucleiSimulator(cfg).frames())
     assert len(np.unique(frames[-1].labels)) - 1 > 1000
+
+
+def _mother_eccentricity_and_alignment(axis_ratio: float) -> tuple[float, float]:
+    """Median eccentricity of mothers in their last frame, and median |cos| between their
+    long axis and the line joining their daughters."""
+    from livetrack.track.features import frame_features
+    from livetrack.types import Detections
+
+    cfg = SimulationConfig(
+        seed=4, n_frames=25, cell_cycle_frames=10, mitotic_axis_ratio=axis_ratio, n_cells=30
+    )
+    sim = NucleiSimulator(cfg)
+    frames = list(sim.frames())
+    ecc, align = [], []
+    for div in sim.divisions():
+        last = frames[div.frame - 1].labels
+        kids = frames[div.frame].labels
+        det = Detections.from_labels(last)
+        k = np.flatnonzero(det.labels == div.parent)
+        dk = Detections.from_labels(kids)
+        ks = [np.flatnonzero(dk.labels == d) for d in div.daughters[:2]]
+        if len(k) == 0 or any(len(i) == 0 for i in ks):
+            continue
+        img = last.astype(np.float32)
+        ecc.append(float(frame_features(img, last, det, 24.0).morph[k[0], 2]))
+        yy, xx = np.nonzero(last == div.parent)
+        cov = np.cov(np.stack([yy, xx]))
+        major = np.linalg.eigh(cov)[1][:, -1]
+        sep = dk.centroids[ks[0][0]] - dk.centroids[ks[1][0]]
+        align.append(abs(float(major @ sep / np.linalg.norm(sep))))
+    assert len(ecc) >= 5
+    return float(np.median(ecc)), float(np.median(align))
+
+
+def test_elongated_mitosis_divides_along_the_long_axis() -> None:
+    ecc_round, _ = _mother_eccentricity_and_alignment(1.0)
+    ecc_long, align = _mother_eccentricity_and_alignment(2.0)
+    assert ecc_round < 0.5
+    assert ecc_long > 0.7
+    assert align > 0.9
