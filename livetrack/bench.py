@@ -217,3 +217,95 @@ def format_soak(r: dict[str, Any]) -> str:
             f"  database: {r['db_bytes_per_frame'] / 1024:.1f} KiB/frame",
         ]
     )
+
+
+# ---------------------------------------------------------------------- tracking alone
+
+
+class _Crowd:
+    """Synthetic frames of ``n`` nuclei (discs with a random-walk motion, reflected at the
+    border) at a fixed density: image + label image + detections, for timing trackers."""
+
+    def __init__(self, n: int, seed: int, diameter: float = 14.0, density: float = 0.25) -> None:
+        self.rng = np.random.default_rng(seed)
+        side = int(np.ceil(np.sqrt(n * np.pi * diameter**2 / 4 / density)))
+        self.shape = (side, side)
+        self.n, self.d = n, diameter
+        self.pos = self.rng.uniform(diameter, side - diameter, (n, 2))
+        r = diameter / 2
+        yy, xx = np.mgrid[-int(r) : int(r) + 1, -int(r) : int(r) + 1]
+        inside = yy**2 + xx**2 <= r * r
+        self.offsets = np.stack([yy[inside], xx[inside]], axis=1)
+        self.bright = self.rng.uniform(100, 300, n)
+
+    def frame(self) -> tuple[Any, Any, Any]:
+        from livetrack.types import Detections
+
+        side = self.shape[0]
+        self.pos += self.rng.normal(0, 0.1 * self.d, self.pos.shape)
+        self.pos = np.abs(self.pos)
+        self.pos = side - 1 - np.abs(side - 1 - self.pos)
+        centres = np.rint(self.pos).astype(np.int64)
+        pix = centres[:, None, :] + self.offsets[None, :, :]
+        pix = np.clip(pix, 0, side - 1)
+        mask = np.zeros(self.shape, np.int32)
+        labels = np.arange(1, self.n + 1, dtype=np.int32)
+        mask[pix[..., 0], pix[..., 1]] = labels[:, None]  # later cells win overlaps
+        image = np.where(mask > 0, self.bright[np.maximum(mask, 1) - 1], 20.0)
+        image = (image + self.rng.normal(0, 5, self.shape)).astype(np.float32)
+        return image, mask, Detections.from_labels(mask)
+
+
+def run_track_bench(
+    methods: tuple[str, ...] = ("lstm", "lap"),
+    cells: tuple[int, ...] = (100, 1000, 5000),
+    frames: int = 30,
+    memory_frames: tuple[int, int] = (100, 5000),
+    memory_cells: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median ``Tracker.step`` time per frame (image → embeddings → assignment, i.e. all the
+    tracker does; segmentation excluded) at each cell count, for each method on the same
+    frames; and, first, per method, RSS before and after ``memory_frames[0]`` and
+    ``memory_frames[1]`` frames of one long movie (flat = nothing grows with its length)."""
+    from livetrack.track.config import TrackConfig
+    from livetrack.track.factory import make_tracker
+
+    out: dict[str, Any] = {"cells": list(cells), "frames": frames, "timing_ms": {}, "memory": {}}
+    # Memory first, while the process is small (RSS never shrinks back).
+    for method in methods:
+        crowd = _Crowd(memory_cells, seed + 1)
+        tracker = make_tracker(TrackConfig(method=method), crowd.shape)
+        rss: dict[int, float] = {0: round(_rss_mb(), 1)}
+        for t in range(max(memory_frames)):
+            image, mask, det = crowd.frame()
+            tracker.step(t, det, image, mask)
+            if t + 1 in memory_frames:
+                rss[t + 1] = round(_rss_mb(), 1)
+        out["memory"][method] = {"cells": memory_cells, "rss_mb": rss}
+    for n in cells:
+        crowd = _Crowd(n, seed)
+        movie = [crowd.frame() for _ in range(frames)]
+        for method in methods:
+            tracker = make_tracker(TrackConfig(method=method), crowd.shape)
+            times = []
+            for t, (image, mask, det) in enumerate(movie):
+                t0 = time.perf_counter()
+                tracker.step(t, det, image, mask)
+                times.append((time.perf_counter() - t0) * 1000)
+            out["timing_ms"].setdefault(method, []).append(round(statistics.median(times[2:]), 2))
+    return out
+
+
+def format_track_bench(r: dict[str, Any]) -> str:
+    lines = [
+        f"tracking only, median ms per frame over {r['frames']} frames "
+        "(features + model + assignment; segmentation excluded)",
+        "  cells      " + "".join(f"{n:>10}" for n in r["cells"]),
+    ]
+    for method, times in r["timing_ms"].items():
+        lines.append(f"  {method:<10} " + "".join(f"{t:>10.1f}" for t in times))
+    for method, mem in r["memory"].items():
+        pairs = ", ".join(f"after {k} frames {v:.0f} MB" for k, v in mem["rss_mb"].items())
+        lines.append(f"  RSS {method} ({mem['cells']} cells/frame): {pairs}")
+    return "\n".join(lines)

@@ -63,6 +63,12 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
         help="segmentation method (default: from the settings, else classical)",
     )
     g.add_argument(
+        "--tracker",
+        choices=("lstm", "lap"),
+        default=None,
+        help="tracking method (default: from the settings, else lap)",
+    )
+    g.add_argument(
         "--events",
         default=None,
         metavar="ENDPOINT",
@@ -331,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_train_segment)
 
+    p = train_sub.add_parser("track", help="the learned (LSTM) tracker (seeded)")
+    p.add_argument("out_dir", type=Path, help="model folder to write (config.json, weights.pt)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=2500, help="optimiser steps")
+    p.add_argument("--sim-movies", type=int, default=60, help="random simulated training movies")
+    p.add_argument("--val-movies", type=int, default=8, help="simulated validation movies")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.set_defaults(func=cmd_train_track)
+
     p = sub.add_parser("export", help="export a run's lineages (CTC: maskNNN.tif + res_track.txt)")
     p.add_argument("db", type=Path)
     p.add_argument("--ctc", type=Path, required=True, metavar="OUT_DIR")
@@ -350,6 +365,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--tolerance", type=int, default=1, help="division frame tolerance")
     p.set_defaults(func=cmd_evaluate)
+
+    # baseline: third-party trackers on label masks, written for `livetrack evaluate`
+    p = sub.add_parser("baseline", help="track label masks with a third-party tracker (CTC)")
+    baseline_sub = p.add_subparsers(dest="baseline", required=True, metavar="TRACKER")
+    p = baseline_sub.add_parser(
+        "laptrack", help="laptrack (pip install -e '.[compare]') on a folder of label masks"
+    )
+    p.add_argument("mask_dir", type=Path, help="label masks, e.g. NN_GT/TRA (man_trackNNN.tif)")
+    p.add_argument("out_dir", type=Path, help="CTC result folder to write (maskNNN.tif + txt)")
+    p.add_argument(
+        "--diameter",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="nucleus diameter in pixels (default: median equivalent diameter of the objects)",
+    )
+    p.set_defaults(func=cmd_baseline_laptrack)
 
     p = sub.add_parser("bench", help="per-stage timings and memory of a simulated run")
     _sim_args(p, frames_default=30)
@@ -375,6 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("classical", "learned"),
         default="classical",
         help="segmentation method to measure",
+    )
+    p.add_argument(
+        "--tracking",
+        action="store_true",
+        help="trackers alone: median ms/frame at --track-cells cells (lstm and lap on the "
+        "same frames) and RSS after 100 vs 5,000 frames",
+    )
+    p.add_argument(
+        "--track-cells",
+        type=int,
+        nargs="+",
+        default=[100, 1000, 5000],
+        metavar="N",
+        help="(--tracking) cells per frame to time",
     )
     p.set_defaults(func=cmd_bench)
 
@@ -463,7 +509,10 @@ def _settings(args: argparse.Namespace) -> Any:
     if getattr(args, "exit_on_eos", False):
         worker["exit_on_eos"] = True
     store = {"path": args.db} if getattr(args, "db", None) else {}
-    return load_settings(getattr(args, "config", None), segment=segment, worker=worker, store=store)
+    track = {"method": getattr(args, "tracker", None)}
+    return load_settings(
+        getattr(args, "config", None), segment=segment, worker=worker, store=store, track=track
+    )
 
 
 @contextlib.contextmanager
@@ -889,6 +938,25 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_track(args: argparse.Namespace) -> int:
+    from livetrack.track.train import TrackTrainConfig, train
+
+    _setup_logging(args)
+    cfg = TrackTrainConfig(
+        seed=args.seed,
+        steps=args.steps,
+        sim_movies=args.sim_movies,
+        val_movies=args.val_movies,
+        threads=args.threads,
+    )
+    info = train(cfg, args.out_dir)
+    print(
+        f"trained on {info['frames']} frames in {info['wall_s']} s; thresholds chosen on the "
+        f"validation movies: {info['thresholds']} → {args.out_dir}"
+    )
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from livetrack.evaluate import ExportFrame, export_ctc
     from livetrack.store import Store
@@ -938,10 +1006,55 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline_laptrack(args: argparse.Namespace) -> int:
+    """Read label masks the way ``replay --masks`` does, track them with laptrack, write
+    a CTC result with the masks' zero padding."""
+    import numpy as np
+
+    from drivers.replay import _MASK_RE, _read_2d, index_files
+    from livetrack.evaluate.baselines import (
+        count_divisions,
+        track_with_laptrack,
+        write_ctc_result,
+    )
+
+    _setup_logging(args)
+    started = time.perf_counter()
+    files = index_files(args.mask_dir, _MASK_RE)
+    if not files:
+        raise LivetrackError(f"{args.mask_dir} holds no label masks (e.g. man_track000.tif)")
+    if list(files) != list(range(len(files))):
+        missing = sorted(set(range(max(files) + 1)) - set(files))
+        raise LivetrackError(f"{args.mask_dir}: frames must be 0..N-1; missing {missing[:5]}")
+    masks = []
+    for path in files.values():
+        arr = _read_2d(path)
+        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+            raise LivetrackError(f"{path.name} is not a label image (fractional values)")
+        masks.append(arr.astype(np.int64))
+    numbers = (_MASK_RE.match(path.name) for path in files.values())
+    digits = max(len(m.group(1)) for m in numbers if m is not None)  # the GT's zero padding
+    tracked = time.perf_counter()
+    result, rows = track_with_laptrack(masks, diameter_px=args.diameter)
+    track_s = time.perf_counter() - tracked
+    write_ctc_result(args.out_dir, result, rows, digits=digits)
+    print(
+        f"laptrack: {len(masks)} frames, {len(rows)} tracks, {count_divisions(rows)} divisions "
+        f"in {time.perf_counter() - started:.1f} s (tracking {track_s:.1f} s) → {args.out_dir}"
+    )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from livetrack.bench import run_bench
 
     _setup_logging(args)
+    if args.tracking:
+        from livetrack.bench import format_track_bench, run_track_bench
+
+        tb = run_track_bench(cells=tuple(args.track_cells))
+        print(json.dumps(tb) if args.json else format_track_bench(tb))
+        return 0
     if args.soak:
         from livetrack.bench import format_soak, run_soak
 

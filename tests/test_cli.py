@@ -94,6 +94,37 @@ def test_track_only_run_on_gt_masks_is_near_perfect(
     assert scores["TRA"] > 0.95
 
 
+@pytest.mark.parametrize("tracker", ["lstm", "lap"])
+def test_track_only_run_with_either_tracker(
+    tmp_path: Path, gt: Path, capsys: pytest.CaptureFixture[str], tracker: str
+) -> None:
+    db = tmp_path / "t.db"
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        *SIM_ARGS,
+        "--db",
+        db,
+        "--track-only",
+        "--tracker",
+        tracker,
+        "--events",
+        "tcp://127.0.0.1:0",
+    )
+    assert code == 0, err
+    assert run_cli(capsys, "export", db, "--ctc", tmp_path / "res")[0] == 0
+    code, out, err = run_cli(capsys, "evaluate", tmp_path / "res", gt / "01_GT", "--json")
+    assert code == 0, err
+    assert json.loads(out)["TRA"] > 0.95
+    with Store(db, readonly=True) as store:
+        run_id = store.latest_run_id()
+        assert run_id is not None
+        (position,) = store.positions(run_id)
+        history = store.history(run_id, position, 3)
+        has_embeddings = [h.embeddings is not None for h in history]
+        assert has_embeddings == [tracker == "lstm"] * 3  # what a restart needs, stored
+
+
 def test_replay_with_masks_tracks_the_given_labels(
     tmp_path: Path, gt: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,8 +13,20 @@ class TrackConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    method: Literal["lap"] = "lap"
-    """Which tracker to build: "lap" = distance-based sparse linear assignment."""
+    method: Literal["lstm", "lap"] = "lap"
+    """Which tracker to build: "lstm" = Caliban's learned causal tracker (appearance,
+    neighbourhood and motion; needs the image, so not for detections-only input); "lap" =
+    distance-based sparse linear assignment (the baseline)."""
+
+    model_dir: str | None = None
+    """Folder of the lstm tracker's model (config.json + weights.pt); None = the shipped one."""
+
+    link_threshold: float | None = Field(default=None, gt=0, lt=1)
+    """lstm: minimum p_same for a link; None = the value chosen on the model's validation
+    split (stored with the model)."""
+
+    lstm_division_threshold: float | None = Field(default=None, gt=0, le=1)
+    """lstm: minimum p_parent→daughter for a division; None = the model's validated value."""
 
     nucleus_diameter_px: float | None = Field(default=None, gt=0)
     """Typical nucleus diameter in pixels, the unit of every length below. None: estimate it

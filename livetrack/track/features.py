@@ -1,0 +1,183 @@
+"""Per-detection features for the learned tracker, computed from ONE frame as it arrives.
+
+For every detection (Caliban's features, at the canonical scale):
+
+- an appearance crop: ``CROP`` × ``CROP`` samples of the raw frame on a square of
+  ``crop_diameters`` nucleus diameters centred on the centroid (bilinear), z-scored with the
+  mean and standard deviation of the pixels inside the detection's mask; a second channel
+  says which samples lie inside the mask (outside samples are set to 0 in channel 0);
+- morphology: area / diameter², perimeter / diameter, eccentricity, and the log of the
+  detection's mean intensity over the median of the frame's detections (nuclei brighten in
+  mitosis; relative, so independent of the microscope's gain);
+- the centroid (used by the model only through relative offsets to neighbours and tracks,
+  so nothing depends on where in the field a cell is);
+- the neighbourhood graph: pairs of detections closer than ``neighbour_diameters``.
+
+Everything is vectorised over the detections (one ``map_coordinates`` call for all crops,
+``bincount`` for the moments), so a frame with thousands of nuclei costs a few array passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+
+from livetrack.types import Detections
+
+CROP = 16
+"""Side of the appearance crop in samples (Caliban: 16 × 16)."""
+N_MORPH = 4
+"""Morphology numbers per detection."""
+
+FloatArray = NDArray[np.float32]
+
+
+@dataclass(frozen=True, eq=False)
+class FrameFeatures:
+    """Model inputs of one frame, rows in the order of the detections."""
+
+    crops: FloatArray
+    """(N, 2, CROP, CROP): z-scored appearance, inside-mask indicator."""
+    morph: FloatArray
+    """(N, 4): area / d², perimeter / d, eccentricity, log relative brightness."""
+    centroids: NDArray[np.float64]
+    """(N, 2) (y, x) in pixels."""
+    edges: NDArray[np.int64]
+    """(2, E) directed neighbour pairs (i → j, both directions, no self loops)."""
+    diameter: float
+    """The length unit d (px) the features were computed with."""
+
+    def __len__(self) -> int:
+        return len(self.centroids)
+
+    @classmethod
+    def empty(cls, diameter: float) -> FrameFeatures:
+        return cls(
+            crops=np.zeros((0, 2, CROP, CROP), np.float32),
+            morph=np.zeros((0, N_MORPH), np.float32),
+            centroids=np.zeros((0, 2)),
+            edges=np.zeros((2, 0), np.int64),
+            diameter=diameter,
+        )
+
+
+def frame_features(
+    image: NDArray[np.generic],
+    mask: NDArray[np.integer],
+    detections: Detections,
+    diameter: float,
+    *,
+    crop_diameters: float = 1.25,
+    neighbour_diameters: float = 4.0,
+) -> FrameFeatures:
+    """Features of every detection of one frame; ``diameter`` is the length unit in px."""
+    if image.shape != mask.shape or image.ndim != 2:
+        raise ValueError(
+            f"image {image.shape} and mask {mask.shape} must be 2-D and of the same shape"
+        )
+    n = len(detections)
+    if n == 0:
+        return FrameFeatures.empty(diameter)
+    img = np.asarray(image, np.float32)
+    lab = np.maximum(np.asarray(mask), 0).astype(np.int64, copy=False)
+    labels = detections.labels.astype(np.int64)
+    cen = detections.centroids.astype(np.float64)
+    crops, mean = _crops(img, lab, labels, cen, crop_diameters * diameter)
+    morph = _morphology(lab, labels, cen, diameter)
+    bg = float(np.percentile(img, 5))  # background level, so the ratio is offset-free
+    signal = np.maximum(mean - bg, 1e-3)
+    rel_bright = np.log(signal / np.median(signal))
+    morph = np.concatenate([morph, np.clip(rel_bright, -3, 3)[:, None].astype(np.float32)], 1)
+    edges = neighbour_edges(cen, neighbour_diameters * diameter)
+    return FrameFeatures(crops, morph, cen, edges, float(diameter))
+
+
+def neighbour_edges(centroids: NDArray[np.float64], radius: float) -> NDArray[np.int64]:
+    """(2, E) directed pairs of points closer than ``radius`` (both directions)."""
+    if len(centroids) < 2:
+        return np.zeros((2, 0), np.int64)
+    pairs = cKDTree(centroids).query_pairs(r=radius, output_type="ndarray").astype(np.int64)
+    if len(pairs) == 0:
+        return np.zeros((2, 0), np.int64)
+    return np.concatenate([pairs.T, pairs.T[::-1]], axis=1)
+
+
+def _crops(
+    img: NDArray[np.float32],
+    lab: NDArray[np.int64],
+    labels: NDArray[np.int64],
+    cen: NDArray[np.float64],
+    side_px: float,
+) -> tuple[FloatArray, NDArray[np.float64]]:
+    """Crops (N, 2, CROP, CROP) and the mean intensity of each detection's pixels."""
+    n = len(labels)
+    step = side_px / CROP
+    if step > 1.5:
+        # Anti-aliasing: large nuclei are sampled sparsely, so low-pass the frame first
+        # (the crop then looks the same whatever the magnification).
+        img = ndi.gaussian_filter(img, sigma=0.5 * step, truncate=2.5)
+    offs = (np.arange(CROP, dtype=np.float64) - (CROP - 1) / 2.0) * step
+    yy = cen[:, 0, None, None] + offs[None, :, None]
+    xx = cen[:, 1, None, None] + offs[None, None, :]
+    yy, xx = np.broadcast_arrays(yy, xx)
+    coords = np.stack([yy.ravel(), xx.ravel()])
+    vals = ndi.map_coordinates(img, coords, order=1, mode="nearest").reshape(n, CROP, CROP)
+    near = np.stack(
+        [
+            np.clip(np.rint(coords[0]), 0, lab.shape[0] - 1),
+            np.clip(np.rint(coords[1]), 0, lab.shape[1] - 1),
+        ]
+    ).astype(np.intp)
+    inside = (lab[near[0], near[1]].reshape(n, CROP, CROP) == labels[:, None, None]).astype(
+        np.float32
+    )
+    # Statistics of the detection's own pixels (all of them, not only the sampled ones).
+    flat_lab = lab.ravel()
+    flat_img = img.ravel().astype(np.float64)
+    size = int(labels.max()) + 1
+    cnt = np.bincount(flat_lab, minlength=size)[labels].astype(np.float64)
+    s1 = np.bincount(flat_lab, weights=flat_img, minlength=size)[labels]
+    s2 = np.bincount(flat_lab, weights=flat_img * flat_img, minlength=size)[labels]
+    mean = s1 / np.maximum(cnt, 1.0)
+    std = np.sqrt(np.maximum(s2 / np.maximum(cnt, 1.0) - mean * mean, 0.0))
+    std = np.maximum(std, 1e-3 * np.maximum(np.abs(mean), 1.0))
+    z = (vals - mean[:, None, None]) / std[:, None, None]
+    z = np.clip(z, -5.0, 5.0) * inside
+    return np.stack([z, inside], axis=1).astype(np.float32), mean
+
+
+def _morphology(
+    lab: NDArray[np.int64], labels: NDArray[np.int64], cen: NDArray[np.float64], diameter: float
+) -> FloatArray:
+    h, w = lab.shape
+    size = int(labels.max()) + 1
+    flat = lab.ravel()
+    area = np.bincount(flat, minlength=size)[labels].astype(np.float64)
+    ys = np.repeat(np.arange(h, dtype=np.float64), w)
+    xs = np.tile(np.arange(w, dtype=np.float64), h)
+    syy = np.bincount(flat, weights=ys * ys, minlength=size)[labels] / np.maximum(area, 1)
+    sxx = np.bincount(flat, weights=xs * xs, minlength=size)[labels] / np.maximum(area, 1)
+    sxy = np.bincount(flat, weights=xs * ys, minlength=size)[labels] / np.maximum(area, 1)
+    myy = syy - cen[:, 0] ** 2
+    mxx = sxx - cen[:, 1] ** 2
+    mxy = sxy - cen[:, 0] * cen[:, 1]
+    root = np.sqrt(np.maximum((myy - mxx) ** 2 / 4.0 + mxy**2, 0.0))
+    l1 = (myy + mxx) / 2.0 + root
+    l2 = np.maximum((myy + mxx) / 2.0 - root, 0.0)
+    ecc = np.sqrt(np.clip(1.0 - l2 / np.maximum(l1, 1e-9), 0.0, 1.0))
+    # Perimeter: pixels of the object with a 4-neighbour outside it (or on the frame edge).
+    pad = np.pad(lab, 1, constant_values=0)
+    core = pad[1:-1, 1:-1]
+    edge = (
+        (pad[:-2, 1:-1] != core)
+        | (pad[2:, 1:-1] != core)
+        | (pad[1:-1, :-2] != core)
+        | (pad[1:-1, 2:] != core)
+    )
+    perim = np.bincount(flat[edge.ravel()], minlength=size)[labels].astype(np.float64)
+    d = max(float(diameter), 1.0)
+    return np.stack([area / d**2, perim / d, ecc], axis=1).astype(np.float32)

@@ -1,0 +1,311 @@
+"""The learned (LSTM) tracker: features, model, online tracking, restore from the store."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from livetrack.errors import BadFrame, ConfigError
+from livetrack.store import Store
+from livetrack.track.base import FrameHistory, TrackRecord, TrackStep
+from livetrack.track.config import TrackConfig
+from livetrack.track.factory import make_tracker
+from livetrack.track.features import CROP, frame_features, neighbour_edges
+from livetrack.track.lstm import DEFAULT_MODEL, LstmTracker, encode_frame
+from livetrack.track.model import TrackNet, TrackNetConfig, load_tracknet, save_tracknet
+from livetrack.types import Detections
+
+SHAPE = (160, 160)
+R = 7.0  # disc radius (px)
+
+
+Cell = tuple[float, ...]
+"""(y, x, radius) or (y, x, radius, brightness factor)."""
+
+
+def render(cells: list[Cell]) -> tuple[np.ndarray, np.ndarray]:
+    """Image and label image of discs; label = position in the list + 1."""
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    mask = np.zeros(SHAPE, np.int32)
+    gain = np.ones(len(cells) + 1)
+    for k, (y, x, r, *b) in enumerate(cells, start=1):
+        mask[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
+        gain[k] = b[0] if b else 1.0
+    rng = np.random.default_rng(len(cells))
+    signal = (180.0 + 20 * np.sin(xx / 3.0)) * gain[mask]
+    image = np.where(mask > 0, signal, 20.0) + rng.normal(0, 3, SHAPE)
+    return image.astype(np.float32), mask
+
+
+def step(tr: LstmTracker, t: int, cells: list[Cell]) -> TrackStep:
+    image, mask = render(cells)
+    return tr.step(t, Detections.from_labels(mask), image, mask)
+
+
+# ---------------------------------------------------------------------- features
+
+
+def test_features_of_a_disc_and_an_ellipse() -> None:
+    yy, xx = np.mgrid[:100, :100]
+    mask = np.zeros((100, 100), np.int32)
+    mask[(yy - 30) ** 2 + (xx - 30) ** 2 <= 100] = 1  # disc, r = 10
+    mask[((yy - 70) / 6.0) ** 2 + ((xx - 60) / 15.0) ** 2 <= 1] = 2  # ellipse 6 × 15
+    image = np.where(mask > 0, 100.0 + yy, 5.0).astype(np.float32)
+    det = Detections.from_labels(mask)
+    f = frame_features(image, mask, det, diameter=20.0)
+    assert f.crops.shape == (2, 2, CROP, CROP)
+    assert f.morph.shape == (2, 4)
+    area_d2, perim_d, ecc, bright = f.morph.T
+    assert area_d2[0] == pytest.approx(np.pi / 4, rel=0.05)  # disc of diameter d
+    assert perim_d[0] == pytest.approx(np.pi, rel=0.25)  # pixel-counted perimeter
+    assert ecc[0] < 0.2
+    assert ecc[1] == pytest.approx(np.sqrt(1 - (6 / 15) ** 2), abs=0.05)
+    assert bright[1] > bright[0]  # the ellipse sits lower in the y-ramp: brighter
+    inside = f.crops[:, 1] > 0
+    z = f.crops[:, 0]
+    assert inside[0].mean() > 0.4  # crop of 1.25 d: the disc fills most of it
+    assert np.all(z[~inside] == 0)
+    assert abs(float(z[0][inside[0]].mean())) < 0.3  # z-scored inside the mask
+    assert f.edges.shape == (2, 2)  # the two objects are neighbours (within 4 d), both ways
+
+
+def test_neighbour_edges_respect_the_radius() -> None:
+    pts = np.array([[0.0, 0.0], [0.0, 3.0], [0.0, 10.0]])
+    e = neighbour_edges(pts, 5.0)
+    assert {tuple(p) for p in e.T.tolist()} == {(0, 1), (1, 0)}
+    assert neighbour_edges(pts[:1], 5.0).shape == (2, 0)
+
+
+def test_features_reject_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        frame_features(np.zeros((5, 5)), np.zeros((5, 6), np.int32), Detections.empty(), 3.0)
+
+
+# ---------------------------------------------------------------------- model
+
+
+def tiny_model(seed: int = 0) -> TrackNet:
+    torch.manual_seed(seed)
+    return TrackNet(TrackNetConfig(embed_dim=16, hidden=16, disp_hidden=8)).eval()
+
+
+def test_tiny_seeded_model_gives_valid_probabilities_deterministically() -> None:
+    a, b = tiny_model(3), tiny_model(3)
+    tr_a = LstmTracker(TrackConfig(), SHAPE, a, link_threshold=0.2, division_threshold=0.5)
+    tr_b = LstmTracker(TrackConfig(), SHAPE, b, link_threshold=0.2, division_threshold=0.5)
+    cells = [(40.0, 40.0, R), (40.0, 80.0, R), (100.0, 60.0, R)]
+    for t in range(3):
+        moved = [(y + t, x + t, r) for y, x, r in cells]
+        sa, sb = step(tr_a, t, moved), step(tr_b, t, moved)
+        assert np.array_equal(sa.track_ids, sb.track_ids)
+    prob = tr_a._pair_prob
+    assert prob.shape[1] == 3
+    assert len(prob) >= 3
+    assert np.all((prob >= 0) & (prob <= 1))
+    assert np.allclose(prob.sum(axis=1), 1.0)
+    assert np.array_equal(prob, tr_b._pair_prob)
+    assert sa.embeddings is not None
+    assert sa.embeddings.shape == (3, 16)
+
+
+def test_model_save_load_round_trip(tmp_path: Path) -> None:
+    m = tiny_model(1)
+    save_tracknet(m, tmp_path / "m", {"thresholds": {"link": 0.3, "division": 0.6}})
+    loaded, meta = load_tracknet(tmp_path / "m")
+    assert meta["thresholds"] == {"link": 0.3, "division": 0.6}
+    image, mask = render([(50.0, 50.0, R), (60.0, 70.0, R)])
+    f = frame_features(image, mask, Detections.from_labels(mask), 14.0)
+    a, b = encode_frame(m, f), encode_frame(loaded, f)
+    assert np.allclose(a, b, atol=2e-2)  # weights are stored in float16
+
+
+def test_load_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot load tracking model"):
+        load_tracknet(tmp_path / "missing")
+
+
+def test_lstm_tracker_needs_the_image() -> None:
+    tr = LstmTracker(TrackConfig(), SHAPE, tiny_model(), link_threshold=0.5, division_threshold=0.5)
+    _, mask = render([(50.0, 50.0, R)])
+    with pytest.raises(BadFrame, match="needs the frame's image"):
+        tr.step(0, Detections.from_labels(mask))
+
+
+# ---------------------------------------------------------------------- shipped model
+
+
+@pytest.fixture(scope="module")
+def shipped() -> LstmTracker:
+    tr = make_tracker(TrackConfig(method="lstm"), SHAPE)
+    assert isinstance(tr, LstmTracker)
+    return tr
+
+
+def fresh() -> LstmTracker:
+    tr = make_tracker(TrackConfig(method="lstm"), SHAPE)
+    assert isinstance(tr, LstmTracker)
+    return tr
+
+
+def test_shipped_model_has_validated_thresholds(shipped: LstmTracker) -> None:
+    _, meta = load_tracknet(DEFAULT_MODEL)
+    assert set(meta["thresholds"]) == {"link", "division"}
+    assert shipped.link_threshold == meta["thresholds"]["link"]
+    assert shipped.division_threshold_p == meta["thresholds"]["division"]
+
+
+def _neighbours(t: int) -> list[Cell]:
+    return [(30.0 + t, 130.0, R), (130.0, 30.0 + t, R), (130.0, 130.0 - t, R)]
+
+
+def test_hand_built_division_is_detected() -> None:
+    tr = fresh()
+    steps = []
+    # A mother drifting right, grown to twice a daughter's area, rounding up and brightening
+    # in the two frames before it divides (as nuclei do in mitosis); then two daughters of
+    # about half its area, one on each side of its last position, moving apart.
+    for t in range(8):
+        mitotic = t >= 6
+        mother: Cell = (70.0, 50.0 + 1.5 * t, 8.0 if mitotic else 9.5, 1.6 if mitotic else 1.0)
+        steps.append(step(tr, t, [mother, *_neighbours(t)]))
+    mother_id = int(steps[-1].track_ids[0])
+    x = 50.0 + 1.5 * 7
+    for t in range(8, 12):
+        k = t - 7
+        kids: list[Cell] = [(70.0 - 3 - 2 * k, x, 6.7, 1.3), (70.0 + 3 + 2 * k, x, 6.7, 1.3)]
+        steps.append(step(tr, t, [*kids, *_neighbours(t)]))
+    divisions = [e for s in steps for e in s.events if e.kind == "division"]
+    assert len(divisions) == 1
+    ev = divisions[0]
+    assert ev.frame == 8
+    assert ev.track_id == mother_id
+    assert set(ev.daughters) == set(steps[8].track_ids[:2].tolist())
+    assert len(set(steps[8].track_ids[:2].tolist())) == 2
+    # the daughters keep their ids afterwards
+    assert steps[11].track_ids[:2].tolist() == steps[8].track_ids[:2].tolist()
+
+
+def test_cell_missing_one_frame_is_relinked() -> None:
+    tr = fresh()
+    ids = []
+    for t in range(10):
+        cells = _neighbours(t)
+        if t != 5:  # the moving cell is not detected in frame 5
+            cells = [(70.0, 40.0 + 2.0 * t, R), *cells]
+        s = step(tr, t, cells)
+        if t != 5:
+            ids.append(int(s.track_ids[0]))
+    assert len(set(ids)) == 1
+    assert not any(e.kind == "division" for e in s.events)
+
+
+def _records(steps: list[TrackStep]) -> list[TrackRecord]:
+    rec: dict[int, TrackRecord] = {}
+    for s in steps:
+        for st in s.started:
+            rec[st.track_id] = TrackRecord(
+                st.track_id, st.parent_id, st.start_frame, s.frame, "active"
+            )
+        for tid in s.track_ids.tolist():
+            rec[tid] = replace(rec[tid], end_frame=s.frame)
+        for e in s.ended:
+            rec[e.track_id] = replace(rec[e.track_id], end_frame=e.end_frame, fate=e.fate)
+    return list(rec.values())
+
+
+def _movie(n: int) -> list[list[Cell]]:
+    rng = np.random.default_rng(5)
+    pos = rng.uniform(20, 140, (12, 2))
+    out = []
+    for t in range(n):
+        pos = np.clip(pos + rng.normal(0, 1.5, pos.shape), 10, 150)
+        keep = [i for i in range(len(pos)) if not (t % 7 == 3 and i == t % len(pos))]
+        out.append([(float(pos[i, 0]), float(pos[i, 1]), R) for i in keep])
+    return out
+
+
+def test_state_survives_a_restart_through_the_store(tmp_path: Path) -> None:
+    movie = _movie(20)
+    straight_tr = fresh()
+    straight = [step(straight_tr, t, c) for t, c in enumerate(movie)]
+    k = 12
+    store = Store(tmp_path / "lt.db")
+    store.begin_run("r", source="test", config={})
+    head_tr = fresh()
+    for t in range(k):
+        image, mask = render(movie[t])
+        det = Detections.from_labels(mask)
+        s = head_tr.step(t, det, image, mask)
+        store.write_frame("r", "p", t, timestamp=float(t), mask=mask, detections=det, step=s)
+    restored = fresh()
+    history = store.history("r", "p", restored.history_window)
+    assert all(h.embeddings is not None for h in history)
+    restored.restore(history, store.tracks("r", "p"))
+    store.close()
+    for t in range(k, len(movie)):
+        s = step(restored, t, movie[t])
+        assert s.track_ids.tolist() == straight[t].track_ids.tolist(), t
+        assert s.events == straight[t].events
+
+
+def test_restore_without_embeddings_still_tracks() -> None:
+    movie = _movie(10)
+    tr = fresh()
+    steps = [step(tr, t, c) for t, c in enumerate(movie[:6])]
+    hist = []
+    for t, s in enumerate(steps):
+        _, mask = render(movie[t])
+        hist.append(FrameHistory(t, Detections.from_labels(mask), s.track_ids, None))
+    again = fresh()
+    again.restore(hist, _records(steps))
+    s = step(again, 6, movie[6])
+    assert len(s.track_ids) == len(movie[6])
+    assert len(set(s.track_ids.tolist()) & set(steps[-1].track_ids.tolist())) >= 8
+
+
+# ---------------------------------------------------------------------- training
+
+
+def test_perturb_mask_splits_and_merges_with_fragment_ids() -> None:
+    from livetrack.track.train import perturb_mask
+
+    cells = [(30.0 + 20 * i, 40.0 + 13 * j, R) for i in range(6) for j in range(2)]
+    _, mask = render(cells)
+    counter = [0]
+    out, id_of = perturb_mask(mask, np.random.default_rng(1), 0.3, 14.0, counter)
+    assert np.array_equal(out > 0, mask > 0)  # no pixel gained or lost
+    assert len(id_of) == counter[0] > 0  # splits happened, each fragment has its own id
+    assert all(v < 0 for v in id_of.values())
+    before = set(np.unique(mask)) - {0}
+    after = set(np.unique(out)) - {0}
+    merged = before - after
+    assert merged  # at least one nucleus was absorbed by a neighbour
+
+
+def test_tiny_training_run_is_reproducible(tmp_path: Path) -> None:
+    from livetrack.track.train import DIVISION_GRID, LINK_GRID, TrackTrainConfig, train
+
+    cfg = TrackTrainConfig(
+        steps=3,
+        batch=2,
+        sim_movies=2,
+        val_movies=1,
+        frames=6,
+        model=TrackNetConfig(embed_dim=8, hidden=8, disp_hidden=4),
+    )
+    a = train(cfg, tmp_path / "a")
+    b = train(cfg, tmp_path / "b")
+    assert a["thresholds"] == b["thresholds"]
+    assert a["thresholds"]["link"] in LINK_GRID  # type: ignore[index]
+    assert a["thresholds"]["division"] in DIVISION_GRID  # type: ignore[index]
+    wa = torch.load(tmp_path / "a" / "weights.pt", weights_only=True)
+    wb = torch.load(tmp_path / "b" / "weights.pt", weights_only=True)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    model, meta = load_tracknet(tmp_path / "a")
+    assert meta["train"]["seed"] == 0
+    assert model.config.embed_dim == 8
