@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,14 @@ import torch
 
 from livetrack.errors import BadFrame, ConfigError
 from livetrack.store import Store
-from livetrack.track.base import FrameHistory, TrackRecord, TrackStep
+from livetrack.track.base import FrameHistory, TrackStep
 from livetrack.track.config import TrackConfig
 from livetrack.track.factory import make_tracker
 from livetrack.track.features import CROP, frame_features, neighbour_edges
 from livetrack.track.lstm import DEFAULT_MODEL, LstmTracker, encode_frame
 from livetrack.track.model import TrackNet, TrackNetConfig, load_tracknet, save_tracknet
 from livetrack.types import Detections
+from tests.test_tracker import _records  # the track table a store would hold after some steps
 
 SHAPE = (160, 160)
 R = 7.0  # disc radius (px)
@@ -201,20 +201,6 @@ def test_cell_missing_one_frame_is_relinked() -> None:
             ids.append(int(s.track_ids[0]))
     assert len(set(ids)) == 1
     assert not any(e.kind == "division" for e in s.events)
-
-
-def _records(steps: list[TrackStep]) -> list[TrackRecord]:
-    rec: dict[int, TrackRecord] = {}
-    for s in steps:
-        for st in s.started:
-            rec[st.track_id] = TrackRecord(
-                st.track_id, st.parent_id, st.start_frame, s.frame, "active"
-            )
-        for tid in s.track_ids.tolist():
-            rec[tid] = replace(rec[tid], end_frame=s.frame)
-        for e in s.ended:
-            rec[e.track_id] = replace(rec[e.track_id], end_frame=e.end_frame, fate=e.fate)
-    return list(rec.values())
 
 
 def _movie(n: int) -> list[list[Cell]]:

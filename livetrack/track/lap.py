@@ -371,21 +371,7 @@ class LapTracker:
             diam,
             cfg.division_max_distance,
         )
-        capacity = np.where(sibling[m] >= 0, 1, 2)
-        sel_m, sel_c, sel_s = select_parents(m, c, score, cfg.division_threshold, capacity)
-        if len(sel_m) == 0:
-            return none
-        uniq = np.unique(sel_m)
-        daughters: list[tuple[int, ...]] = []
-        conf = np.zeros(len(uniq))
-        for k, mother in enumerate(uniq):
-            mine = sel_m == mother
-            kids = [int(d) for d in sel_c[mine]]
-            if sibling[mother] >= 0:
-                kids.append(int(sibling[mother]))
-            daughters.append(tuple(sorted(kids)))
-            conf[k] = float(np.clip(sel_s[mine].mean(), 0.0, 1.0))
-        return _Divisions(uniq.astype(np.intp), daughters, conf)
+        return select_divisions(m, c, score, sibling, cfg.division_threshold)
 
     def _new_track_parents(
         self,
@@ -437,6 +423,31 @@ class LapTracker:
                 events.append(
                     LineageEvent("death", int(last), int(tid), y=float(p[0]), x=float(p[1]))
                 )
+
+
+def select_divisions(
+    m: NDArray[np.intp],
+    c: NDArray[np.intp],
+    score: FloatArray,
+    sibling: NDArray[np.intp],
+    threshold: float,
+) -> _Divisions:
+    """Pick mothers for newborn detections among scored (mother, newborn) rows: a mother
+    already linked to a detection (``sibling[m] >= 0``, its first daughter) takes one more,
+    an unlinked one up to two; the linked detection joins its daughters."""
+    capacity = np.where(sibling[m] >= 0, 1, 2)
+    sel_m, sel_c, sel_s = select_parents(m, c, score, threshold, capacity)
+    uniq = np.unique(sel_m)
+    daughters: list[tuple[int, ...]] = []
+    conf = np.zeros(len(uniq))
+    for k, mother in enumerate(uniq):
+        mine = sel_m == mother
+        kids = [int(d) for d in sel_c[mine]]
+        if sibling[mother] >= 0:
+            kids.append(int(sibling[mother]))
+        daughters.append(tuple(sorted(kids)))
+        conf[k] = float(np.clip(sel_s[mine].mean(), 0.0, 1.0))
+    return _Divisions(uniq.astype(np.intp), daughters, conf)
 
 
 def _birth_events(frame: int, ids: IntArray, pos: FloatArray) -> list[LineageEvent]:

@@ -36,11 +36,11 @@ import torch
 from numpy.typing import NDArray
 
 from livetrack.errors import BadFrame, ConfigError
-from livetrack.track.assign import Candidates, assign_sparse, gate, select_parents
+from livetrack.track.assign import Candidates, assign_sparse, gate
 from livetrack.track.base import FrameHistory, TrackEnd, TrackRecord, TrackStep
 from livetrack.track.config import TrackConfig
 from livetrack.track.features import FrameFeatures, frame_features
-from livetrack.track.lap import LapTracker, _Divisions, _LinkResult
+from livetrack.track.lap import LapTracker, _Divisions, _LinkResult, select_divisions
 from livetrack.track.model import DIFF, PARENT, SAME, TrackNet, load_tracknet
 from livetrack.types import Detections
 
@@ -518,21 +518,7 @@ class LstmTracker(LapTracker):
         ok = ~has_sib | (sib_score >= self.division_threshold_p)
         score = np.where(has_sib, 0.5 * (score + sib_score), score)
         m, c, score = m[ok], c[ok], score[ok]
-        capacity = np.where(sibling[m] >= 0, 1, 2)
-        sel_m, sel_c, sel_s = select_parents(m, c, score, self.division_threshold_p, capacity)
-        if len(sel_m) == 0:
-            return none
-        uniq = np.unique(sel_m)
-        daughters: list[tuple[int, ...]] = []
-        conf = np.zeros(len(uniq))
-        for k, mother in enumerate(uniq):
-            mine = sel_m == mother
-            kids = [int(d) for d in sel_c[mine]]
-            if sibling[mother] >= 0:
-                kids.append(int(sibling[mother]))
-            daughters.append(tuple(sorted(kids)))
-            conf[k] = float(np.clip(sel_s[mine].mean(), 0.0, 1.0))
-        return _Divisions(uniq.astype(np.intp), daughters, conf)
+        return select_divisions(m, c, score, sibling, self.division_threshold_p)
 
 
 def _first(*values: object) -> float:
