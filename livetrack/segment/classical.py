@@ -13,13 +13,13 @@ from skimage.segmentation import relabel_sequential, watershed
 from skimage.transform import resize
 
 from livetrack.segment.config import SegmentConfig
-from livetrack.segment.scale import NucleusScale, check_frame, foreground, normalise
-from livetrack.types import Detections, LabelImage, Segmentation
+from livetrack.segment.scale import NucleusScale, ScaledSegmenter, foreground, normalise
+from livetrack.types import LabelImage
 
 log = logging.getLogger("livetrack.segment.classical")
 
 
-class ClassicalSegmenter:
+class ClassicalSegmenter(ScaledSegmenter):
     """One instance per position: it keeps the diameter it settled on for that position."""
 
     name = "classical"
@@ -29,28 +29,11 @@ class ClassicalSegmenter:
         self.config = config or SegmentConfig()
         self._scale = NucleusScale(self.config)
 
-    @property
-    def diameter_px(self) -> float | None:
-        """The diameter used for the last frame (None before any frame with nuclei)."""
-        return self._scale.last
-
-    def predict(
-        self, image: NDArray[np.generic], pixel_size_um: float | None = None
-    ) -> Segmentation:
-        check_frame(image)
-        diameter = self._scale.for_frame(image, pixel_size_um)
-        if diameter is None:  # nothing that looks like nuclei
-            return Segmentation.empty(image.shape)
-        mask = self._segment(image, diameter)
-        return Segmentation(
-            mask=mask, detections=Detections.from_labels(mask), info={"diameter_px": diameter}
-        )
-
-    def _segment(self, image: NDArray[np.generic], diameter: float) -> LabelImage:
+    def segment(self, image: NDArray[np.generic], diameter_px: float) -> LabelImage:
         c = self.config
         scale = (
-            min(1.0, c.canonical_diameter_px / diameter)
-            if diameter > 1.3 * c.canonical_diameter_px
+            min(1.0, c.canonical_diameter_px / diameter_px)
+            if diameter_px > 1.3 * c.canonical_diameter_px
             else 1.0
         )
         img = normalise(image)
@@ -59,7 +42,7 @@ class ClassicalSegmenter:
             img = resize(img, shape, order=1, anti_aliasing=True, preserve_range=True).astype(
                 np.float32
             )
-        d = diameter * scale
+        d = diameter_px * scale
         smoothed = ndi.gaussian_filter(img, max(c.smoothing * d, 0.5))
         fg = foreground(smoothed, c.min_contrast, dim_sigma=c.dim_nuclei_sigma)
         if fg is None:

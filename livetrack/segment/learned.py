@@ -15,8 +15,8 @@ from skimage.transform import resize
 from livetrack.segment.config import SegmentConfig
 from livetrack.segment.model import NucleusUNet, load_model
 from livetrack.segment.postprocess import PostprocessParams, labels_from_maps
-from livetrack.segment.scale import NucleusScale, check_frame, normalise
-from livetrack.types import Detections, LabelImage, Segmentation
+from livetrack.segment.scale import NucleusScale, ScaledSegmenter, normalise
+from livetrack.types import LabelImage
 
 log = logging.getLogger("livetrack.segment.learned")
 
@@ -42,7 +42,7 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-class LearnedSegmenter:
+class LearnedSegmenter(ScaledSegmenter):
     """One instance per position: keeps the diameter it settled on for that position."""
 
     name = "learned"
@@ -66,23 +66,6 @@ class LearnedSegmenter:
     @property
     def canonical_diameter_px(self) -> float:
         return float(self.model.config.canonical_diameter_px)
-
-    @property
-    def diameter_px(self) -> float | None:
-        """The diameter used for the last frame (None before any frame with nuclei)."""
-        return self._scale.last
-
-    def predict(
-        self, image: NDArray[np.generic], pixel_size_um: float | None = None
-    ) -> Segmentation:
-        check_frame(image)
-        diameter = self._scale.for_frame(image, pixel_size_um)
-        if diameter is None:  # nothing that looks like nuclei
-            return Segmentation.empty(image.shape)
-        mask = self.segment(image, diameter)
-        return Segmentation(
-            mask=mask, detections=Detections.from_labels(mask), info={"diameter_px": diameter}
-        )
 
     def segment(self, image: NDArray[np.generic], diameter_px: float) -> LabelImage:
         """Labels at the frame's resolution for nuclei of ``diameter_px``."""

@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from livetrack.segment.config import SegmentConfig
+from livetrack.types import Detections, LabelImage, Segmentation
 
 log = logging.getLogger("livetrack.segment.scale")
 
@@ -202,3 +203,32 @@ class NucleusScale:
             self._settled = current
             log.info("nucleus diameter estimated at %.1f px", current)
         return current
+
+
+class ScaledSegmenter:
+    """What both segmenters share: the frame check, the nucleus diameter of each frame
+    (``NucleusScale``), empty frames, measuring the labels. Subclasses set ``_scale`` and
+    implement ``segment``."""
+
+    _scale: NucleusScale
+
+    @property
+    def diameter_px(self) -> float | None:
+        """The diameter used for the last frame (None before any frame with nuclei)."""
+        return self._scale.last
+
+    def predict(
+        self, image: NDArray[np.generic], pixel_size_um: float | None = None
+    ) -> Segmentation:
+        check_frame(image)
+        diameter = self._scale.for_frame(image, pixel_size_um)
+        if diameter is None:  # nothing that looks like nuclei
+            return Segmentation.empty(image.shape)
+        mask = self.segment(image, diameter)
+        return Segmentation(
+            mask=mask, detections=Detections.from_labels(mask), info={"diameter_px": diameter}
+        )
+
+    def segment(self, image: NDArray[np.generic], diameter_px: float) -> LabelImage:
+        """Labels at the frame's resolution for nuclei of ``diameter_px``."""
+        raise NotImplementedError
