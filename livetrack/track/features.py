@@ -86,8 +86,9 @@ def frame_features(
     lab = np.maximum(np.asarray(mask), 0).astype(np.int64, copy=False)
     labels = detections.labels.astype(np.int64)
     cen = detections.centroids.astype(np.float64)
-    crops, mean = _crops(img, lab, labels, cen, crop_diameters * diameter)
-    morph = _morphology(lab, labels, cen, diameter)
+    area = detections.areas.astype(np.float64)
+    crops, mean = _crops(img, lab, labels, cen, area, crop_diameters * diameter)
+    morph = _morphology(lab, labels, cen, area, diameter)
     bg = float(np.percentile(img, 5))  # background level, so the ratio is offset-free
     signal = np.maximum(mean - bg, 1e-3)
     rel_bright = np.log(signal / np.median(signal))
@@ -111,6 +112,7 @@ def _crops(
     lab: NDArray[np.int64],
     labels: NDArray[np.int64],
     cen: NDArray[np.float64],
+    area: NDArray[np.float64],
     side_px: float,
 ) -> tuple[FloatArray, NDArray[np.float64]]:
     """Crops (N, 2, CROP, CROP) and the mean intensity of each detection's pixels."""
@@ -139,11 +141,10 @@ def _crops(
     flat_lab = lab.ravel()
     flat_img = img.ravel().astype(np.float64)
     size = int(labels.max()) + 1
-    cnt = np.bincount(flat_lab, minlength=size)[labels].astype(np.float64)
     s1 = np.bincount(flat_lab, weights=flat_img, minlength=size)[labels]
     s2 = np.bincount(flat_lab, weights=flat_img * flat_img, minlength=size)[labels]
-    mean = s1 / np.maximum(cnt, 1.0)
-    std = np.sqrt(np.maximum(s2 / np.maximum(cnt, 1.0) - mean * mean, 0.0))
+    mean = s1 / np.maximum(area, 1.0)
+    std = np.sqrt(np.maximum(s2 / np.maximum(area, 1.0) - mean * mean, 0.0))
     std = np.maximum(std, 1e-3 * np.maximum(np.abs(mean), 1.0))
     z = (vals - mean[:, None, None]) / std[:, None, None]
     z = np.clip(z, -5.0, 5.0) * inside
@@ -151,12 +152,15 @@ def _crops(
 
 
 def _morphology(
-    lab: NDArray[np.int64], labels: NDArray[np.int64], cen: NDArray[np.float64], diameter: float
+    lab: NDArray[np.int64],
+    labels: NDArray[np.int64],
+    cen: NDArray[np.float64],
+    area: NDArray[np.float64],
+    diameter: float,
 ) -> FloatArray:
     h, w = lab.shape
     size = int(labels.max()) + 1
     flat = lab.ravel()
-    area = np.bincount(flat, minlength=size)[labels].astype(np.float64)
     ys = np.repeat(np.arange(h, dtype=np.float64), w)
     xs = np.tile(np.arange(w, dtype=np.float64), h)
     syy = np.bincount(flat, weights=ys * ys, minlength=size)[labels] / np.maximum(area, 1)

@@ -298,8 +298,8 @@ class LstmTracker(LapTracker):
         cfg = model.config
         self._rings = _Rings(cfg.window, cfg.embed_dim)
         self._emb = np.zeros((0, cfg.embed_dim), np.float32)
-        self._pair_key = np.zeros(0, np.int64)
-        self._pair_prob = np.zeros((0, 3))
+        self._cand = Candidates(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0))
+        self._pair_prob = np.zeros((0, 3))  # of this frame's scored pairs, ``_cand`` order
         self._given: FrameFeatures | None = None
 
     @property
@@ -408,12 +408,10 @@ class LstmTracker(LapTracker):
         r_div = np.where(
             frame - tr.last - 1 <= cfg.division_max_gap, cfg.division_max_distance * diam, 0.0
         )
-        # Division candidates are gated on the last position (daughters move apart from it).
+        # One gate for links and possible mothers: the larger of the two radii.
         cand = gate(pred, detections.centroids, np.maximum(r_link, r_div))
         prob = self._score(frame, detections, cand, pred, missed, diam)
-        n_d = max(len(detections), 1)
-        self._pair_key = cand.track.astype(np.int64) * n_d + cand.detection
-        self._pair_prob = prob
+        self._cand, self._pair_prob = cand, prob
         link = cand.distance <= r_link[cand.track]
         cost = 1.0 - prob[link, SAME]
         half = 0.5 * (1.0 - self.link_threshold)
@@ -471,14 +469,14 @@ class LstmTracker(LapTracker):
 
     def _pc(self, t_idx: NDArray[np.intp], d_idx: NDArray[np.intp], n_dets: int) -> FloatArray:
         """p_parent→daughter of (track index, detection index) pairs; 0 if not scored."""
-        if len(t_idx) == 0 or len(self._pair_key) == 0:
+        if len(t_idx) == 0 or len(self._cand) == 0:
             return np.zeros(len(t_idx))
-        key = t_idx.astype(np.int64) * max(n_dets, 1) + d_idx
-        order = np.argsort(self._pair_key, kind="stable")
-        sorted_keys = self._pair_key[order]
-        pos = np.clip(np.searchsorted(sorted_keys, key), 0, len(sorted_keys) - 1)
-        found = sorted_keys[pos] == key
-        return np.where(found, self._pair_prob[order[pos], PARENT], 0.0)
+        n = max(n_dets, 1)
+        # gate() sorts its pairs by track then detection, so these keys are increasing.
+        keys = self._cand.track.astype(np.int64) * n + self._cand.detection
+        key = t_idx.astype(np.int64) * n + d_idx
+        pos = np.clip(np.searchsorted(keys, key), 0, len(keys) - 1)
+        return np.where(keys[pos] == key, self._pair_prob[pos, PARENT], 0.0)
 
     def _divisions(
         self,
@@ -497,15 +495,14 @@ class LstmTracker(LapTracker):
         """
         cfg, tr = self.config, self._tracks
         none = _Divisions(np.zeros(0, np.intp), [], np.zeros(0))
-        if len(tr) == 0 or len(newborn) == 0 or len(self._pair_key) == 0:
+        if len(tr) == 0 or len(newborn) == 0 or len(self._cand) == 0:
             return none
         n_d = len(detections)
         sibling = np.full(len(tr), -1, np.intp)
         sibling[matches[:, 0]] = matches[:, 1]
         eligible = (sibling >= 0) | (frame - tr.last - 1 <= cfg.division_max_gap)
         # Every scored pair (track, newborn) of an eligible track.
-        m_all = (self._pair_key // max(n_d, 1)).astype(np.intp)
-        c_all = (self._pair_key % max(n_d, 1)).astype(np.intp)
+        m_all, c_all = self._cand.track, self._cand.detection
         is_new = np.zeros(n_d, bool)
         is_new[newborn] = True
         keep = eligible[m_all] & is_new[c_all]
