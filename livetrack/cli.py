@@ -343,6 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2500, help="optimiser steps")
     p.add_argument("--sim-movies", type=int, default=60, help="random simulated training movies")
     p.add_argument("--val-movies", type=int, default=8, help="simulated validation movies")
+    p.add_argument(
+        "--ctc",
+        action="append",
+        default=[],
+        metavar="SEQ[:FIRST-LAST]",
+        help="a CTC sequence folder with full NN_GT/TRA masks, optionally a frame range (repeat)",
+    )
+    p.add_argument(
+        "--ctc-fraction",
+        type=float,
+        default=0.25,
+        help="share of training samples drawn from the --ctc sequences",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_train_track)
 
@@ -939,14 +952,19 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_train_track(args: argparse.Namespace) -> int:
+    from livetrack.segment.train import CtcSource
     from livetrack.track.train import TrackTrainConfig, train
 
     _setup_logging(args)
+    if not 0.0 <= args.ctc_fraction <= 1.0:
+        raise LivetrackError(f"--ctc-fraction must be in [0, 1], got {args.ctc_fraction}")
     cfg = TrackTrainConfig(
         seed=args.seed,
         steps=args.steps,
         sim_movies=args.sim_movies,
         val_movies=args.val_movies,
+        ctc=tuple(CtcSource.parse(c) for c in args.ctc),
+        ctc_fraction=args.ctc_fraction,
         threads=args.threads,
     )
     info = train(cfg, args.out_dir)

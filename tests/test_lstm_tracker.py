@@ -295,3 +295,67 @@ def test_tiny_training_run_is_reproducible(tmp_path: Path) -> None:
     model, meta = load_tracknet(tmp_path / "a")
     assert meta["train"]["seed"] == 0
     assert model.config.embed_dim == 8
+
+
+def test_ctc_sequence_becomes_a_training_movie_with_its_lineage(tmp_path: Path) -> None:
+    from livetrack.segment.train import CtcSource
+    from livetrack.track.train import ctc_movie, simulate_movie
+    from simulators.nuclei import SimulationConfig, write_ctc
+
+    sim = SimulationConfig(
+        seed=3, n_frames=12, height=160, width=160, n_cells=8, cell_cycle_frames=6.0
+    )
+    seq = write_ctc(sim, tmp_path / "ctc")
+    cfg = TrackNetConfig(embed_dim=8, hidden=8, disp_hidden=4)
+    full = ctc_movie(CtcSource(seq), cfg, window=7)
+    direct = simulate_movie(sim, cfg, 7)
+    # Same frames, same identities and the same lineage as the simulator's own movie.
+    assert len(full.frames) == 12
+    assert [list(a) for a in full.ids] == [list(b) for b in direct.ids]
+    assert full.parent == direct.parent
+    assert full.parent
+    assert full.division_frames == direct.division_frames
+    part = ctc_movie(CtcSource(seq, 2, 7), cfg, window=7)
+    assert len(part.frames) == 6
+    assert [list(a) for a in part.ids] == [list(b) for b in direct.ids[2:8]]
+
+
+def test_ctc_sequence_errors_name_the_problem(tmp_path: Path) -> None:
+    from livetrack.segment.train import CtcSource
+    from livetrack.track.train import ctc_movie
+    from simulators.nuclei import SimulationConfig, write_ctc
+
+    cfg = TrackNetConfig(embed_dim=8, hidden=8, disp_hidden=4)
+    with pytest.raises(ConfigError, match="no lineage file"):
+        ctc_movie(CtcSource(tmp_path / "missing" / "01"), cfg, window=7)
+    seq = write_ctc(SimulationConfig(seed=1, n_frames=4, height=96, width=96, n_cells=3), tmp_path)
+    with pytest.raises(ConfigError, match="fewer than 2 frames"):
+        ctc_movie(CtcSource(seq, 3, 9), cfg, window=7)
+    (seq.parent / "01_GT" / "TRA" / "man_track001.tif").unlink()
+    with pytest.raises(ConfigError, match="has no TRA mask"):
+        ctc_movie(CtcSource(seq), cfg, window=7)
+
+
+def test_tiny_training_with_a_ctc_sequence_records_it(tmp_path: Path) -> None:
+    from livetrack.segment.train import CtcSource
+    from livetrack.track.train import TrackTrainConfig, train
+    from simulators.nuclei import SimulationConfig, write_ctc
+
+    seq = write_ctc(
+        SimulationConfig(seed=2, n_frames=8, height=128, width=128, n_cells=6), tmp_path / "c"
+    )
+    cfg = TrackTrainConfig(
+        steps=3,
+        batch=2,
+        sim_movies=1,
+        val_movies=1,
+        frames=6,
+        ctc=(CtcSource(seq, 0, 5),),
+        ctc_fraction=1.0,
+        model=TrackNetConfig(embed_dim=8, hidden=8, disp_hidden=4),
+    )
+    info = train(cfg, tmp_path / "m")
+    _, meta = load_tracknet(tmp_path / "m")
+    assert meta["train"]["ctc"] == [{"path": str(seq), "first": 0, "last": 5}]
+    assert meta["train"]["ctc_fraction"] == 1.0
+    assert info["frames"] == 6 + 6

@@ -314,7 +314,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, object]:
             log.info("step %d loss %.4f (%.0f s)", step, running, time.perf_counter() - start)
     wall = time.perf_counter() - start
     info: dict[str, object] = {
-        "train": _jsonable(asdict(cfg)),
+        "train": jsonable(asdict(cfg)),
         "frames": len(samples),
         "final_loss": running,
         "wall_s": round(wall, 1),
@@ -324,11 +324,12 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, object]:
     return info
 
 
-def _jsonable(obj: object) -> object:
+def jsonable(obj: object) -> object:
+    """``obj`` with paths as strings and tuples as lists (for config.json)."""
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     return obj

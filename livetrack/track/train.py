@@ -29,9 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 from numpy.typing import NDArray
 
+from livetrack.errors import ConfigError
+from livetrack.segment.train import CtcSource, jsonable
 from livetrack.track.config import TrackConfig
 from livetrack.track.features import FrameFeatures, frame_features
 from livetrack.track.lap import equivalent_diameter
@@ -70,6 +73,11 @@ class TrackTrainConfig:
     unit_jitter: float = 0.15
     """The length unit is multiplied by exp(U(−j, j)) per sample."""
     threads: int = 2
+    ctc: tuple[CtcSource, ...] = ()
+    """CTC-layout sequences with full TRA masks (every nucleus outlined, as in
+    Fluo-N2DH-SIM+; not marker-only annotations such as GOWT1's), each with a frame range."""
+    ctc_fraction: float = 0.25
+    """Share of the training samples drawn from the CTC sequences (when there are any)."""
     model: TrackNetConfig = field(default_factory=TrackNetConfig)
 
 
@@ -239,6 +247,34 @@ def simulate_movie(
     return movie_from_frames(
         images, masks, parent, model, window, perturb_rate=perturb_rate, rng=rng
     )
+
+
+def ctc_movie(source: CtcSource, model: TrackNetConfig, window: int) -> Movie:
+    """A CTC sequence's frames ``first..last`` with their TRA masks and lineage
+    (``man_track.txt``: daughters whose mother is in the range)."""
+    seq = source.path
+    tra = seq.parent / f"{seq.name}_GT" / "TRA"
+    table = tra / "man_track.txt"
+    if not table.is_file():
+        raise ConfigError(f"no lineage file {table}")
+    images, masks = [], []
+    for f in sorted(seq.glob("t*.tif")):
+        digits = f.stem.removeprefix("t")
+        if not digits.isdigit() or not source.first <= int(digits) <= source.last:
+            continue
+        mask_file = tra / f"man_track{digits}.tif"
+        if not mask_file.is_file():
+            raise ConfigError(f"{f} has no TRA mask {mask_file}")
+        images.append(tifffile.imread(f))
+        masks.append(tifffile.imread(mask_file).astype(np.int32))
+    if len(images) < 2:
+        raise ConfigError(f"fewer than 2 frames of {seq} in {source.first}-{source.last}")
+    parent: dict[int, int] = {}
+    for line in table.read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 4 and int(fields[3]) > 0:
+            parent[int(fields[0])] = int(fields[3])
+    return movie_from_frames(images, masks, parent, model, window)
 
 
 # ---------------------------------------------------------------------- one sample
@@ -465,19 +501,28 @@ def train(cfg: TrackTrainConfig, out_dir: Path) -> dict[str, object]:
     track_cfg = TrackConfig()
     movies = build_movies(cfg.sim_movies, data_rng, cfg)
     val = build_movies(cfg.val_movies, val_rng, cfg)
-    n_frames = sum(len(m.frames) for m in movies)
+    window = max(track_cfg.max_gap + 2, cfg.model.window)
+    ctc = [ctc_movie(src, cfg.model, window) for src in cfg.ctc]
+    n_frames = sum(len(m.frames) for m in [*movies, *ctc])
     log.info(
-        "training data: %d movies, %d frames (%.0f s)",
+        "training data: %d simulated movies, %d CTC sequences (%d divisions), %d frames (%.0f s)",
         len(movies),
+        len(ctc),
+        sum(len(m.parent) for m in ctc),
         n_frames,
         time.perf_counter() - t_start,
     )
+
+    def pick_movie(rng: np.random.Generator) -> Movie:
+        if ctc and rng.random() < cfg.ctc_fraction:
+            return ctc[int(rng.integers(len(ctc)))]
+        return movies[int(rng.integers(len(movies)))]
 
     # Class weights from the sampled pair frequencies (inverse square root).
     counts = np.zeros(3, np.int64)
     probe = np.random.default_rng(cfg.seed + 1)
     for _ in range(100):
-        mv = movies[int(probe.integers(len(movies)))]
+        mv = pick_movie(probe)
         s = make_sample(mv, _pick_frame(mv, probe), probe, cfg, track_cfg)
         if s is not None:
             counts += np.bincount(s.target, minlength=3)
@@ -498,7 +543,7 @@ def train(cfg: TrackTrainConfig, out_dir: Path) -> dict[str, object]:
     for step in range(cfg.steps):
         batch: list[_Sample] = []
         while len(batch) < cfg.batch:
-            mv = movies[int(sample_rng.integers(len(movies)))]
+            mv = pick_movie(sample_rng)
             s = make_sample(mv, _pick_frame(mv, sample_rng), sample_rng, cfg, track_cfg)
             if s is not None:
                 batch.append(s)
@@ -527,7 +572,7 @@ def train(cfg: TrackTrainConfig, out_dir: Path) -> dict[str, object]:
     info: dict[str, object] = {
         "thresholds": thresholds,
         "validation": table,
-        "train": {**asdict(cfg), "model": cfg.model.to_dict()},
+        "train": jsonable({**asdict(cfg), "model": cfg.model.to_dict()}),
         "frames": n_frames,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
