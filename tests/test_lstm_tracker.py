@@ -318,6 +318,8 @@ def test_ctc_sequence_becomes_a_training_movie_with_its_lineage(tmp_path: Path) 
     part = ctc_movie(CtcSource(seq, 2, 7), cfg, window=7)
     assert len(part.frames) == 6
     assert [list(a) for a in part.ids] == [list(b) for b in direct.ids[2:8]]
+    in_range = {d for d, m in direct.parent.items() if any(d in i for i in part.ids)}
+    assert set(part.parent) <= in_range
 
 
 def test_ctc_sequence_errors_name_the_problem(tmp_path: Path) -> None:

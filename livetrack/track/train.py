@@ -251,7 +251,7 @@ def simulate_movie(
 
 def ctc_movie(source: CtcSource, model: TrackNetConfig, window: int) -> Movie:
     """A CTC sequence's frames ``first..last`` with their TRA masks and lineage
-    (``man_track.txt``: daughters whose mother is in the range)."""
+    (``man_track.txt``: the divisions whose mother and daughter are both in the range)."""
     seq = source.path
     tra = seq.parent / f"{seq.name}_GT" / "TRA"
     table = tra / "man_track.txt"
@@ -269,11 +269,14 @@ def ctc_movie(source: CtcSource, model: TrackNetConfig, window: int) -> Movie:
         masks.append(tifffile.imread(mask_file).astype(np.int32))
     if len(images) < 2:
         raise ConfigError(f"fewer than 2 frames of {seq} in {source.first}-{source.last}")
+    present = set(np.unique(np.concatenate([np.unique(m) for m in masks])).tolist())
     parent: dict[int, int] = {}
     for line in table.read_text().splitlines():
         fields = line.split()
         if len(fields) == 4 and int(fields[3]) > 0:
-            parent[int(fields[0])] = int(fields[3])
+            daughter, mother = int(fields[0]), int(fields[3])
+            if daughter in present and mother in present:  # the division is in the range
+                parent[daughter] = mother
     return movie_from_frames(images, masks, parent, model, window)
 
 
