@@ -60,7 +60,7 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
         "--segmenter",
         choices=("classical", "learned"),
         default=None,
-        help="segmentation method (default: from the settings, else classical)",
+        help="segmentation method (default: from the settings, else learned)",
     )
     g.add_argument(
         "--tracker",
@@ -418,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--segmenter",
         choices=("classical", "learned"),
-        default="classical",
-        help="segmentation method to measure",
+        default="learned",
+        help="segmentation method to measure (default: learned, the pipeline's default)",
     )
     p.add_argument(
         "--tracking",

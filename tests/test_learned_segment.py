@@ -21,7 +21,7 @@ from livetrack.segment.model import (
     outer_distance,
     save_model,
 )
-from livetrack.segment.postprocess import labels_from_maps
+from livetrack.segment.postprocess import PostprocessParams, labels_from_maps
 from livetrack.segment.train import CtcSource, TrainConfig, ctc_frames, train
 from simulators.nuclei import NucleiSimulator, SimulationConfig
 
@@ -86,6 +86,32 @@ def test_postprocess_splits_two_touching_nuclei() -> None:
     assert labels.dtype == np.int32
     assert labels.max() == 2
     assert _recall(gt, labels) == 1.0
+
+
+def test_peak_prominence_keeps_touching_nuclei_apart_and_lobes_together() -> None:
+    # Two touching nuclei: each centre is ~0.7 above the seam between them.
+    gt = _discs((64, 96), [(32, 30), (32, 58)], 15)
+    two = PostprocessParams(peak_threshold=0.3, peak_prominence=0.2)
+    labels = labels_from_maps(
+        inner_distance(gt, 4.0), outer_distance(gt, 15.0), (gt > 0).astype(np.float32), 30.0, two
+    )
+    assert labels.max() == 2
+    assert _recall(gt, labels) == 1.0
+    # One elongated nucleus whose inner map has two shallow lobes (0.6 over a 0.5 saddle).
+    yy, xx = np.mgrid[:64, :96]
+    blob = ((yy - 32) / 14.0) ** 2 + ((xx - 48) / 26.0) ** 2 <= 1
+    one = blob.astype(np.int32)
+    lobes = 0.5 + 0.1 * (
+        np.exp(-((yy - 32) ** 2 + (xx - 36) ** 2) / 30.0)
+        + np.exp(-((yy - 32) ** 2 + (xx - 60) ** 2) / 30.0)
+    )
+    inner = np.where(blob, lobes, 0.0).astype(np.float32)
+    outer = outer_distance(one, 15.0)
+    fg = blob.astype(np.float32)
+    assert (
+        labels_from_maps(inner, outer, fg, 30.0, PostprocessParams(peak_threshold=0.3)).max() == 2
+    )
+    assert labels_from_maps(inner, outer, fg, 30.0, two).max() == 1
 
 
 def test_postprocess_empty_and_markerless_foreground() -> None:

@@ -172,9 +172,12 @@ def test_estimated_diameter_is_kept_for_the_position() -> None:
 
 
 def test_factory_and_protocol() -> None:
-    seg = make_segmenter(SegmentConfig())
+    seg = make_segmenter(SegmentConfig(method="classical"))
     assert isinstance(seg, Segmenter)
     assert seg.name == "classical"
+    default = make_segmenter(SegmentConfig())
+    assert isinstance(default, Segmenter)
+    assert default.name == "learned"  # the default since the learned model beat classical
     with pytest.raises(ConfigError):
         make_segmenter(SegmentConfig.model_construct(method="nope"))  # type: ignore[arg-type]
 

@@ -14,10 +14,10 @@ class SegmentConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    method: Literal["classical", "learned"] = "classical"
-    """Segmenter: 'classical' (smoothing, threshold, distance-transform watershed) or
-    'learned' (a small U-Net predicting Caliban's three maps, then peaks + watershed;
-    falls back to classical when torch cannot be imported)."""
+    method: Literal["classical", "learned"] = "learned"
+    """Segmenter: 'learned' (a small U-Net predicting Caliban's three maps, then peaks +
+    watershed; falls back to classical when torch cannot be imported) or 'classical'
+    (smoothing, threshold, distance-transform watershed)."""
     nucleus_diameter_px: float | None = Field(default=None, gt=2)
     """Typical nucleus diameter in pixels. Takes precedence over everything else."""
     nucleus_diameter_um: float | None = Field(default=None, gt=0)
@@ -56,5 +56,9 @@ class SegmentConfig(BaseModel):
     overlapping tiles of this size, so memory stays bounded for any frame size."""
     fg_threshold: float = Field(default=0.5, gt=0, lt=1)
     """(learned) Foreground probability above which a pixel belongs to a nucleus."""
-    peak_threshold: float = Field(default=0.5, gt=0, lt=1)
+    peak_threshold: float = Field(default=0.3, gt=0, lt=1)
     """(learned) Minimum inner-distance value of a nucleus centre (1 = exact centre)."""
+    peak_prominence: float = Field(default=0.05, ge=0, lt=1)
+    """(learned) A centre must rise this much above the saddle to any higher centre in the
+    inner-distance map (h-maxima); separates two touching nuclei (deep saddle) from two
+    lobes of one elongated nucleus (shallow saddle). 0 keeps every local maximum."""

@@ -78,6 +78,7 @@ class LearnedSegmenter(ScaledSegmenter):
         params = PostprocessParams(
             fg_threshold=self.config.fg_threshold,
             peak_threshold=self.config.peak_threshold,
+            peak_prominence=self.config.peak_prominence,
             min_area_fraction=self.config.min_area_fraction,
         )
         labels = labels_from_maps(

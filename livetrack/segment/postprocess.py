@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
+from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import relabel_sequential, watershed
 
 from livetrack.types import LabelImage
@@ -23,8 +24,13 @@ class PostprocessParams:
 
     fg_threshold: float = 0.5
     """Foreground probability above which a pixel belongs to a nucleus."""
-    peak_threshold: float = 0.5
-    """Minimum inner-distance value of a marker (1 = a nucleus centre; edges are ~0.3)."""
+    peak_threshold: float = 0.3
+    """Minimum inner-distance value of a marker (1 = a nucleus centre; edges are ~0.3;
+    the model's blurred peaks reach 0.4–0.7)."""
+    peak_prominence: float = 0.05
+    """A marker's peak must rise this much above the saddle to any higher peak (h-maxima
+    of the inner distance); 0 keeps every local maximum. Two lobes of one elongated
+    nucleus give a shallow saddle, two touching nuclei a deep one."""
     peak_min_distance: float = 0.3
     """Minimum distance between two markers, in diameters."""
     min_area_fraction: float = 0.15
@@ -49,12 +55,15 @@ def labels_from_maps(
         return np.zeros(fg.shape, np.int32)
     fg = ndi.binary_fill_holes(fg)
     smooth_inner = ndi.gaussian_filter(np.asarray(inner, np.float32), max(0.05 * diameter_px, 0.5))
+    relief_in = np.where(fg, smooth_inner, 0.0).astype(np.float32)
     peaks = peak_local_max(
-        np.where(fg, smooth_inner, 0.0),
+        relief_in,
         min_distance=max(1, round(p.peak_min_distance * diameter_px)),
         threshold_abs=p.peak_threshold,
         exclude_border=False,
     )
+    if p.peak_prominence > 0 and len(peaks):
+        peaks = _one_peak_per_dome(relief_in, peaks, p.peak_prominence)
     markers = np.zeros(fg.shape, np.int32)
     markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     relief = -np.asarray(outer, np.float32) - smooth_inner
@@ -70,3 +79,24 @@ def labels_from_maps(
         labels[np.isin(labels, small)] = 0
     out, _, _ = relabel_sequential(labels)
     return np.asarray(out, dtype=np.int32)
+
+
+def _one_peak_per_dome(
+    relief: NDArray[np.float32], peaks: NDArray[np.intp], h: float
+) -> NDArray[np.intp]:
+    """The highest of the ``peaks`` on each dome of height ≥ ``h`` (h-maxima transform:
+    the regional maxima of the reconstruction of relief − h under relief). Peaks joined
+    by a saddle less than ``h`` below the lower one share a dome; peaks on no dome (lower
+    than ``h`` above every saddle) are dropped."""
+    rec = reconstruction(relief - np.float32(h), relief, method="dilation")
+    domes, _ = ndi.label(local_maxima(rec), structure=np.ones((3, 3), bool))
+    dome_of = domes[peaks[:, 0], peaks[:, 1]]
+    order = np.argsort(-relief[peaks[:, 0], peaks[:, 1]], kind="stable")
+    keep: list[int] = []
+    taken: set[int] = set()
+    for i in order:
+        d = int(dome_of[i])
+        if d and d not in taken:
+            taken.add(d)
+            keep.append(int(i))
+    return peaks[np.sort(np.asarray(keep, np.intp))]
