@@ -59,6 +59,7 @@ class SegmentConfig(BaseModel):
     peak_threshold: float = Field(default=0.3, gt=0, lt=1)
     """(learned) Minimum inner-distance value of a nucleus centre (1 = exact centre)."""
     peak_prominence: float = Field(default=0.05, ge=0, lt=1)
-    """(learned) A centre must rise this much above the saddle to any higher centre in the
-    inner-distance map (h-maxima); separates two touching nuclei (deep saddle) from two
-    lobes of one elongated nucleus (shallow saddle). 0 keeps every local maximum."""
+    """(learned) The inner-distance map must dip at least this much between a centre and
+    any higher centre within a diameter, else the lower one is dropped: separates two
+    touching nuclei (deep dip) from two lobes of one elongated nucleus (shallow dip).
+    0 keeps every local maximum."""

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
-from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import relabel_sequential, watershed
 
 from livetrack.types import LabelImage
@@ -28,9 +28,9 @@ class PostprocessParams:
     """Minimum inner-distance value of a marker (1 = a nucleus centre; edges are ~0.3;
     the model's blurred peaks reach 0.4–0.7)."""
     peak_prominence: float = 0.05
-    """A marker's peak must rise this much above the saddle to any higher peak (h-maxima
-    of the inner distance); 0 keeps every local maximum. Two lobes of one elongated
-    nucleus give a shallow saddle, two touching nuclei a deep one."""
+    """A marker's peak must dip at least this much on the way to any higher peak within a
+    diameter (straight line); 0 keeps every local maximum. Two lobes of one elongated
+    nucleus give a shallow dip, two touching nuclei a deep one."""
     peak_min_distance: float = 0.3
     """Minimum distance between two markers, in diameters."""
     min_area_fraction: float = 0.15
@@ -62,8 +62,8 @@ def labels_from_maps(
         threshold_abs=p.peak_threshold,
         exclude_border=False,
     )
-    if p.peak_prominence > 0 and len(peaks):
-        peaks = _one_peak_per_dome(relief_in, peaks, p.peak_prominence)
+    if p.peak_prominence > 0:
+        peaks = _drop_shallow_peaks(relief_in, peaks, p.peak_prominence, diameter_px)
     markers = np.zeros(fg.shape, np.int32)
     markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     relief = -np.asarray(outer, np.float32) - smooth_inner
@@ -81,22 +81,28 @@ def labels_from_maps(
     return np.asarray(out, dtype=np.int32)
 
 
-def _one_peak_per_dome(
-    relief: NDArray[np.float32], peaks: NDArray[np.intp], h: float
+
+def _drop_shallow_peaks(
+    relief: NDArray[np.float32], peaks: NDArray[np.intp], h: float, reach_px: float
 ) -> NDArray[np.intp]:
-    """The highest of the ``peaks`` on each dome of height ≥ ``h`` (h-maxima transform:
-    the regional maxima of the reconstruction of relief − h under relief). Peaks joined
-    by a saddle less than ``h`` below the lower one share a dome; peaks on no dome (lower
-    than ``h`` above every saddle) are dropped."""
-    rec = reconstruction(relief - np.float32(h), relief, method="dilation")
-    domes, _ = ndi.label(local_maxima(rec), structure=np.ones((3, 3), bool))
-    dome_of = domes[peaks[:, 0], peaks[:, 1]]
-    order = np.argsort(-relief[peaks[:, 0], peaks[:, 1]], kind="stable")
-    keep: list[int] = []
-    taken: set[int] = set()
-    for i in order:
-        d = int(dome_of[i])
-        if d and d not in taken:
-            taken.add(d)
-            keep.append(int(i))
-    return peaks[np.sort(np.asarray(keep, np.intp))]
+    """The ``peaks`` that do not sit on the flank of a higher one: a peak is dropped when
+    the straight line to a higher peak within ``reach_px`` never dips more than ``h`` below
+    it (a cheap, local form of the h-maxima criterion: that line is one path, so the true
+    saddle is at least as high)."""
+    if len(peaks) < 2:
+        return peaks
+    vals = relief[peaks[:, 0], peaks[:, 1]]
+    order = np.argsort(-vals, kind="stable")
+    pairs = cKDTree(peaks[order]).query_pairs(reach_px, output_type="ndarray")
+    if len(pairs) == 0:
+        return peaks
+    hi, lo = order[pairs[:, 0]], order[pairs[:, 1]]  # query_pairs gives i < j: hi is higher
+    steps = np.linspace(0.0, 1.0, max(3, int(np.ceil(reach_px)) + 1))
+    a, b = peaks[hi].astype(np.float64), peaks[lo].astype(np.float64)
+    line = a[:, None, :] + (b - a)[:, None, :] * steps[None, :, None]
+    dips = ndi.map_coordinates(relief, line.reshape(-1, 2).T, order=1, mode="nearest")
+    saddle = dips.reshape(len(pairs), len(steps)).min(axis=1)
+    shallow = vals[lo] - saddle < h
+    keep = np.ones(len(peaks), bool)
+    keep[lo[shallow]] = False
+    return peaks[keep]
