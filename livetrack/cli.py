@@ -66,7 +66,7 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
         "--tracker",
         choices=("lstm", "lap"),
         default=None,
-        help="tracking method (default: from the settings, else lap)",
+        help="tracking method (default: from the settings, else lstm)",
     )
     g.add_argument(
         "--events",

@@ -53,8 +53,15 @@ def sim_config() -> SimulationConfig:
 
 
 def fast_settings() -> Settings:
+    """Frequent status messages; the distance-only tracker, so the run behind the layout
+    snapshots is exactly the same on any CPU (no floating-point model in the loop)."""
     s = Settings()
-    return s.model_copy(update={"worker": s.worker.model_copy(update={"status_interval_s": 0.2})})
+    return s.model_copy(
+        update={
+            "worker": s.worker.model_copy(update={"status_interval_s": 0.2}),
+            "track": s.track.model_copy(update={"method": "lap"}),
+        }
+    )
 
 
 @pytest.fixture(scope="module")

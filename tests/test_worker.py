@@ -17,6 +17,7 @@ from livetrack.messages import EndOfStream, FrameHeader, TrackEvent
 from livetrack.pump import header_for, pump
 from livetrack.store import Store
 from livetrack.track.base import FrameHistory, TrackEnd, Tracker, TrackRecord, TrackStep
+from livetrack.track.config import TrackConfig
 from livetrack.track.factory import make_tracker
 from livetrack.transport import EventPublisher, EventSubscriber, FramePuller, FramePusher
 from livetrack.types import Detections
@@ -276,7 +277,9 @@ def test_tracker_gets_image_and_mask_and_its_embeddings_survive_a_restart(
     trackers: list[RecordingTracker] = []
 
     def factory(shape: tuple[int, int]) -> Tracker:
-        trackers.append(RecordingTracker(make_tracker(Settings().track, shape)))
+        # the LAP tracker underneath: this test is about the worker's plumbing, and the
+        # recorder replaces the embeddings with its own (the LSTM's restore is tested apart)
+        trackers.append(RecordingTracker(make_tracker(TrackConfig(method="lap"), shape)))
         return trackers[-1]
 
     frames = gt_frames()[:9]

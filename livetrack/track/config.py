@@ -13,10 +13,10 @@ class TrackConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    method: Literal["lstm", "lap"] = "lap"
+    method: Literal["lstm", "lap"] = "lstm"
     """Which tracker to build: "lstm" = Caliban's learned causal tracker (appearance,
-    neighbourhood and motion; needs the image, so not for detections-only input); "lap" =
-    distance-based sparse linear assignment (the baseline)."""
+    neighbourhood and motion; needs the image; falls back to "lap" when torch cannot be
+    imported); "lap" = distance-based sparse linear assignment (the baseline)."""
 
     model_dir: str | None = None
     """Folder of the lstm tracker's model (config.json + weights.pt); None = the shipped one."""
