@@ -81,7 +81,6 @@ def labels_from_maps(
     return np.asarray(out, dtype=np.int32)
 
 
-
 def _drop_shallow_peaks(
     relief: NDArray[np.float32], peaks: NDArray[np.intp], h: float, reach_px: float
 ) -> NDArray[np.intp]:
