@@ -55,7 +55,9 @@ class LearnedSegmenter(ScaledSegmenter):
         self.model.eval()
         self.torch_device = pick_device(self.config.device)
         self.half = self.torch_device.type == "cuda"
+        # channels-last: oneDNN's (and cuDNN's) fast convolution layout, ~2x on this CPU.
         self.model.to(self.torch_device)
+        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.half:
             self.model.half()
         if self.torch_device.type == "cpu" and torch.get_num_threads() > MAX_CPU_THREADS:
@@ -126,7 +128,9 @@ class LearnedSegmenter(ScaledSegmenter):
 
     def _run(self, tiles: NDArray[np.float32]) -> NDArray[np.float32]:
         """The network on a (N, H, W) batch → (N, 3, H, W) maps (fg as a probability)."""
-        x = torch.from_numpy(np.ascontiguousarray(tiles[:, None])).to(self.torch_device)
+        x = torch.from_numpy(np.ascontiguousarray(tiles[:, None])).to(
+            self.torch_device, memory_format=torch.channels_last
+        )
         if self.half:
             x = x.half()
         with torch.inference_mode():
