@@ -23,6 +23,17 @@ log = logging.getLogger("livetrack")
 
 
 # ----------------------------------------------------------------- arguments
+def _ctc_arg(p: argparse.ArgumentParser, masks: str) -> None:
+    """The repeatable ``--ctc SEQ[:FIRST-LAST]`` training-data option."""
+    p.add_argument(
+        "--ctc",
+        action="append",
+        default=[],
+        metavar="SEQ[:FIRST-LAST]",
+        help=f"a CTC sequence folder with {masks}, optionally a frame range (repeat)",
+    )
+
+
 def _sim_args(p: argparse.ArgumentParser, *, frames_default: int = 50) -> None:
     g = p.add_argument_group("simulation")
     g.add_argument("--frames", type=int, default=frames_default, help="number of frames")
@@ -327,13 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps")
     p.add_argument("--sim-movies", type=int, default=160, help="random simulated movies")
-    p.add_argument(
-        "--ctc",
-        action="append",
-        default=[],
-        metavar="SEQ[:FIRST-LAST]",
-        help="a CTC sequence folder with NN_GT/SEG masks, optionally a frame range (repeat)",
-    )
+    _ctc_arg(p, "NN_GT/SEG masks")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_train_segment)
 
@@ -343,13 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2500, help="optimiser steps")
     p.add_argument("--sim-movies", type=int, default=60, help="random simulated training movies")
     p.add_argument("--val-movies", type=int, default=8, help="simulated validation movies")
-    p.add_argument(
-        "--ctc",
-        action="append",
-        default=[],
-        metavar="SEQ[:FIRST-LAST]",
-        help="a CTC sequence folder with full NN_GT/TRA masks, optionally a frame range (repeat)",
-    )
+    _ctc_arg(p, "full NN_GT/TRA masks")
     p.add_argument(
         "--ctc-fraction",
         type=float,

@@ -34,6 +34,7 @@ import torch
 from numpy.typing import NDArray
 
 from livetrack.errors import ConfigError
+from livetrack.evaluate.ctcfiles import read_track_file
 from livetrack.segment.train import CtcSource, jsonable
 from livetrack.track.config import TrackConfig
 from livetrack.track.features import FrameFeatures, frame_features
@@ -270,13 +271,12 @@ def ctc_movie(source: CtcSource, model: TrackNetConfig, window: int) -> Movie:
     if len(images) < 2:
         raise ConfigError(f"fewer than 2 frames of {seq} in {source.first}-{source.last}")
     present = set(np.unique(np.concatenate([np.unique(m) for m in masks])).tolist())
-    parent: dict[int, int] = {}
-    for line in table.read_text().splitlines():
-        fields = line.split()
-        if len(fields) == 4 and int(fields[3]) > 0:
-            daughter, mother = int(fields[0]), int(fields[3])
-            if daughter in present and mother in present:  # the division is in the range
-                parent[daughter] = mother
+    parent = {
+        daughter: mother
+        for mother, daughters in read_track_file(table).children().items()
+        for daughter in daughters
+        if daughter in present and mother in present  # the division is in the range
+    }
     return movie_from_frames(images, masks, parent, model, window)
 
 
@@ -482,8 +482,13 @@ def _pick_frame(movie: Movie, rng: np.random.Generator) -> int:
     return int(rng.integers(1, n))
 
 
+def _window(cfg: TrackTrainConfig) -> int:
+    """Frames of history a training movie's length unit and windows are computed over."""
+    return max(TrackConfig().max_gap + 2, cfg.model.window)
+
+
 def build_movies(n: int, rng: np.random.Generator, cfg: TrackTrainConfig) -> list[Movie]:
-    window = max(TrackConfig().max_gap + 2, cfg.model.window)
+    window = _window(cfg)
     out = []
     for i in range(n):
         sim = random_track_sim(rng, cfg.frames)
@@ -504,7 +509,7 @@ def train(cfg: TrackTrainConfig, out_dir: Path) -> dict[str, object]:
     track_cfg = TrackConfig()
     movies = build_movies(cfg.sim_movies, data_rng, cfg)
     val = build_movies(cfg.val_movies, val_rng, cfg)
-    window = max(track_cfg.max_gap + 2, cfg.model.window)
+    window = _window(cfg)
     ctc = [ctc_movie(src, cfg.model, window) for src in cfg.ctc]
     n_frames = sum(len(m.frames) for m in [*movies, *ctc])
     log.info(
