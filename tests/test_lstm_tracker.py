@@ -14,7 +14,7 @@ from livetrack.track.base import FrameHistory, TrackStep
 from livetrack.track.config import TrackConfig
 from livetrack.track.factory import make_tracker
 from livetrack.track.features import CROP, frame_features, neighbour_edges
-from livetrack.track.lstm import DEFAULT_MODEL, LstmTracker, encode_frame
+from livetrack.track.lstm import DEFAULT_MODEL, LstmTracker, division_posterior, encode_frame
 from livetrack.track.model import TrackNet, TrackNetConfig, load_tracknet, save_tracknet
 from livetrack.types import Detections
 from tests.test_tracker import _records  # the track table a store would hold after some steps
@@ -187,6 +187,56 @@ def test_hand_built_division_is_detected() -> None:
     assert len(set(steps[8].track_ids[:2].tolist())) == 2
     # the daughters keep their ids afterwards
     assert steps[11].track_ids[:2].tolist() == steps[8].track_ids[:2].tolist()
+
+
+class _Scripted(LstmTracker):
+    """The shipped tracker with the pair classifier replaced by fixed probabilities (by the
+    candidate's label), to test the decisions made on them."""
+
+    probs: dict[int, tuple[float, float, float]]
+
+    def _score(self, frame, detections, cand, pred, missed, diam):  # type: ignore[no-untyped-def]
+        return np.array([self.probs[int(detections.labels[d])] for d in cand.detection]).reshape(
+            -1, 3
+        )
+
+
+@pytest.mark.parametrize(
+    ("newborn", "divides"),
+    [((0.02, 0.03, 0.95), True), ((0.02, 0.90, 0.08), False)],
+)
+def test_division_when_one_daughter_was_taken_for_the_mother(
+    newborn: tuple[float, float, float], divides: bool
+) -> None:
+    # The classifier half takes daughter 1 for the mother itself (p_same 0.5, p_parent 0.4:
+    # the assignment links it) and is sure daughter 2 is the mother's daughter (0.95):
+    # a division, although daughter 1's p_parent alone is below the threshold 0.6.
+    # If daughter 2 is just another cell (p_parent 0.08), no division.
+    tr = _Scripted(TrackConfig(method="lstm"), SHAPE, link_threshold=0.1, division_threshold=0.6)
+    tr.probs = {1: (0.5, 0.1, 0.4), 2: newborn}
+    mother = step(tr, 0, [(80.0, 80.0, 9.0)])
+    s = step(tr, 1, [(80.0, 73.0, 6.5), (80.0, 87.0, 6.5)])
+    divisions = [e for e in s.events if e.kind == "division"]
+    assert len(divisions) == int(divides)
+    if divides:
+        assert divisions[0].track_id == int(mother.track_ids[0])
+        assert set(divisions[0].daughters) == set(s.track_ids.tolist())
+        assert int(mother.track_ids[0]) not in s.track_ids.tolist()
+    else:
+        assert int(s.track_ids[0]) == int(mother.track_ids[0])
+
+
+def test_division_posterior_weighs_both_daughters() -> None:
+    p_new = np.array([0.97, 0.3, 0.95, 0.95, 0.0])
+    p_linked_parent = np.array([0.34, 0.1, 0.4, 0.0, 0.0])
+    p_linked_same = np.array([0.6, 0.9, 0.5, 0.9, 0.0])
+    post = division_posterior(p_new, p_linked_parent, p_linked_same)
+    assert post[0] > 0.9  # sure sister, hesitant link: a division
+    assert post[1] < 0.05  # neither looks like a daughter
+    assert post[2] == pytest.approx(0.4 * 0.95 / (0.4 * 0.95 + 0.5 * 0.05))
+    assert post[3] == 0.0  # the linked cell cannot be a daughter: no division
+    assert post[4] == 0.0  # nothing scored
+    assert np.all((post >= 0) & (post <= 1))
 
 
 def test_cell_missing_one_frame_is_relinked() -> None:

@@ -14,10 +14,11 @@ Per frame, as it arrives:
 4. assignment with cost ``1 − p_same`` in Caliban's birth/death layout, split into the
    gated graph's connected blocks (``assign.assign_sparse``): a link needs p_same above
    ``link_threshold``;
-5. newborn detections get a mother when the best eligible track's p_parent→daughter passes
-   ``division_threshold`` (``assign.select_parents``; a mother still linked to one daughter
-   needs that daughter's p_parent→daughter too). Gap closing, fates and events come from
-   the LAP tracker this class extends.
+5. newborn detections get a mother when the best eligible track's division score passes
+   ``division_threshold`` (``assign.select_parents``): p_parent→daughter for a track left
+   unlinked; for a track linked to one daughter, the posterior of "divided into both"
+   against "continued as the linked cell" (``division_posterior``). Gap closing, fates
+   and events come from the LAP tracker this class extends.
 
 The embeddings are returned with every step (``TrackStep.embeddings``) and kept by the
 store, so a restarted worker rebuilds the rings from the last ``window`` frames exactly.
@@ -191,6 +192,19 @@ def pair_probabilities(
         )
         prob = torch.softmax(logits.double(), dim=1)
     return prob.numpy()
+
+
+def division_posterior(
+    p_newborn: FloatArray, p_linked_parent: FloatArray, p_linked_same: FloatArray
+) -> FloatArray:
+    """Probability that a track T linked in this frame to detection s divided into s and the
+    newborn c, from the pair probabilities: the assignment's reading "T continued as s, c is
+    another cell" has weight p_same(T, s)·(1 − p_pd(T, c)), the division p_pd(T, s)·p_pd(T, c).
+    0 where neither was scored."""
+    divided = p_linked_parent * p_newborn
+    stayed = p_linked_same * (1.0 - p_newborn)
+    total = divided + stayed
+    return np.where(total > 0, divided / np.where(total > 0, total, 1.0), 0.0)
 
 
 # ---------------------------------------------------------------------- the tracker
@@ -467,8 +481,11 @@ class LstmTracker(LapTracker):
             pair_track.astype(np.intp),
         )
 
-    def _pc(self, t_idx: NDArray[np.intp], d_idx: NDArray[np.intp], n_dets: int) -> FloatArray:
-        """p_parent→daughter of (track index, detection index) pairs; 0 if not scored."""
+    def _prob(
+        self, t_idx: NDArray[np.intp], d_idx: NDArray[np.intp], n_dets: int, cls: int
+    ) -> FloatArray:
+        """Probability of class ``cls`` for (track index, detection index) pairs; 0 if the
+        pair was not scored this frame."""
         if len(t_idx) == 0 or len(self._cand) == 0:
             return np.zeros(len(t_idx))
         n = max(n_dets, 1)
@@ -476,7 +493,7 @@ class LstmTracker(LapTracker):
         keys = self._cand.track.astype(np.int64) * n + self._cand.detection
         key = t_idx.astype(np.int64) * n + d_idx
         pos = np.clip(np.searchsorted(keys, key), 0, len(keys) - 1)
-        return np.where(keys[pos] == key, self._pair_prob[pos, PARENT], 0.0)
+        return np.where(keys[pos] == key, self._pair_prob[pos, cls], 0.0)
 
     def _divisions(
         self,
@@ -486,12 +503,12 @@ class LstmTracker(LapTracker):
         newborn: NDArray[np.intp],
         diam: float,
     ) -> _Divisions:
-        """Mothers for newborn detections from p_parent→daughter.
+        """Mothers for newborn detections.
 
-        A track linked in this frame (its link may be a daughter) can take one newborn when
-        both the newborn's and the linked detection's p_parent→daughter pass the threshold
-        (score = their mean); an unlinked track seen at most ``division_max_gap`` frames ago
-        can take two newborns (score = p_parent→daughter).
+        An unlinked track seen at most ``division_max_gap`` frames ago can take two newborns
+        (score = p_parent→daughter of each); a track linked in this frame can take one
+        (score = ``division_posterior``: a daughter the model half took for the mother itself
+        does not veto a division its sister makes certain).
         """
         cfg, tr = self.config, self._tracks
         none = _Divisions(np.zeros(0, np.intp), [], np.zeros(0))
@@ -510,11 +527,12 @@ class LstmTracker(LapTracker):
         if len(m) == 0:
             return none
         score = self._pair_prob[keep, PARENT]
-        has_sib = sibling[m] >= 0
-        sib_score = self._pc(m, np.maximum(sibling[m], 0), n_d)
-        ok = ~has_sib | (sib_score >= self.division_threshold_p)
-        score = np.where(has_sib, 0.5 * (score + sib_score), score)
-        m, c, score = m[ok], c[ok], score[ok]
+        linked = sibling[m] >= 0
+        sib = np.maximum(sibling[m], 0)
+        joint = division_posterior(
+            score, self._prob(m, sib, n_d, PARENT), self._prob(m, sib, n_d, SAME)
+        )
+        score = np.where(linked, joint, score)
         return select_divisions(m, c, score, sibling, self.division_threshold_p)
 
 
@@ -529,6 +547,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DIFF",
     "LstmTracker",
+    "division_posterior",
     "encode_frame",
     "pair_geometry",
     "pair_probabilities",
