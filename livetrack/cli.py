@@ -345,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = train_sub.add_parser("track", help="the learned (LSTM) tracker (seeded)")
     p.add_argument("out_dir", type=Path, help="model folder to write (config.json, weights.pt)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=2500, help="optimiser steps")
-    p.add_argument("--sim-movies", type=int, default=60, help="random simulated training movies")
+    p.add_argument("--steps", type=int, default=6000, help="optimiser steps")
+    p.add_argument("--sim-movies", type=int, default=120, help="random simulated training movies")
     p.add_argument("--val-movies", type=int, default=8, help="simulated validation movies")
     _ctc_arg(p, "full NN_GT/TRA masks")
     p.add_argument(

@@ -50,7 +50,7 @@ log = logging.getLogger("livetrack.track.lstm")
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "track-lstm-v2"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "track-lstm-v3"
 """The shipped tracking model (weights + the thresholds chosen on a validation split)."""
 
 

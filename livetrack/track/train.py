@@ -58,10 +58,10 @@ class TrackTrainConfig:
     """Everything that defines a training run (saved next to the weights)."""
 
     seed: int = 0
-    steps: int = 2500
+    steps: int = 6000
     batch: int = 4
     lr: float = 2e-3
-    sim_movies: int = 60
+    sim_movies: int = 120
     val_movies: int = 8
     frames: int = 36
     drop_rate: float = 0.03
