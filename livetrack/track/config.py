@@ -26,7 +26,8 @@ class TrackConfig(BaseModel):
     split (stored with the model)."""
 
     lstm_division_threshold: float | None = Field(default=None, gt=0, le=1)
-    """lstm: minimum p_parent→daughter for a division; None = the model's validated value."""
+    """lstm: minimum division score (p_parent→daughter; for a mother linked to one daughter,
+    ``lstm.division_posterior``); None = the model's validated value."""
 
     nucleus_diameter_px: float | None = Field(default=None, gt=0)
     """Typical nucleus diameter in pixels, the unit of every length below. None: estimate it
