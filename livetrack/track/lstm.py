@@ -481,19 +481,19 @@ class LstmTracker(LapTracker):
             pair_track.astype(np.intp),
         )
 
-    def _prob(
-        self, t_idx: NDArray[np.intp], d_idx: NDArray[np.intp], n_dets: int, cls: int
-    ) -> FloatArray:
-        """Probability of class ``cls`` for (track index, detection index) pairs; 0 if the
-        pair was not scored this frame."""
+    def _pair_rows(
+        self, t_idx: NDArray[np.intp], d_idx: NDArray[np.intp], n_dets: int
+    ) -> NDArray[np.float64]:
+        """(K, 3) class probabilities of (track index, detection index) pairs; zeros for a
+        pair not scored this frame."""
         if len(t_idx) == 0 or len(self._cand) == 0:
-            return np.zeros(len(t_idx))
+            return np.zeros((len(t_idx), 3))
         n = max(n_dets, 1)
         # gate() sorts its pairs by track then detection, so these keys are increasing.
         keys = self._cand.track.astype(np.int64) * n + self._cand.detection
         key = t_idx.astype(np.int64) * n + d_idx
         pos = np.clip(np.searchsorted(keys, key), 0, len(keys) - 1)
-        return np.where(keys[pos] == key, self._pair_prob[pos, cls], 0.0)
+        return np.where((keys[pos] == key)[:, None], self._pair_prob[pos], 0.0)
 
     def _divisions(
         self,
@@ -529,9 +529,8 @@ class LstmTracker(LapTracker):
         score = self._pair_prob[keep, PARENT]
         linked = sibling[m] >= 0
         sib = np.maximum(sibling[m], 0)
-        joint = division_posterior(
-            score, self._prob(m, sib, n_d, PARENT), self._prob(m, sib, n_d, SAME)
-        )
+        linked_p = self._pair_rows(m, sib, n_d)
+        joint = division_posterior(score, linked_p[:, PARENT], linked_p[:, SAME])
         score = np.where(linked, joint, score)
         return select_divisions(m, c, score, sibling, self.division_threshold_p)
 
