@@ -193,6 +193,27 @@ def test_invalid_result_names_the_track(tmp_path: Path, gt_dir: Path) -> None:
         evaluate_ctc(res, gt_dir)
 
 
+def test_ground_truth_that_disagrees_with_its_masks_is_named(tmp_path: Path) -> None:
+    # Daughter 3 is in man_track.txt from frame 3 but its marker only appears at frame 4
+    # (py-ctcmetrics would fail with an IndexError while building the parent links).
+    places = {t: dict(GT_PLACES[t]) for t in GT_PLACES}
+    del places[3][3]
+    gt = write_gt(tmp_path / "gt", GT_TRACKS, places)
+    res = write_res(tmp_path / "res", GT_TRACKS, GT_PLACES)
+    with pytest.raises(
+        EvaluationError,
+        match=r"man_track.txt disagrees with its masks: track 3 "
+        r"\(3 3 5 1\) has no mask in frame 3$",
+    ):
+        evaluate_ctc(res, gt)
+    # A GT marker missing in a middle frame is legal (a gap) and still scores.
+    places = {t: dict(GT_PLACES[t]) for t in GT_PLACES}
+    del places[4][4]
+    r = evaluate_ctc(res, write_gt(tmp_path / "gap", GT_TRACKS, places))
+    assert r.DET is not None
+    assert r.DET < 1.0
+
+
 def test_bad_track_file_and_layout(tmp_path: Path, gt_dir: Path) -> None:
     res = write_res(tmp_path, [*GT_TRACKS[:3], (4, 0, 5, 2)], GT_PLACES)
     with pytest.raises(EvaluationError, match=r"track 4 .*parent 2 ends at frame 5"):

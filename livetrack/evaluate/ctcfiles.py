@@ -124,3 +124,26 @@ def check_layout(res_dir: Path, gt_dir: Path) -> tuple[int, bool]:
     seg_dir = gt_dir / "SEG"
     has_seg = seg_dir.is_dir() and bool(mask_files(seg_dir, "man_seg"))
     return len(gt_tra), has_seg
+
+
+def check_presence(
+    tracks: CtcTracks, labels_per_frame: list[list[int]] | list[NDArray[np.int64]], name: str
+) -> None:
+    """Each track's label must be in the masks of its first and last frame.
+
+    py-ctcmetrics looks a track up in exactly those two frames (to build the parent links)
+    and fails with an ``IndexError`` when it is absent: a ``man_track.txt`` edited by hand,
+    or masks and track file from different versions of an annotation.
+    """
+    present = [set(np.asarray(labels).tolist()) for labels in labels_per_frame]
+    bad: list[str] = []
+    for label, (begin, end, parent) in tracks.row().items():
+        missing = [t for t in (begin, end) if label not in present[t]]
+        if missing:
+            where = " and ".join(str(t) for t in dict.fromkeys(missing))
+            bad.append(
+                f"track {label} ({label} {begin} {end} {parent}) has no mask in frame {where}"
+            )
+    if bad:
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise EvaluationError(f"{name} disagrees with its masks: " + "; ".join(bad[:5]) + more)

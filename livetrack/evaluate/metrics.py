@@ -18,6 +18,7 @@ from livetrack.evaluate import lineage
 from livetrack.evaluate.ctcfiles import (
     CtcTracks,
     check_layout,
+    check_presence,
     mask_files,
     read_track_file,
     validate_tracks,
@@ -115,6 +116,9 @@ def evaluate_ctc(
     validate_tracks(res_tracks, n_frames, "res_track.txt")
     validate_tracks(gt_tracks, n_frames, "man_track.txt")
     matched = match_sequence(res_dir, gt_dir, has_seg)
+    check_presence(
+        gt_tracks, [f.labels_ref for f in matched.tra], str(gt_dir / "TRA" / "man_track.txt")
+    )
     scores = _ctc_scores(res_tracks, gt_tracks, matched, res_dir, has_seg)
     matches = [dict(zip(f.mapped_ref, f.mapped_comp, strict=True)) for f in matched.tra]
     labels_gt = [f.labels_ref for f in matched.tra]
