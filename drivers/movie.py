@@ -348,8 +348,10 @@ def _page_reader(tif: tifffile.TiffFile, series: int, key: int) -> Callable[[], 
     def read() -> np.ndarray:
         try:
             return np.asarray(tif.asarray(series=series, key=key))
-        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as err:
-            raise SourceError(f"page {key} of series {series}: {err}") from None
+        except Exception as err:  # any failure (truncated file, codec error): skip this plane
+            raise SourceError(
+                f"page {key} of series {series}: {type(err).__name__}: {err}"
+            ) from None
 
     return read
 
@@ -436,8 +438,8 @@ def _nd_reader(ds: Any, axes: dict[str, Any]) -> Callable[[], np.ndarray]:
     def read() -> np.ndarray:
         try:
             return np.asarray(ds.read_image(**axes))
-        except (OSError, ValueError, KeyError) as err:
-            raise SourceError(f"image {axes}: {err}") from None
+        except Exception as err:  # any failure (truncated file, codec error): skip this image
+            raise SourceError(f"image {axes}: {type(err).__name__}: {err}") from None
 
     return read
 

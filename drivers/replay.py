@@ -157,8 +157,8 @@ class CTCReplaySource:
 def _read_2d(path: Path) -> np.ndarray:
     try:
         arr = tifffile.imread(path)
-    except (OSError, ValueError, tifffile.TiffFileError) as err:
-        raise SourceError(f"cannot read {path.name}: {err}") from None
+    except Exception as err:  # any failure (truncated file, codec error): skip this frame
+        raise SourceError(f"cannot read {path.name}: {type(err).__name__}: {err}") from None
     arr = np.squeeze(arr)
     if arr.ndim != 2:
         raise SourceError(f"{path.name} has shape {arr.shape}; expected one 2-D plane")

@@ -617,7 +617,7 @@ class _Progress:
             print(f"{self.label}: frame {self.done}{total} · {info}", file=sys.stderr, flush=True)
 
 
-def _print_summary(summary: Any) -> None:
+def _print_summary(summary: Any, source: Any = None) -> None:
     c = summary.counts
     print(
         f"run {summary.run_id}: {summary.frames_stored} frames stored"
@@ -630,6 +630,12 @@ def _print_summary(summary: Any) -> None:
         print(
             "  median ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_ms.items())
         )
+    skipped = list(getattr(source, "skipped", None) or [])
+    if skipped:
+        # CTC replay records (frame, why), movies (position, frame, why).
+        where = [str(s[0]) if len(s) == 2 else f"{s[0]}/{s[1]}" for s in skipped]
+        shown = ", ".join(where[:10]) + (f" (+{len(where) - 10} more)" if len(where) > 10 else "")
+        print(f"  {len(skipped)} frame(s) could not be read and were skipped: {shown} (see log)")
 
 
 def _run_source(args: argparse.Namespace, source: Any, description: str, base_run_id: str) -> int:
@@ -655,7 +661,7 @@ def _run_source(args: argparse.Namespace, source: Any, description: str, base_ru
             on_frame=progress.update,
             on_ready=lambda ep: log.info("publishing events on %s", ep),
         )
-    _print_summary(summary)
+    _print_summary(summary, source)
     if stop.is_set() and summary.pump is not None and summary.pump.reason != "complete":
         print(f"stopped early; run the same command again to resume run {run_id}")
     return 0
@@ -719,7 +725,7 @@ def _run_with_tui(
         raise outcome["error"]
     summary = outcome.get("summary")
     if summary is not None:
-        _print_summary(summary)
+        _print_summary(summary, source)
         if summary.pump is not None and summary.pump.reason != "complete":
             print(f"stopped early; run the same command again to resume run {run_id}")
     return 0

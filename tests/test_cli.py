@@ -185,15 +185,29 @@ def test_replay_skips_a_corrupt_frame_and_keeps_going(
     seq = tmp_path / "seq" / "01"
     shutil.copytree(gt / "01", seq)
     (seq / "t005.tif").write_bytes(b"this is not a tiff")
+    # A well-formed TIFF whose compressed pixels are garbage: the decoder (imagecodecs)
+    # fails, not the TIFF parser.
+    image = tifffile.imread(seq / "t007.tif")
+    tifffile.imwrite(seq / "t007.tif", image, compression="zlib")
+    with tifffile.TiffFile(seq / "t007.tif") as tif:
+        offset, count = tif.pages.first.dataoffsets[0], tif.pages.first.databytecounts[0]
+    with open(seq / "t007.tif", "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * count)
     db = tmp_path / "c.db"
     code, out, err = run_cli(capsys, "replay", seq, "--db", db, "--events", "tcp://127.0.0.1:0")
     assert code == 0, err
-    assert "13 frames stored" in out
+    assert "12 frames stored" in out
+    assert "2 frame(s) could not be read and were skipped: 5, 7" in out
     assert "t005.tif" in err
+    assert "cannot read t007.tif" in err
     with Store(db, readonly=True) as store:
         run_id = store.latest_run_id()
         assert run_id is not None
-        assert 5 not in store.frame_indices(run_id, "seq_01")
+        stored = store.frame_indices(run_id, "seq_01")
+        assert 5 not in stored
+        assert 7 not in stored
+        assert 8 in stored
 
 
 @pytest.mark.parametrize(

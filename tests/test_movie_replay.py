@@ -108,6 +108,25 @@ def test_plain_multipage_tiff_axes_flag(tmp_path: Path) -> None:
         open_tiff_movie(path, realtime=True)  # no recorded timestamps
 
 
+def test_multipage_tiff_with_a_corrupt_page_skips_that_page(tmp_path: Path) -> None:
+    data = _movie(5, 1)[:, 0, 0]
+    path = tmp_path / "compressed.tif"
+    tifffile.imwrite(path, data, compression="zlib")  # pages are time points
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[2]
+        offset, count = page.dataoffsets[0], page.databytecounts[0]  # type: ignore[union-attr]
+    with open(path, "r+b") as f:  # page 2's compressed pixels become garbage
+        f.seek(offset)
+        f.write(b"\xff" * count)
+    source = open_tiff_movie(path, position="w1")
+    frames = list(source.frames())
+    assert [m.frame_index for _, m in frames] == [0, 1, 3, 4]
+    np.testing.assert_array_equal(frames[2][0], data[3])
+    ((position, index, why),) = source.skipped
+    assert (position, index) == ("w1", 2)
+    assert "page 2" in why
+
+
 def test_ndtiff_dataset_into_db(tmp_path: Path) -> None:
     from ndstorage import NDTiffDataset
 
