@@ -194,24 +194,34 @@ def test_invalid_result_names_the_track(tmp_path: Path, gt_dir: Path) -> None:
 
 
 def test_ground_truth_that_disagrees_with_its_masks_is_named(tmp_path: Path) -> None:
-    # Daughter 3 is in man_track.txt from frame 3 but its marker only appears at frame 4
-    # (py-ctcmetrics would fail with an IndexError while building the parent links).
-    places = {t: dict(GT_PLACES[t]) for t in GT_PLACES}
-    del places[3][3]
-    gt = write_gt(tmp_path / "gt", GT_TRACKS, places)
     res = write_res(tmp_path / "res", GT_TRACKS, GT_PLACES)
+
+    def gt_without(name: str, t: int, label: int) -> Path:
+        places = {k: dict(v) for k, v in GT_PLACES.items()}
+        del places[t][label]
+        return write_gt(tmp_path / name, GT_TRACKS, places)
+
+    # Daughter 3 is in man_track.txt from frame 3 but her marker only appears at frame 4;
+    # mother 1 ends at frame 2 but has no marker there (py-ctcmetrics would fail with an
+    # IndexError while building the parent links).
     with pytest.raises(
         EvaluationError,
-        match=r"man_track.txt disagrees with its masks: track 3 "
-        r"\(3 3 5 1\) has no mask in frame 3$",
+        match=r"man_track.txt disagrees with its masks: daughter 3 \(3 3 5 1\) has no mask "
+        r"in frame 3$",
     ):
-        evaluate_ctc(res, gt)
-    # A GT marker missing in a middle frame is legal (a gap) and still scores.
-    places = {t: dict(GT_PLACES[t]) for t in GT_PLACES}
-    del places[4][4]
-    r = evaluate_ctc(res, write_gt(tmp_path / "gap", GT_TRACKS, places))
-    assert r.DET is not None
-    assert r.DET < 1.0
+        evaluate_ctc(res, gt_without("daughter", 3, 3))
+    with pytest.raises(
+        EvaluationError,
+        match=r"mother 1 of track 2 has no mask in her last frame 2; "
+        r"mother 1 of track 3 has no mask in her last frame 2$",
+    ):
+        evaluate_ctc(res, gt_without("mother", 2, 1))
+    # Markers missing elsewhere (a gap, or a track without parent links missing in its
+    # last frame) are scored as py-ctcmetrics scores them.
+    for name, t in (("gap", 4), ("end", 5)):
+        r = evaluate_ctc(res, gt_without(name, t, 4))
+        assert r.DET is not None
+        assert r.DET < 1.0
 
 
 def test_bad_track_file_and_layout(tmp_path: Path, gt_dir: Path) -> None:

@@ -129,21 +129,29 @@ def check_layout(res_dir: Path, gt_dir: Path) -> tuple[int, bool]:
 def check_presence(
     tracks: CtcTracks, labels_per_frame: list[list[int]] | list[NDArray[np.int64]], name: str
 ) -> None:
-    """Each track's label must be in the masks of its first and last frame.
+    """Every parent link must be visible in the masks: the daughter's label in its first
+    frame and the mother's label in her last frame.
 
-    py-ctcmetrics looks a track up in exactly those two frames (to build the parent links)
-    and fails with an ``IndexError`` when it is absent: a ``man_track.txt`` edited by hand,
-    or masks and track file from different versions of an annotation.
+    py-ctcmetrics looks both up there to build the link and fails with an ``IndexError``
+    when one is absent (a ``man_track.txt`` edited by hand, or masks and track file from
+    different versions of an annotation). Nothing else is required here: a track missing
+    from its own first or last frame without a parent link is scored as py-ctcmetrics
+    scores it.
     """
     present = [set(np.asarray(labels).tolist()) for labels in labels_per_frame]
+    rows = tracks.row()
     bad: list[str] = []
-    for label, (begin, end, parent) in tracks.row().items():
-        missing = [t for t in (begin, end) if label not in present[t]]
-        if missing:
-            where = " and ".join(str(t) for t in dict.fromkeys(missing))
+    for label, (begin, end, parent) in rows.items():
+        if parent == 0 or parent not in rows:
+            continue
+        p_end = rows[parent][1]
+        if label not in present[begin]:
             bad.append(
-                f"track {label} ({label} {begin} {end} {parent}) has no mask in frame {where}"
+                f"daughter {label} ({label} {begin} {end} {parent}) has no mask in frame {begin}"
             )
+        if parent not in present[p_end]:
+            bad.append(f"mother {parent} of track {label} has no mask in her last frame {p_end}")
     if bad:
+        bad = list(dict.fromkeys(bad))
         more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
         raise EvaluationError(f"{name} disagrees with its masks: " + "; ".join(bad[:5]) + more)
