@@ -16,8 +16,33 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pydantic import ValidationError
+
 from livetrack import __version__
-from livetrack.errors import LivetrackError
+from livetrack.errors import LivetrackError, validation_message
+
+
+def _positive(value: str) -> float:
+    """argparse type: a number > 0 (pixel size, frame rate, diameters, exposure)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return x
+
+
+def _non_negative(value: str) -> float:
+    """argparse type: a number >= 0 (intervals)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return x
+
 
 log = logging.getLogger("livetrack")
 
@@ -43,7 +68,7 @@ def _sim_args(p: argparse.ArgumentParser, *, frames_default: int = 50) -> None:
         "--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="frame size in pixels"
     )
     g.add_argument(
-        "--diameter", type=float, default=None, help="simulated nucleus diameter in pixels"
+        "--diameter", type=_positive, default=None, help="simulated nucleus diameter in pixels"
     )
     g.add_argument(
         "--preset",
@@ -62,7 +87,7 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--nucleus-diameter",
-        type=float,
+        type=_positive,
         default=None,
         dest="nucleus_diameter",
         help="nucleus diameter in pixels (default: from pixel size or estimated)",
@@ -146,7 +171,7 @@ def _mm_args(p: argparse.ArgumentParser) -> None:
         metavar="UM",
         help="focus position(s) in µm: one = that plane, several = max projection",
     )
-    g.add_argument("--exposure", type=float, default=None, help="exposure in ms")
+    g.add_argument("--exposure", type=_positive, default=None, help="exposure in ms")
     g.add_argument(
         "--mm-property",
         action="append",
@@ -197,7 +222,7 @@ def _delivery_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--resend-after",
-        type=float,
+        type=_positive,
         default=5.0,
         metavar="S",
         help="re-send unacknowledged frames after this long without an acknowledgement",
@@ -224,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_args(p)
     p.add_argument(
         "--interval",
-        type=float,
+        type=_non_negative,
         default=0.0,
         help="seconds between frames (0 = as fast as the worker goes)",
     )
@@ -268,14 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pixel-size",
-        type=float,
+        type=_positive,
         default=None,
         dest="pixel_size",
         help="µm per pixel (default: from the TIFF tags)",
     )
     p.add_argument(
         "--fps",
-        type=float,
+        type=_positive,
         default=None,
         help="time points per second (default: as fast as possible)",
     )
@@ -314,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="stream the simulator to a running worker")
     _sim_args(p)
     p.add_argument("--connect", default="tcp://127.0.0.1:5557", help="worker frames endpoint")
-    p.add_argument("--interval", type=float, default=0.0, help="seconds between frames")
+    p.add_argument("--interval", type=_non_negative, default=0.0, help="seconds between frames")
     p.add_argument("--run-id", default=None, help="run id (default: from the seed and size)")
     p.add_argument("--track-only", action="store_true", help="send ground-truth masks too")
     _delivery_args(p)
@@ -388,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="CTC result folder to write (maskNNN.tif + txt)")
     p.add_argument(
         "--diameter",
-        type=float,
+        type=_positive,
         default=None,
         metavar="PX",
         help="nucleus diameter in pixels (default: median equivalent diameter of the objects)",
@@ -1107,6 +1132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except LivetrackError as err:
         print(f"livetrack {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except ValidationError as err:  # a setting out of range that argparse let through
+        print(
+            f"livetrack {args.command}: error: invalid setting: {validation_message(err)}",
+            file=sys.stderr,
+        )
         return 1
     except FileNotFoundError as err:
         print(f"livetrack {args.command}: error: {err.filename}: not found", file=sys.stderr)

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from livetrack.errors import ConfigError
+from livetrack.errors import ConfigError, validation_message
 from livetrack.segment.config import SegmentConfig
 from livetrack.store import StoreConfig
 from livetrack.track.config import TrackConfig
@@ -74,7 +74,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         return Settings(**data)
     except ValidationError as err:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid settings{where}: {err}") from None
+        raise ConfigError(f"invalid settings{where}: {validation_message(err)}") from None
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

@@ -3,6 +3,8 @@ messages and exit codes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LivetrackError(Exception):
     """Base class of every error livetrack raises on purpose."""
@@ -38,3 +40,14 @@ class EvaluationError(LivetrackError):
 
 class EndpointInUse(LivetrackError):
     """A socket could not bind because the address is already taken (another worker?)."""
+
+
+def validation_message(err: Any) -> str:
+    """A pydantic ``ValidationError`` as one line, ``field: message (got value)`` per
+    problem, instead of pydantic's multi-line text with documentation links."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ())) or "value"
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg} (got {e.get('input')!r})")
+    return "; ".join(parts)

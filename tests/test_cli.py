@@ -227,6 +227,50 @@ def test_errors_are_one_clear_line_and_exit_1(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--pixel-size", "-1"], "argument --pixel-size: must be a positive number, got -1"),
+        (["--fps", "0"], "argument --fps: must be a positive number, got 0"),
+        (["--pixel-size", "nan"], "argument --pixel-size: must be a positive number, got nan"),
+        (["--nucleus-diameter", "abc"], "argument --nucleus-diameter: 'abc' is not a number"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    db = tmp_path / "never.db"
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", str(tmp_path), "--db", str(db), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["run", "--frames", "3", "--size", "0", "64"],
+            "error: invalid setting: height: Input should be greater than or equal to 16 (got 0)",
+        ),
+        (
+            ["run", "--frames", "3", "--nucleus-diameter", "1"],
+            "error: invalid settings: segment.nucleus_diameter_px: Input should be greater "
+            "than 2 (got 1.0)",
+        ),
+    ],
+)
+def test_settings_out_of_range_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, _, err = run_cli(capsys, *argv, "--db", tmp_path / "x.db", "--no-tui")
+    assert code == 1
+    assert message in err
+    assert "Traceback" not in err
+    assert "errors.pydantic.dev" not in err
+
+
 def test_bad_config_file_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[track]\nno_such_field = 3\n")
