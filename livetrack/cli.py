@@ -22,26 +22,26 @@ from livetrack import __version__
 from livetrack.errors import LivetrackError, validation_message
 
 
-def _positive(value: str) -> float:
-    """argparse type: a number > 0 (pixel size, frame rate, diameters, exposure)."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not x > 0 or x == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return x
+def _number_at_least(lower: float, *, strict: bool, says: str) -> Callable[[str], float]:
+    """argparse type: a finite number ``> lower`` (strict) or ``>= lower``."""
+
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        ok = x > lower if strict else x >= lower  # NaN fails both
+        if not ok or x == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {says}, got {value}")
+        return x
+
+    return parse
 
 
-def _non_negative(value: str) -> float:
-    """argparse type: a number >= 0 (intervals)."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not x >= 0 or x == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return x
+_positive = _number_at_least(0.0, strict=True, says="a positive number")
+"""Pixel size, frame rate, diameters, exposure, re-send delay."""
+_non_negative = _number_at_least(0.0, strict=False, says="0 or more")
+"""Intervals."""
 
 
 log = logging.getLogger("livetrack")
