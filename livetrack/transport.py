@@ -309,20 +309,32 @@ def bind_random_port(sock: zmq.Socket[Any], host: str = "127.0.0.1") -> str:
     return f"tcp://{host}:{port}"
 
 
+# How long a bind keeps trying a port that is still in use. ZeroMQ releases a closed
+# socket's listening port a moment later, in its I/O thread, so a worker restarted at
+# once on the same endpoint (by a supervisor, or in the same process) can find it taken
+# for a few milliseconds; a port another live program holds is still refused, after this.
+BIND_RETRY_S = 2.0
+
+
 def _bind(sock: zmq.Socket[Any], endpoint: str) -> str:
     """Bind to ``endpoint`` (port 0 = any free port) and return the actual endpoint."""
-    try:
-        if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
-            return bind_random_port(sock, endpoint[len("tcp://") :].rsplit(":", 1)[0])
-        sock.bind(endpoint)
-    except zmq.ZMQError as err:
-        sock.close(linger=0)
-        if err.errno == zmq.EADDRINUSE:
-            raise EndpointInUse(
-                f"{endpoint} is already in use (is another worker running?)"
-            ) from None
-        raise ConfigError(f"cannot bind {endpoint}: {err}") from None
-    return endpoint
+    deadline = time.monotonic() + BIND_RETRY_S
+    while True:
+        try:
+            if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+                return bind_random_port(sock, endpoint[len("tcp://") :].rsplit(":", 1)[0])
+            sock.bind(endpoint)
+            return endpoint
+        except zmq.ZMQError as err:
+            if err.errno == zmq.EADDRINUSE and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            sock.close(linger=0)
+            if err.errno == zmq.EADDRINUSE:
+                raise EndpointInUse(
+                    f"{endpoint} is already in use (is another worker running?)"
+                ) from None
+            raise ConfigError(f"cannot bind {endpoint}: {err}") from None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from livetrack.errors import BadFrame, BadMessage, ConfigError, SchemaMismatch
+from livetrack.errors import BadFrame, BadMessage, ConfigError, EndpointInUse, SchemaMismatch
 from livetrack.messages import (
     SCHEMA_VERSION,
     EndOfStream,
@@ -227,6 +227,48 @@ def test_check_endpoint_refuses_non_loopback() -> None:
         check_endpoint("tcp://127.0.0.1")
     with pytest.raises(ConfigError, match="must start with"):
         check_endpoint("http://127.0.0.1:80")
+
+
+def test_endpoint_freed_by_a_closed_socket_is_bound_again_at_once(zmq_context) -> None:
+    """A worker restarted on the same endpoint right after the old one closed must not
+    fail: with a driver still connected, ZeroMQ frees the port in its I/O thread a moment
+    after close() (without the bind's grace period this failed about one time in five)."""
+    first = FramePuller("tcp://127.0.0.1:0", context=zmq_context)
+    endpoint = first.endpoint
+    pusher = FramePusher(endpoint, context=zmq_context, linger_s=0)
+    subscriber = None
+    try:
+        for _ in range(30):
+            time.sleep(0.01)  # let the driver connect
+            first.close()
+            first = FramePuller(endpoint, context=zmq_context)
+            assert first.endpoint == endpoint
+        first.close()
+        publisher = EventPublisher("tcp://127.0.0.1:0", context=zmq_context)
+        subscriber = EventSubscriber(publisher.endpoint, context=zmq_context)
+        for _ in range(30):
+            time.sleep(0.01)
+            publisher.close()
+            publisher = EventPublisher(subscriber.endpoint, context=zmq_context)
+        publisher.close()
+    finally:
+        pusher.close()
+        if subscriber is not None:
+            subscriber.close()
+
+
+def test_endpoint_held_by_a_live_socket_is_refused_by_name(zmq_context, monkeypatch) -> None:
+    import livetrack.transport as transport
+
+    monkeypatch.setattr(transport, "BIND_RETRY_S", 0.3)
+    holder = FramePuller("tcp://127.0.0.1:0", context=zmq_context)
+    try:
+        with pytest.raises(EndpointInUse, match=f"{holder.endpoint} is already in use"):
+            FramePuller(holder.endpoint, context=zmq_context)
+        with pytest.raises(EndpointInUse, match="another worker"):
+            EventPublisher(holder.endpoint, context=zmq_context)
+    finally:
+        holder.close()
 
 
 def test_send_times_out_when_no_worker_takes_frames(zmq_context, closing) -> None:

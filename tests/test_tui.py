@@ -25,7 +25,6 @@ from rich.console import Console
 
 from drivers.simulator import SimulatorSource
 from livetrack.config import Settings
-from livetrack.errors import EndpointInUse
 from livetrack.messages import WorkerStatus
 from livetrack.runner import run_pipeline
 from livetrack.store import Store
@@ -181,18 +180,6 @@ def test_live_division_appears_in_feed_and_lineage_matches_store(tmp_path: Path)
     asyncio.run(drive())
 
 
-async def bind_again(endpoint: str, timeout_s: float = 5.0) -> EventPublisher:
-    """Bind a publisher where one was just closed (ZeroMQ releases the port shortly after)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return EventPublisher(endpoint)
-        except EndpointInUse:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-
-
 def test_reconnects_when_the_worker_restarts(tmp_path: Path) -> None:
     first = EventPublisher("tcp://127.0.0.1:0")
     endpoint = first.endpoint
@@ -214,7 +201,7 @@ def test_reconnects_when_the_worker_restarts(tmp_path: Path) -> None:
 
             await wait_for(pilot, lambda: seen("before", first))
             first.close()  # the worker goes away …
-            second = await bind_again(endpoint)  # … and comes back on the same endpoint
+            second = EventPublisher(endpoint)  # … and comes back on the same endpoint
             try:
                 await wait_for(pilot, lambda: seen("after", second))
             finally:
