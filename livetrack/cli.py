@@ -663,6 +663,17 @@ def _print_summary(summary: Any, source: Any = None) -> None:
         print(f"  {len(skipped)} frame(s) could not be read and were skipped: {shown} (see log)")
 
 
+def _print_resume_hint(summary: Any) -> None:
+    """The hint depends on what the store says, not on how far the driver got: a driver
+    that handed every frame to the socket before Ctrl-C still leaves an unfinished run."""
+    if summary.resumable:
+        print(
+            f"stopped early: run {summary.run_id} is unfinished"
+            f" ({summary.frames_stored} frames stored this time);"
+            " run the same command again to resume it"
+        )
+
+
 def _run_source(args: argparse.Namespace, source: Any, description: str, base_run_id: str) -> int:
     from livetrack.runner import choose_run_id, run_pipeline
     from livetrack.store import Store
@@ -687,8 +698,7 @@ def _run_source(args: argparse.Namespace, source: Any, description: str, base_ru
             on_ready=lambda ep: log.info("publishing events on %s", ep),
         )
     _print_summary(summary, source)
-    if stop.is_set() and summary.pump is not None and summary.pump.reason != "complete":
-        print(f"stopped early; run the same command again to resume run {run_id}")
+    _print_resume_hint(summary)
     return 0
 
 
@@ -751,8 +761,7 @@ def _run_with_tui(
     summary = outcome.get("summary")
     if summary is not None:
         _print_summary(summary, source)
-        if summary.pump is not None and summary.pump.reason != "complete":
-            print(f"stopped early; run the same command again to resume run {run_id}")
+        _print_resume_hint(summary)
     return 0
 
 

@@ -41,6 +41,15 @@ class RunSummary:
     pump: PumpResult | None
     timings: list[dict[str, float]] = field(default_factory=list)
     """Per-frame stage timings (ms), in arrival order."""
+    run_status: str | None = None
+    """The run's status in the store when the pipeline returned: 'finished', 'aborted'
+    (stopped before its end-of-stream was processed: the same command resumes it) or None
+    when nothing of it was stored."""
+
+    @property
+    def resumable(self) -> bool:
+        """The run stopped unfinished with something stored: running it again resumes it."""
+        return self.run_status == "aborted"
 
 
 def choose_run_id(store: Store, base: str) -> str:
@@ -127,6 +136,7 @@ def run_pipeline(
         puller.close()
         publisher.close()
         counts = store.counts(run_id) if store.has_run(run_id) else {}
+        status = next((r["status"] for r in store.runs() if r["run_id"] == run_id), None)
         store.close()
     if pump_error:
         raise pump_error[0]
@@ -142,6 +152,7 @@ def run_pipeline(
         events_endpoint=publisher.endpoint,
         pump=pump_result[0] if pump_result else None,
         timings=timings,
+        run_status=status,
     )
 
 

@@ -551,7 +551,9 @@ def test_sigterm_worker_flushes_exits_0_and_the_run_resumes(tmp_path: Path) -> N
 def test_sigterm_run_exits_0_and_the_same_command_resumes(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     out = tmp_path / "run.log"
-    proc = spawn(run_cmd(db, 30, interval=0.1), out)
+    # 100 frames 0.1 s apart: the driver is still sending for seconds after the third
+    # frame is stored, so "fewer than all stored" below does not depend on load.
+    proc = spawn(run_cmd(db, 100, interval=0.1), out)
     try:
         wait_for_frames(db, 3, proc)
         proc.send_signal(signal.SIGTERM)
@@ -563,14 +565,64 @@ def test_sigterm_run_exits_0_and_the_same_command_resumes(tmp_path: Path) -> Non
     assert "run the same command again to resume" in out.read_text()
     check_integrity(db)
     stored = committed_frames(db)
-    assert 3 <= stored < 30
-    done = subprocess.run(run_cmd(db, 30), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert 3 <= stored < 100
+    done = subprocess.run(run_cmd(db, 100), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     with Store(db, readonly=True) as store:
         runs = store.runs()
         assert len(runs) == 1
         assert runs[0]["status"] == "finished"
-        assert store.frame_indices(runs[0]["run_id"], "sim") == list(range(30))
+        assert store.frame_indices(runs[0]["run_id"], "sim") == list(range(100))
+
+
+def test_stop_after_the_driver_sent_every_frame_still_says_how_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The race behind a missing resume hint: Ctrl-C after the driver had handed every
+    frame to the socket (small frames, a slower worker). The run is unfinished, so the
+    hint must be printed whatever the driver's own outcome was. Deterministic: the stop
+    comes from the worker's third stored frame, once the driver has closed its source."""
+    from drivers.simulator import SimulatorSource
+    from livetrack.cli import _print_resume_hint
+    from livetrack.runner import run_pipeline
+    from simulators.nuclei import SimulationConfig
+
+    class Watched(SimulatorSource):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.closed = threading.Event()
+
+        def close(self) -> None:
+            super().close()
+            self.closed.set()
+
+    cfg = SimulationConfig(seed=5, n_frames=30, height=96, width=96, n_cells=5)
+    source = Watched(cfg, with_labels=True)
+    stop = threading.Event()
+    stored: list[int] = []
+
+    def on_frame(result: Any) -> None:
+        if result.status == "stored":
+            stored.append(1)
+            if len(stored) == 3:
+                assert source.closed.wait(30), "the driver never finished sending"
+                stop.set()
+
+    summary = run_pipeline(
+        source,
+        Settings(),
+        description="sim",
+        run_id="race",
+        db_path=tmp_path / "race.db",
+        stop=stop,
+        on_frame=on_frame,
+        events_endpoint="tcp://127.0.0.1:0",
+    )
+    assert summary.pump is not None and summary.pump.reason == "complete"
+    assert summary.frames_stored == 3
+    assert summary.run_status == "aborted" and summary.resumable
+    _print_resume_hint(summary)
+    assert "run the same command again to resume" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------- backpressure
