@@ -77,9 +77,10 @@ from livetrack.types import Detections, LabelImage
 
 logger = logging.getLogger("livetrack.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the schema in ``TABLES``; stored in ``PRAGMA user_version``.
-1: the first release. 2: adds the ``embeddings`` table (learned trackers)."""
+1: the first release. 2: adds the ``embeddings`` table (learned trackers). 3: adds the
+``scale`` table (the nucleus diameter of each frame, so a resume is identical)."""
 
 APPLICATION_ID = 0x4C545243  # "LTRC"
 """``PRAGMA application_id`` of a livetrack database (tells it apart from other SQLite files)."""
@@ -167,6 +168,31 @@ EMBEDDINGS_TABLE = Table(
 )
 """Added in schema version 2 (``MIGRATIONS[1]`` creates it). Changing it later needs a new
 migration, and ``MIGRATIONS[1]`` must then keep creating the version-2 shape."""
+
+SCALE_TABLE = Table(
+    "scale",
+    "the nucleus scale the segmenter used for each frame; a resumed run rebuilds it from here",
+    (
+        _RUN,
+        _POS,
+        _FRAME,
+        Column(
+            "diameter_px",
+            "REAL NOT NULL CHECK (diameter_px > 0)",
+            "nucleus diameter (pixels) the frame was segmented with",
+        ),
+        Column(
+            "estimate_px",
+            "REAL CHECK (estimate_px > 0)",
+            "diameter measured on this frame's image; NULL when the frame used a configured "
+            "or already settled diameter",
+        ),
+    ),
+    ("PRIMARY KEY (run_id, position, frame)", _FRAME_FK),
+    without_rowid=True,
+)
+"""Added in schema version 3 (``MIGRATIONS[2]`` creates it). Frames segmented without a
+scale (given labels, frames with no nuclei) have no row."""
 
 TABLES: tuple[Table, ...] = (
     Table(
@@ -323,6 +349,7 @@ TABLES: tuple[Table, ...] = (
         indexes=(("events_frame", "run_id, position, frame"),),
     ),
     EMBEDDINGS_TABLE,
+    SCALE_TABLE,
 )
 
 SCHEMA_DOC: dict[str, dict[str, str]] = {t.name: {c.name: c.doc for c in t.columns} for t in TABLES}
@@ -361,7 +388,14 @@ def _add_embeddings_table(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: dict[int, Migration] = {1: _add_embeddings_table}
+def _add_scale_table(conn: sqlite3.Connection) -> None:
+    """Version 2 → 3: the ``scale`` table. Frames of older runs have no row; resuming such
+    a run estimates the diameter again, as before."""
+    for statement in render_ddl(SCALE_TABLE):
+        conn.execute(statement)
+
+
+MIGRATIONS: dict[int, Migration] = {1: _add_embeddings_table, 2: _add_scale_table}
 """from-version → migration."""
 
 
@@ -738,8 +772,13 @@ class Store:
         timings: dict[str, float] | None = None,
         channel: str = "default",
         pixel_size_um: float | None = None,
+        diameter_px: float | None = None,
+        diameter_estimate_px: float | None = None,
     ) -> bool:
         """Commit everything about one frame in ONE transaction; False if already stored.
+
+        ``diameter_px`` / ``diameter_estimate_px``: the nucleus scale the segmenter used
+        and the estimate it measured on this frame (table ``scale``), when it has one.
 
         A frame that is already committed is left untouched (a re-sent frame after a restart
         is harmless). Any failure rolls the whole frame back and raises StoreError.
@@ -786,6 +825,17 @@ class Store:
                 _apply_ends(conn, run_id, position, step.ended)
                 stage = "events"
                 _insert_events(conn, run_id, position, step)
+                if diameter_px is not None:
+                    stage = "scale"
+                    conn.execute(
+                        "INSERT INTO scale (run_id, position, frame, diameter_px, estimate_px)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (
+                            *key,
+                            float(diameter_px),
+                            None if diameter_estimate_px is None else float(diameter_estimate_px),
+                        ),
+                    )
                 if emb is not None:
                     stage = "embeddings"
                     conn.execute(
@@ -891,6 +941,18 @@ class Store:
                 (run_id, position),
             ).fetchone()
         return None if row[0] is None else int(row[0])
+
+    def scale_estimates(self, run_id: str, position: str) -> list[float]:
+        """The diameters measured on the position's frames, in frame order (table
+        ``scale``): what a resumed segmenter rebuilds its scale from. Only the frames
+        segmented before the scale settled have one, so the list stays short."""
+        with self._read("reading the nucleus scale"):
+            rows = self.conn.execute(
+                "SELECT estimate_px FROM scale WHERE run_id = ? AND position = ?"
+                " AND estimate_px IS NOT NULL ORDER BY frame",
+                (run_id, position),
+            ).fetchall()
+        return [float(r[0]) for r in rows]
 
     def load_mask(self, run_id: str, position: str, frame: int) -> LabelImage:
         """The label image of a committed frame (int32); StoreError if it is not stored."""

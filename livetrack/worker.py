@@ -99,6 +99,9 @@ class GivenLabels:
         mask = np.asarray(self._labels, dtype=np.int32)
         return Segmentation(mask=mask, detections=Detections.from_labels(mask))
 
+    def restore_scale(self, estimates: list[float]) -> None:
+        """Given labels need no scale."""
+
 
 class Worker:
     """Processes frames from a FramePuller until stopped (or end-of-stream)."""
@@ -228,6 +231,8 @@ class Worker:
                 timings=timings,
                 channel=h.channel,
                 pixel_size_um=h.pixel_size_um,
+                diameter_px=seg.info.get("diameter_px"),
+                diameter_estimate_px=seg.info.get("diameter_estimate"),
             )
         except StoreError as err:
             # The tracker already advanced past a frame the store does not hold: drop the
@@ -361,6 +366,7 @@ class Worker:
         history = self.store.history(run_id, position, state.tracker.history_window)
         tracks = self.store.tracks(run_id, position)
         state.tracker.restore(history, tracks)
+        state.segmenter.restore_scale(self.store.scale_estimates(run_id, position))
         state.divisions = sum(1 for e in self.store.events(run_id, position, kinds=["division"]))
         log.info(
             "position %s of run %s: resuming after frame %s (%d tracks restored)",

@@ -625,6 +625,69 @@ def test_stop_after_the_driver_sent_every_frame_still_says_how_to_resume(
     assert "run the same command again to resume" in capsys.readouterr().out
 
 
+def _scale_and_lineage(db: Path, run_id: str) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        scale = conn.execute(
+            "SELECT frame, diameter_px, estimate_px FROM scale WHERE run_id = ? ORDER BY frame",
+            (run_id,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return scale, lineage(db, run_id)
+
+
+def test_interrupted_default_pipeline_resumes_with_the_same_scale_and_lineage(
+    tmp_path: Path,
+) -> None:
+    """Default settings (learned segmenter, estimated diameter, default tracker): a run
+    stopped after frame 1 — before the diameter settled on 3 frames — and resumed must
+    segment every frame with the diameter an uninterrupted run used, and end with the
+    same lineage. Before the scale was stored, the resumed worker estimated it again on
+    later frames."""
+    from drivers.simulator import SimulatorSource
+    from livetrack.runner import run_pipeline
+    from simulators.nuclei import SimulationConfig
+
+    # Nuclei that shrink as the movie goes on: a re-estimate on later frames differs.
+    cfg = SimulationConfig(
+        seed=8, n_frames=10, height=160, width=160, n_cells=8, nucleus_diameter_px=22
+    )
+
+    def run(db: Path, stop_after: int | None) -> None:
+        stop = threading.Event()
+        seen: list[int] = []
+
+        def on_frame(result: Any) -> None:
+            if result.status == "stored":
+                seen.append(result.frame_index)
+                if stop_after is not None and len(seen) == stop_after:
+                    stop.set()
+
+        run_pipeline(
+            SimulatorSource(cfg),
+            Settings(),
+            description="sim",
+            run_id="scale",
+            db_path=db,
+            stop=stop,
+            on_frame=on_frame,
+            events_endpoint="tcp://127.0.0.1:0",
+        )
+
+    whole, resumed = tmp_path / "whole.db", tmp_path / "resumed.db"
+    run(whole, None)
+    run(resumed, 2)
+    assert lineage(resumed, "scale")["status"] == "aborted"
+    run(resumed, None)
+    want_scale, want = _scale_and_lineage(whole, "scale")
+    got_scale, got = _scale_and_lineage(resumed, "scale")
+    assert len(want_scale) == 10
+    assert [e for _, _, e in want_scale if e is not None] != [], "the diameter was estimated"
+    assert got_scale == want_scale
+    assert got == want
+
+
 # ------------------------------------------------------------- backpressure
 FAST_SENDER = r"""
 import sys, time

@@ -16,6 +16,7 @@ import pytest
 from livetrack.errors import SchemaMismatch, StoreError
 from livetrack.store import (
     EMBEDDINGS_TABLE,
+    SCALE_TABLE,
     MIGRATIONS,
     SCHEMA_DOC,
     SCHEMA_VERSION,
@@ -400,10 +401,10 @@ def _schema_sql(path: Path) -> dict[str, str]:
 
 
 def _create_v1_schema(conn: sqlite3.Connection) -> None:
-    """The schema of release 1: every table of version 2 but ``embeddings`` (the only
-    change of version 2), unchanged."""
+    """The schema of release 1: every table of today's but ``embeddings`` (version 2) and
+    ``scale`` (version 3), unchanged."""
     for table in TABLES:
-        if table is not EMBEDDINGS_TABLE:
+        if table not in (EMBEDDINGS_TABLE, SCALE_TABLE):
             for statement in render_ddl(table):
                 conn.execute(statement)
 
@@ -426,7 +427,7 @@ def test_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) 
     conn.execute("ATTACH ? AS src", (str(filled),))
     conn.execute("PRAGMA foreign_keys = OFF")  # copy tables in any order
     for table in TABLES:
-        if table is not EMBEDDINGS_TABLE:
+        if table not in (EMBEDDINGS_TABLE, SCALE_TABLE):
             conn.execute(f"INSERT INTO {table.name} SELECT * FROM src.{table.name}")
     conn.execute("DETACH src")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
@@ -435,11 +436,12 @@ def test_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) 
     assert len(before["detections"]) == 10
 
     with Store(old) as s:  # the current Store migrates it in place
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert s.frame_indices(RUN, POS) == [0, 1, 2, 3]
         assert [h.embeddings for h in s.history(RUN, POS, 10)] == [None] * 4
     after = dump(old)
     assert after.pop("embeddings") == []
+    assert after.pop("scale") == []
     assert after == before  # every row of every version-1 table kept as it was
 
     with Store(old) as s:  # and embeddings can now be written and read back

@@ -24,5 +24,13 @@ class Segmenter(Protocol):
         self, image: NDArray[np.generic], pixel_size_um: float | None = None
     ) -> Segmentation:
         """Segment ``image`` (2-D, any real dtype). ``pixel_size_um`` is the frame's pixel
-        size when the source knows it, else None. Returns labels at the frame's resolution."""
+        size when the source knows it, else None. Returns labels at the frame's resolution.
+
+        ``Segmentation.info`` may carry ``diameter_px`` (the nucleus diameter used) and
+        ``diameter_estimate`` (measured on this frame's image); the worker stores both."""
+        ...
+
+    def restore_scale(self, estimates: list[float]) -> None:
+        """Resume: rebuild per-position scale from the stored per-frame estimates, in
+        frame order (a segmenter without an adaptive scale ignores them)."""
         ...

@@ -186,6 +186,7 @@ class NucleusScale:
     def for_frame(self, image: NDArray[np.generic], pixel_size_um: float | None) -> float | None:
         """Diameter in px for this frame, or None when it shows nothing like nuclei."""
         c = self.config
+        self.last_estimate = None
         diameter = resolve_diameter(c.nucleus_diameter_px, c.nucleus_diameter_um, pixel_size_um)
         if diameter is None:
             diameter = self._settled if self._settled is not None else self._estimate(image)
@@ -193,16 +194,36 @@ class NucleusScale:
             self.last = diameter
         return diameter
 
+    last_estimate: float | None = None
+    """The estimate measured on the last frame's image (None when that frame used the
+    settled or configured diameter, or showed no nuclei). Stored with the frame so a
+    resumed run rebuilds exactly the same scale (``restore``)."""
+
     def _estimate(self, image: NDArray[np.generic]) -> float | None:
         estimate = estimate_diameter(image, self.config.min_contrast)
         if estimate is None:
             return None
+        self.last_estimate = estimate
+        return self._add(estimate, announce=True)
+
+    def _add(self, estimate: float, *, announce: bool) -> float:
         self._estimates.append(estimate)
         current = float(statistics.median(self._estimates))
         if len(self._estimates) >= self.config.auto_diameter_frames:
             self._settled = current
-            log.info("nucleus diameter estimated at %.1f px", current)
+            if announce:
+                log.info("nucleus diameter estimated at %.1f px", current)
         return current
+
+    def restore(self, estimates: list[float]) -> None:
+        """Rebuild the state after the frames whose per-frame estimates (in frame order)
+        are ``estimates``: a resumed run then uses the diameters an uninterrupted run
+        would have used, instead of estimating again on later frames."""
+        self._estimates, self._settled, self.last = [], None, None
+        for estimate in estimates:
+            self.last = self._add(float(estimate), announce=False)
+        if self._settled is not None:
+            log.info("nucleus diameter restored at %.1f px", self._settled)
 
 
 class ScaledSegmenter:
@@ -217,6 +238,10 @@ class ScaledSegmenter:
         """The diameter used for the last frame (None before any frame with nuclei)."""
         return self._scale.last
 
+    def restore_scale(self, estimates: list[float]) -> None:
+        """See ``NucleusScale.restore``."""
+        self._scale.restore(estimates)
+
     def predict(
         self, image: NDArray[np.generic], pixel_size_um: float | None = None
     ) -> Segmentation:
@@ -225,9 +250,10 @@ class ScaledSegmenter:
         if diameter is None:  # nothing that looks like nuclei
             return Segmentation.empty(image.shape)
         mask = self.segment(image, diameter)
-        return Segmentation(
-            mask=mask, detections=Detections.from_labels(mask), info={"diameter_px": diameter}
-        )
+        info = {"diameter_px": diameter}
+        if self._scale.last_estimate is not None:
+            info["diameter_estimate"] = self._scale.last_estimate
+        return Segmentation(mask=mask, detections=Detections.from_labels(mask), info=info)
 
     def segment(self, image: NDArray[np.generic], diameter_px: float) -> LabelImage:
         """Labels at the frame's resolution for nuclei of ``diameter_px``."""
