@@ -618,9 +618,11 @@ def test_stop_after_the_driver_sent_every_frame_still_says_how_to_resume(
         on_frame=on_frame,
         events_endpoint="tcp://127.0.0.1:0",
     )
-    assert summary.pump is not None and summary.pump.reason == "complete"
+    assert summary.pump is not None
+    assert summary.pump.reason == "complete"
     assert summary.frames_stored == 3
-    assert summary.run_status == "aborted" and summary.resumable
+    assert summary.run_status == "aborted"
+    assert summary.resumable
     _print_resume_hint(summary)
     assert "run the same command again to resume" in capsys.readouterr().out
 

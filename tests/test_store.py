@@ -16,8 +16,8 @@ import pytest
 from livetrack.errors import SchemaMismatch, StoreError
 from livetrack.store import (
     EMBEDDINGS_TABLE,
-    SCALE_TABLE,
     MIGRATIONS,
+    SCALE_TABLE,
     SCHEMA_DOC,
     SCHEMA_VERSION,
     TABLES,
