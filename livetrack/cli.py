@@ -677,10 +677,12 @@ def _print_resume_hint(summary: Any) -> None:
 def _run_source(args: argparse.Namespace, source: Any, description: str, base_run_id: str) -> int:
     from livetrack.runner import choose_run_id, run_pipeline
     from livetrack.store import Store
+    from livetrack.worker import run_config
 
     settings = _settings(args)
     with Store(args.db, config=settings.store) as store:
         run_id = args.run_id or choose_run_id(store, base_run_id)
+        store.check_resume(run_id, run_config(settings))
     if not args.no_tui and sys.stdout.isatty() and sys.stderr.isatty():
         return _run_with_tui(args, source, description, run_id, settings)
     stop = threading.Event()

@@ -26,6 +26,11 @@ class StoreError(LivetrackError):
     """The SQLite store could not be read or written."""
 
 
+class ResumeMismatch(LivetrackError):
+    """An unfinished run would be resumed with other settings or other model weights than
+    it was begun with (one lineage must come from one pipeline); the message names them."""
+
+
 class SourceError(LivetrackError):
     """A frame source (driver, movie, microscope) failed or was given bad input."""
 

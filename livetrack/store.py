@@ -64,7 +64,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from livetrack import __version__
-from livetrack.errors import SchemaMismatch, StoreError
+from livetrack.errors import ResumeMismatch, SchemaMismatch, StoreError
 from livetrack.track.base import (
     EventKind,
     Fate,
@@ -721,9 +721,20 @@ class Store:
 
     # ---------------------------------------------------------------- runs
 
+    def check_resume(self, run_id: str, config: dict[str, Any]) -> None:
+        """Raise ResumeMismatch if ``run_id`` exists and was begun with other processing
+        settings or model weights than ``config`` (see ``resume_mismatch``)."""
+        with self._read("reading a run's settings"):
+            row = self.conn.execute(
+                "SELECT config FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        if row is not None:
+            resume_mismatch(run_id, json.loads(row[0]), config)
+
     def begin_run(self, run_id: str, *, source: str, config: dict[str, Any]) -> bool:
         """Register a run; True if new. An existing run is resumed: its row is kept as it
-        was (config included) and its status set back to 'running'."""
+        was and its status set back to 'running' — only if ``config`` agrees with the
+        stored one on what decides the lineage (else ResumeMismatch, nothing changed)."""
         try:
             config_json = json.dumps(config, sort_keys=True)
         except (TypeError, ValueError) as exc:
@@ -731,10 +742,7 @@ class Store:
         with self._write(f"beginning run {run_id!r}") as conn:
             row = conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is not None:
-                if row[0] != config_json:
-                    logger.warning(
-                        "run %s resumed with a different config; keeping the first", run_id
-                    )
+                resume_mismatch(run_id, json.loads(row[0]), config)
                 conn.execute(
                     "UPDATE runs SET status = 'running', finished = NULL WHERE run_id = ?",
                     (run_id,),
@@ -1149,6 +1157,33 @@ class Store:
 
 
 # --------------------------------------------------------------------------- write helpers
+
+
+RESUME_SECTIONS = ("segment", "track", "models")
+"""Parts of a run's stored config that must be the same to resume it: segmentation and
+tracking settings (thresholds included) and the identity of the model weights. The
+worker's endpoints, the store's path and other operational settings may change."""
+
+
+def resume_mismatch(run_id: str, stored: dict[str, Any], new: dict[str, Any]) -> None:
+    """Raise ResumeMismatch naming every setting in ``RESUME_SECTIONS`` where ``new``
+    differs from ``stored`` (sections a run stored before they existed are not checked)."""
+    diffs: list[str] = []
+    for section in RESUME_SECTIONS:
+        old_part, new_part = stored.get(section), new.get(section)
+        if not isinstance(old_part, dict) or not isinstance(new_part, dict):
+            continue
+        for key in sorted(set(old_part) | set(new_part)):
+            if old_part.get(key) != new_part.get(key):
+                diffs.append(
+                    f"{section}.{key}: begun with {old_part.get(key)!r}, now {new_part.get(key)!r}"
+                )
+    if diffs:
+        shown = "; ".join(diffs[:5]) + (f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else "")
+        raise ResumeMismatch(
+            f"run {run_id!r} cannot be resumed with different settings ({shown}): use the "
+            "settings it was begun with, or start a new run with another --run-id"
+        )
 
 
 def _count(conn: sqlite3.Connection, table: str, params: tuple[str]) -> int:

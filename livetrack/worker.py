@@ -22,12 +22,20 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from livetrack.config import Settings
-from livetrack.errors import BadFrame, BadMessage, LivetrackError, SchemaMismatch, StoreError
+from livetrack.errors import (
+    BadFrame,
+    BadMessage,
+    LivetrackError,
+    ResumeMismatch,
+    SchemaMismatch,
+    StoreError,
+)
 from livetrack.messages import (
     EndOfStream,
     FrameCommitted,
@@ -101,6 +109,23 @@ class GivenLabels:
 
     def restore_scale(self, estimates: list[float]) -> None:
         """Given labels need no scale."""
+
+
+def run_config(settings: Settings) -> dict[str, Any]:
+    """What a run stores about how it was made: the settings, plus the sha256 of the model
+    weights the learned parts load (``models``). Resuming checks the parts that decide the
+    lineage against it (``store.RESUME_SECTIONS``)."""
+    from livetrack.models import SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL, weights_digest
+
+    config = settings.model_dump(mode="json")
+    models: dict[str, str | None] = {}
+    if settings.segment.method == "learned":
+        models["segment"] = weights_digest(settings.segment.model_dir or SHIPPED_SEGMENT_MODEL)
+    if settings.track.method == "lstm":
+        model_dir = settings.track.model_dir
+        models["track"] = weights_digest(Path(model_dir) if model_dir else SHIPPED_TRACK_MODEL)
+    config["models"] = models
+    return config
 
 
 class Worker:
@@ -177,7 +202,7 @@ class Worker:
         h = rf.header
         try:
             state = self._position_state(h)
-        except BadFrame as err:
+        except (BadFrame, ResumeMismatch) as err:
             return self._reject(h, str(err), handled=True)
         if state.last_frame is not None and h.frame_index <= state.last_frame:
             if self.store.has_frame(h.run_id, h.position, h.frame_index):
@@ -355,7 +380,7 @@ class Worker:
 
     def _open_run(self, h: FrameHeader) -> None:
         is_new = self.store.begin_run(
-            h.run_id, source=h.source or "stream", config=self.settings.model_dump(mode="json")
+            h.run_id, source=h.source or "stream", config=run_config(self.settings)
         )
         self.open_runs.add(h.run_id)
         self.finished_runs.discard(h.run_id)

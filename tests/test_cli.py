@@ -343,3 +343,44 @@ def test_tracking_only_replay_of_sim_plus_scores_high(
     scores = json.loads(out)
     assert scores["TRA"] > 0.95
     assert scores["division_f1"] > 0.5
+
+
+def test_resuming_a_run_with_other_settings_is_refused_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One lineage comes from one pipeline: a run begun with the classical segmenter is
+    not continued by the learned one (which would silently mix two segmentations)."""
+    db = tmp_path / "run.db"
+    common = [*SIM_ARGS, "--db", db, "--no-tui", "--events", "tcp://127.0.0.1:0"]
+    code, _, err = run_cli(
+        capsys, "run", *common, "--run-id", "r1", "--segmenter", "classical", "--tracker", "lap"
+    )
+    assert code == 0, err
+    with Store(db, readonly=True) as store:
+        before = (store.runs(), store.frame_indices("r1", "sim"))
+    code, out, err = run_cli(capsys, "run", *common, "--run-id", "r1", "--tracker", "lap")
+    assert code == 1
+    assert "run 'r1' cannot be resumed with different settings" in err
+    assert "segment.method: begun with 'classical', now 'learned'" in err
+    with Store(db, readonly=True) as store:
+        assert (store.runs(), store.frame_indices("r1", "sim")) == before
+
+
+def test_run_records_which_model_weights_it_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    from livetrack.models import SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL
+
+    db = tmp_path / "run.db"
+    code, _, err = run_cli(
+        capsys, "run", *SIM_ARGS, "--frames", "2", "--db", db, "--no-tui",
+        "--events", "tcp://127.0.0.1:0",
+    )  # fmt: skip
+    assert code == 0, err
+    with Store(db, readonly=True) as store:
+        (run,) = store.runs()
+    models = run["config"]["models"]
+    for kind, folder in (("segment", SHIPPED_SEGMENT_MODEL), ("track", SHIPPED_TRACK_MODEL)):
+        assert models[kind] == hashlib.sha256((folder / "weights.pt").read_bytes()).hexdigest()

@@ -31,6 +31,9 @@ from livetrack.worker import WorkerStopped
 REPO = Path(__file__).resolve().parents[1]
 LIVETRACK = [sys.executable, "-m", "livetrack.cli"]
 SIM_ARGS = ["--size", "160", "160", "--cells", "10", "--diameter", "16", "--track-only"]
+DEFAULT_PIPELINE_ARGS = ["--size", "160", "160", "--cells", "10", "--diameter", "16"]
+"""The same movie segmented and tracked by the defaults (learned segmenter with an estimated
+diameter, default tracker) instead of tracked on its ground-truth labels."""
 
 
 # ----------------------------------------------------------------- helpers
@@ -63,11 +66,19 @@ def worker_cmd(db: Path, frames: str, events: str) -> list[str]:
     ]
 
 
-def sim_cmd(frames: str, events: str, *, seed: int, n_frames: int, run_id: str) -> list[str]:
+def sim_cmd(
+    frames: str,
+    events: str,
+    *,
+    seed: int,
+    n_frames: int,
+    run_id: str,
+    sim_args: list[str] = SIM_ARGS,
+) -> list[str]:
     return [
         *LIVETRACK,
         "sim",
-        *SIM_ARGS,
+        *sim_args,
         "--seed",
         str(seed),
         "--frames",
@@ -144,9 +155,11 @@ def check_integrity(db: Path) -> None:
         conn.close()
 
 
-def reference_lineage(tmp: Path, *, seed: int, n_frames: int, run_id: str) -> dict[str, Any]:
+def reference_lineage(
+    tmp: Path, *, seed: int, n_frames: int, run_id: str, sim_args: list[str] = SIM_ARGS
+) -> dict[str, Any]:
     db = tmp / "reference.db"
-    args = ["-q", "run", *SIM_ARGS, "--seed", str(seed), "--frames", str(n_frames)]
+    args = ["-q", "run", *sim_args, "--seed", str(seed), "--frames", str(n_frames)]
     code = main(
         [*args, "--db", str(db), "--run-id", run_id, "--no-tui", "--events", "tcp://127.0.0.1:0"]
     )
@@ -154,7 +167,9 @@ def reference_lineage(tmp: Path, *, seed: int, n_frames: int, run_id: str) -> di
     return lineage(db, run_id)
 
 
-def run_with_kills(tmp: Path, *, seed: int, n_frames: int, n_kills: int) -> int:
+def run_with_kills(
+    tmp: Path, *, seed: int, n_frames: int, n_kills: int, sim_args: list[str] = SIM_ARGS
+) -> int:
     """Stream ``n_frames`` while SIGKILLing the worker ``n_kills`` times at random
     moments (restarting it each time with the same command); returns the kills done.
     The lineage must equal an uninterrupted run's."""
@@ -163,7 +178,11 @@ def run_with_kills(tmp: Path, *, seed: int, n_frames: int, n_kills: int) -> int:
     frames_ep, events_ep = endpoints()
     wlog, dlog = tmp / f"worker-{seed}.log", tmp / f"driver-{seed}.log"
     worker = spawn(worker_cmd(db, frames_ep, events_ep), wlog)
-    driver = spawn(sim_cmd(frames_ep, events_ep, seed=seed, n_frames=n_frames, run_id=run_id), dlog)
+    driver = spawn(
+        sim_cmd(frames_ep, events_ep, seed=seed, n_frames=n_frames, run_id=run_id,
+                sim_args=sim_args),
+        dlog,
+    )  # fmt: skip
     kills = 0
     try:
         while kills < n_kills and driver.poll() is None:
@@ -188,7 +207,7 @@ def run_with_kills(tmp: Path, *, seed: int, n_frames: int, n_kills: int) -> int:
                 proc.wait()
     check_integrity(db)
     got = lineage(db, run_id)
-    want = reference_lineage(tmp, seed=seed, n_frames=n_frames, run_id=run_id)
+    want = reference_lineage(tmp, seed=seed, n_frames=n_frames, run_id=run_id, sim_args=sim_args)
     assert got["status"] == want["status"] == "finished"
     assert sorted(got["frames"]) == list(range(n_frames))
     assert got["frames"] == want["frames"]
@@ -201,6 +220,16 @@ def run_with_kills(tmp: Path, *, seed: int, n_frames: int, n_kills: int) -> int:
 # ----------------------------------------------------------- crash-resume
 def test_kill_9_worker_three_times_lineage_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert run_with_kills(tmp_path, seed=3, n_frames=40, n_kills=3) == 3
+
+
+def test_kill_9_worker_with_the_default_pipeline_lineage_equals_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """Segmented by the learned model with an estimated diameter and tracked by the
+    default tracker, not only tracked on given labels: what a resumed worker decides
+    (scale, model state) must be what the uninterrupted worker decided."""
+    kills = run_with_kills(tmp_path, seed=6, n_frames=30, n_kills=2, sim_args=DEFAULT_PIPELINE_ARGS)
+    assert kills == 2
 
 
 @pytest.mark.slow

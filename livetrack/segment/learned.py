@@ -4,7 +4,6 @@ in overlapping tiles, then peaks + watershed, and labels back at the frame's res
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from numpy.typing import NDArray
 from skimage.segmentation import relabel_sequential
 from skimage.transform import resize
 
+from livetrack.models import SHIPPED_SEGMENT_MODEL
 from livetrack.segment.config import SegmentConfig
 from livetrack.segment.model import NucleusUNet, load_model
 from livetrack.segment.postprocess import PostprocessParams, labels_from_maps
@@ -20,8 +20,7 @@ from livetrack.types import LabelImage
 
 log = logging.getLogger("livetrack.segment.learned")
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "seg-unet-v1"
-"""The model trained here and shipped inside the package (see README)."""
+SHIPPED_MODEL = SHIPPED_SEGMENT_MODEL
 TILE_MARGIN_DIAMETERS = 2.0
 """Overlap kept on each side of a tile, in nucleus diameters: the network's output near a
 tile edge lacks context, so only each tile's centre is used."""

@@ -37,6 +37,7 @@ import torch
 from numpy.typing import NDArray
 
 from livetrack.errors import BadFrame, ConfigError
+from livetrack.models import SHIPPED_TRACK_MODEL
 from livetrack.track.assign import Candidates, assign_sparse, gate
 from livetrack.track.base import FrameHistory, TrackEnd, TrackRecord, TrackStep
 from livetrack.track.config import TrackConfig
@@ -50,8 +51,7 @@ log = logging.getLogger("livetrack.track.lstm")
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "track-lstm-v3"
-"""The shipped tracking model (weights + the thresholds chosen on a validation split)."""
+DEFAULT_MODEL = SHIPPED_TRACK_MODEL
 
 
 # ---------------------------------------------------------------------- shared with training
