@@ -358,7 +358,7 @@ def test_resuming_a_run_with_other_settings_is_refused_and_changes_nothing(
     assert code == 0, err
     with Store(db, readonly=True) as store:
         before = (store.runs(), store.frame_indices("r1", "sim"))
-    code, out, err = run_cli(capsys, "run", *common, "--run-id", "r1", "--tracker", "lap")
+    code, _, err = run_cli(capsys, "run", *common, "--run-id", "r1", "--tracker", "lap")
     assert code == 1
     assert "run 'r1' cannot be resumed with different settings" in err
     assert "segment.method: begun with 'classical', now 'learned'" in err
