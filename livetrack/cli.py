@@ -403,6 +403,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=int, default=1, help="division frame tolerance")
     p.set_defaults(func=cmd_evaluate)
 
+    # benchmark: the held-out evaluation suite
+    p = sub.add_parser(
+        "benchmark",
+        help="run a suite of held-out movies through named pipelines; one table of scores",
+    )
+    p.add_argument(
+        "suite",
+        help="a shipped suite name (heldout) or a suite TOML file; see livetrack/suites/",
+    )
+    p.add_argument(
+        "--ctc",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="SEQ",
+        help="also score this CTC sequence folder (its NN_GT beside it); repeatable. "
+        "Marked as training data when a shipped model was trained on it",
+    )
+    p.add_argument(
+        "--pipelines",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        help="pipelines to run (default: default learned+lap classical+lap gt+default gt+lap;"
+        " also learned+lstm classical+lstm gt+lstm gt+laptrack)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmark"),
+        help="folder for benchmark.md, benchmark.json, the movies and each result "
+        "(default: ./benchmark)",
+    )
+    p.add_argument("--config", type=Path, default=None, help="settings file (TOML or JSON)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when a default falls below its baseline on a held-out sequence",
+    )
+    p.set_defaults(func=cmd_benchmark)
+
     # baseline: third-party trackers on label masks, written for `livetrack evaluate`
     p = sub.add_parser("baseline", help="track label masks with a third-party tracker (CTC)")
     baseline_sub = p.add_subparsers(dest="baseline", required=True, metavar="TRACKER")
@@ -1102,6 +1143,31 @@ def cmd_baseline_laptrack(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - started:.1f} s (tracking {track_s:.1f} s) → {args.out_dir}"
     )
     return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from drivers.replay import open_movie
+    from livetrack.benchmark import DEFAULT_PIPELINES, load_suite, rule_violations, run_benchmark
+
+    _setup_logging(args)
+    suite = load_suite(args.suite)
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] {line}", file=sys.stderr, flush=True)
+
+    rows = run_benchmark(
+        suite,
+        out_dir=args.out,
+        open_source=lambda images, masks: open_movie(images, masks_dir=masks),
+        ctc_dirs=args.ctc,
+        pipelines=tuple(args.pipelines or DEFAULT_PIPELINES),
+        settings=_settings(args),
+        on_progress=progress,
+    )
+    print((args.out / "benchmark.md").read_text(), end="")
+    print(f"→ {args.out / 'benchmark.md'}, {args.out / 'benchmark.json'} ({len(rows)} rows)")
+    return 1 if args.check and rule_violations(rows) else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

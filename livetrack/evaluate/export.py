@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tifffile
@@ -27,6 +28,9 @@ from numpy.typing import NDArray
 
 from livetrack.errors import EvaluationError
 from livetrack.track.base import TrackRecord
+
+if TYPE_CHECKING:
+    from livetrack.store import Store as StoreReader
 
 logger = logging.getLogger("livetrack.evaluate")
 
@@ -300,3 +304,45 @@ def _check_segments(segments: list[CtcSegment]) -> None:
 def _write_track_file(path: Path, segments: list[CtcSegment]) -> None:
     lines = [f"{s.label} {s.begin} {s.end} {s.parent}\n" for s in segments]
     path.write_text("".join(lines), encoding="utf-8")
+
+
+def export_run(
+    store: StoreReader,
+    run_id: str | None,
+    position: str | None,
+    out_dir: Path,
+    *,
+    n_frames: int | None = None,
+) -> tuple[str, str, int]:
+    """Export one position of a stored run as a CTC result folder (``export_ctc``), one
+    frame in memory at a time. ``run_id`` None: the newest run; ``position`` None: the
+    run's only position. Returns (run, position, frames exported).
+
+    Raises:
+        EvaluationError: no run, an unknown position, or several positions and none chosen.
+    """
+    run_id = run_id or store.latest_run_id()
+    if run_id is None:
+        raise EvaluationError("the database holds no runs")
+    positions = store.positions(run_id)
+    if position is None:
+        if len(positions) != 1:
+            raise EvaluationError(f"run {run_id} has positions {positions}; choose one")
+        position = positions[0]
+    elif position not in positions:
+        raise EvaluationError(f"run {run_id} has no position {position!r} (has {positions})")
+    indices = store.frame_indices(run_id, position)
+
+    def frames() -> Iterable[ExportFrame]:
+        for f in indices:
+            det, track_ids = store.frame_detections(run_id, position, f)
+            yield ExportFrame(
+                frame=f,
+                mask=store.load_mask(run_id, position, f),
+                labels=det.labels,
+                track_ids=track_ids,
+            )
+
+    total = n_frames if n_frames is not None else (indices[-1] + 1 if indices else 0)
+    export_ctc(frames(), store.tracks(run_id, position), out_dir, n_frames=total)
+    return run_id, position, len(indices)

@@ -48,6 +48,10 @@ class EvaluationResult:
     false_positive: int
     TE: float | None
     AA: float | None
+    BC1: float | None = None
+    """CTC branching correctness BC(1) (Ulman et al. 2017, py-ctcmetrics): F1 of division
+    events matched with one frame of tolerance, daughters not checked; None without GT
+    divisions."""
 
     def to_dict(self) -> dict[str, float | int | None]:
         """Plain dict (JSON-ready) in field order."""
@@ -142,6 +146,7 @@ def evaluate_ctc(
         false_positive=div.false_positive,
         TE=lineage.target_effectiveness(gt_tracks, res_tracks, labels_gt, matches),
         AA=lineage.association_accuracy(gt_tracks, res_tracks, labels_gt, labels_res, matches),
+        BC1=scores.get("BC(1)"),
     )
 
 
@@ -163,7 +168,7 @@ def _ctc_scores(
             shown = "; ".join(problems[:10]) or "no detail given"
             more = f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""
             raise EvaluationError(f"invalid CTC result in {res_dir}: {shown}{more}")
-        metrics = ["DET", "TRA", *(["SEG"] if has_seg else [])]
+        metrics = ["DET", "TRA", "BC(1)", *(["SEG"] if has_seg else [])]
         scores: dict[str, Any] = calculate_metrics(
             res.table, gt.table, traj, segm, metrics, is_valid
         )
@@ -199,6 +204,7 @@ _SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("division_recall", "recall"),
             ("division_f1", "F1"),
             ("mbc", "MBC"),
+            ("BC1", "BC(1)"),
         ),
     ),
     ("Lineage", (("TE", "TE"), ("AA", "AA"))),

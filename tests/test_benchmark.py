@@ -1,0 +1,124 @@
+"""``livetrack benchmark``: suites, provenance of each row, the rule for defaults, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from livetrack.benchmark import (
+    SUITES_DIR,
+    Row,
+    load_suite,
+    provenance,
+    rule_violations,
+    simulation_config,
+)
+from livetrack.cli import main
+from livetrack.errors import ConfigError
+
+TINY = """
+name = "tiny"
+frames = 6
+[[movies]]
+name = "small"
+seed = 1
+[movies.settings]
+height = 96
+width = 96
+n_cells = 6
+nucleus_diameter_px = 16
+cell_cycle_frames = 5
+"""
+
+
+def test_shipped_suites_load_and_every_movie_is_a_valid_simulation() -> None:
+    suites = sorted(SUITES_DIR.glob("*.toml"))
+    assert suites, "no suite is shipped"
+    for path in suites:
+        suite = load_suite(path.stem)
+        assert suite.movies
+        seeds = [m.seed for m in suite.movies]
+        assert len(set(seeds)) == len(seeds), "two movies share a seed"
+        for movie in suite.movies:
+            assert simulation_config(movie).seed == movie.seed
+
+
+def test_a_misspelt_setting_is_an_error_not_a_default(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY.replace("n_cells", "n_cels"))
+    suite = load_suite(bad)
+    with pytest.raises(ConfigError, match="n_cels"):
+        simulation_config(suite.movies[0])
+    bad.write_text(TINY.replace("seed = 1", "sead = 1"))
+    with pytest.raises(ConfigError, match="sead"):
+        load_suite(bad)
+    with pytest.raises(ConfigError, match="no benchmark suite 'nope'"):
+        load_suite("nope")
+
+
+def test_a_sequence_a_shipped_model_trained_on_is_marked(tmp_path: Path) -> None:
+    # Recognised by dataset/sequence, wherever the data lies on this machine.
+    seq = tmp_path / "elsewhere" / "Fluo-N2DH-SIM+" / "01"
+    seq.mkdir(parents=True)
+    assert "trained on frames 0-39" in provenance(seq)
+    other = tmp_path / "Fluo-N2DH-HeLa" / "01"
+    other.mkdir(parents=True)
+    assert provenance(other) == "held-out"
+
+
+def _row(seq: str, pipeline: str, f1: float | None, tra: float, training: str = "held-out") -> Row:
+    return Row(seq, pipeline, training, 10, {"division_f1": f1, "TRA": tra}, None, 0.0)
+
+
+def test_rule_for_defaults_flags_only_held_out_rows_below_their_baseline() -> None:
+    rows = [
+        _row("a", "default", 0.8, 0.99),
+        _row("a", "learned+lap", 0.9, 0.98),  # default's division F1 below: broken
+        _row("a", "gt+default", 1.0, 1.0),
+        _row("a", "gt+lap", 1.0, 1.0),
+        _row("b", "default", None, 0.97),
+        _row("b", "learned+lap", None, 0.96),  # no divisions on either side: fine
+        _row("t", "default", 0.1, 0.5, training="track-lstm-v3 trained"),
+        _row("t", "learned+lap", 0.9, 0.9, training="track-lstm-v3 trained"),
+    ]
+    assert rule_violations(rows) == ["a: default division_f1 0.800 < learned+lap 0.900"]
+
+
+def test_benchmark_command_scores_a_suite_and_a_ctc_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY)
+    # A CTC sequence named like one the shipped models were trained on.
+    code = main(["simulate", str(tmp_path / "Fluo-N2DH-SIM+"), "--frames", "5", "--seed", "2",
+                 "--size", "96", "96", "--cells", "5", "--diameter", "16"])  # fmt: skip
+    assert code == 0
+    out = tmp_path / "bench"
+    code = main([
+        "benchmark", str(suite), "--out", str(out), "--pipelines", "classical+lap", "gt+lap",
+        "--ctc", str(tmp_path / "Fluo-N2DH-SIM+" / "01"),
+    ])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "benchmark.json").read_text())
+    rows = {(r["sequence"], r["pipeline"]): r for r in report["rows"]}
+    assert set(rows) == {
+        ("small", "classical+lap"),
+        ("small", "gt+lap"),
+        ("Fluo-N2DH-SIM+/01", "classical+lap"),
+        ("Fluo-N2DH-SIM+/01", "gt+lap"),
+    }
+    assert rows["small", "gt+lap"]["held_out"] is True
+    assert rows["Fluo-N2DH-SIM+/01", "gt+lap"]["held_out"] is False
+    # Tracking the ground truth's own masks finds every object.
+    assert rows["small", "gt+lap"]["metrics"]["DET"] == pytest.approx(1.0)
+    assert rows["small", "gt+lap"]["frames"] == 6
+    for r in rows.values():
+        assert 0.0 <= r["metrics"]["TRA"] <= 1.0
+    assert rows["small", "classical+lap"]["ms_per_frame"] > 0
+    table = (out / "benchmark.md").read_text()
+    assert "| small | held-out | classical+lap |" in table
+    assert "trained on frames 0-39" in table
+    assert table in printed
