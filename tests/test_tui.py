@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from rich.console import Console
+from textual.keys import format_key
 
 from drivers.simulator import SimulatorSource
 from livetrack.config import Settings
@@ -237,18 +238,12 @@ def test_missing_db_and_silent_endpoint_show_messages_not_tracebacks(tmp_path: P
 # --------------------------------------------------------------------------- keys
 
 
-def test_keys_help_filter_pause_and_position(finished_db: Path) -> None:
+def test_keys_filter_pause_and_position(finished_db: Path) -> None:
     async def drive() -> None:
         app = make_app(db_path=finished_db, poll_interval_s=0.1)
         async with app.run_test(size=(120, 36)) as pilot:
             await wait_for(pilot, lambda: len(app.divisions) > 2)
             all_rows = app.visible_divisions()
-            await pilot.press("question_mark")
-            assert isinstance(app.screen, HelpScreen)
-            assert "pause" in screen_text(app)
-            await pilot.press("escape")
-            assert not isinstance(app.screen, HelpScreen)
-
             track = all_rows[-1].daughters[0]
             await pilot.press("slash", *str(track), "enter")
             rows = app.visible_divisions()
@@ -268,6 +263,66 @@ def test_keys_help_filter_pause_and_position(finished_db: Path) -> None:
             await pilot.press("enter")
             assert app.selected_position == "sim"
             assert all(d.position == "sim" for d in app.visible_divisions())
+
+    asyncio.run(drive())
+
+
+# --------------------------------------------------------------------------- help
+
+
+def help_box_text(app: DashboardApp, box: Any) -> list[str]:
+    """The visible lines inside the help box's border, as the terminal shows them."""
+    r = box.content_region
+    lines = screen_text(app).splitlines()
+    return [line[r.x : r.right] for line in lines[r.y : r.bottom]]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 48)])
+def test_help_screen_shows_every_key_and_what_the_panels_mean(size: tuple[int, int]) -> None:
+    async def drive() -> None:
+        app = make_app()
+        async with app.run_test(size=size) as pilot:
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            box = app.screen.query_one("#help-box")
+            await pilot.pause()
+            region = box.region
+            # Sized to the terminal: most of a small one, never past its edges.
+            assert region.width >= min(72, size[0] - 8), region
+            assert region.height >= min(20, size[1] - 4), region
+            assert region.right <= size[0]
+            assert region.bottom <= size[1]
+            # Read it all as the user does: page down until the end (80x24 scrolls).
+            seen: dict[int, str] = {}
+            for _ in range(20):
+                top = round(box.scroll_y)
+                for i, line in enumerate(help_box_text(app, box)):
+                    seen[top + i] = line
+                if box.scroll_y >= box.max_scroll_y:
+                    break
+                await pilot.press("pagedown")
+                await pilot.pause()
+            text = " ".join(" ".join(seen[i] for i in sorted(seen)).split())
+            assert len(seen) >= 20
+            # Every key the app binds is listed …
+            for binding in DashboardApp.BINDINGS:
+                for key in binding.key.split(","):  # type: ignore[union-attr]
+                    assert f" {format_key(key)} " in f" {text} ", key
+            # … with what it does …
+            for words in ("p / space pause / resume", "q quit", "d jump to the newest division",
+                          "l open the lineage", "/ filter the feed", "a all positions",
+                          "esc close the filter", "? show / hide this help"):  # fmt: skip
+                assert words in text, words
+            # … and what the panels and their words mean.
+            for words in ("lag: seconds from a frame's acquisition to its commit",
+                          "fr/s: frames committed per second", "a stale position",
+                          "confidence (conf", "acquisition order", "Cells over time",
+                          "Lineage:", "mother track → daughter tracks"):  # fmt: skip
+                assert words in text, words
+            await pilot.press("question_mark")
+            assert not isinstance(app.screen, HelpScreen)
+            await pilot.press("question_mark", "escape")
+            assert not isinstance(app.screen, HelpScreen)
 
     asyncio.run(drive())
 

@@ -44,7 +44,13 @@ from livetrack.tui.data import (
     position_rows_from_status,
     stats_from_status,
 )
-from livetrack.tui.widgets import HelpScreen, LineageTree, Sparklines
+from livetrack.tui.widgets import (
+    NAVIGATION_KEYS,
+    HelpScreen,
+    LineageTree,
+    Sparklines,
+    key_names,
+)
 
 log = logging.getLogger("livetrack.tui")
 
@@ -116,22 +122,43 @@ class LineageRequest:
 # --------------------------------------------------------------------------- the app
 
 
+KEY_BINDINGS: tuple[Binding, ...] = (
+    Binding("question_mark", "help", "keys", tooltip="show / hide this help"),
+    Binding("q", "quit", "quit", tooltip="quit (stops a run started by `livetrack run`)"),
+    Binding("ctrl+c", "quit", "quit", show=False, priority=True, tooltip="quit, as q"),
+    Binding(
+        "p,space",
+        "toggle_pause",
+        "pause",
+        tooltip="pause / resume the divisions feed (new divisions are counted meanwhile)",
+    ),
+    Binding("d", "jump_division", "newest div", tooltip="jump to the newest division"),
+    Binding("l", "lineage", "lineage", tooltip="open the lineage of the highlighted division"),
+    Binding(
+        "slash",
+        "filter",
+        "filter",
+        tooltip="filter the feed by position name or track id (enter applies, esc cancels)",
+    ),
+    Binding("a", "all_positions", "all", tooltip="all positions again: clear the filter"),
+    Binding(
+        "escape",
+        "escape",
+        "back",
+        show=False,
+        tooltip="close the filter box, else clear the position selection and filter",
+    ),
+)
+"""The app's keys. The tooltip is what the help screen (and the footer, on hover) says a
+key does, so the help lists every binding there is."""
+
+
 class DashboardApp(App[None]):
     """Build it with ``make_app``; the CLI and the tests both do."""
 
     CSS_PATH = "dashboard.tcss"
     TITLE = "livetrack"
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("question_mark", "help", "keys"),
-        Binding("q", "quit", "quit"),
-        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
-        Binding("p,space", "toggle_pause", "pause"),
-        Binding("d", "jump_division", "newest div"),
-        Binding("l", "lineage", "lineage"),
-        Binding("slash", "filter", "filter"),
-        Binding("a", "all_positions", "all"),
-        Binding("escape", "escape", "back", show=False),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = list(KEY_BINDINGS)
 
     def __init__(
         self,
@@ -409,7 +436,7 @@ class DashboardApp(App[None]):
 
     # ---------------------------------------------------------------- actions
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(help_keys()))
 
     async def action_quit(self) -> None:
         if self.stop_event is not None:
@@ -684,6 +711,13 @@ class DashboardApp(App[None]):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def help_keys() -> list[tuple[str, str]]:
+    """(keys, what they do) for the help screen: every binding of the app, then the keys
+    Textual's widgets handle."""
+    own = [(key_names(b.key), b.tooltip or b.description) for b in KEY_BINDINGS]
+    return own + list(NAVIGATION_KEYS)
 
 
 def _with_interval(row: PositionRow, interval: float | None) -> PositionRow:
