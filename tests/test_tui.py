@@ -20,20 +20,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from rich.console import Console
 from textual.keys import format_key
 
 from drivers.simulator import SimulatorSource
 from livetrack.config import Settings
-from livetrack.messages import WorkerStatus
+from livetrack.messages import TrackEvent, WorkerStatus
 from livetrack.runner import run_pipeline
 from livetrack.store import Store
-from livetrack.track.base import TrackRecord
+from livetrack.track.base import LineageEvent, TrackEnd, TrackRecord, TrackStart, TrackStep
 from livetrack.transport import EventPublisher
 from livetrack.tui import DashboardApp, make_app
 from livetrack.tui.data import build_lineage
 from livetrack.tui.widgets import HelpScreen, sparkline
+from livetrack.types import Detections
 from simulators.nuclei import SimulationConfig
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -115,6 +117,59 @@ def store_divisions(db: Path, run_id: str) -> dict[str, dict[str, Any]]:
 def store_tracks(db: Path, run_id: str, position: str) -> dict[int, TrackRecord]:
     with Store(db, readonly=True) as store:
         return {t.track_id: t for t in store.tracks(run_id, position)}
+
+
+class ColonyWriter:
+    """Writes frames of one position through the real Store, as a worker would: one
+    detection per open track (label = track id); a division ends the oldest open track
+    and starts two daughters. ``acquired(frame)`` is the frame's acquisition time."""
+
+    def __init__(self, store: Store, run_id: str, position: str, acquired: Callable[[int], float]):
+        self.store, self.run_id, self.position, self.acquired = store, run_id, position, acquired
+        self.open: list[int] = []
+        self.next_id = 1
+
+    def write(self, frame: int, *, divide: bool = False) -> None:
+        started: list[TrackStart] = []
+        ended: list[TrackEnd] = []
+        events: list[LineageEvent] = []
+        if not self.open:
+            started.append(TrackStart(self.next_id, frame))
+            self.open.append(self.next_id)
+            self.next_id += 1
+        if divide:
+            mother = self.open.pop(0)
+            daughters = (self.next_id, self.next_id + 1)
+            self.next_id += 2
+            started += [TrackStart(d, frame, parent_id=mother) for d in daughters]
+            ended.append(TrackEnd(mother, frame - 1, "divided"))
+            events.append(LineageEvent("division", frame, mother, daughters, confidence=0.9))
+            self.open += daughters
+        mask = np.zeros((64, 64), np.int32)
+        for i, track in enumerate(self.open):
+            y, x = 2 + 8 * (i // 7), 2 + 8 * (i % 7)
+            mask[y : y + 5, x : x + 5] = track
+        dets = Detections.from_labels(mask)
+        step = TrackStep(
+            frame, np.asarray(dets.labels, np.int64), started=started, ended=ended, events=events
+        )
+        self.store.write_frame(
+            self.run_id, self.position, frame, timestamp=self.acquired(frame), mask=mask,
+            detections=dets, step=step, timings={"segment": 5.0},
+        )  # fmt: skip
+
+
+async def publish_until(
+    pilot: Any, pub: EventPublisher, msg: Any, condition: Callable[[], bool]
+) -> None:
+    """Publish ``msg`` (again: a subscriber that just connected misses the first ones)
+    until ``condition`` holds."""
+
+    def sent_and_seen() -> bool:
+        pub.publish(msg)
+        return condition()
+
+    await wait_for(pilot, sent_and_seen)
 
 
 # --------------------------------------------------------------------------- live run
@@ -325,6 +380,54 @@ def test_help_screen_shows_every_key_and_what_the_panels_mean(size: tuple[int, i
             assert not isinstance(app.screen, HelpScreen)
 
     asyncio.run(drive())
+
+
+# --------------------------------------------------------------------------- what the
+# header and the feed say when the worker lags, restarts or ends
+
+
+def test_divisions_are_in_acquisition_order_while_the_worker_lags(tmp_path: Path) -> None:
+    """Divisions read from the store were committed ten minutes after acquisition (the
+    worker lags); one just published live is not in the store yet. Newest acquisition
+    first, whichever source, and the time shown is the acquisition time."""
+    db = tmp_path / "lagging.db"
+    t0 = time.time() - 600.0
+
+    def acquired(frame: int) -> float:
+        return t0 + 10.0 * frame
+
+    with Store(db) as store:
+        store.begin_run("lag", source="test", config={})
+        pos0 = ColonyWriter(store, "lag", "Pos0", acquired)
+        pos1 = ColonyWriter(store, "lag", "Pos1", acquired)
+        for f in range(7):
+            pos0.write(f, divide=f in (2, 5))
+            pos1.write(f, divide=f == 5)
+    live = TrackEvent(run_id="lag", position="Pos1", frame=8, event="division", track_id=3,
+                      daughters=(6, 7), confidence=0.8, timestamp=acquired(8))  # fmt: skip
+    pub = EventPublisher("tcp://127.0.0.1:0")
+
+    async def drive() -> None:
+        app = make_app(db_path=db, endpoint=pub.endpoint, poll_interval_s=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(app.divisions) == 3)  # the store's
+            await publish_until(pilot, pub, live, lambda: len(app.divisions) == 4)
+            await pilot.pause()
+            feed = app.query_one("#feed")
+            rows = [feed.get_row_at(i) for i in range(feed.row_count)]  # type: ignore[attr-defined]
+            assert [(r[1], r[2]) for r in rows] == [
+                ("Pos1", "8"), ("Pos1", "5"), ("Pos0", "5"), ("Pos0", "2"),
+            ]  # fmt: skip
+            shown = [r[0] for r in rows]
+            expected = [
+                time.strftime("%H:%M:%S", time.localtime(acquired(f))) for f in (8, 5, 5, 2)
+            ]
+            assert shown == expected
+
+    try:
+        asyncio.run(drive())
+    finally:
+        pub.close()
 
 
 # --------------------------------------------------------------------------- snapshots

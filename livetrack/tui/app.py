@@ -526,11 +526,12 @@ class DashboardApp(App[None]):
         self._update_feed_title()
 
     def visible_divisions(self) -> list[Division]:
-        """The feed's rows: newest first, position selection and filter applied."""
+        """The feed's rows: newest first in acquisition order (``Division.order``), position
+        selection and filter applied."""
         rows = [d for d in self.divisions.values() if _matches(d, self.selected_position)]
         if self.filter_text:
             rows = [d for d in rows if _matches_filter(d, self.filter_text)]
-        rows.sort(key=lambda d: (d.when, d.frame, d.mother), reverse=True)
+        rows.sort(key=lambda d: d.order, reverse=True)
         return rows[:FEED_ROWS]
 
     def _render_feed(self) -> None:
