@@ -27,7 +27,7 @@ from textual.keys import format_key
 
 from drivers.simulator import SimulatorSource
 from livetrack.config import Settings
-from livetrack.messages import TrackEvent, WorkerStatus
+from livetrack.messages import PositionStatus, TrackEvent, WorkerStatus
 from livetrack.runner import run_pipeline
 from livetrack.store import Store
 from livetrack.track.base import LineageEvent, TrackEnd, TrackRecord, TrackStart, TrackStep
@@ -159,6 +159,16 @@ class ColonyWriter:
         )  # fmt: skip
 
 
+def running_status(run_id: str, *, frames: int, worker: str, lag_s: float = 0.5,
+                   state: str = "running", positions: tuple[PositionStatus, ...] = ()
+                   ) -> WorkerStatus:  # fmt: skip
+    return WorkerStatus(
+        run_id=run_id, state=state, frames_processed=frames, frames_rejected=0,  # type: ignore[arg-type]
+        fps=2.0, stage_ms={"segment": 5.0}, lag_s=lag_s, device="cpu",
+        positions=positions, timestamp=time.time(), worker_id=worker,
+    )  # fmt: skip
+
+
 async def publish_until(
     pilot: Any, pub: EventPublisher, msg: Any, condition: Callable[[], bool]
 ) -> None:
@@ -170,6 +180,10 @@ async def publish_until(
         return condition()
 
     await wait_for(pilot, sent_and_seen)
+
+
+def header_line(app: DashboardApp) -> str:
+    return screen_text(app).splitlines()[0]
 
 
 # --------------------------------------------------------------------------- live run
@@ -423,6 +437,112 @@ def test_divisions_are_in_acquisition_order_while_the_worker_lags(tmp_path: Path
                 time.strftime("%H:%M:%S", time.localtime(acquired(f))) for f in (8, 5, 5, 2)
             ]
             assert shown == expected
+
+    try:
+        asyncio.run(drive())
+    finally:
+        pub.close()
+
+
+def test_frame_count_comes_from_the_store_across_a_worker_restart(tmp_path: Path) -> None:
+    """A worker stores 10 frames and restarts; the new one stores 10 more and counts only
+    its own. The header counts what is stored: 20."""
+    db = tmp_path / "restart.db"
+    store = Store(db)
+    store.begin_run("r", source="test", config={})
+    colony = ColonyWriter(store, "r", "Pos0", lambda f: time.time())
+    for f in range(10):
+        colony.write(f)
+    first = EventPublisher("tcp://127.0.0.1:0")
+    endpoint = first.endpoint
+
+    async def drive() -> None:
+        nonlocal first
+        app = make_app(db_path=db, endpoint=endpoint, poll_interval_s=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            before = running_status("r", frames=10, worker="first")
+            await publish_until(pilot, first, before, lambda: "10 frames" in header_line(app))
+            first.close()  # the worker goes away …
+            store.begin_run("r", source="test", config={})  # … a new one resumes the run
+            for f in range(10, 20):
+                colony.write(f)
+            second = EventPublisher(endpoint)
+            try:
+                after = running_status("r", frames=10, worker="second")
+                await publish_until(
+                    pilot, second, after,
+                    lambda: app.live_status is not None
+                    and app.live_status.worker_id == "second"
+                    and getattr(app.positions.get("Pos0"), "last_frame", -1) == 19,
+                )  # fmt: skip
+                await pilot.pause()
+                header = header_line(app)
+                assert "20 frames" in header, header
+            finally:
+                second.close()
+
+    try:
+        asyncio.run(drive())
+    finally:
+        first.close()
+        store.close()
+
+
+@pytest.mark.parametrize("ending", ["finished", "aborted"])
+def test_lag_is_shown_only_while_the_run_is_live(tmp_path: Path, ending: str) -> None:
+    """A worker 22.6 s behind the microscope: the header shows the lag while the run goes;
+    once the run ended the worker stays up (idle, its last lag in its status) and the
+    header says how the run ended instead of a stale lag."""
+    db = tmp_path / "ending.db"
+    store = Store(db)
+    store.begin_run("e", source="test", config={})
+    colony = ColonyWriter(store, "e", "Pos0", lambda f: time.time() - 22.6)
+    for f in range(3):
+        colony.write(f)
+    pub = EventPublisher("tcp://127.0.0.1:0")
+
+    async def drive() -> None:
+        app = make_app(db_path=db, endpoint=pub.endpoint, poll_interval_s=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            going = running_status("e", frames=3, worker="w", lag_s=22.6)
+            await publish_until(pilot, pub, going, lambda: "lag 22.6 s" in header_line(app))
+            assert "● running" in header_line(app)
+            store.end_run("e", ending)  # type: ignore[arg-type]
+            idle = running_status("e", frames=3, worker="w", lag_s=22.6, state="idle")
+            await publish_until(
+                pilot, pub, idle,
+                lambda: app.live_status is not None and app.live_status.state == "idle"
+                and app.db_snapshot is not None and app.db_snapshot.run_status == ending,
+            )  # fmt: skip
+            await pilot.pause()
+            header = header_line(app)
+            assert f"■ run {ending}" in header, header
+            assert "lag" not in header, header
+
+    try:
+        asyncio.run(drive())
+    finally:
+        pub.close()
+        store.close()
+
+
+def test_lag_goes_when_the_worker_reports_the_run_over_without_a_database() -> None:
+    pub = EventPublisher("tcp://127.0.0.1:0")
+
+    async def drive() -> None:
+        app = make_app(endpoint=pub.endpoint)
+        async with app.run_test(size=(120, 40)) as pilot:
+            going = running_status("solo", frames=5, worker="w", lag_s=3.5)
+            await publish_until(pilot, pub, going, lambda: "lag 3.5 s" in header_line(app))
+            done = running_status("solo", frames=5, worker="w", lag_s=3.5, state="finished")
+            await publish_until(
+                pilot, pub, done,
+                lambda: app.live_status is not None and app.live_status.state == "finished",
+            )  # fmt: skip
+            await pilot.pause()
+            header = header_line(app)
+            assert "■ run ended" in header, header
+            assert "lag" not in header, header
 
     try:
         asyncio.run(drive())
