@@ -1033,6 +1033,29 @@ class Store:
             row["x"] = math.nan if row["x"] is None else row["x"]
         return rows
 
+    def divisions_acquired(
+        self, run_id: str, *, after_id: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Division events with ``id > after_id`` in id order, as ``events`` returns them
+        plus ``acquired``: the acquisition time of the frame they were detected in, which a
+        dashboard shows (``created`` is the commit time: later by the worker's lag). An
+        event whose frame row is missing keeps its commit time rather than being skipped."""
+        sql = (
+            "SELECT e.*, coalesce(f.timestamp, e.created) AS acquired FROM events e"
+            " LEFT JOIN frames f"
+            " ON f.run_id = e.run_id AND f.position = e.position AND f.frame = e.frame"
+            " WHERE e.run_id = ? AND e.kind = 'division' AND e.id > ? ORDER BY e.id"
+        )
+        params: list[Any] = [run_id, after_id]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._read("loading divisions"):
+            rows = list(self.db.query(sql, params))
+        for row in rows:
+            row["daughters"] = json.loads(row["daughters"])
+        return rows
+
     def history(self, run_id: str, position: str, n_frames: int) -> list[FrameHistory]:
         """The last ``n_frames`` committed frames, oldest first (to restore a tracker):
         detections in label order, their track ids and, when the tracker stored them, their

@@ -785,3 +785,20 @@ def test_dashboard_queries_summarise_positions_cells_and_recent_frames(store: St
     assert recent[-1]["position"] == "Pos1"  # written last
     first = store.recent_frames(RUN, limit=100)[0]
     assert first["timings"] == {"segment": 12.5, "track": 1.5}
+
+
+def test_divisions_carry_their_frames_acquisition_time(store: Store) -> None:
+    """The dashboard shows a division at its acquisition time, not its (lagging) commit."""
+    write_lineage(store)
+    write_lineage(store, pos="Pos1")
+    rows = store.divisions_acquired(RUN)
+    assert [(r["position"], r["frame"], r["track_id"]) for r in rows] == [
+        (POS, 2, 1),
+        ("Pos1", 2, 1),
+    ]
+    assert [r["acquired"] for r in rows] == [102.0, 102.0]  # frame 2's timestamp
+    assert all(r["created"] > 1e9 for r in rows)  # committed now
+    assert rows[0]["daughters"] == [3, 4]
+    assert store.divisions_acquired(RUN, after_id=rows[0]["id"]) == rows[1:]
+    assert store.divisions_acquired(RUN, limit=1) == rows[:1]
+    assert store.divisions_acquired("no-such-run") == []

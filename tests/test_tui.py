@@ -20,19 +20,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from rich.console import Console
+from textual.keys import format_key
 
 from drivers.simulator import SimulatorSource
 from livetrack.config import Settings
-from livetrack.messages import WorkerStatus
+from livetrack.messages import PositionStatus, TrackEvent, WorkerStatus
 from livetrack.runner import run_pipeline
 from livetrack.store import Store
-from livetrack.track.base import TrackRecord
+from livetrack.track.base import LineageEvent, TrackEnd, TrackRecord, TrackStart, TrackStep
 from livetrack.transport import EventPublisher
 from livetrack.tui import DashboardApp, make_app
 from livetrack.tui.data import build_lineage
 from livetrack.tui.widgets import HelpScreen, sparkline
+from livetrack.types import Detections
 from simulators.nuclei import SimulationConfig
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -114,6 +117,73 @@ def store_divisions(db: Path, run_id: str) -> dict[str, dict[str, Any]]:
 def store_tracks(db: Path, run_id: str, position: str) -> dict[int, TrackRecord]:
     with Store(db, readonly=True) as store:
         return {t.track_id: t for t in store.tracks(run_id, position)}
+
+
+class ColonyWriter:
+    """Writes frames of one position through the real Store, as a worker would: one
+    detection per open track (label = track id); a division ends the oldest open track
+    and starts two daughters. ``acquired(frame)`` is the frame's acquisition time."""
+
+    def __init__(self, store: Store, run_id: str, position: str, acquired: Callable[[int], float]):
+        self.store, self.run_id, self.position, self.acquired = store, run_id, position, acquired
+        self.open: list[int] = []
+        self.next_id = 1
+
+    def write(self, frame: int, *, divide: bool = False) -> None:
+        started: list[TrackStart] = []
+        ended: list[TrackEnd] = []
+        events: list[LineageEvent] = []
+        if not self.open:
+            started.append(TrackStart(self.next_id, frame))
+            self.open.append(self.next_id)
+            self.next_id += 1
+        if divide:
+            mother = self.open.pop(0)
+            daughters = (self.next_id, self.next_id + 1)
+            self.next_id += 2
+            started += [TrackStart(d, frame, parent_id=mother) for d in daughters]
+            ended.append(TrackEnd(mother, frame - 1, "divided"))
+            events.append(LineageEvent("division", frame, mother, daughters, confidence=0.9))
+            self.open += daughters
+        mask = np.zeros((64, 64), np.int32)
+        for i, track in enumerate(self.open):
+            y, x = 2 + 8 * (i // 7), 2 + 8 * (i % 7)
+            mask[y : y + 5, x : x + 5] = track
+        dets = Detections.from_labels(mask)
+        step = TrackStep(
+            frame, np.asarray(dets.labels, np.int64), started=started, ended=ended, events=events
+        )
+        self.store.write_frame(
+            self.run_id, self.position, frame, timestamp=self.acquired(frame), mask=mask,
+            detections=dets, step=step, timings={"segment": 5.0},
+        )  # fmt: skip
+
+
+def running_status(run_id: str, *, frames: int, worker: str, lag_s: float = 0.5,
+                   state: str = "running", positions: tuple[PositionStatus, ...] = ()
+                   ) -> WorkerStatus:  # fmt: skip
+    return WorkerStatus(
+        run_id=run_id, state=state, frames_processed=frames, frames_rejected=0,  # type: ignore[arg-type]
+        fps=2.0, stage_ms={"segment": 5.0}, lag_s=lag_s, device="cpu",
+        positions=positions, timestamp=time.time(), worker_id=worker,
+    )  # fmt: skip
+
+
+async def publish_until(
+    pilot: Any, pub: EventPublisher, msg: Any, condition: Callable[[], bool]
+) -> None:
+    """Publish ``msg`` (again: a subscriber that just connected misses the first ones)
+    until ``condition`` holds."""
+
+    def sent_and_seen() -> bool:
+        pub.publish(msg)
+        return condition()
+
+    await wait_for(pilot, sent_and_seen)
+
+
+def header_line(app: DashboardApp) -> str:
+    return screen_text(app).splitlines()[0]
 
 
 # --------------------------------------------------------------------------- live run
@@ -237,18 +307,12 @@ def test_missing_db_and_silent_endpoint_show_messages_not_tracebacks(tmp_path: P
 # --------------------------------------------------------------------------- keys
 
 
-def test_keys_help_filter_pause_and_position(finished_db: Path) -> None:
+def test_keys_filter_pause_and_position(finished_db: Path) -> None:
     async def drive() -> None:
         app = make_app(db_path=finished_db, poll_interval_s=0.1)
         async with app.run_test(size=(120, 36)) as pilot:
             await wait_for(pilot, lambda: len(app.divisions) > 2)
             all_rows = app.visible_divisions()
-            await pilot.press("question_mark")
-            assert isinstance(app.screen, HelpScreen)
-            assert "pause" in screen_text(app)
-            await pilot.press("escape")
-            assert not isinstance(app.screen, HelpScreen)
-
             track = all_rows[-1].daughters[0]
             await pilot.press("slash", *str(track), "enter")
             rows = app.visible_divisions()
@@ -270,6 +334,220 @@ def test_keys_help_filter_pause_and_position(finished_db: Path) -> None:
             assert all(d.position == "sim" for d in app.visible_divisions())
 
     asyncio.run(drive())
+
+
+# --------------------------------------------------------------------------- help
+
+
+def help_box_text(app: DashboardApp, box: Any) -> list[str]:
+    """The visible lines inside the help box's border, as the terminal shows them."""
+    r = box.content_region
+    lines = screen_text(app).splitlines()
+    return [line[r.x : r.right] for line in lines[r.y : r.bottom]]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 48)])
+def test_help_screen_shows_every_key_and_what_the_panels_mean(size: tuple[int, int]) -> None:
+    async def drive() -> None:
+        app = make_app()
+        async with app.run_test(size=size) as pilot:
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            box = app.screen.query_one("#help-box")
+            await pilot.pause()
+            region = box.region
+            # Sized to the terminal: most of a small one, never past its edges.
+            assert region.width >= min(72, size[0] - 8), region
+            assert region.height >= min(20, size[1] - 4), region
+            assert region.right <= size[0]
+            assert region.bottom <= size[1]
+            # Read it all as the user does: page down until the end (80x24 scrolls).
+            seen: dict[int, str] = {}
+            for _ in range(20):
+                top = round(box.scroll_y)
+                for i, line in enumerate(help_box_text(app, box)):
+                    seen[top + i] = line
+                if box.scroll_y >= box.max_scroll_y:
+                    break
+                await pilot.press("pagedown")
+                await pilot.pause()
+            text = " ".join(" ".join(seen[i] for i in sorted(seen)).split())
+            assert len(seen) >= 20
+            # Every key the app binds is listed …
+            for binding in DashboardApp.BINDINGS:
+                for key in binding.key.split(","):  # type: ignore[union-attr]
+                    assert f" {format_key(key)} " in f" {text} ", key
+            # … with what it does …
+            for words in ("p / space pause / resume", "q quit", "d jump to the newest division",
+                          "l open the lineage", "/ filter the feed", "a all positions",
+                          "esc close the filter", "? show / hide this help"):  # fmt: skip
+                assert words in text, words
+            # … and what the panels and their words mean.
+            for words in ("lag: seconds from a frame's acquisition to its commit",
+                          "fr/s: frames committed per second", "a stale position",
+                          "confidence (conf", "acquisition order", "Cells over time",
+                          "Lineage:", "mother track → daughter tracks"):  # fmt: skip
+                assert words in text, words
+            await pilot.press("question_mark")
+            assert not isinstance(app.screen, HelpScreen)
+            await pilot.press("question_mark", "escape")
+            assert not isinstance(app.screen, HelpScreen)
+
+    asyncio.run(drive())
+
+
+# --------------------------------------------------------------------------- what the
+# header and the feed say when the worker lags, restarts or ends
+
+
+def test_divisions_are_in_acquisition_order_while_the_worker_lags(tmp_path: Path) -> None:
+    """Divisions read from the store were committed ten minutes after acquisition (the
+    worker lags); one just published live is not in the store yet. Newest acquisition
+    first, whichever source, and the time shown is the acquisition time."""
+    db = tmp_path / "lagging.db"
+    t0 = time.time() - 600.0
+
+    def acquired(frame: int) -> float:
+        return t0 + 10.0 * frame
+
+    with Store(db) as store:
+        store.begin_run("lag", source="test", config={})
+        pos0 = ColonyWriter(store, "lag", "Pos0", acquired)
+        pos1 = ColonyWriter(store, "lag", "Pos1", acquired)
+        for f in range(7):
+            pos0.write(f, divide=f in (2, 5))
+            pos1.write(f, divide=f == 5)
+    live = TrackEvent(run_id="lag", position="Pos1", frame=8, event="division", track_id=3,
+                      daughters=(6, 7), confidence=0.8, timestamp=acquired(8))  # fmt: skip
+    pub = EventPublisher("tcp://127.0.0.1:0")
+
+    async def drive() -> None:
+        app = make_app(db_path=db, endpoint=pub.endpoint, poll_interval_s=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(app.divisions) == 3)  # the store's
+            await publish_until(pilot, pub, live, lambda: len(app.divisions) == 4)
+            await pilot.pause()
+            feed = app.query_one("#feed")
+            rows = [feed.get_row_at(i) for i in range(feed.row_count)]  # type: ignore[attr-defined]
+            assert [(r[1], r[2]) for r in rows] == [
+                ("Pos1", "8"), ("Pos1", "5"), ("Pos0", "5"), ("Pos0", "2"),
+            ]  # fmt: skip
+            shown = [r[0] for r in rows]
+            expected = [
+                time.strftime("%H:%M:%S", time.localtime(acquired(f))) for f in (8, 5, 5, 2)
+            ]
+            assert shown == expected
+
+    try:
+        asyncio.run(drive())
+    finally:
+        pub.close()
+
+
+def test_frame_count_comes_from_the_store_across_a_worker_restart(tmp_path: Path) -> None:
+    """A worker stores 10 frames and restarts; the new one stores 10 more and counts only
+    its own. The header counts what is stored: 20."""
+    db = tmp_path / "restart.db"
+    store = Store(db)
+    store.begin_run("r", source="test", config={})
+    colony = ColonyWriter(store, "r", "Pos0", lambda f: time.time())
+    for f in range(10):
+        colony.write(f)
+    first = EventPublisher("tcp://127.0.0.1:0")
+    endpoint = first.endpoint
+
+    async def drive() -> None:
+        nonlocal first
+        app = make_app(db_path=db, endpoint=endpoint, poll_interval_s=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            before = running_status("r", frames=10, worker="first")
+            await publish_until(pilot, first, before, lambda: "10 frames" in header_line(app))
+            first.close()  # the worker goes away …
+            store.begin_run("r", source="test", config={})  # … a new one resumes the run
+            for f in range(10, 20):
+                colony.write(f)
+            second = EventPublisher(endpoint)
+            try:
+                after = running_status("r", frames=10, worker="second")
+                await publish_until(
+                    pilot, second, after,
+                    lambda: app.live_status is not None
+                    and app.live_status.worker_id == "second"
+                    and getattr(app.positions.get("Pos0"), "last_frame", -1) == 19,
+                )  # fmt: skip
+                await pilot.pause()
+                header = header_line(app)
+                assert "20 frames" in header, header
+            finally:
+                second.close()
+
+    try:
+        asyncio.run(drive())
+    finally:
+        first.close()
+        store.close()
+
+
+@pytest.mark.parametrize("ending", ["finished", "aborted"])
+def test_lag_is_shown_only_while_the_run_is_live(tmp_path: Path, ending: str) -> None:
+    """A worker 22.6 s behind the microscope: the header shows the lag while the run goes;
+    once the run ended the worker stays up (idle, its last lag in its status) and the
+    header says how the run ended instead of a stale lag."""
+    db = tmp_path / "ending.db"
+    store = Store(db)
+    store.begin_run("e", source="test", config={})
+    colony = ColonyWriter(store, "e", "Pos0", lambda f: time.time() - 22.6)
+    for f in range(3):
+        colony.write(f)
+    pub = EventPublisher("tcp://127.0.0.1:0")
+
+    async def drive() -> None:
+        app = make_app(db_path=db, endpoint=pub.endpoint, poll_interval_s=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            going = running_status("e", frames=3, worker="w", lag_s=22.6)
+            await publish_until(pilot, pub, going, lambda: "lag 22.6 s" in header_line(app))
+            assert "● running" in header_line(app)
+            store.end_run("e", ending)  # type: ignore[arg-type]
+            idle = running_status("e", frames=3, worker="w", lag_s=22.6, state="idle")
+            await publish_until(
+                pilot, pub, idle,
+                lambda: app.live_status is not None and app.live_status.state == "idle"
+                and app.db_snapshot is not None and app.db_snapshot.run_status == ending,
+            )  # fmt: skip
+            await pilot.pause()
+            header = header_line(app)
+            assert f"■ run {ending}" in header, header
+            assert "lag" not in header, header
+
+    try:
+        asyncio.run(drive())
+    finally:
+        pub.close()
+        store.close()
+
+
+def test_lag_goes_when_the_worker_reports_the_run_over_without_a_database() -> None:
+    pub = EventPublisher("tcp://127.0.0.1:0")
+
+    async def drive() -> None:
+        app = make_app(endpoint=pub.endpoint)
+        async with app.run_test(size=(120, 40)) as pilot:
+            going = running_status("solo", frames=5, worker="w", lag_s=3.5)
+            await publish_until(pilot, pub, going, lambda: "lag 3.5 s" in header_line(app))
+            done = running_status("solo", frames=5, worker="w", lag_s=3.5, state="finished")
+            await publish_until(
+                pilot, pub, done,
+                lambda: app.live_status is not None and app.live_status.state == "finished",
+            )  # fmt: skip
+            await pilot.pause()
+            header = header_line(app)
+            assert "■ run ended" in header, header
+            assert "lag" not in header, header
+
+    try:
+        asyncio.run(drive())
+    finally:
+        pub.close()
 
 
 # --------------------------------------------------------------------------- snapshots

@@ -44,7 +44,13 @@ from livetrack.tui.data import (
     position_rows_from_status,
     stats_from_status,
 )
-from livetrack.tui.widgets import HelpScreen, LineageTree, Sparklines
+from livetrack.tui.widgets import (
+    NAVIGATION_KEYS,
+    HelpScreen,
+    LineageTree,
+    Sparklines,
+    key_names,
+)
 
 log = logging.getLogger("livetrack.tui")
 
@@ -116,22 +122,43 @@ class LineageRequest:
 # --------------------------------------------------------------------------- the app
 
 
+KEY_BINDINGS: tuple[Binding, ...] = (
+    Binding("question_mark", "help", "keys", tooltip="show / hide this help"),
+    Binding("q", "quit", "quit", tooltip="quit (stops a run started by `livetrack run`)"),
+    Binding("ctrl+c", "quit", "quit", show=False, priority=True, tooltip="quit, as q"),
+    Binding(
+        "p,space",
+        "toggle_pause",
+        "pause",
+        tooltip="pause / resume the divisions feed (new divisions are counted meanwhile)",
+    ),
+    Binding("d", "jump_division", "newest div", tooltip="jump to the newest division"),
+    Binding("l", "lineage", "lineage", tooltip="open the lineage of the highlighted division"),
+    Binding(
+        "slash",
+        "filter",
+        "filter",
+        tooltip="filter the feed by position name or track id (enter applies, esc cancels)",
+    ),
+    Binding("a", "all_positions", "all", tooltip="all positions again: clear the filter"),
+    Binding(
+        "escape",
+        "escape",
+        "back",
+        show=False,
+        tooltip="close the filter box, else clear the position selection and filter",
+    ),
+)
+"""The app's keys. The tooltip is what the help screen (and the footer, on hover) says a
+key does, so the help lists every binding there is."""
+
+
 class DashboardApp(App[None]):
     """Build it with ``make_app``; the CLI and the tests both do."""
 
     CSS_PATH = "dashboard.tcss"
     TITLE = "livetrack"
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("question_mark", "help", "keys"),
-        Binding("q", "quit", "quit"),
-        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
-        Binding("p,space", "toggle_pause", "pause"),
-        Binding("d", "jump_division", "newest div"),
-        Binding("l", "lineage", "lineage"),
-        Binding("slash", "filter", "filter"),
-        Binding("a", "all_positions", "all"),
-        Binding("escape", "escape", "back", show=False),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = list(KEY_BINDINGS)
 
     def __init__(
         self,
@@ -409,7 +436,7 @@ class DashboardApp(App[None]):
 
     # ---------------------------------------------------------------- actions
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(help_keys()))
 
     async def action_quit(self) -> None:
         if self.stop_event is not None:
@@ -499,11 +526,12 @@ class DashboardApp(App[None]):
         self._update_feed_title()
 
     def visible_divisions(self) -> list[Division]:
-        """The feed's rows: newest first, position selection and filter applied."""
+        """The feed's rows: newest first in acquisition order (``Division.order``), position
+        selection and filter applied."""
         rows = [d for d in self.divisions.values() if _matches(d, self.selected_position)]
         if self.filter_text:
             rows = [d for d in rows if _matches_filter(d, self.filter_text)]
-        rows.sort(key=lambda d: (d.when, d.frame, d.mother), reverse=True)
+        rows.sort(key=lambda d: d.order, reverse=True)
         return rows[:FEED_ROWS]
 
     def _render_feed(self) -> None:
@@ -574,22 +602,48 @@ class DashboardApp(App[None]):
         usual = row.interval_s or 0.0
         return age > max(self.stale_after_s, 5.0 * usual)
 
-    def _run_over(self) -> bool:
+    def _run_state(self) -> str:
+        """The shown run's state in one word: 'running', 'finished', 'aborted', 'ended' (its
+        worker went idle or stopped and no database says how the run ended), 'idle' (a
+        worker with no run yet) or '' (nothing known). The store is the record of the run;
+        a worker's status speaks for it only while it arrives and is about this run."""
         if self.finished_text is not None:
-            return True
+            return "aborted" if self.finished_error else "finished"
         snap = self.db_snapshot
-        if (
-            snap is not None
-            and snap.run_id == self.run_id
-            and snap.run_status
-            in (
-                "finished",
-                "aborted",
-            )
-        ):
-            return True
-        status = self.live_status
-        return status is not None and status.state in ("finished", "stopping")
+        stored = ""
+        if snap is not None and snap.run_id is not None and snap.run_id == self.run_id:
+            stored = snap.run_status
+        if stored in ("finished", "aborted"):
+            return stored
+        live = self.live_status
+        if live is not None and not self._live_silent() and live.run_id == self.run_id:
+            if live.state == "running" or live.run_id is None:
+                return live.state
+            return "ended"  # idle, finished or stopping: no open run any more
+        return stored
+
+    def _run_over(self) -> bool:
+        """The shown run has ended: no new frames are expected (nothing is stale, a quiet
+        socket is not a worker problem, a lag is history)."""
+        return self._run_state() in ("finished", "aborted", "ended")
+
+    def _frames_stored(self) -> int | None:
+        """Frames of the shown run: what the store holds whenever it is read, so a
+        restarted worker (whose own count starts again) does not reset it; else the live
+        worker's count."""
+        snap = self.db_snapshot
+        if snap is not None and snap.run_id == self.run_id and snap.stats is not None:
+            return snap.stats.frames
+        return None if self.stats is None else self.stats.frames
+
+    def _lag_s(self) -> float | None:
+        """The lag, only while the run is live: running, and its worker heard from (or no
+        socket to hear from: the store's figure of the last commit)."""
+        if self.stats is None or self._run_state() != "running":
+            return None
+        if self.endpoint is not None and self._live_silent():
+            return None
+        return self.stats.lag_s
 
     def _live_silent(self) -> bool:
         return self.live_last_rx is None or self.clock() - self.live_last_rx > SILENT_AFTER_S
@@ -606,11 +660,15 @@ class DashboardApp(App[None]):
         line.append(f"run {self.run_id or '—'} ", style="bold cyan")
         line.append_text(self._state_text())
         line.append(f"  {len(self.positions)} pos")
+        frames = self._frames_stored()
+        if frames is not None:
+            line.append(f"  {frames} frames")
         if stats is not None:
-            line.append(f"  {stats.frames} frames  {stats.fps:.1f} fr/s")
+            line.append(f"  {stats.fps:.1f} fr/s")
         line.append(f"  {len(self.divisions)} div")
-        if stats is not None and stats.lag_s is not None:
-            line.append(f"  lag {stats.lag_s:.1f} s")
+        lag = self._lag_s()
+        if lag is not None:
+            line.append(f"  lag {lag:.1f} s")
         line.append("\n")
         if stats is not None and stats.stage_ms:
             line.append(
@@ -627,27 +685,12 @@ class DashboardApp(App[None]):
         line.append_text(self._connection_text())
         return line
 
-    def _run_ended(self) -> bool:
-        """The run this dashboard shows has ended (in-process pipeline done, or the DB says
-        so): a quiet socket is then expected, not a worker problem."""
-        if self.finished_text is not None:
-            return True
-        return self.db_snapshot is not None and self.db_snapshot.run_status in (
-            "finished",
-            "aborted",
-        )
-
     def _state_text(self) -> Text:
-        if self.finished_text is not None:
-            style = "bold red" if self.finished_error else "bold yellow"
-            return Text("■ run finished — q quits", style=style)
-        state = ""
-        if self.live_status is not None and not self._live_silent():
-            state = self.live_status.state
-        elif self.db_snapshot is not None:
-            state = self.db_snapshot.run_status
-        if state in ("finished", "aborted"):
-            return Text(f"■ run {state}", style="bold yellow")
+        state = self._run_state()
+        if state in ("finished", "aborted", "ended"):
+            hint = " — q quits" if self.finished_text is not None else ""
+            style = "bold red" if state == "aborted" else "bold yellow"
+            return Text(f"■ run {state}{hint}", style=style)
         if state:
             return Text(f"● {state}", style="bold green")
         return Text("○ waiting", style="dim")
@@ -660,7 +703,7 @@ class DashboardApp(App[None]):
             out.append(f"live ✗ {self.problems['live']}", style="bold red")
         elif self.live_last_rx is None:
             out.append(f"live ○ waiting for a worker on {self.endpoint}", style="yellow")
-        elif self._live_silent() and self._run_ended():
+        elif self._live_silent() and self._run_over():
             out.append(f"live ■ run ended; still listening on {self.endpoint}", style="dim")
         elif self._live_silent():
             silent = self.clock() - self.live_last_rx
@@ -684,6 +727,13 @@ class DashboardApp(App[None]):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def help_keys() -> list[tuple[str, str]]:
+    """(keys, what they do) for the help screen: every binding of the app, then the keys
+    Textual's widgets handle."""
+    own = [(key_names(b.key), b.tooltip or b.description) for b in KEY_BINDINGS]
+    return own + list(NAVIGATION_KEYS)
 
 
 def _with_interval(row: PositionRow, interval: float | None) -> PositionRow:

@@ -50,13 +50,21 @@ class Division:
     daughters: tuple[int, ...]
     confidence: float
     when: float
-    """Wall-clock time: acquisition time (live) or commit time (db)."""
+    """Acquisition time of the frame it was detected in, from either source (never the
+    commit time, which is later by the worker's lag)."""
     origin: Literal["live", "db"]
 
     @property
     def key(self) -> str:
         """Identity across both sources, so a division seen twice is shown once."""
         return f"{self.run_id}/{self.position}/{self.frame}/{self.mother}"
+
+    @property
+    def order(self) -> tuple[int, str, int]:
+        """Acquisition order: time point (frame index), then position, then mother. The
+        same for a division whichever source it came from, and however far the worker
+        lags behind, so the feed never reorders when the store catches up."""
+        return (self.frame, self.position, self.mother)
 
 
 @dataclass(frozen=True)
@@ -255,11 +263,8 @@ class DbPoller:
             )
             for s in summaries
         )
-        events = store.events(
-            run_id,
-            kinds=["division"],
-            after_id=self._last_event_id,
-            limit=MAX_DIVISIONS_PER_POLL,
+        events = store.divisions_acquired(
+            run_id, after_id=self._last_event_id, limit=MAX_DIVISIONS_PER_POLL
         )
         if events:
             self._last_event_id = int(events[-1]["id"])
@@ -291,7 +296,7 @@ def _division_from_row(run_id: str, e: dict[str, Any]) -> Division:
         mother=int(e["track_id"]),
         daughters=tuple(int(d) for d in e["daughters"]),
         confidence=float(e["confidence"]),
-        when=float(e["created"]),
+        when=float(e["acquired"]),
         origin="db",
     )
 

@@ -3,10 +3,14 @@ key help. They only draw what the app hands them; none of them does I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
+from textual.keys import format_key
 from textual.screen import ModalScreen
 from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
@@ -98,35 +102,68 @@ class LineageTree(Tree[int]):
             parent.add_leaf(label, data=sub.track.track_id)
 
 
-KEYS: tuple[tuple[str, str], ...] = (
-    ("?", "show / hide this help"),
+NAVIGATION_KEYS: tuple[tuple[str, str], ...] = (
     ("tab / shift+tab", "move between panels (mouse: click)"),
     ("↑ ↓ / pgup pgdn", "move inside a panel"),
     ("enter (positions)", "select a position: filter the feed, highlight its sparkline"),
-    ("a", "all positions again (clear position and filter)"),
-    ("d", "jump to the newest division"),
-    ("enter / l (feed)", "open the lineage of the highlighted division"),
-    ("/", "filter the feed (position name or track id); esc cancels"),
-    ("p / space", "pause / resume the feed (new divisions are counted)"),
-    ("q / ctrl+c", "quit (stops a run started by `livetrack run`)"),
+    ("enter (divisions)", "open the lineage of the highlighted division"),
+    ("ctrl+p", "Textual's command palette (theme, screenshot, quit)"),
 )
+"""Keys Textual's widgets handle themselves; the app's own bindings are listed from
+``DashboardApp.BINDINGS``, so the help cannot miss one."""
+
+HELP_ABOUT = (
+    "The header gives the run and its state (● running; once it is over ■ finished or "
+    "aborted, or ended when no database says which), positions (pos), frames stored in "
+    "the database (a restarted worker does not reset them), throughput (fr/s: frames "
+    "committed per second), divisions so far (div) and, only while the run is live, the "
+    "lag: seconds from a frame's acquisition to its commit, which grows when the worker "
+    "falls behind the microscope. Its second line gives milliseconds per pipeline stage "
+    "(ms receive, segment, track, store) and the device; its third line whether the live "
+    "socket and the database are connected, and how many frames were rejected. Positions: "
+    "per field of view, the last frame index (frame), cells segmented in it (cells), "
+    "tracks still open (tracks), divisions (div) and the time since its last frame (age); "
+    "a red “!” marks a stale position, one without a frame for much longer than usual. "
+    "Cells over time: the cell count per frame as a sparkline, newest on the right. "
+    "Divisions, newest first: every division in acquisition order (frame, then position) "
+    "with its acquisition time, position (pos), frame (f), mother track → daughter "
+    "tracks, and the tracker's confidence (conf, 0 to 1). Lineage: the chosen division's "
+    "mother with her ancestors above and all her descendants below, each track with its "
+    "first and last frame and how it ended."
+)
+"""What the panels show, in the words they use."""
+
+
+def key_names(keys: str) -> str:
+    """'p,space' → 'p / space'; Textual's key names as a user types them ('?', 'esc')."""
+    return " / ".join(format_key(k.strip()) for k in keys.split(","))
 
 
 class HelpScreen(ModalScreen[None]):
-    """The key list, over the dashboard."""
+    """Every key and what the panels show, over the dashboard. Sized to the terminal; the
+    text scrolls (↑ ↓ pgup pgdn) where the terminal is too small to show all of it."""
 
     BINDINGS = [  # noqa: RUF012 (Textual's declared type)
         Binding("escape,question_mark,q", "dismiss", "close"),
     ]
+    AUTO_FOCUS = "#help-box"
+
+    def __init__(self, keys: Sequence[tuple[str, str]]) -> None:
+        super().__init__()
+        self.keys = tuple(keys)
 
     def compose(self) -> ComposeResult:
-        text = Text("livetrack dashboard — keys\n\n", style="bold")
-        for key, what in KEYS:
-            text.append(f"{key:>18}  ", style="bold cyan")
-            text.append(f"{what}\n")
-        text.append("\nesc closes", style="dim")
-        with Vertical(id="help-box"):
-            yield Static(text, id="help-text")
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold cyan", no_wrap=True, justify="right")
+        table.add_column(ratio=1)
+        for key, what in self.keys:
+            table.add_row(key, what)
+        box = VerticalScroll(id="help-box")
+        box.border_title = "livetrack dashboard — help"
+        box.border_subtitle = "↑ ↓ scroll · ? or esc closes"
+        with box:
+            yield Static(table, id="help-keys")
+            yield Static(HELP_ABOUT, id="help-about")
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)
