@@ -86,6 +86,9 @@ class Suite:
     description: str
     movies: tuple[SuiteMovie, ...]
     path: Path
+    role: str = "held-out"
+    """'held-out' (results may be quoted) or 'validation' (used to choose settings and
+    thresholds; never quoted as a result)."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read benchmark suite {path}: {exc}") from exc
-    _only(data, {"name", "description", "frames", "movies"}, str(path))
+    _only(data, {"name", "description", "frames", "movies", "role"}, str(path))
+    role = str(data.get("role", "held-out"))
+    if role not in ("held-out", "validation"):
+        raise ConfigError(f"{path}: role must be 'held-out' or 'validation', got {role!r}")
     default_frames = int(data.get("frames", 40))
     movies = []
     for i, m in enumerate(data.get("movies", [])):
@@ -156,7 +162,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: movie names must be unique, got {names}")
     return Suite(str(data.get("name", path.stem)), str(data.get("description", "")),
-                 tuple(movies), path)  # fmt: skip
+                 tuple(movies), path, role)  # fmt: skip
 
 
 def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -229,7 +235,8 @@ def sequences(
         if not (root / "01_GT" / "TRA" / "man_track.txt").is_file():
             on_progress(f"simulating {movie.name} (seed {movie.seed}, {movie.frames} frames)")
             write_ctc(simulation_config(movie), root)
-        yield BenchSequence(movie.name, root / "01", root / "01_GT", "held-out")
+        training = "held-out" if suite.role == "held-out" else "validation: chose settings"
+        yield BenchSequence(movie.name, root / "01", root / "01_GT", training)
     for images in ctc_dirs:
         images = Path(images)
         gt = images.with_name(images.name + "_GT")

@@ -73,7 +73,7 @@ from livetrack.track.base import (
     TrackRecord,
     TrackStep,
 )
-from livetrack.types import Detections, LabelImage
+from livetrack.types import Detections, LabelImage, ScaleState
 
 logger = logging.getLogger("livetrack.store")
 
@@ -950,17 +950,30 @@ class Store:
             ).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def scale_estimates(self, run_id: str, position: str) -> list[float]:
-        """The diameters measured on the position's frames, in frame order (table
-        ``scale``): what a resumed segmenter rebuilds its scale from. Only the frames
-        segmented before the scale settled have one, so the list stays short."""
+    def scale_state(self, run_id: str, position: str, window: int) -> ScaleState:
+        """Where the position's nucleus scale stood after its last stored frame (table
+        ``scale``): the latest ``window`` measurements, the frames since the last one and
+        the diameter last used. Three bounded queries, whatever the movie's length."""
+        where = "run_id = ? AND position = ?"
         with self._read("reading the nucleus scale"):
-            rows = self.conn.execute(
-                "SELECT estimate_px FROM scale WHERE run_id = ? AND position = ?"
-                " AND estimate_px IS NOT NULL ORDER BY frame",
-                (run_id, position),
+            tail = self.conn.execute(
+                f"SELECT frame, estimate_px FROM scale WHERE {where} AND estimate_px IS NOT NULL"
+                " ORDER BY frame DESC LIMIT ?",
+                (run_id, position, max(1, window)),
             ).fetchall()
-        return [float(r[0]) for r in rows]
+            last = self.conn.execute(
+                f"SELECT diameter_px FROM scale WHERE {where} ORDER BY frame DESC LIMIT 1",
+                (run_id, position),
+            ).fetchone()
+            since = self.conn.execute(
+                f"SELECT count(*) FROM scale WHERE {where} AND frame > ?",
+                (run_id, position, tail[0][0] if tail else -1),
+            ).fetchone()
+        return ScaleState(
+            estimates=tuple(float(r[1]) for r in reversed(tail)),
+            frames_since=int(since[0]),
+            last_diameter=None if last is None else float(last[0]),
+        )
 
     def load_mask(self, run_id: str, position: str, frame: int) -> LabelImage:
         """The label image of a committed frame (int32); StoreError if it is not stored."""

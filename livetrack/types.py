@@ -112,3 +112,17 @@ class Segmentation:
     def empty(cls, shape: tuple[int, ...]) -> Segmentation:
         """A frame without nuclei."""
         return cls(mask=np.zeros(shape, np.int32), detections=Detections.empty())
+
+
+@dataclass(frozen=True)
+class ScaleState:
+    """What a segmenter with an estimated nucleus scale needs to resume a position exactly
+    (read from the store's ``scale`` table; see ``segment.scale.NucleusScale``)."""
+
+    estimates: tuple[float, ...] = ()
+    """The latest per-frame diameter measurements, oldest first (at most as many as the
+    segmenter's window; fewer only when fewer were ever made)."""
+    frames_since: int = 0
+    """Frames with a scale after the last measurement."""
+    last_diameter: float | None = None
+    """The diameter the last stored frame was segmented with."""

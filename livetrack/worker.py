@@ -51,7 +51,7 @@ from livetrack.store import Store
 from livetrack.track.base import Tracker, TrackStep
 from livetrack.track.factory import make_tracker
 from livetrack.transport import EventPublisher, FramePuller, InvalidFrame, ReceivedFrame
-from livetrack.types import Detections, Segmentation
+from livetrack.types import Detections, ScaleState, Segmentation
 
 log = logging.getLogger("livetrack.worker")
 
@@ -107,7 +107,7 @@ class GivenLabels:
         mask = np.asarray(self._labels, dtype=np.int32)
         return Segmentation(mask=mask, detections=Detections.from_labels(mask))
 
-    def restore_scale(self, estimates: list[float]) -> None:
+    def restore_scale(self, state: ScaleState) -> None:
         """Given labels need no scale."""
 
 
@@ -391,7 +391,9 @@ class Worker:
         history = self.store.history(run_id, position, state.tracker.history_window)
         tracks = self.store.tracks(run_id, position)
         state.tracker.restore(history, tracks)
-        state.segmenter.restore_scale(self.store.scale_estimates(run_id, position))
+        state.segmenter.restore_scale(
+            self.store.scale_state(run_id, position, self.settings.segment.auto_diameter_frames)
+        )
         state.divisions = sum(1 for e in self.store.events(run_id, position, kinds=["division"]))
         log.info(
             "position %s of run %s: resuming after frame %s (%d tracks restored)",

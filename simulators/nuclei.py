@@ -89,6 +89,10 @@ class SimulationConfig(BaseModel):
     """Mean number of frames between a cell's birth and its division."""
     cell_cycle_cv: float = Field(0.2, ge=0.0, le=1.0)
     """Per-cell coefficient of variation of the cycle length."""
+    daughter_area_factor: float = Field(1.0, gt=0.2, le=1.5)
+    """Mean nucleus area of a daughter relative to her mother's. 1: every generation has
+    the same size; < 1: nuclei get smaller generation after generation, as in a culture
+    that grows denser or an early embryo (a scale fixed on the first frames goes wrong)."""
     initial_age_max: float = Field(1.0, ge=0.0, le=1.0)
     """Cells at t=0 start at a cycle phase drawn uniformly from [0, initial_age_max]."""
     mitosis_frames: int = Field(2, ge=1, le=5)
@@ -475,7 +479,7 @@ class NucleiSimulator:
         pos = self._wrap(np.concatenate([mothers.pos + offset, mothers.pos - offset]))
         cv = self.config.diameter_cv
         inherit = np.exp(motion.normal(0.0, cv / 2, 2 * m))
-        mean_area = np.tile(mothers.mean_area, 2) * inherit
+        mean_area = np.tile(mothers.mean_area, 2) * inherit * self.config.daughter_area_factor
         daughters = self._new_cells(pos, mean_area, np.zeros(2 * m), motion, appearance)
         daughters.vel = (
             np.concatenate([mothers.vel, mothers.vel]) + np.concatenate([offset, -offset]) * 0.1

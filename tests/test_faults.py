@@ -25,6 +25,7 @@ import pytest
 
 from livetrack.cli import main
 from livetrack.config import Settings
+from livetrack.segment.config import SegmentConfig
 from livetrack.store import Store, StoreConfig
 from livetrack.worker import WorkerStopped
 
@@ -682,8 +683,11 @@ def test_interrupted_default_pipeline_resumes_with_the_same_scale_and_lineage(
 
     # Nuclei that shrink as the movie goes on: a re-estimate on later frames differs.
     cfg = SimulationConfig(
-        seed=8, n_frames=10, height=160, width=160, n_cells=8, nucleus_diameter_px=22
+        seed=8, n_frames=16, height=160, width=160, n_cells=8, nucleus_diameter_px=22
     )
+    # Re-measured every 3rd frame once settled (frames 5, 8, 11, 14): the stop after
+    # frame 6 falls between two measurements.
+    settings = Settings(segment=SegmentConfig(rescale_every=3))
 
     def run(db: Path, stop_after: int | None) -> None:
         stop = threading.Event()
@@ -697,7 +701,7 @@ def test_interrupted_default_pipeline_resumes_with_the_same_scale_and_lineage(
 
         run_pipeline(
             SimulatorSource(cfg),
-            Settings(),
+            settings,
             description="sim",
             run_id="scale",
             db_path=db,
@@ -708,13 +712,16 @@ def test_interrupted_default_pipeline_resumes_with_the_same_scale_and_lineage(
 
     whole, resumed = tmp_path / "whole.db", tmp_path / "resumed.db"
     run(whole, None)
-    run(resumed, 2)
+    run(resumed, 2)  # before the scale settled
+    assert lineage(resumed, "scale")["status"] == "aborted"
+    run(resumed, 5)  # frames 2-6: settled, re-measured on frame 5
     assert lineage(resumed, "scale")["status"] == "aborted"
     run(resumed, None)
     want_scale, want = _scale_and_lineage(whole, "scale")
     got_scale, got = _scale_and_lineage(resumed, "scale")
-    assert len(want_scale) == 10
-    assert [e for _, _, e in want_scale if e is not None] != [], "the diameter was estimated"
+    assert len(want_scale) == 16
+    measured = [f for f, _, e in want_scale if e is not None]
+    assert measured == [0, 1, 2, 5, 8, 11, 14]
     assert got_scale == want_scale
     assert got == want
 

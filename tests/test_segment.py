@@ -171,6 +171,32 @@ def test_estimated_diameter_is_kept_for_the_position() -> None:
     assert seg.diameter_px == kept
 
 
+def test_estimated_diameter_follows_nuclei_that_shrink() -> None:
+    """Once settled, the diameter is measured again every ``rescale_every`` frames and
+    follows the median of the latest measurements (nuclei shrink as a population grows
+    denser); with ``rescale_every=0`` it stays at the first estimate."""
+    large = discs((240, 240), grid_centres(3, 70, 50), 32, noise=20)
+    small = discs((240, 240), grid_centres(4, 50, 40), 18, noise=20)
+    movie = [large] * 3 + [small] * 8
+
+    def diameters(config: SegmentConfig) -> list[float]:
+        seg = ClassicalSegmenter(config)
+        out = []
+        for img in movie:
+            seg.predict(img)
+            assert seg.diameter_px is not None
+            out.append(seg.diameter_px)
+        return out
+
+    following = diameters(SegmentConfig(rescale_every=2, auto_diameter_frames=3))
+    fixed = diameters(SegmentConfig(rescale_every=0, auto_diameter_frames=3))
+    first = fixed[2]
+    assert fixed[3:] == [first] * 8
+    assert following[:5] == [first] * 5  # one small measurement among three: median unchanged
+    assert following[-1] == pytest.approx(18, rel=0.25)  # two of three small: it follows
+    assert following[-1] < 0.75 * first
+
+
 def test_factory_and_protocol() -> None:
     seg = make_segmenter(SegmentConfig(method="classical"))
     assert isinstance(seg, Segmenter)

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from livetrack.types import Segmentation
+from livetrack.types import ScaleState, Segmentation
 
 
 @runtime_checkable
@@ -30,7 +30,7 @@ class Segmenter(Protocol):
         ``diameter_estimate`` (measured on this frame's image); the worker stores both."""
         ...
 
-    def restore_scale(self, estimates: list[float]) -> None:
-        """Resume: rebuild per-position scale from the stored per-frame estimates, in
-        frame order (a segmenter without an adaptive scale ignores them)."""
+    def restore_scale(self, state: ScaleState) -> None:
+        """Resume: continue the per-position scale from the stored state (a segmenter
+        without an adaptive scale ignores it)."""
         ...

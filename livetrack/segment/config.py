@@ -25,8 +25,15 @@ class SegmentConfig(BaseModel):
     default because nuclei range from ~6 µm (HL60) to ~15 µm (mouse ES cells): the estimate
     from the image is more reliable than a guess."""
     auto_diameter_frames: int = Field(default=3, ge=1)
-    """When the diameter is estimated from the image, the median over this many first
-    frames with nuclei is kept for the rest of the position's movie (stable labels)."""
+    """When the diameter is estimated from the image, the median of this many estimates
+    (the first frames with nuclei, later the latest re-measurements) is the diameter used."""
+    rescale_every: int = Field(default=10, ge=0)
+    """When the diameter is estimated: after it settled, measure it again on every Nth
+    frame, so the scale follows nuclei that shrink as the population grows denser (a scale
+    fixed on the first frames then merges touching nuclei). 0: keep the first estimate."""
+    rescale_tolerance: float = Field(default=0.05, ge=0, lt=1)
+    """A re-measured diameter replaces the one in use only when it differs by more than
+    this fraction, so the labels do not flicker with the estimate's noise."""
     canonical_diameter_px: float = Field(default=20.0, ge=8)
     """Frames whose nuclei are much larger than this are downscaled so nuclei are about
     this size before segmenting (speed); labels come back at the original resolution."""

@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from livetrack.segment.config import SegmentConfig
-from livetrack.types import Detections, LabelImage, Segmentation
+from livetrack.types import Detections, LabelImage, ScaleState, Segmentation
 
 log = logging.getLogger("livetrack.segment.scale")
 
@@ -172,16 +172,23 @@ class NucleusScale:
 
     A configured diameter (px, or µm with the frame's pixel size) wins. Otherwise the
     diameter is estimated from each frame until ``auto_diameter_frames`` frames with
-    nuclei were seen, then their median is kept for the rest of the movie, so labels
-    stay stable.
+    nuclei were seen; their median is then used. Every ``rescale_every`` frames after
+    that it is measured again and the median of the latest ``auto_diameter_frames``
+    measurements replaces the diameter in use when it moved by more than
+    ``rescale_tolerance``: nuclei shrink as a population grows denser. Measurements come
+    from the image alone, never from the segmentation, so a merge cannot feed itself.
     """
 
     def __init__(self, config: SegmentConfig) -> None:
         self.config = config
         self._estimates: list[float] = []
         self._settled: float | None = None
+        self._since_estimate = 0
         self.last: float | None = None
         """The diameter used for the last frame with nuclei (None before any)."""
+        self.last_estimate: float | None = None
+        """The estimate measured on the last frame's image (None when that frame was not
+        measured). Stored with the frame so a resumed run rebuilds the same scale."""
 
     def for_frame(self, image: NDArray[np.generic], pixel_size_um: float | None) -> float | None:
         """Diameter in px for this frame, or None when it shows nothing like nuclei."""
@@ -189,15 +196,10 @@ class NucleusScale:
         self.last_estimate = None
         diameter = resolve_diameter(c.nucleus_diameter_px, c.nucleus_diameter_um, pixel_size_um)
         if diameter is None:
-            diameter = self._settled if self._settled is not None else self._estimate(image)
+            diameter = self._estimate(image) if self._settled is None else self._follow(image)
         if diameter is not None:
             self.last = diameter
         return diameter
-
-    last_estimate: float | None = None
-    """The estimate measured on the last frame's image (None when that frame used the
-    settled or configured diameter, or showed no nuclei). Stored with the frame so a
-    resumed run rebuilds exactly the same scale (``restore``)."""
 
     def _estimate(self, image: NDArray[np.generic]) -> float | None:
         estimate = estimate_diameter(image, self.config.min_contrast)
@@ -206,22 +208,44 @@ class NucleusScale:
         self.last_estimate = estimate
         return self._add(estimate, announce=True)
 
+    def _follow(self, image: NDArray[np.generic]) -> float:
+        """A settled scale: re-measure on every ``rescale_every``-th frame."""
+        assert self._settled is not None
+        self._since_estimate += 1
+        every = self.config.rescale_every
+        if every and self._since_estimate >= every:
+            estimate = estimate_diameter(image, self.config.min_contrast)
+            if estimate is not None:
+                self.last_estimate = estimate
+                self._add(estimate, announce=True)
+        return self._settled
+
     def _add(self, estimate: float, *, announce: bool) -> float:
-        self._estimates.append(estimate)
+        c = self.config
+        self._since_estimate = 0
+        self._estimates = [*self._estimates, estimate][-c.auto_diameter_frames :]
         current = float(statistics.median(self._estimates))
-        if len(self._estimates) >= self.config.auto_diameter_frames:
+        if len(self._estimates) < c.auto_diameter_frames:
+            return current
+        if self._settled is None:
             self._settled = current
             if announce:
                 log.info("nucleus diameter estimated at %.1f px", current)
-        return current
+        elif abs(current / self._settled - 1.0) > c.rescale_tolerance:
+            if announce:
+                log.info("nucleus diameter now %.1f px (was %.1f)", current, self._settled)
+            self._settled = current
+        return self._settled
 
-    def restore(self, estimates: list[float]) -> None:
-        """Rebuild the state after the frames whose per-frame estimates (in frame order)
-        are ``estimates``: a resumed run then uses the diameters an uninterrupted run
-        would have used, instead of estimating again on later frames."""
-        self._estimates, self._settled, self.last = [], None, None
-        for estimate in estimates:
-            self.last = self._add(float(estimate), announce=False)
+    def restore(self, state: ScaleState) -> None:
+        """Continue from a stored state (``ScaleState``): a resumed run then uses the
+        diameters an uninterrupted run would have used, instead of estimating again."""
+        n = self.config.auto_diameter_frames
+        self._estimates = [float(e) for e in state.estimates[-n:]]
+        last = state.last_diameter
+        self._settled = float(last) if last is not None and len(state.estimates) >= n else None
+        self.last = state.last_diameter
+        self._since_estimate = state.frames_since
         if self._settled is not None:
             log.info("nucleus diameter restored at %.1f px", self._settled)
 
@@ -238,9 +262,9 @@ class ScaledSegmenter:
         """The diameter used for the last frame (None before any frame with nuclei)."""
         return self._scale.last
 
-    def restore_scale(self, estimates: list[float]) -> None:
+    def restore_scale(self, state: ScaleState) -> None:
         """See ``NucleusScale.restore``."""
-        self._scale.restore(estimates)
+        self._scale.restore(state)
 
     def predict(
         self, image: NDArray[np.generic], pixel_size_um: float | None = None
