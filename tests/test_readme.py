@@ -214,6 +214,31 @@ def test_docs_are_linked_from_the_readme() -> None:
         assert f"](docs/{doc.name}" in readme, f"README does not link docs/{doc.name}"
 
 
+LINK = re.compile(r"\]\((?P<target>[^)#\s]*)(?:#(?P<anchor>[^)\s]+))?\)")
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    anchors = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_links_between_readme_and_docs_resolve() -> None:
+    for doc in [README, *sorted(DOCS.glob("*.md"))]:
+        for match in LINK.finditer(doc.read_text(encoding="utf-8")):
+            target, anchor = match.group("target"), match.group("anchor")
+            if target.startswith(("http://", "https://")):
+                continue
+            path = (doc.parent / target).resolve() if target else doc
+            assert path.exists(), f"{doc.name}: link to missing {target}"
+            if anchor:
+                assert anchor in heading_anchors(path), f"{doc.name}: no heading #{anchor}"
+
+
 # --------------------------------------------------------------------------- running them
 
 
