@@ -445,11 +445,15 @@ def markdown(rows: Sequence[Row], suite: Suite, settings: Settings) -> str:
     legend = [f"- `{m.name}`: {m.preset} preset, seed {m.seed}, {m.frames} frames"
               + (f" — {m.what}" if m.what else "") for m in suite.movies]  # fmt: skip
     violations = rule_violations(rows)
-    verdict = (
-        ["**Rule for defaults: holds on every held-out sequence.**"]
-        if not violations
-        else ["**Rule for defaults broken on held-out data:**", *(f"- {v}" for v in violations)]
-    )
+    if not any(r.held_out for r in rows):
+        verdict = ["Rule for defaults: not checked (no held-out rows)."]
+    elif not violations:
+        verdict = ["**Rule for defaults: holds on every held-out sequence measured.**"]
+    else:
+        verdict = [
+            "**Rule for defaults broken on held-out data:**",
+            *(f"- {v}" for v in violations),
+        ]
     return "\n".join([*lines, "", "Movies:", *legend, "", *verdict]) + "\n"
 
 
