@@ -43,6 +43,11 @@ class EvaluationError(LivetrackError):
     """Results or ground truth could not be evaluated (missing files, bad layout)."""
 
 
+class LineageError(LivetrackError):
+    """A tracker produced a lineage that cannot be: a mother with one daughter (or three),
+    a daughter whose mother did not divide. Always a tracker bug, never bad input."""
+
+
 class EndpointInUse(LivetrackError):
     """A socket could not bind because the address is already taken (another worker?)."""
 

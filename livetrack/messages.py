@@ -156,9 +156,12 @@ class TrackEvent(_Message):
     run_id: str
     position: str
     frame: int
-    event: Literal["birth", "division", "death"]
+    event: Literal["new_track", "division", "lost", "left"]
+    """'new_track' (appeared, not from a division), 'division' (into two daughters), 'lost'
+    (ended inside the field), 'left' (left the field); a sender from before these words
+    ('birth', 'death') is read as 'new_track', 'lost'."""
     track_id: int
-    """Division: the mother; birth: the new track; death: the ended track."""
+    """Division: the mother; new track: the track; lost / left: the ended track."""
     daughters: tuple[int, ...] = ()
     y: float | None = None
     x: float | None = None
@@ -166,10 +169,17 @@ class TrackEvent(_Message):
     timestamp: float
     """Acquisition time of the frame the event was detected in."""
 
+    @field_validator("event", mode="before")
+    @classmethod
+    def _legacy_words(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {"birth": "new_track", "death": "lost"}.get(value, value)
+        return value
+
     @model_validator(mode="after")
     def _division_has_daughters(self) -> TrackEvent:
-        if self.event == "division" and not self.daughters:
-            raise ValueError("a division event needs daughters")
+        if self.event == "division" and len(self.daughters) != 2:
+            raise ValueError(f"a division event needs two daughters (got {list(self.daughters)})")
         return self
 
 

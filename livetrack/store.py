@@ -66,7 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from livetrack import __version__
 from livetrack.errors import ResumeMismatch, SchemaMismatch, StoreError
 from livetrack.track.base import (
-    EventKind,
+    LEGACY_EVENT_KINDS,
     Fate,
     FrameHistory,
     TrackEnd,
@@ -77,10 +77,12 @@ from livetrack.types import Detections, LabelImage, ScaleState
 
 logger = logging.getLogger("livetrack.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the schema in ``TABLES``; stored in ``PRAGMA user_version``.
 1: the first release. 2: adds the ``embeddings`` table (learned trackers). 3: adds the
-``scale`` table (the nucleus diameter of each frame, so a resume is identical)."""
+``scale`` table (the nucleus diameter of each frame, so a resume is identical). 4: event
+kinds in biologists' words: 'birth' → 'new_track', 'death' → 'lost', and 'left' (left the
+field)."""
 
 APPLICATION_ID = 0x4C545243  # "LTRC"
 """``PRAGMA application_id`` of a livetrack database (tells it apart from other SQLite files)."""
@@ -194,6 +196,39 @@ SCALE_TABLE = Table(
 """Added in schema version 3 (``MIGRATIONS[2]`` creates it). Frames segmented without a
 scale (given labels, frames with no nuclei) have no row."""
 
+EVENTS_TABLE = Table(
+    "events",
+    "lineage events as published live; id only grows, so readers poll with id > last seen",
+    (
+        Column("id", "INTEGER PRIMARY KEY AUTOINCREMENT", "increasing event number"),
+        _RUN,
+        _POS,
+        _FRAME,
+        Column(
+            "kind",
+            "TEXT NOT NULL CHECK (kind IN ('new_track', 'division', 'lost', 'left'))",
+            "'new_track' (appeared, not from a division), 'division' (a mother divided into "
+            "two daughters), 'lost' (ended inside the field), 'left' (left the field)",
+        ),
+        Column("track_id", "INTEGER NOT NULL", "mother (division), new or ended track"),
+        Column(
+            "daughters",
+            "TEXT NOT NULL CHECK (json_valid(daughters))",
+            "JSON list of the two daughter track ids (division), else []",
+        ),
+        Column("y", "REAL", "where it happened, row in pixels; NULL if unknown"),
+        Column("x", "REAL", "where it happened, column in pixels; NULL if unknown"),
+        Column("confidence", "REAL NOT NULL", "tracker confidence in [0, 1]"),
+        Column("created", "REAL NOT NULL", "when it was stored (unix seconds)"),
+    ),
+    (_POS_FK,),
+    indexes=(("events_frame", "run_id, position, frame"),),
+)
+"""As of schema version 4 (``MIGRATIONS[3]`` rebuilds the version-3 table into it; versions
+1–3 share the older shape). Changing it later needs a new migration, and ``MIGRATIONS[3]``
+must then keep creating this shape."""
+
+
 TABLES: tuple[Table, ...] = (
     Table(
         "runs",
@@ -299,18 +334,25 @@ TABLES: tuple[Table, ...] = (
     ),
     Table(
         "tracks",
-        "one row per track (a cell between birth/division and division/loss)",
+        "one row per track (a cell from its first frame or its mother's division to its "
+        "division, loss or leaving the field)",
         (
             _RUN,
             _POS,
             Column("track_id", "INTEGER NOT NULL", "track id, unique within the position"),
-            Column("parent_id", "INTEGER", "mother track for a daughter of a division, else NULL"),
+            Column(
+                "parent_id",
+                "INTEGER",
+                "mother track for one of the two daughters of a division, else NULL",
+            ),
             Column("start_frame", "INTEGER NOT NULL", "first frame with a detection"),
             Column("end_frame", "INTEGER NOT NULL", "last frame with a detection so far"),
             Column(
                 "fate",
                 "TEXT NOT NULL CHECK (fate IN ('active', 'divided', 'lost', 'left', 'died'))",
-                "'active' while open or at end of stream; else how the track ended",
+                "'active' while open or at end of stream; else how the track ended: "
+                "'divided' (into two daughters), 'lost' (inside the field), 'left' (the "
+                "field); 'died' is reserved for a tracker that detects death (none does)",
             ),
         ),
         (
@@ -321,33 +363,7 @@ TABLES: tuple[Table, ...] = (
         ),
         without_rowid=True,
     ),
-    Table(
-        "events",
-        "lineage events as published live; id only grows, so readers poll with id > last seen",
-        (
-            Column("id", "INTEGER PRIMARY KEY AUTOINCREMENT", "increasing event number"),
-            _RUN,
-            _POS,
-            _FRAME,
-            Column(
-                "kind",
-                "TEXT NOT NULL CHECK (kind IN ('birth', 'division', 'death'))",
-                "'birth', 'division' or 'death'",
-            ),
-            Column("track_id", "INTEGER NOT NULL", "mother (division), new or ended track"),
-            Column(
-                "daughters",
-                "TEXT NOT NULL CHECK (json_valid(daughters))",
-                "JSON list of daughter track ids (division), else []",
-            ),
-            Column("y", "REAL", "where it happened, row in pixels; NULL if unknown"),
-            Column("x", "REAL", "where it happened, column in pixels; NULL if unknown"),
-            Column("confidence", "REAL NOT NULL", "tracker confidence in [0, 1]"),
-            Column("created", "REAL NOT NULL", "when it was stored (unix seconds)"),
-        ),
-        (_POS_FK,),
-        indexes=(("events_frame", "run_id, position, frame"),),
-    ),
+    EVENTS_TABLE,
     EMBEDDINGS_TABLE,
     SCALE_TABLE,
 )
@@ -395,7 +411,37 @@ def _add_scale_table(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: dict[int, Migration] = {1: _add_embeddings_table, 2: _add_scale_table}
+def _events_in_words(conn: sqlite3.Connection) -> None:
+    """Version 3 → 4: event kinds in biologists' words. SQLite cannot change a CHECK
+    constraint, so the events table is rebuilt: rows keep their id, 'birth' becomes
+    'new_track' and 'death' becomes 'lost' (an older 'death' was only written for tracks
+    that ended inside the field). The AUTOINCREMENT counter is carried over, so readers
+    polling with ``id > last seen`` miss nothing and see nothing twice. An older
+    'division' with one daughter stays as it was (readers do not count it as a division)."""
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    conn.execute("ALTER TABLE events RENAME TO events_v2")
+    conn.execute("DROP INDEX IF EXISTS events_frame")
+    for statement in render_ddl(EVENTS_TABLE):
+        conn.execute(statement)
+    names = [c.name for c in EVENTS_TABLE.columns]
+    select = ", ".join(_KIND_IN_WORDS if n == "kind" else n for n in names)
+    conn.execute(
+        f"INSERT INTO events ({', '.join(names)}) SELECT {select} FROM events_v2 ORDER BY id"
+    )
+    conn.execute("DROP TABLE events_v2")
+    if seq is not None:
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'events'")
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (seq[0],))
+
+
+_KIND_IN_WORDS = "CASE kind WHEN 'birth' THEN 'new_track' WHEN 'death' THEN 'lost' ELSE kind END"
+
+
+MIGRATIONS: dict[int, Migration] = {
+    1: _add_embeddings_table,
+    2: _add_scale_table,
+    3: _events_in_words,
+}
 """from-version → migration."""
 
 
@@ -1017,12 +1063,14 @@ class Store:
         run_id: str | None = None,
         position: str | None = None,
         *,
-        kinds: Sequence[EventKind] | None = None,
+        kinds: Sequence[str] | None = None,
         after_id: int = 0,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Events with ``id > after_id`` in id order, optionally filtered; ``daughters``
-        decoded to a list and unknown ``y``/``x`` as NaN. Poll with the last id seen."""
+        decoded to a list and unknown ``y``/``x`` as NaN. Poll with the last id seen.
+        ``kinds`` may use the older (version ≤ 3) names ('birth', 'death'); filtering on 'division'
+        leaves out the one-daughter "divisions" an old tracker wrote."""
         where: list[str] = ["id > ?"]
         params: list[Any] = [after_id]
         if run_id is not None:
@@ -1032,8 +1080,11 @@ class Store:
             where.append("position = ?")
             params.append(position)
         if kinds is not None:
-            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
-            params.extend(kinds)
+            wanted = sorted({LEGACY_EVENT_KINDS.get(k, k) for k in kinds})
+            where.append(f"kind IN ({', '.join('?' * len(wanted))})")
+            params.extend(wanted)
+            if "division" in wanted:  # a one-daughter "division" of an older store is none
+                where.append(_IS_DIVISION_OR_OTHER)
         sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id"
         if limit is not None:
             sql += " LIMIT ?"
@@ -1113,7 +1164,12 @@ class Store:
         return out
 
     def counts(self, run_id: str) -> dict[str, int]:
-        """Totals for summaries: positions, frames, detections, tracks, events by kind."""
+        """Totals for summaries, keyed by the words a user reads: positions, frames,
+        detections, tracks, events, "new tracks" (appeared, not from a division),
+        "divisions" (mothers with two daughters: the number of parents a CTC export has),
+        "lost" (tracks that ended inside the field) and "left the field" (tracks that ended
+        at its border). Lost and left count track fates, so tracks closed at the end of
+        the stream count too."""
         with self._read("counting") as conn:
             one = (run_id,)
             out = {
@@ -1123,28 +1179,37 @@ class Store:
                 "tracks": _count(conn, "tracks", one),
                 "events": _count(conn, "events", one),
             }
-            kinds = dict(
+            new_tracks, divisions = conn.execute(
+                "SELECT count(*) FILTER (WHERE kind IN ('new_track', 'birth')),"
+                f" count(*) FILTER (WHERE kind = 'division' AND {_IS_DIVISION_OR_OTHER})"
+                " FROM events WHERE run_id = ?",
+                one,
+            ).fetchone()
+            fates = dict(
                 conn.execute(
-                    "SELECT kind, count(*) FROM events WHERE run_id = ? GROUP BY kind", one
+                    "SELECT fate, count(*) FROM tracks WHERE run_id = ? GROUP BY fate", one
                 ).fetchall()
             )
-        out["births"] = int(kinds.get("birth", 0))
-        out["divisions"] = int(kinds.get("division", 0))
-        out["deaths"] = int(kinds.get("death", 0))
+        out["new tracks"] = int(new_tracks)
+        out["divisions"] = int(divisions)
+        out["lost"] = int(fates.get("lost", 0))
+        out["left the field"] = int(fates.get("left", 0))
         return out
 
     def position_summaries(self, run_id: str) -> list[dict[str, Any]]:
         """Per-position health for dashboards, sorted by position: ``position``,
         ``last_frame``, ``n_frames``, ``n_cells`` (detections in the last frame),
         ``updated`` (commit time of the last frame), ``active_tracks`` (fate 'active')
-        and ``divisions`` (division events so far). One read snapshot, so the numbers agree."""
+        and ``divisions`` (two-daughter divisions so far). One read snapshot, so the numbers
+        agree."""
         with self._read("summarising positions") as conn:
             rows = conn.execute(
                 "SELECT p.position, p.last_frame, p.n_frames, f.n_detections, f.received,"
                 " (SELECT count(*) FROM tracks t WHERE t.run_id = p.run_id"
                 "  AND t.position = p.position AND t.fate = 'active'),"
                 " (SELECT count(*) FROM events e WHERE e.run_id = p.run_id"
-                "  AND e.position = p.position AND e.kind = 'division')"
+                "  AND e.position = p.position AND e.kind = 'division'"
+                f"  AND {_IS_DIVISION_OR_OTHER})"
                 " FROM positions p LEFT JOIN frames f ON f.run_id = p.run_id"
                 " AND f.position = p.position AND f.frame = p.last_frame"
                 " WHERE p.run_id = ? ORDER BY p.position",
@@ -1220,6 +1285,11 @@ def resume_mismatch(run_id: str, stored: dict[str, Any], new: dict[str, Any]) ->
             f"run {run_id!r} cannot be resumed with different settings ({shown}): use the "
             "settings it was begun with, or start a new run with another --run-id"
         )
+
+
+_IS_DIVISION_OR_OTHER = "(kind != 'division' OR json_array_length(daughters) = 2)"
+"""SQL: the row is not a one-daughter "division" (an older tracker wrote some; a division
+has two daughters, so they are not counted or listed as divisions)."""
 
 
 def _count(conn: sqlite3.Connection, table: str, params: tuple[str]) -> int:

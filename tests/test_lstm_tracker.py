@@ -226,6 +226,21 @@ def test_division_when_one_daughter_was_taken_for_the_mother(
         assert int(s.track_ids[0]) == int(mother.track_ids[0])
 
 
+def test_a_mother_with_one_daughter_in_sight_continues() -> None:
+    # The classifier is sure the only cell near the mother is her daughter (p_parent 0.95)
+    # and sure it is not the mother herself (p_same 0.02: the assignment leaves the mother
+    # unlinked). A division needs two daughters: the mother's track continues instead,
+    # with no division event and no parent link.
+    tr = _Scripted(TrackConfig(method="lstm"), SHAPE, link_threshold=0.1, division_threshold=0.6)
+    tr.probs = {1: (0.02, 0.03, 0.95), 2: (0.98, 0.01, 0.01)}
+    first = step(tr, 0, [(80.0, 80.0, 9.0), (20.0, 20.0, 7.0)])
+    s = step(tr, 1, [(80.0, 92.0, 6.5), (20.0, 20.0, 7.0)])
+    assert [e.kind for e in s.events] == []
+    assert [(t.track_id, t.parent_id) for t in s.started] == []
+    assert s.ended == []
+    assert s.track_ids.tolist() == first.track_ids.tolist()
+
+
 def test_division_posterior_weighs_both_daughters() -> None:
     p_new = np.array([0.97, 0.3, 0.95, 0.95, 0.0])
     p_linked_parent = np.array([0.34, 0.1, 0.4, 0.0, 0.0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import sqlite3
@@ -16,11 +18,13 @@ import pytest
 from livetrack.errors import SchemaMismatch, StoreError
 from livetrack.store import (
     EMBEDDINGS_TABLE,
+    EVENTS_TABLE,
     MIGRATIONS,
     SCALE_TABLE,
     SCHEMA_DOC,
     SCHEMA_VERSION,
     TABLES,
+    Column,
     Store,
     StoreConfig,
     StoreWriter,
@@ -69,8 +73,8 @@ def write_lineage(store: Store, run: str = RUN, pos: str = POS) -> None:
     store.write_frame(
         run, pos, 0, timestamp=100.0, mask=m, detections=d,
         step=step_for(0, d, {1: 1, 2: 2}, started=[TrackStart(1, 0), TrackStart(2, 0)],
-                      events=[LineageEvent("birth", 0, 1, y=4.0, x=4.0),
-                              LineageEvent("birth", 0, 2)]),
+                      events=[LineageEvent("new_track", 0, 1, y=4.0, x=4.0),
+                              LineageEvent("new_track", 0, 2)]),
         timings={"segment": 12.5, "track": 1.5}, pixel_size_um=0.65,
     )  # fmt: skip
     m, d = frame_data([1, 2])
@@ -91,7 +95,7 @@ def write_lineage(store: Store, run: str = RUN, pos: str = POS) -> None:
         run, pos, 3, timestamp=103.0, mask=m, detections=d,
         step=step_for(3, d, {7: 3, 8: 4, 300: 5}, started=[TrackStart(5, 3)],
                       ended=[TrackEnd(2, 2, "lost")],
-                      events=[LineageEvent("birth", 3, 5), LineageEvent("death", 3, 2)]),
+                      events=[LineageEvent("new_track", 3, 5), LineageEvent("lost", 3, 2)]),
     )  # fmt: skip
 
 
@@ -161,11 +165,11 @@ def test_write_close_reopen_reads_back_identical(db_path: Path) -> None:
             ]
             events = s.events(RUN, POS)
             assert [(e["kind"], e["frame"], e["track_id"]) for e in events] == [
-                ("birth", 0, 1),
-                ("birth", 0, 2),
+                ("new_track", 0, 1),
+                ("new_track", 0, 2),
                 ("division", 2, 1),
-                ("birth", 3, 5),
-                ("death", 3, 2),
+                ("new_track", 3, 5),
+                ("lost", 3, 2),
             ]
             division = events[2]
             assert division["daughters"] == [3, 4]
@@ -184,9 +188,10 @@ def test_write_close_reopen_reads_back_identical(db_path: Path) -> None:
                 "detections": 10,
                 "tracks": 5,
                 "events": 5,
-                "births": 3,
+                "new tracks": 3,
                 "divisions": 1,
-                "deaths": 1,
+                "lost": 1,
+                "left the field": 0,
             }
 
 
@@ -400,13 +405,51 @@ def _schema_sql(path: Path) -> dict[str, str]:
         conn.close()
 
 
+V2_EVENTS_TABLE = dataclasses.replace(
+    EVENTS_TABLE,
+    columns=tuple(
+        Column(
+            "kind",
+            "TEXT NOT NULL CHECK (kind IN ('birth', 'division', 'death'))",
+            "'birth', 'division' or 'death'",
+        )
+        if c.name == "kind"
+        else c
+        for c in EVENTS_TABLE.columns
+    ),
+)
+"""The events table of schema versions 1 to 3 (changed in version 4)."""
+
+_TO_V2_KIND = "CASE kind WHEN 'new_track' THEN 'birth' WHEN 'lost' THEN 'death' ELSE kind END"
+
+
+def _create_v2_schema(conn: sqlite3.Connection) -> None:
+    """The schema of version 2: today's tables but ``scale`` (version 3), with the old
+    events table (changed in version 4)."""
+    for table in TABLES:
+        if table is SCALE_TABLE:
+            continue
+        for statement in render_ddl(V2_EVENTS_TABLE if table is EVENTS_TABLE else table):
+            conn.execute(statement)
+
+
 def _create_v1_schema(conn: sqlite3.Connection) -> None:
     """The schema of release 1: every table of today's but ``embeddings`` (version 2) and
     ``scale`` (version 3), unchanged."""
     for table in TABLES:
         if table not in (EMBEDDINGS_TABLE, SCALE_TABLE):
-            for statement in render_ddl(table):
+            for statement in render_ddl(V2_EVENTS_TABLE if table is EVENTS_TABLE else table):
                 conn.execute(statement)
+
+
+def _copy_into_old(conn: sqlite3.Connection, table: str) -> None:
+    """Copy ``src.table`` into an old file's table, events in the version-2 words."""
+    if table == "events":
+        names = [c.name for c in EVENTS_TABLE.columns]
+        select = ", ".join(_TO_V2_KIND if n == "kind" else n for n in names)
+        conn.execute(f"INSERT INTO events SELECT {select} FROM src.events")
+    else:
+        conn.execute(f"INSERT INTO {table} SELECT * FROM src.{table}")
 
 
 def test_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) -> None:
@@ -428,21 +471,27 @@ def test_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) 
     conn.execute("PRAGMA foreign_keys = OFF")  # copy tables in any order
     for table in TABLES:
         if table not in (EMBEDDINGS_TABLE, SCALE_TABLE):
-            conn.execute(f"INSERT INTO {table.name} SELECT * FROM src.{table.name}")
+            _copy_into_old(conn, table.name)
     conn.execute("DETACH src")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     conn.close()
     before = dump(old)
     assert len(before["detections"]) == 10
+    assert [row[4] for row in before["events"]] == ["birth", "birth", "division", "birth", "death"]
 
     with Store(old) as s:  # the current Store migrates it in place
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert s.frame_indices(RUN, POS) == [0, 1, 2, 3]
         assert [h.embeddings for h in s.history(RUN, POS, 10)] == [None] * 4
     after = dump(old)
     assert after.pop("embeddings") == []
     assert after.pop("scale") == []
-    assert after == before  # every row of every version-1 table kept as it was
+    # every row of every version-1 table kept as it was, events in today's words
+    new_kind = {"birth": "new_track", "death": "lost", "division": "division"}
+    assert after.pop("events") == [
+        (*row[:4], new_kind[row[4]], *row[5:]) for row in before.pop("events")
+    ]
+    assert after == before
 
     with Store(old) as s:  # and embeddings can now be written and read back
         mask, dets = frame_data([7, 8, 300])
@@ -457,7 +506,7 @@ def test_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) 
         assert last.embeddings is not None
         np.testing.assert_array_equal(last.embeddings, emb)
     assert len(dump(old)["embeddings"]) == 1
-    # same tables, columns, docs and indexes as a file created at version 2
+    # same tables, columns, docs and indexes as a file created at the current version
     Store(tmp_path / "fresh.db").close()
     assert _schema_sql(old) == _schema_sql(tmp_path / "fresh.db")
     with Store(old, readonly=True) as r:
@@ -479,6 +528,72 @@ def test_failed_migration_leaves_the_version_1_file_as_it_was(tmp_path: Path) ->
     assert "embeddings" not in _schema_sql(old)
     with Store(old) as s:  # and a later open still upgrades it
         assert "embeddings" in s.db.table_names()
+
+
+def test_version_2_events_open_in_todays_words(tmp_path: Path) -> None:
+    # A version-2 file as a version-2 tracker wrote it: 'birth'/'death' events, a
+    # one-daughter "division" (track 5 → 6 at frame 4), and the last event deleted, so the
+    # AUTOINCREMENT counter is above the largest id.
+    old = tmp_path / "v2.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    assert migrate(conn, target=2, migrations={}, create=_create_v2_schema) == 0
+    conn.close()
+    filled = tmp_path / "filled.db"
+    with Store(filled) as s:
+        s.begin_run(RUN, source="sim", config={})
+        write_lineage(s)
+        m, d = frame_data([7, 8, 301])
+        s.write_frame(
+            RUN, POS, 4, timestamp=104.0, mask=m, detections=d,
+            step=step_for(4, d, {7: 3, 8: 4, 301: 6}, started=[TrackStart(6, 4, parent_id=5)],
+                          ended=[TrackEnd(5, 3, "divided")],
+                          events=[LineageEvent("division", 4, 5, daughters=(6,)),
+                                  LineageEvent("new_track", 4, 6)]),
+        )  # fmt: skip
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("ATTACH ? AS src", (str(filled),))
+    conn.execute("PRAGMA foreign_keys = OFF")
+    for table in TABLES:
+        if table is not SCALE_TABLE:  # added in version 3
+            _copy_into_old(conn, table.name)
+    conn.execute("DETACH src")
+    conn.execute("DELETE FROM events WHERE id = 7")
+    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', 7)")
+    conn.close()
+    with pytest.raises(SchemaMismatch, match="open it once read-write"):
+        Store(old, readonly=True)
+
+    with Store(old) as s:
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        events = s.events(RUN, POS)
+        assert [(e["id"], e["kind"], e["track_id"]) for e in events] == [
+            (1, "new_track", 1),
+            (2, "new_track", 2),
+            (3, "division", 1),
+            (4, "new_track", 5),
+            (5, "lost", 2),
+            (6, "division", 5),
+        ]
+        # the old one-daughter "division" is kept, but is no division for any reader
+        assert [e["track_id"] for e in s.events(RUN, POS, kinds=["division"])] == [1]
+        counts = s.counts(RUN)
+        assert (counts["divisions"], counts["new tracks"], counts["lost"]) == (1, 3, 1)
+        assert [p["divisions"] for p in s.position_summaries(RUN)] == [1]
+        # new events continue after the old counter: a reader polling id > 7 misses none
+        m, d = frame_data([7, 8, 301])
+        s.write_frame(
+            RUN, POS, 5, timestamp=105.0, mask=m, detections=d,
+            step=step_for(5, d, {7: 3, 8: 4, 301: 6}, events=[LineageEvent("left", 5, 9)]),
+        )  # fmt: skip
+        assert [(e["id"], e["kind"]) for e in s.events(after_id=7)] == [(8, "left")]
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint"):
+            s.conn.execute(  # old words are read, never written
+                "INSERT INTO events (run_id, position, frame, kind, track_id, daughters,"
+                " confidence, created) VALUES (?, ?, 5, 'birth', 1, ?, 1.0, 0.0)",
+                (RUN, POS, json.dumps([])),
+            )
+    Store(tmp_path / "fresh.db").close()
+    assert _schema_sql(old) == _schema_sql(tmp_path / "fresh.db")
 
 
 def test_readonly_open_of_old_schema_asks_for_migration(db_path: Path) -> None:
@@ -709,8 +824,10 @@ def test_events_filtering(store: Store) -> None:
     assert store.events(RUN, "B2") == []
     divisions = store.events(kinds=["division"])
     assert [(e["run_id"], e["daughters"]) for e in divisions] == [(RUN, [3, 4]), ("run-2", [3, 4])]
-    births_deaths = store.events(RUN, POS, kinds=["birth", "death"])
-    assert [e["kind"] for e in births_deaths] == ["birth", "birth", "birth", "death"]
+    new_lost = store.events(RUN, POS, kinds=["new_track", "lost"])
+    assert [e["kind"] for e in new_lost] == ["new_track", "new_track", "new_track", "lost"]
+    # the names a version-2 store used still select the same events
+    assert store.events(RUN, POS, kinds=["birth", "death"]) == new_lost
     first_two = store.events(limit=2)
     assert [e["id"] for e in first_two] == [1, 2]
     rest = store.events(after_id=first_two[-1]["id"])

@@ -9,11 +9,20 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from livetrack.errors import BadFrame, ConfigError
-from livetrack.track.base import FrameHistory, TrackEnd, Tracker, TrackRecord, TrackStep
+from livetrack.errors import BadFrame, ConfigError, LineageError
+from livetrack.track.base import (
+    FrameHistory,
+    LineageEvent,
+    TrackEnd,
+    Tracker,
+    TrackRecord,
+    TrackStart,
+    TrackStep,
+    check_lineage,
+)
 from livetrack.track.config import TrackConfig
 from livetrack.track.factory import make_tracker
-from livetrack.track.lap import LapTracker
+from livetrack.track.lap import LapTracker, select_divisions
 from livetrack.types import Detections
 
 SHAPE = (200, 200)
@@ -69,7 +78,7 @@ def test_straight_moving_cells_keep_ids() -> None:
     for s in steps[1:]:
         assert s.track_ids.tolist() == first.tolist()
         assert s.started == s.ended == s.events == []
-    assert steps[0].events == []  # the first frame's tracks are not "births"
+    assert steps[0].events == []  # the first frame's tracks are not "new tracks"
 
 
 def test_motion_prediction_follows_fast_cells() -> None:
@@ -102,10 +111,10 @@ def test_gap_of_one_and_two_frames_relinked_three_not() -> None:
         "lost",
     )
     assert steps[5].ended == ended  # closed as soon as it cannot be linked
-    deaths = [e for s in steps for e in s.events if e.kind == "death"]
-    births = [e for s in steps for e in s.events if e.kind == "birth"]
-    assert [(d.track_id, d.frame) for d in deaths] == [(int(steps[2].track_ids[0]), 2)]
-    assert [b.track_id for b in births] == [int(steps[6].track_ids[0])]
+    lost = [e for s in steps for e in s.events if e.kind == "lost"]
+    new_tracks = [e for s in steps for e in s.events if e.kind == "new_track"]
+    assert [(d.track_id, d.frame) for d in lost] == [(int(steps[2].track_ids[0]), 2)]
+    assert [b.track_id for b in new_tracks] == [int(steps[6].track_ids[0])]
 
 
 def test_skipped_frame_indices_count_as_missed_frames() -> None:
@@ -167,7 +176,7 @@ def test_division(offset: float, case: str) -> None:
     ]
     assert mother_id not in (d1, d2)
     assert int(s3.track_ids[2]) == bystander
-    assert not [e for s in steps for e in s.events if e.kind in ("birth", "death")]
+    assert not [e for s in steps for e in s.events if e.kind in ("new_track", "lost", "left")]
     for s in steps[4:]:  # the daughters keep their ids afterwards
         assert s.track_ids.tolist() == s3.track_ids.tolist()
 
@@ -178,7 +187,7 @@ def test_no_division_for_a_large_newcomer_next_to_a_cell() -> None:
     frames = [(f, dets([(100.0, 100.0)], [79])) for f in range(3)]
     frames.append((3, dets([(100.0, 100.0), (100.0, 114.0)], [79, 85])))
     steps = run(tr, frames)
-    assert [e.kind for e in steps[3].events] == ["birth"]
+    assert [e.kind for e in steps[3].events] == ["new_track"]
     assert steps[3].track_ids[0] == steps[0].track_ids[0]
     assert [s.parent_id for s in steps[3].started] == [None]
 
@@ -192,7 +201,9 @@ def test_cell_leaving_at_the_border_ends_left() -> None:
     assert [(e.track_id, e.end_frame, e.fate) for e in ended] == [
         (int(steps[0].track_ids[0]), 4, "left")
     ]
-    assert not [e for s in steps for e in s.events]
+    assert [(e.kind, e.track_id, e.frame) for s in steps for e in s.events] == [
+        ("left", int(steps[0].track_ids[0]), 4)
+    ]
     final = tr.finish(9)
     assert [(e.track_id, e.end_frame, e.fate) for e in final] == [
         (int(steps[0].track_ids[1]), 9, "active")
@@ -384,3 +395,59 @@ def test_tracks_simulator_ground_truth_labels() -> None:
         prev = cur
     assert gt_links > 0
     assert hit / gt_links > 0.9
+
+
+# ---------------------------------------------------------------- a division has two daughters
+
+
+def test_one_daughter_in_sight_is_no_division() -> None:
+    # A mother (area 120) in frames 0-2; in frame 3 a cell of half her area appears 17 px
+    # away (beyond the 15 px link gate, inside the 20 px division gate) and her other
+    # daughter is missing. A division score above the threshold used to make this a
+    # "division" with one daughter; it is the mother's only descendant in sight, so it
+    # continues her track: no division event, no parent link, nobody "divided".
+    cfg = replace_cfg(division_threshold=0.3)
+    tr = LapTracker(cfg, SHAPE)
+    frames = [(f, dets([(100.0, 100.0), (30.0, 30.0)], [120, 79])) for f in range(3)]
+    frames += [(f, dets([(100.0, 117.0 + f - 3), (30.0, 30.0)], [60, 79])) for f in range(3, 6)]
+    steps = run(tr, frames)
+    mother = int(steps[0].track_ids[0])
+    assert not [e for s in steps for e in s.events if e.kind == "division"]
+    assert not [t for s in steps for t in s.started if t.parent_id is not None]
+    assert not [e for s in steps for e in s.ended if e.fate == "divided"]
+    assert [int(s.track_ids[0]) for s in steps] == [mother] * 6
+
+
+def test_select_divisions_never_gives_a_mother_one_daughter() -> None:
+    sibling = np.array([-1, -1, 4, -1], np.intp)  # track 2 is linked to detection 4
+    m = np.array([0, 1, 1, 2], np.intp)
+    c = np.array([5, 6, 7, 8], np.intp)
+    score = np.array([0.9, 0.8, 0.7, 0.9])
+    div = select_divisions(m, c, score, sibling, threshold=0.5)
+    # unlinked track 1 takes two newborns, linked track 2 one more (+ its linked cell);
+    # unlinked track 0 gets a single newborn: not a division, a link
+    assert div.mother.tolist() == [1, 2]
+    assert div.daughters == [(6, 7), (4, 8)]
+    assert div.links.tolist() == [[0, 5]]
+
+
+def test_lineage_check_refuses_a_mother_with_one_daughter() -> None:
+    one = TrackStep(
+        5,
+        np.array([9], np.int64),
+        started=[TrackStart(9, 5, parent_id=3)],
+        ended=[TrackEnd(3, 4, "divided")],
+        events=[LineageEvent("division", 5, 3, daughters=(9,))],
+    )
+    with pytest.raises(LineageError, match="track 3 has 1 new daughter"):
+        check_lineage(one)
+    two = TrackStep(
+        5,
+        np.array([9, 10], np.int64),
+        started=[TrackStart(9, 5, parent_id=3), TrackStart(10, 5, parent_id=3)],
+        ended=[TrackEnd(3, 4, "divided")],
+        events=[LineageEvent("division", 5, 3, daughters=(9, 10))],
+    )
+    check_lineage(two)
+    with pytest.raises(LineageError, match="not divided"):
+        check_lineage(replace(two, ended=[TrackEnd(3, 4, "lost")]))

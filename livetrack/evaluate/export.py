@@ -7,7 +7,10 @@ B to E. livetrack's tracker closes gaps of a frame or two, so one livetrack trac
 missing from some frames; such a track is cut at each gap into CTC segments, the segment
 after a gap having the segment before it as its (single) parent. A single-child parent
 link is how the CTC spells "same cell, seen again" (py-ctcmetrics merges such chains for
-its identity metrics and so does :mod:`livetrack.evaluate.lineage`).
+its identity metrics and so does :mod:`livetrack.evaluate.lineage`). A division is a parent
+with two children; livetrack's trackers never give a mother one daughter, and a store
+written before they stopped doing so (schema 2) has its one-daughter "divisions" exported
+as such a single-child link: the same cell continuing, never a division.
 
 The export is streaming: one frame's mask is in memory at a time; only the small table
 of CTC segments is kept until the end.

@@ -8,13 +8,42 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from livetrack.errors import LineageError
 from livetrack.types import Detections
 
-Fate = Literal["active", "divided", "lost", "left", "died"]
-"""How a track ended: still running, divided into daughters, disappeared (unexplained),
-left the field of view (last seen at the border), died (shrank/faded; a model may tell)."""
+Fate = Literal["active", "divided", "lost", "left"]
+"""How a track ended: still running ("active"), divided into two daughters ("divided"),
+ended inside the field ("lost": the cell was no longer found; nothing says it died) or
+ended at the frame border ("left": it left the field of view). livetrack never says a cell
+died: no tracker detects death (the store's schema still allows a 'died' fate for one
+that would)."""
 
-EventKind = Literal["birth", "division", "death"]
+EventKind = Literal["new_track", "division", "lost", "left"]
+"""What a biologist sees happen live: a track that appears without a mother ("new_track":
+a cell entering the field, or one missed until now), a mother that divides into two
+daughters ("division"), a track that ends inside the field ("lost") or at its border
+("left")."""
+
+EVENT_WORDS: dict[str, str] = {
+    "new_track": "new track",
+    "division": "division",
+    "lost": "lost",
+    "left": "left the field",
+}
+"""The words a user reads for each event kind (CLI summary, dashboard feed)."""
+
+FATE_WORDS: dict[str, str] = {
+    "active": "active",
+    "divided": "divided",
+    "lost": "lost",
+    "left": "left the field",
+    "died": "died",
+}
+"""The words a user reads for each track fate."""
+
+LEGACY_EVENT_KINDS: dict[str, EventKind] = {"birth": "new_track", "death": "lost"}
+"""Event kinds written before store schema 3 → today's kinds (a "birth" was a new track,
+a "death" a track lost inside the field)."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +67,15 @@ class TrackEnd:
 
 @dataclass(frozen=True)
 class LineageEvent:
-    """Something a biologist wants to see live: a division, a birth, a death."""
+    """Something a biologist wants to see live: a new track, a division, a track lost or
+    leaving the field."""
 
     kind: EventKind
     frame: int
     track_id: int
-    """Division: the mother. Birth: the new track. Death: the ended track."""
+    """Division: the mother. New track: the track. Lost / left: the ended track."""
     daughters: tuple[int, ...] = ()
+    """Division: the two daughters' track ids; else ()."""
     y: float = float("nan")
     x: float = float("nan")
     confidence: float = 1.0
@@ -127,3 +158,30 @@ class Tracker(Protocol):
         (oldest first) and the track table, so that the next ``step`` continues exactly
         as if the process had never stopped."""
         ...
+
+
+def check_lineage(step: TrackStep) -> None:
+    """Raise LineageError unless every division in ``step`` has exactly two daughters.
+
+    A division is one event, the mother's end with fate "divided" and two new tracks whose
+    parent is the mother, all in the same step; a track with a parent and no such division
+    (a mother with one daughter) is a tracker bug. Trackers call this under ``__debug__``
+    (tests and normal runs; ``python -O`` skips it)."""
+    kids: dict[int, set[int]] = {}
+    for s in step.started:
+        if s.parent_id is not None:
+            kids.setdefault(s.parent_id, set()).add(s.track_id)
+    divided = {e.track_id for e in step.ended if e.fate == "divided"}
+    events = {e.track_id: e for e in step.events if e.kind == "division"}
+    for mother in sorted(set(kids) | divided | set(events)):
+        daughters = kids.get(mother, set())
+        ev = events.get(mother)
+        got = tuple(sorted(ev.daughters)) if ev is not None else ()
+        if len(daughters) != 2 or mother not in divided or got != tuple(sorted(daughters)):
+            raise LineageError(
+                f"frame {step.frame}: track {mother} has {len(daughters)} new daughter "
+                f"track(s) {sorted(daughters)}, fate "
+                f"{'divided' if mother in divided else 'not divided'}, division event "
+                f"daughters {list(got) if ev is not None else None}; a division has "
+                "exactly two daughters"
+            )

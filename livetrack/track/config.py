@@ -77,6 +77,7 @@ class TrackConfig(BaseModel):
     it missed at most this many frames before the current one (0: seen in the previous
     frame)."""
 
-    border_margin: float = Field(default=1.0, ge=0)
-    """A track that ends within this many diameters of the frame border ends with fate
-    "left" (left the field of view) instead of "lost"."""
+    border_margin: float = Field(default=0.5, ge=0)
+    """A track whose last detection's edge (centroid distance to the frame border minus the
+    detection's own radius) was within this many diameters of the border ends with fate
+    "left" (left the field of view) instead of "lost" (ended inside the field)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from livetrack.errors import BadFrame
 from livetrack.track.assign import assign_sparse, gate, select_parents
 from livetrack.track.base import (
+    EventKind,
     Fate,
     FrameHistory,
     LineageEvent,
@@ -31,6 +32,7 @@ from livetrack.track.base import (
     TrackRecord,
     TrackStart,
     TrackStep,
+    check_lineage,
 )
 from livetrack.track.config import TrackConfig
 from livetrack.types import Detections
@@ -103,8 +105,11 @@ class _Divisions:
     mother: NDArray[np.intp]
     """Open-track index of each dividing mother."""
     daughters: list[tuple[int, ...]]
-    """Detection indices of its daughters (1 or 2)."""
+    """Detection indices of its two daughters."""
     confidence: FloatArray
+    links: NDArray[np.intp] = field(default_factory=lambda: np.zeros((0, 2), np.intp))
+    """(K, 2) (open-track index, detection index): a candidate mother that got only one
+    daughter; not a division, the detection continues her track."""
 
 
 class LapTracker:
@@ -152,10 +157,11 @@ class LapTracker:
 
         tracks = self._tracks
         result = self._link(frame, detections, diam)
-        t_match, d_match = result.matches[:, 0], result.matches[:, 1]
         divisions = self._divisions(
             frame, detections, result.matches, result.unmatched_detections, diam
         )
+        result = result.with_links(divisions.links)  # one-daughter "divisions" continue
+        t_match, d_match = result.matches[:, 0], result.matches[:, 1]
         is_mother = np.zeros(len(tracks), bool)
         is_mother[divisions.mother] = True
 
@@ -204,15 +210,18 @@ class LapTracker:
         self._last_frame = frame
         self._seen_first = True
         ended.sort(key=lambda e: e.track_id)
-        return TrackStep(
+        step = TrackStep(
             frame=frame, track_ids=track_ids, started=started, ended=ended, events=events
         )
+        if __debug__:
+            check_lineage(step)
+        return step
 
     def finish(self, last_frame: int) -> list[TrackEnd]:
         """Close every open track: "active" if seen in ``last_frame``, else left/lost."""
         tracks = self._tracks
         diam = self._diameter(last_frame)
-        fates = self._fates(tracks.pos, diam)
+        fates = self._fates(tracks.pos, tracks.area, diam)
         ended = [
             TrackEnd(int(tid), int(last), "active" if last == last_frame else fate)
             for tid, last, fate in zip(tracks.ids, tracks.last, fates, strict=True)
@@ -393,16 +402,16 @@ class LapTracker:
         h, w = self.frame_shape
         return np.asarray((b[:, 0] <= 0) | (b[:, 1] <= 0) | (b[:, 2] >= h) | (b[:, 3] >= w))
 
-    def _fates(self, pos: FloatArray, diam: float) -> list[Fate]:
-        """ "left" for positions within ``border_margin`` diameters of the border."""
-        margin = self.config.border_margin * diam
+    def _fates(self, pos: FloatArray, area: FloatArray, diam: float) -> list[Fate]:
+        """How tracks that end now ended: "left" (the field) when the last detection's edge
+        was within ``border_margin`` diameters of the frame border (its centroid's distance
+        to the border minus its own radius), else "lost"."""
         h, w = self.frame_shape
-        near = (
-            (pos[:, 0] < margin)
-            | (pos[:, 0] > h - 1 - margin)
-            | (pos[:, 1] < margin)
-            | (pos[:, 1] > w - 1 - margin)
+        to_border = np.min(
+            np.stack([pos[:, 0], h - 1 - pos[:, 0], pos[:, 1], w - 1 - pos[:, 1]]), axis=0
         )
+        radius = 0.5 * equivalent_diameter(np.maximum(area, 0.0))
+        near = to_border - radius <= self.config.border_margin * diam
         return ["left" if n else "lost" for n in near]
 
     def _close(
@@ -413,16 +422,13 @@ class LapTracker:
         ended: list[TrackEnd],
         events: list[LineageEvent],
     ) -> None:
-        """End tracks that can no longer be linked; a "death" event for the unexplained ones
-        (its frame is the track's last frame)."""
-        for tid, last, p, fate in zip(
-            closing.ids, closing.last, closing.pos, self._fates(closing.pos, diam), strict=True
-        ):
+        """End tracks that can no longer be linked, with a "lost" or "left" event (its frame is
+        the track's last frame)."""
+        fates = self._fates(closing.pos, closing.area, diam)
+        for tid, last, p, fate in zip(closing.ids, closing.last, closing.pos, fates, strict=True):
             ended.append(TrackEnd(int(tid), int(last), fate))
-            if fate == "lost":
-                events.append(
-                    LineageEvent("death", int(last), int(tid), y=float(p[0]), x=float(p[1]))
-                )
+            kind: EventKind = "left" if fate == "left" else "lost"
+            events.append(LineageEvent(kind, int(last), int(tid), y=float(p[0]), x=float(p[1])))
 
 
 def select_divisions(
@@ -434,10 +440,20 @@ def select_divisions(
 ) -> _Divisions:
     """Pick mothers for newborn detections among scored (mother, newborn) rows: a mother
     already linked to a detection (``sibling[m] >= 0``, its first daughter) takes one more,
-    an unlinked one up to two; the linked detection joins its daughters."""
+    an unlinked one up to two; the linked detection joins its daughters.
+
+    A division has two daughters. An unlinked mother that gets only one newborn did not
+    divide as far as the lineage can tell: that newborn is her only descendant in sight, so
+    it continues her track (``_Divisions.links``) — the reading the CTC gives a parent with
+    a single child. Newborns no mother takes start new tracks with no parent."""
     capacity = np.where(sibling[m] >= 0, 1, 2)
     sel_m, sel_c, sel_s = select_parents(m, c, score, threshold, capacity)
-    uniq = np.unique(sel_m)
+    uniq, n_kids = np.unique(sel_m, return_counts=True)
+    lone = (n_kids < 2) & (sibling[uniq] < 0)
+    lone_rows = np.isin(sel_m, uniq[lone])
+    links = np.stack([sel_m[lone_rows], sel_c[lone_rows]], axis=1).astype(np.intp)
+    sel_m, sel_c, sel_s = sel_m[~lone_rows], sel_c[~lone_rows], sel_s[~lone_rows]
+    uniq = uniq[~lone]
     daughters: list[tuple[int, ...]] = []
     conf = np.zeros(len(uniq))
     for k, mother in enumerate(uniq):
@@ -447,12 +463,12 @@ def select_divisions(
             kids.append(int(sibling[mother]))
         daughters.append(tuple(sorted(kids)))
         conf[k] = float(np.clip(sel_s[mine].mean(), 0.0, 1.0))
-    return _Divisions(uniq.astype(np.intp), daughters, conf)
+    return _Divisions(uniq.astype(np.intp), daughters, conf, links.reshape(-1, 2))
 
 
 def _birth_events(frame: int, ids: IntArray, pos: FloatArray) -> list[LineageEvent]:
     return [
-        LineageEvent("birth", frame, int(tid), y=float(p[0]), x=float(p[1]))
+        LineageEvent("new_track", frame, int(tid), y=float(p[0]), x=float(p[1]))
         for tid, p in zip(ids, pos, strict=True)
     ]
 
@@ -480,7 +496,17 @@ def _division_events(
 @dataclass(frozen=True, eq=False)
 class _LinkResult:
     matches: NDArray[np.intp]
+    """(M, 2) (open-track index, detection index), sorted by track."""
     unmatched_detections: NDArray[np.intp]
+
+    def with_links(self, links: NDArray[np.intp]) -> _LinkResult:
+        """The same result with ``links`` (track, detection) pairs of unmatched tracks and
+        detections added."""
+        if len(links) == 0:
+            return self
+        matches = np.concatenate([self.matches, links])
+        matches = matches[np.argsort(matches[:, 0], kind="stable")]
+        return _LinkResult(matches, np.setdiff1d(self.unmatched_detections, links[:, 1]))
 
 
 def _clip01(x: FloatArray) -> FloatArray:

@@ -17,8 +17,10 @@ Per frame, as it arrives:
 5. newborn detections get a mother when the best eligible track's division score passes
    ``division_threshold`` (``assign.select_parents``): p_parent→daughter for a track left
    unlinked; for a track linked to one daughter, the posterior of "divided into both"
-   against "continued as the linked cell" (``division_posterior``). Gap closing, fates
-   and events come from the LAP tracker this class extends.
+   against "continued as the linked cell" (``division_posterior``). A division has two
+   daughters: an unlinked track that gets one newborn is continued by it instead
+   (``lap.select_divisions``). Gap closing, fates and events come from the LAP tracker
+   this class extends.
 
 The embeddings are returned with every step (``TrackStep.embeddings``) and kept by the
 store, so a restarted worker rebuilds the rings from the last ``window`` frames exactly.

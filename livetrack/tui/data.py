@@ -28,7 +28,7 @@ from typing import Any, Literal
 from livetrack.errors import BadMessage
 from livetrack.messages import FrameRejected, TrackEvent, WorkerStatus
 from livetrack.store import Store
-from livetrack.track.base import TrackRecord
+from livetrack.track.base import FATE_WORDS, TrackRecord
 from livetrack.transport import EventSubscriber
 
 log = logging.getLogger("livetrack.tui")
@@ -397,5 +397,6 @@ def build_lineage(
 
 
 def describe_track(t: TrackRecord) -> str:
-    """'track 7  f12–f30  divided' — one tree label."""
-    return f"track {t.track_id}  f{t.start_frame}–f{t.end_frame}  {t.fate}"
+    """'track 7  f12–f30  divided' — one tree label (fates in words: 'left the field')."""
+    fate = FATE_WORDS.get(t.fate, t.fate)
+    return f"track {t.track_id}  f{t.start_frame}–f{t.end_frame}  {fate}"
