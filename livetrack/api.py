@@ -202,8 +202,13 @@ def export_stored(
 
     The table covers every position of the run unless one is chosen; GEFF and napari
     describe one position (the only one, or ``position``)."""
-    from livetrack.evaluate.napari import write_napari
+    from livetrack.evaluate.napari import check_napari_path, write_napari
+    from livetrack.evaluate.table import check_table_path
 
+    if table is not None:  # refuse a bad name before writing anything
+        check_table_path(table)
+    if napari is not None:
+        check_napari_path(napari)
     done: list[str] = []
     with open_run(db, run_id, position) as result:
         what = f"run {result.run_id}"

@@ -196,7 +196,7 @@ def _check_consistent(run: livetrack.TrackingResult) -> int:
         data = run.position(name).data
         last = data.frames[-1] if data.frames else -1
         assert set(df.loc[df.position == name, "track"]) <= set(data.tracks)
-        assert all(r.start_frame <= last for r in data.tracks.values())
+        assert all(r.start_frame <= r.end_frame <= last for r in data.tracks.values())
         assert all(e["frame"] <= last for e in data.events)
         assert data.frames == list(range(len(data.frames)))
     return len(run.position("A").data.frames) if "A" in run.positions else 0
@@ -236,6 +236,49 @@ def test_open_run_reads_consistent_snapshots_while_a_worker_writes(
         assert set(both.tracks["position"]) == {"A", "B"}
         with pytest.raises(EvaluationError, match="choose one"):
             _ = both.lineage
+
+
+def test_open_run_is_one_snapshot_when_a_frame_commits_between_its_reads(
+    movie: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker commits frame 4 right after open_run has listed frames 0-3 (injected at
+    that exact point, so no luck is needed): tracks, events and detections must still
+    describe frames 0-3 only — a track's last frame is never a frame the result lacks."""
+    images, masks = movie["images"], movie["masks"]
+    db = tmp_path / "race.db"
+    writer = Store(db)
+    writer.begin_run("r", source="test", config={})
+    tracker = make_tracker(TrackConfig(method="lap"), (96, 96))
+
+    def commit(t: int) -> None:
+        mask = masks[t].astype(np.int32)  # type: ignore[index]
+        det = Detections.from_labels(mask)
+        step = tracker.step(t, det, image=images[t], mask=mask)  # type: ignore[index]
+        writer.write_frame("r", "P", t, timestamp=float(t), mask=mask, detections=det, step=step)
+
+    for t in range(4):
+        commit(t)
+    original = Store.frame_detections
+    committed: list[int] = []
+
+    def detections_after_a_commit(self: Store, *args: object) -> object:
+        if self.readonly and not committed:
+            commit(4)  # the worker, on its own connection, between two reads
+            committed.append(4)
+        return original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "frame_detections", detections_after_a_commit)
+    try:
+        with livetrack.open_run(db, "r") as run:
+            assert committed == [4]
+            assert run.data.frames == [0, 1, 2, 3]
+            _check_consistent(run)
+        monkeypatch.undo()
+        with livetrack.open_run(db, "r") as later:
+            assert later.data.frames == [0, 1, 2, 3, 4]
+            _check_consistent(later)
+    finally:
+        writer.close()
 
 
 # ---------------------------------------------------------------- exports
@@ -329,6 +372,10 @@ def test_cli_export_formats(
     bad = _cli("export", str(db))
     assert bad.returncode == 1
     assert "nothing to export" in bad.stderr
+    bad = _cli("export", str(db), "--table", str(tmp_path / "t2.csv"), "--napari", "n.txt")
+    assert bad.returncode == 1
+    assert "use a .npz file name" in bad.stderr
+    assert not (tmp_path / "t2.csv").exists()  # refused before anything was written
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

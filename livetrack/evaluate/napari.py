@@ -85,11 +85,7 @@ def napari_tracks(df: pd.DataFrame, pos: PositionData) -> NapariTracks:
 def write_napari(tracks: NapariTracks, path: Path) -> Path:
     """Save as ``.npz`` (compressed): tracks, graph (K, 2 daughter/mother), labels,
     scale and ``prop_<name>`` arrays."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise EvaluationError(f"napari export {path}: use a .npz file name")
-    if not path.parent.is_dir():
-        raise EvaluationError(f"cannot write {path}: folder {path.parent} does not exist")
+    path = check_napari_path(Path(path))
     graph = np.array([[d, m[0]] for d, m in sorted(tracks.graph.items())], np.int64).reshape(-1, 2)
     arrays: dict[str, Any] = {f"prop_{k}": v for k, v in tracks.properties.items()}
     arrays.update(
@@ -99,6 +95,15 @@ def write_napari(tracks: NapariTracks, path: Path) -> Path:
         scale=np.asarray(tracks.scale, np.float64),
     )
     np.savez_compressed(path, **arrays)
+    return path
+
+
+def check_napari_path(path: Path) -> Path:
+    """``path`` if napari data can be saved there, else EvaluationError."""
+    if path.suffix != ".npz":
+        raise EvaluationError(f"napari export {path}: use a .npz file name")
+    if not path.parent.is_dir():
+        raise EvaluationError(f"cannot write {path}: folder {path.parent} does not exist")
     return path
 
 

@@ -131,26 +131,32 @@ def detections_table(pos: PositionData) -> pd.DataFrame:
     return df
 
 
+def check_table_path(path: Path) -> Path:
+    """``path`` if a table can be written there (see ``write_table``), else EvaluationError."""
+    name = path.name.lower()
+    if not path.parent.is_dir():
+        raise EvaluationError(f"cannot write {path}: folder {path.parent} does not exist")
+    if name.endswith(".parquet"):
+        if importlib.util.find_spec("pyarrow") is None:
+            raise EvaluationError(
+                "writing Parquet needs pyarrow (pip install 'livetrack[export]'); "
+                f"or write CSV: {path.with_suffix('.csv')}"
+            )
+    elif not name.endswith((".csv", ".csv.gz")):
+        raise EvaluationError(f"table {path}: use a .csv, .csv.gz or .parquet file name")
+    return path
+
+
 def write_table(df: pd.DataFrame, path: Path) -> Path:
     """Write ``df`` as CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, needs pyarrow).
 
     Raises:
         EvaluationError: another suffix, Parquet without pyarrow, or the folder is missing.
     """
-    path = Path(path)
-    name = path.name.lower()
-    if not path.parent.is_dir():
-        raise EvaluationError(f"cannot write {path}: folder {path.parent} does not exist")
-    if name.endswith((".csv", ".csv.gz")):
-        df.to_csv(path, index=False)
-    elif name.endswith(".parquet"):
-        if importlib.util.find_spec("pyarrow") is None:
-            raise EvaluationError(
-                "writing Parquet needs pyarrow (pip install 'livetrack[export]'); "
-                f"or write CSV: {path.with_suffix('.csv')}"
-            )
+    path = check_table_path(Path(path))
+    if path.name.lower().endswith(".parquet"):
         df.to_parquet(path, index=False)
     else:
-        raise EvaluationError(f"table {path}: use a .csv, .csv.gz or .parquet file name")
+        df.to_csv(path, index=False)
     logger.info("wrote %d detections to %s", len(df), path)
     return path
