@@ -247,9 +247,7 @@ class TrackingResult:
         """The result of one position (shares this result's store; close either one)."""
         if name not in self._positions:
             raise EvaluationError(f"no position {name!r} (has {self.positions})")
-        sub = TrackingResult([self._positions[name]], run_id=self.run_id)
-        sub._store = None  # the parent owns the store
-        return sub
+        return TrackingResult([self._positions[name]], run_id=self.run_id)  # no store: ours
 
     @property
     def data(self) -> PositionData:
