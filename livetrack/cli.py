@@ -383,9 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_train_track)
 
-    p = sub.add_parser("export", help="export a run's lineages (CTC: maskNNN.tif + res_track.txt)")
+    p = sub.add_parser(
+        "export",
+        help="export a run's lineages: CTC folder, GEFF, detections table, napari arrays",
+        description="Write one or more of: --ctc (Cell Tracking Challenge result folder), "
+        "--geff (tracking graph + segmentation, read by traccuracy, napari-geff, ultrack, "
+        "motile), --table (one row per detection with track, parent, fate, area, perimeter, "
+        "eccentricity; mean_intensity is empty: the store keeps masks, not images), --napari "
+        "(.npz: tracks, graph, labels for napari's Tracks and Labels layers). The table "
+        "covers every position unless --position is given; the others need one position.",
+    )
     p.add_argument("db", type=Path)
-    p.add_argument("--ctc", type=Path, required=True, metavar="OUT_DIR")
+    p.add_argument("--ctc", type=Path, default=None, metavar="OUT_DIR")
+    p.add_argument("--geff", type=Path, default=None, metavar="OUT.zarr")
+    p.add_argument("--table", type=Path, default=None, metavar="OUT.csv|OUT.parquet")
+    p.add_argument("--napari", type=Path, default=None, metavar="OUT.npz")
     p.add_argument("--run-id", default=None, help="default: the latest run")
     p.add_argument("--position", default=None, help="default: the only position")
     p.add_argument(
@@ -1062,6 +1074,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from livetrack.store import Store
 
     _setup_logging(args)
+    if not any((args.ctc, args.geff, args.table, args.napari)):
+        raise LivetrackError("nothing to export: give --ctc, --geff, --table and/or --napari")
+    if args.ctc is None:
+        return _export_formats(args)
     with Store(args.db, readonly=True) as store:
         run_id = args.run_id or store.latest_run_id()
         if run_id is None:
@@ -1091,6 +1107,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         n_frames = args.n_frames or (indices[-1] + 1 if indices else 0)
         out = export_ctc(frames(), store.tracks(run_id, position), args.ctc, n_frames=n_frames)
     print(f"exported run {run_id} position {position}: {len(indices)} frames → {out}")
+    return _export_formats(args)
+
+
+def _export_formats(args: argparse.Namespace) -> int:
+    """--geff / --table / --napari (the library does the work: livetrack.api)."""
+    from livetrack.api import export_stored
+
+    for line in export_stored(
+        args.db, args.run_id, args.position, geff=args.geff, table=args.table, napari=args.napari
+    ):
+        print(line)
     return 0
 
 

@@ -756,11 +756,27 @@ class Store:
 
     @contextlib.contextmanager
     def _read(self, what: str) -> Iterator[sqlite3.Connection]:
-        """A read snapshot: queries inside see one consistent state of the file."""
+        """A read snapshot: queries inside see one consistent state of the file (inside
+        ``snapshot()``, the snapshot's state)."""
         with self._lock, _sqlite_errors(what):
+            if self.conn.in_transaction:  # within snapshot(): its transaction
+                yield self.conn
+                return
             self.conn.execute("BEGIN")
             try:
                 yield self.conn
+            finally:
+                if self.conn.in_transaction:
+                    self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Store]:
+        """Every read inside sees the same committed state, while a worker keeps writing
+        (one WAL read transaction; keep it short, it holds back checkpoints)."""
+        with self._lock, _sqlite_errors("reading a snapshot"):
+            self.conn.execute("BEGIN")
+            try:
+                yield self
             finally:
                 if self.conn.in_transaction:
                     self.conn.execute("COMMIT")
@@ -977,6 +993,21 @@ class Store:
                 "SELECT position FROM positions WHERE run_id = ? ORDER BY position", (run_id,)
             ).fetchall()
         return [str(r[0]) for r in rows]
+
+    def position_info(self, run_id: str, position: str) -> dict[str, Any]:
+        """The ``positions`` row of a position (height, width, pixel_size_um, first_frame,
+        last_frame, n_frames); StoreError when the run has no such position."""
+        with self._read("reading a position"):
+            rows = list(
+                self.db.query(
+                    "SELECT height, width, pixel_size_um, first_frame, last_frame, n_frames"
+                    " FROM positions WHERE run_id = ? AND position = ?",
+                    (run_id, position),
+                )
+            )
+        if not rows:
+            raise StoreError(f"run {run_id!r} has no position {position!r}")
+        return rows[0]
 
     def frame_indices(self, run_id: str, position: str) -> list[int]:
         """Committed frame indices, ascending."""

@@ -289,7 +289,10 @@ def test_readme_commands_work_as_written(tmp_path: Path) -> None:
     assert (work / "result" / "res_track.txt").read_text().strip()
     assert any(re.search(r"^\s*TRA\s+0\.\d+", out, re.MULTILINE) for out in outputs)
     header, *rows = (work / "tracks.csv").read_text().splitlines()
-    assert header == "position,track,frame,time_s,y,x,area,parent,fate"
+    assert header == (
+        "position,t,track,parent,label,y,x,area,perimeter,eccentricity,mean_intensity,fate"
+    )
+    assert (work / "movie_RES" / "res_track.txt").read_text().strip()
     with contextlib.closing(sqlite3.connect(work / "livetrack.db")) as db:
         (detections,) = db.execute("SELECT count(*) FROM detections").fetchone()
     assert len(rows) == detections > 0
