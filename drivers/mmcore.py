@@ -261,6 +261,8 @@ class MMCoreSource:
         if self._core is not None:
             return
         CMMCorePlus = _import_core()
+        if self.save_to is not None and Path(self.save_to).exists():
+            raise SourceError(f"{self.save_to} exists; the MDA never overwrites a saved dataset")
         folder, config = self._config_paths()
         core = CMMCorePlus()
         try:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from livetrack.cli import main
@@ -183,6 +184,24 @@ def test_segments_one_channel_of_a_multichannel_z_plan(mmcore: Any, tmp_path: Pa
 
 
 @needs_mmcore
+def test_save_keeps_every_channel(mmcore: Any, tmp_path: Path) -> None:
+    """--mda-save: the channels the worker does not segment are still recorded."""
+    tifffile = pytest.importorskip("tifffile")
+    seq = _seq(time_plan={"interval": 0, "loops": 2}, channels=["DAPI", "FITC"])
+    out = tmp_path / "all.ome.tiff"
+    src = mmcore.MMCoreSource(seq, save_to=out, properties=BEADS)
+    sent = [(m.frame_index, m.channel, img.copy()) for img, m in src.frames()]
+    assert [(t, c) for t, c, _ in sent] == [(0, "DAPI"), (1, "DAPI")]
+    with tifffile.TiffFile(out) as tif:
+        saved = tif.series[0].asarray()
+        assert tif.series[0].axes == "TCYX"
+    assert saved.shape == (2, 2, 512, 512)
+    assert np.array_equal(saved[1, 0], sent[1][2])  # the DAPI frame the worker got
+    with pytest.raises(SourceError, match="exists"):
+        mmcore.MMCoreSource(seq, save_to=out).prepare()
+
+
+@needs_mmcore
 def test_full_queue_pauses_the_mda_and_loses_nothing(mmcore: Any) -> None:
     """Hold the consumer: the MDA must enter its paused state with exactly a full queue
     (no further event started), then deliver every frame in order once drained."""
@@ -317,3 +336,27 @@ def test_a_frame_that_never_comes_ends_the_run(mmcore: Any) -> None:
     assert got == [0, 1]
     assert src.error is not None
     assert src.finished  # the cancel reached the runner once the device returned
+
+
+@needs_mmcore
+def test_cli_exits_1_when_the_camera_takes_too_long(
+    mmcore: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real slow frame: the FITC exposure (3 s) is longer than --frame-timeout (1 s).
+    The run ends with a one-line error and exit 1; the DAPI frame stored before is kept
+    and the run stays resumable."""
+    plan = tmp_path / "slow.yaml"
+    plan.write_text(
+        "time_plan: {interval: 0, loops: 3}\n"
+        "channels:\n  - {config: DAPI, exposure: 10}\n  - {config: FITC, exposure: 3000}\n"
+    )
+    db = tmp_path / "t.db"
+    argv = ["run", "--source", "mmcore", "--mda", str(plan), "--db", str(db), "--no-tui"]
+    argv += ["--run-id", "t", "--frame-timeout", "1", "--segmenter", "classical"]
+    assert main([*argv, "--tracker", "lap"]) == 1
+    err = capsys.readouterr().err
+    assert "error: no image from Micro-Manager" in err
+    assert "FITC" in err
+    with Store(db, readonly=True) as store:
+        assert store.frame_indices("t", "Pos0") == [0]
+        assert next(r for r in store.runs() if r["run_id"] == "t")["status"] == "aborted"
