@@ -18,6 +18,8 @@ from livetrack.errors import ConfigError, validation_message
 if TYPE_CHECKING:
     import useq
 
+    from drivers.micromanager import AcquisitionPlan
+
 _MISSING_USEQ = (
     'useq-schema is not installed; pip install "livetrack[mmcore]" to use an MDA plan (--mda)'
 )
@@ -127,3 +129,90 @@ def plan_shape(seq: useq.MDASequence, segment_channel: str | None = None) -> Pla
     if dupes:
         raise ConfigError(f"MDA plan: position names must be unique, repeated: {dupes}")
     return PlanShape(tuple(fields), channels, chosen, time_points, z_planes)
+
+
+def to_acquisition_plan(
+    seq: useq.MDASequence,
+    properties: tuple[tuple[str, str, str], ...] = (),
+) -> AcquisitionPlan:
+    """The same useq plan for the pycromanager driver (``drivers.micromanager``): positions,
+    one channel group's presets, one exposure, z-planes (max-projected there) and a
+    single-phase time plan. What its ``AcquisitionPlan`` cannot express is refused by name
+    rather than dropped: grids, autofocus, sub-sequences, multi-phase time plans, per-channel
+    exposures, ``acquire_every``, ``do_stack: false``, channel z offsets, and a relative z
+    plan for a position without z. The pycromanager driver acquires in t-p-c-z order and
+    tracks every channel as its own series (POS-CHANNEL), as its own options do."""
+    from drivers.micromanager import AcquisitionPlan, StagePosition
+
+    def refuse(what: str) -> ConfigError:
+        return ConfigError(
+            f"MDA plan: {what} is not supported with --source micromanager (pycromanager); "
+            "use --source mmcore"
+        )
+
+    if seq.grid_plan is not None:
+        raise refuse("a grid plan")
+    if seq.autofocus_plan is not None:
+        raise refuse("an autofocus plan")
+    if any(p.sequence is not None for p in seq.stage_positions):
+        raise refuse("a per-position sub-sequence")
+    n_frames, interval_s = _time_points(seq, refuse)
+    groups = {ch.group for ch in seq.channels}
+    if len(groups) > 1:
+        raise refuse(f"channels from several groups ({', '.join(sorted(groups))})")
+    exposures = {ch.exposure for ch in seq.channels}
+    if len(exposures) > 1:
+        raise refuse("a different exposure per channel")
+    for ch in seq.channels:
+        if ch.acquire_every != 1:
+            raise refuse(f"acquire_every on channel {ch.config}")
+        if not ch.do_stack and seq.z_plan is not None:
+            raise refuse(f"do_stack: false on channel {ch.config}")
+        if ch.z_offset:
+            raise refuse(f"a z_offset on channel {ch.config}")
+    z_um: tuple[float, ...] = ()
+    if seq.z_plan is not None:
+        z_um = tuple(float(z) for z in seq.z_plan.positions())
+        if seq.z_plan.is_relative:
+            unplaced = [
+                p.name or f"Pos{i}" for i, p in enumerate(seq.stage_positions) if p.z is None
+            ]
+            if unplaced or not seq.stage_positions:
+                raise refuse(
+                    "a z plan relative to the current focus (give every position a z, or "
+                    "use absolute z positions)"
+                )
+    positions = tuple(
+        StagePosition(
+            p.name or f"Pos{i}",
+            p.x,
+            p.y,
+            # an absolute z plan sets z itself (the driver adds the position's z to it)
+            p.z if seq.z_plan is None or seq.z_plan.is_relative else None,
+        )
+        for i, p in enumerate(seq.stage_positions)
+    )
+    exposure = next(iter(exposures), None)
+    return AcquisitionPlan(
+        n_frames=n_frames,
+        interval_s=interval_s,
+        positions=positions,
+        channel_group=next(iter(groups), None),
+        channels=tuple(ch.config for ch in seq.channels),
+        exposure_ms=float(exposure) if exposure is not None else None,
+        z_um=z_um,
+        properties=properties,
+    )
+
+
+def _time_points(seq: useq.MDASequence, refuse: Any) -> tuple[int, float]:
+    import useq
+
+    plan = seq.time_plan
+    if plan is None:
+        return 1, 0.0
+    if isinstance(plan, useq.MultiPhaseTimePlan):
+        raise refuse("a multi-phase time plan")
+    loops = int(plan.num_timepoints())
+    interval = plan.interval if loops > 1 else None
+    return loops, interval.total_seconds() if interval is not None else 0.0

@@ -859,14 +859,16 @@ def cmd_tui(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from drivers.simulator import SimulatorSource
 
-    if args.source == "micromanager":
-        return _run_micromanager(args)
     if args.source == "mmcore":
         return _run_mmcore(args)
     if args.mda is not None:
         from livetrack.errors import ConfigError
 
+        # drivers.useq_plan.to_acquisition_plan converts it for pycromanager; the CLI
+        # wiring into _run_micromanager is not done yet.
         raise ConfigError("--mda is a plan for --source mmcore")
+    if args.source == "micromanager":
+        return _run_micromanager(args)
     cfg = _sim_config(args)
     source = SimulatorSource(cfg, interval_s=args.interval, with_labels=args.track_only)
     return _run_source(args, source, source.describe(), _sim_run_id(cfg))

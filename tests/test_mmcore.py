@@ -23,7 +23,7 @@ from livetrack.store import Store
 
 useq = pytest.importorskip("useq")
 
-from drivers.useq_plan import load_sequence, plan_shape  # noqa: E402
+from drivers.useq_plan import load_sequence, plan_shape, to_acquisition_plan  # noqa: E402
 
 BEADS = (("Camera", "Mode", "Fluorescent Beads"),)
 TWO_POSITIONS = [{"name": "A1", "x": 0.0, "y": 0.0}, {"name": "B2", "x": 500.0, "y": 250.0}]
@@ -135,6 +135,9 @@ def test_cli_refuses_mda_without_mmcore_and_mmcore_without_plan(
     assert "--source mmcore" in capsys.readouterr().err
     assert main(["run", "--source", "mmcore", "--db", str(db), "--no-tui"]) == 1
     assert "needs --mda" in capsys.readouterr().err
+    mm = ["run", "--source", "micromanager", "--mda", str(plan), "--db", str(db), "--no-tui"]
+    assert main(mm) == 1  # not silently ignored by the pycromanager driver
+    assert "--source mmcore" in capsys.readouterr().err
     assert not db.exists()
 
 
@@ -360,3 +363,80 @@ def test_cli_exits_1_when_the_camera_takes_too_long(
     with Store(db, readonly=True) as store:
         assert store.frame_indices("t", "Pos0") == [0]
         assert next(r for r in store.runs() if r["run_id"] == "t")["status"] == "aborted"
+
+
+# ------------------------------------------- pycromanager takes the same useq plan
+def test_useq_plan_for_pycromanager() -> None:
+    from drivers.micromanager import StagePosition
+
+    plan = to_acquisition_plan(
+        _seq(
+            stage_positions=[{"name": "A1", "x": 0, "y": 0, "z": 5}, {"x": 10, "y": 20, "z": 6}],
+            time_plan={"interval": 2.5, "loops": 4},
+            channels=[{"config": "DAPI", "exposure": 20}, {"config": "FITC", "exposure": 20}],
+            z_plan={"range": 2, "step": 1},
+        ),
+        properties=BEADS,
+    )
+    assert plan.positions == (StagePosition("A1", 0, 0, 5), StagePosition("Pos1", 10, 20, 6))
+    assert (plan.n_frames, plan.interval_s) == (4, 2.5)
+    assert (plan.channel_group, plan.channels, plan.exposure_ms) == (
+        "Channel",
+        ("DAPI", "FITC"),
+        20,
+    )
+    assert plan.z_um == (-1.0, 0.0, 1.0)  # relative to each position's z
+    assert plan.properties == BEADS
+    absolute = to_acquisition_plan(
+        _seq(stage_positions=[{"x": 0, "y": 0, "z": 5}], z_plan={"top": 3, "bottom": 1, "step": 1})
+    )
+    assert absolute.z_um == (1.0, 2.0, 3.0)
+    assert absolute.positions[0].z_um is None  # absolute planes: not offset by the position
+    duration = to_acquisition_plan(_seq(time_plan={"duration": 9, "loops": 4}))
+    assert (duration.n_frames, duration.interval_s) == (4, 3.0)
+    assert to_acquisition_plan(_seq(time_plan={"duration": 9, "loops": 1})).n_frames == 1
+
+    refused = {
+        "grid plan": _seq(grid_plan={"rows": 2, "columns": 1}),
+        "exposure per channel": _seq(
+            channels=[{"config": "DAPI", "exposure": 10}, {"config": "FITC", "exposure": 20}]
+        ),
+        "acquire_every": _seq(channels=[{"config": "DAPI", "acquire_every": 2}]),
+        "relative to the current focus": _seq(z_plan={"range": 2, "step": 1}),
+        "multi-phase": _seq(
+            time_plan={"phases": [{"interval": 1, "loops": 2}, {"interval": 5, "loops": 2}]}
+        ),
+    }
+    for what, seq in refused.items():
+        with pytest.raises(ConfigError, match=what):
+            to_acquisition_plan(seq)
+
+
+@needs_mmcore
+def test_pycromanager_runs_the_same_plan_file(tmp_path: Path) -> None:
+    """The YAML plan of the mmcore test, converted for the pycromanager driver and run on
+    its headless DemoCamera core: the same 2 positions × 3 time points are stored."""
+    pytest.importorskip("pycromanager")
+    pytest.importorskip("mm_test_adapters")
+    from drivers.micromanager import (
+        DEMO_CONFIG,
+        MicroManagerSource,
+        demo_adapter_path,
+        ensure_headless,
+    )
+
+    ensure_headless(demo_adapter_path(), DEMO_CONFIG)  # the process's one pycromanager core
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "stage_positions:\n  - {name: A1, x: 0, y: 0}\n  - {name: B2, x: 500, y: 250}\n"
+        "time_plan: {interval: 0, loops: 3}\nchannels: [DAPI]\n"
+    )
+    src = MicroManagerSource(to_acquisition_plan(load_sequence(plan), properties=BEADS))
+    db = tmp_path / "pm.db"
+    summary = run_pipeline(src, _light(), description=src.describe(), run_id="pm", db_path=db)
+    assert summary.frames_stored == 6
+    with Store(db, readonly=True) as store:
+        assert store.positions("pm") == ["A1", "B2"]
+        assert store.frame_indices("pm", "A1") == [0, 1, 2]
+        assert store.frame_indices("pm", "B2") == [0, 1, 2]
+    assert {r[0] for r in _rows(db, "SELECT channel FROM frames WHERE run_id='pm'")} == {"DAPI"}
