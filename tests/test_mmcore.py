@@ -5,7 +5,10 @@ and SQLite store. Each source owns its own CMMCorePlus, so no session fixture is
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -34,10 +37,13 @@ needs_mmcore = pytest.mark.micromanager
 @pytest.fixture
 def mmcore() -> Any:
     """The driver module; skips cleanly without pymmcore-plus or mm-test-adapters."""
-    pytest.importorskip("pymmcore_plus")
     pytest.importorskip("mm_test_adapters")
     import drivers.mmcore
 
+    try:  # imported through the driver, which undoes pymmcore-plus' import-time logging
+        drivers.mmcore._import_core()
+    except ConfigError as err:
+        pytest.skip(str(err))
     return drivers.mmcore
 
 
@@ -139,6 +145,24 @@ def test_cli_refuses_mda_without_mmcore_and_mmcore_without_plan(
     assert main(mm) == 1  # not silently ignored by the pycromanager driver
     assert "--source mmcore" in capsys.readouterr().err
     assert not db.exists()
+
+
+def test_pymmcore_plus_logging_is_routed_through_livetrack(mmcore: Any) -> None:
+    """pymmcore-plus sets the root logger to DEBUG and prints to stderr on import; the
+    driver undoes the first and sends its warnings through livetrack's logger (fresh
+    interpreter: the import happens once per process)."""
+    code = (
+        "import logging; from drivers.mmcore import _import_core; _import_core(); "
+        "pmm = logging.getLogger('pymmcore-plus'); "
+        "print(logging.getLogger().level, pmm.propagate, "
+        "sorted(type(h).__name__ for h in pmm.handlers))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split(maxsplit=2)
+    assert out[:2] == [str(logging.WARNING), "False"]
+    assert "StreamHandler" not in out[2]
+    assert "_Forward" in out[2]
 
 
 # ---------------------------------------------------------- the real DemoCamera
