@@ -164,7 +164,8 @@ def test_the_blocks_that_matter_are_not_skipped() -> None:
         r"^livetrack run ",
         r"^livetrack export ",
         r"^livetrack evaluate ",
-        r"read_sql_query",
+        r"livetrack.open_run\(",
+        r"livetrack.track\(",
     ):
         assert re.search(needed, runnable, re.MULTILINE), f"no runnable README block has {needed}"
 
