@@ -44,6 +44,7 @@ import numpy as np
 import zmq
 from numpy.typing import NDArray
 from pydantic import ValidationError
+from pydantic_core import from_json
 from zmq.utils import z85
 
 from livetrack.errors import BadFrame, BadMessage, ConfigError, EndpointInUse, SchemaMismatch
@@ -546,21 +547,41 @@ def _parse_header(raw: memoryview | bytes) -> FrameHeader | EndOfStream:
 
 
 def _peek_version(text: str) -> int | None:
-    import json
+    """The header's schema version, before the full validation (so that a newer
+    sender's message is named as such rather than as a list of unknown fields).
 
+    Parsed by pydantic's Rust JSON reader, which stops at a nesting depth of a few
+    hundred without recursing in Python (``json.loads`` raised RecursionError on 30,000
+    nested ``[``, which killed the worker); headers are already at most
+    MAX_HEADER_BYTES long."""
     try:
-        obj = json.loads(text)
+        obj = from_json(text)
     except ValueError as err:
-        raise BadMessage(f"header is not valid JSON: {err}") from None
+        raise BadMessage(f"header is not valid JSON: {_clip(str(err))}") from None
     if not isinstance(obj, dict):
         raise BadMessage("header must be a JSON object")
-    v = obj.get("schema_version")
-    return v if isinstance(v, int) else None
+    if "schema_version" not in obj:
+        return None
+    v = obj["schema_version"]
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise BadMessage(
+            f"schema_version must be a JSON integer, got {_clip(repr(v))}; this worker "
+            f"speaks version {SCHEMA_VERSION}"
+        )
+    return v
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Keep log lines about hostile input short."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _summarise(err: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in err.errors()
+    return _clip(
+        "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in err.errors()
+        ),
+        500,
     )
 
 
