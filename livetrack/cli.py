@@ -1055,12 +1055,45 @@ def cmd_sim(args: argparse.Namespace) -> int:
         with _stop_on_signals(stop):
             result = pump(source, pusher, run_id, description=source.describe(), stop=stop)
     finally:
-        pusher.close()
+        # Waits (up to the linger time) until the queued frames and the end-of-stream
+        # left: exiting earlier loses them.
+        flushed = pusher.close()
     extra = f", {result.frames_dropped} dropped" if result.frames_dropped else ""
     if isinstance(pusher, AckedPusher):
         extra += f", {pusher.resent} re-sent after worker restarts"
-    print(f"sent {result.frames_sent} frames ({result.reason}{extra})")
-    return 0 if result.reason != "error" else 1
+    delivery, delivered = _delivery_summary(result, pusher, flushed)
+    print(f"sent {result.frames_sent} frames ({result.reason}{extra}); {delivery}")
+    if result.reason == "error" or (result.reason == "complete" and not delivered):
+        return 1
+    return 0
+
+
+def _delivery_summary(result: Any, pusher: Any, flushed: bool | None) -> tuple[str, bool]:
+    """What the sender knows about delivery: frames the worker confirmed (--acks), or
+    only frames handed to the socket (plain); and whether everything is accounted for."""
+    from livetrack.transport import AckedPusher
+
+    if isinstance(pusher, AckedPusher):
+        missing = pusher.unconfirmed()
+        confirmed = f"the worker confirmed {pusher.frames_confirmed} of them"
+        if not missing:
+            return f"{confirmed} and the end-of-stream", True
+        shown = ", ".join(missing[:20]) + (
+            f" (+{len(missing) - 20} more)" if len(missing) > 20 else ""
+        )
+        return f"{confirmed}; NOT confirmed: {shown}", False
+    eos = "the end-of-stream" if pusher.eos_handed else "no end-of-stream"
+    if flushed is False:
+        return (
+            f"{pusher.frames_handed} frames and {eos} handed to the socket, but the last "
+            "queued ones never reached the worker (see the warning above)",
+            False,
+        )
+    return (
+        f"{pusher.frames_handed} frames and {eos} handed to the worker's connection; "
+        "not confirmed by the worker (use --acks for confirmed delivery)",
+        pusher.eos_handed,
+    )
 
 
 def _curve_server(args: argparse.Namespace) -> Any:

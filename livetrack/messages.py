@@ -23,10 +23,30 @@ import math
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 """Bump on any incompatible change of a message model."""
+
+MAX_FRAMES = 10_000_000
+"""Most time points one position may have; frame indices are ``0 .. MAX_FRAMES - 1``.
+
+Generous on purpose: a frame every 10 ms for more than 27 hours, or one a second for
+115 days; no real acquisition comes near it. Without a bound one hostile or corrupt
+header (``frame_index`` 2**63 - 1) overflows the tracker's int64 arrays, or makes
+``livetrack export --ctc`` write empty masks for quintillions of missing frames."""
+
+MAX_COUNT = 2**53
+"""Bound on the other counters on the wire (frames sent in a run over all positions):
+the largest integer a JSON reader that uses doubles still reads exactly."""
 
 SUPPORTED_DTYPES: frozenset[str] = frozenset(
     {"uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64"}
@@ -43,8 +63,8 @@ MAX_PIXELS = 16384 * 16384
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: int = SCHEMA_VERSION
-    """Wire schema version of the sender."""
+    schema_version: StrictInt = SCHEMA_VERSION
+    """Wire schema version of the sender: a JSON integer ("2" or 2.0 is refused)."""
 
 
 class FrameHeader(_Message):
@@ -55,8 +75,8 @@ class FrameHeader(_Message):
     """Identifies one acquisition; a restarted worker resumes the same run_id."""
     position: str = Field(min_length=1, max_length=200)
     """Stage position / field of view / well name. Tracker state is kept per position."""
-    frame_index: int = Field(ge=0)
-    """Time-point index within the position, starting at 0."""
+    frame_index: int = Field(ge=0, lt=MAX_FRAMES)
+    """Time-point index within the position, starting at 0 (below MAX_FRAMES)."""
     timestamp: float
     """Acquisition time, seconds since the epoch."""
     shape: tuple[int, int]
@@ -65,9 +85,9 @@ class FrameHeader(_Message):
     """NumPy dtype name of the pixels (little-endian), one of SUPPORTED_DTYPES."""
     pixel_size_um: float | None = None
     """Pixel size in micrometres, when the source knows it."""
-    channel: str = "default"
+    channel: str = Field(default="default", max_length=200)
     """Channel name (e.g. "DAPI"); the worker tracks one channel per position."""
-    total_frames: int | None = Field(default=None, ge=0)
+    total_frames: int | None = Field(default=None, ge=0, le=MAX_FRAMES)
     """Frames the source expects to send for this position, if known (for progress/ETA)."""
     source: str = Field(default="", max_length=1000)
     """Human-readable description of the source (driver name and its main settings)."""
@@ -75,7 +95,7 @@ class FrameHeader(_Message):
     """When set, a third message part carries a label image of this integer dtype and the
     frame's shape, and the worker tracks these labels instead of segmenting
     (tracking-only mode, e.g. replaying ground-truth masks)."""
-    previous_frame: int | None = Field(default=None, ge=0)
+    previous_frame: int | None = Field(default=None, ge=0, lt=MAX_FRAMES)
     """Acknowledged mode only: the index of the frame the driver sent before this one for
     the same position (None for the first). A worker that has not handled that frame
     (stored or rejected it) refuses this one: the frames in between were lost on the way
@@ -138,10 +158,10 @@ class EndOfStream(_Message):
     kind: Literal["eos"] = "eos"
     run_id: str = Field(min_length=1, max_length=200)
     positions: tuple[str, ...] = ()
-    frames_sent: int = Field(default=0, ge=0)
+    frames_sent: int = Field(default=0, ge=0, le=MAX_COUNT)
     reason: Literal["complete", "aborted", "error"] = "complete"
     message: str = ""
-    frames_dropped: int = Field(default=0, ge=0)
+    frames_dropped: int = Field(default=0, ge=0, le=MAX_COUNT)
     """Frames the driver dropped on purpose (explicitly lossy mode only), also logged."""
 
 

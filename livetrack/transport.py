@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +44,7 @@ import numpy as np
 import zmq
 from numpy.typing import NDArray
 from pydantic import ValidationError
+from pydantic_core import from_json
 from zmq.utils import z85
 
 from livetrack.errors import BadFrame, BadMessage, ConfigError, EndpointInUse, SchemaMismatch
@@ -64,6 +65,15 @@ log = logging.getLogger("livetrack.transport")
 DEFAULT_FRAMES_ENDPOINT = "tcp://127.0.0.1:5557"
 DEFAULT_EVENTS_ENDPOINT = "tcp://127.0.0.1:5558"
 MAX_HEADER_BYTES = 64 * 1024
+
+CURVE_SILENCE_S = 5.0
+"""After this long without the worker ever taking a message, a sender says so (with
+CURVE: the worker may not accept this client's key, which ZeroMQ does not report)."""
+
+EOS_WAIT_S = 3.0
+"""How long a stopped sender still waits for room to queue its end-of-stream (a worker
+that is busy with a frame makes room within a frame's time; one that stopped never does,
+and an in-process run must not hang on it)."""
 
 
 class SendTimeout(Exception):
@@ -151,6 +161,25 @@ def write_keypair(out_dir: Path, name: str) -> tuple[Path, Path]:
     return paths
 
 
+def read_secret_key(path: Path) -> bytes:
+    """Read a secret key file; warn (naming the file and the fix) when users other than
+    its owner may read it — anyone who can read it can impersonate this side."""
+    key = read_key(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return key
+    if mode & 0o077:
+        log.warning(
+            "secret key %s is readable by other users (mode %o); anyone who can read it can "
+            "impersonate this side: run chmod 600 %s",
+            path,
+            mode & 0o777,
+            path,
+        )
+    return key
+
+
 def curve_server(secret_file: Path, client_keys: Iterable[Path]) -> CurveServer:
     """Worker-side CURVE from key files; ``client_keys`` may name files or folders of
     ``*.public`` files."""
@@ -160,11 +189,11 @@ def curve_server(secret_file: Path, client_keys: Iterable[Path]) -> CurveServer:
         allowed.update(read_key(f) for f in files)
     if not allowed:
         raise ConfigError("CURVE needs at least one allowed client public key")
-    return CurveServer(read_key(secret_file), frozenset(allowed))
+    return CurveServer(read_secret_key(secret_file), frozenset(allowed))
 
 
 def curve_client(secret_file: Path, server_key_file: Path) -> CurveClient:
-    return CurveClient(read_key(secret_file), read_key(server_key_file))
+    return CurveClient(read_secret_key(secret_file), read_key(server_key_file))
 
 
 class _KeyCheck:
@@ -367,12 +396,22 @@ class FramePusher:
         check_endpoint(endpoint, allow_remote=allow_remote)
         self.stop = stop
         """When set while a send waits for the worker, the send raises SendAborted."""
-        self._ctx = context or zmq.Context.instance()
+        # A context of its own (unless given one), terminated by close(): terminating is
+        # the only way to wait until ZeroMQ's I/O thread has written every queued message,
+        # and ZeroMQ reads the zero-copy pixel buffers until then. A process that exits
+        # with messages still queued loses them, and Python frees the buffers under the
+        # I/O thread's feet (segfaults, "Bad address (src/tcp.cpp)").
+        self._own_context = context is None
+        self._ctx = context if context is not None else zmq.Context()
+        self.linger_s = linger_s
+        """How long close() waits by default for queued messages to reach the worker."""
         # Linger > 0 so frames queued before close (incl. end-of-stream) still reach the worker.
         self._sock = _socket(self._ctx, zmq.PUSH, linger_ms=int(linger_s * 1000), hwm=hwm)
         # Queue only to a live worker: with no worker connected, sending blocks (and the
         # driver can tell the user) instead of filling a queue nobody will read.
         self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._curve = curve
+        self._silence_reported = False
         if curve is not None:
             _curve_as_client(self._sock, curve)
         self.endpoint = endpoint
@@ -383,28 +422,65 @@ class FramePusher:
         self.send_timeout_s = send_timeout_s
         self.blocked_s = 0.0
         """Total seconds spent waiting for the worker (backpressure), for progress display."""
+        self.answered = False
+        """Whether the worker ever took a message (its connection, CURVE handshake, works)."""
+        self.frames_handed = 0
+        """Frames handed to ZeroMQ (queued for the worker; not a confirmation)."""
+        self.eos_handed = False
+        """Whether the end-of-stream was handed to ZeroMQ."""
+        self.flushed: bool | None = None
+        """After close(): True when every queued message left for the worker's connection
+        within the linger time, False when some were still queued and were discarded,
+        None when unknown (a shared context, or closed with no linger)."""
 
-    def _wait_writable(self) -> None:
+    def _wait_writable(self, *, stoppable: bool = True, limit_s: float | None = None) -> None:
         start = time.monotonic()
         next_warning = 10.0
+        limit = self.send_timeout_s if limit_s is None else limit_s
         while not self._sock.poll(100, zmq.POLLOUT):
             waited = time.monotonic() - start
-            if self.stop is not None and self.stop.is_set():
+            if stoppable and self.stop is not None and self.stop.is_set():
                 self.blocked_s += waited
                 raise SendAborted(f"stopped while waiting for the worker on {self.endpoint}")
-            if self.send_timeout_s is not None and waited >= self.send_timeout_s:
+            if limit is not None and waited >= limit:
                 self.blocked_s += waited
                 raise SendTimeout(
-                    f"no worker accepted a frame on {self.endpoint} for {waited:.0f} s"
+                    f"no worker accepted a message on {self.endpoint} for {waited:.0f} s"
                 )
-            if waited >= next_warning:
+            self.report_silence(waited)
+            if waited >= next_warning and self.answered:
                 log.warning(
                     "worker on %s has not accepted frames for %.0f s (backpressure); waiting",
                     self.endpoint,
                     waited,
                 )
                 next_warning *= 2
+        self.answered = True
         self.blocked_s += time.monotonic() - start
+
+    def report_silence(self, waited: float) -> None:
+        """Once the worker has never taken a message for CURVE_SILENCE_S, say why that
+        may be: with CURVE, a worker that does not list this client's key refuses the
+        handshake and ZeroMQ waits without a word."""
+        if self.answered or self._silence_reported or waited < CURVE_SILENCE_S:
+            return
+        self._silence_reported = True
+        if self._curve is not None:
+            log.error(
+                "no answer from the worker on %s after %.0f s: it is not running, or it does "
+                "not accept this client's CURVE key (public key %s must be in the worker's "
+                "--curve-clients) or its server key is not the one given; still trying",
+                self.endpoint,
+                waited,
+                self._curve.public_key.decode(),
+            )
+        else:
+            log.warning(
+                "no answer from the worker on %s after %.0f s: is it running (and without "
+                "CURVE keys, or does it need this client's)? still trying",
+                self.endpoint,
+                waited,
+            )
 
     def send_frame(
         self,
@@ -417,25 +493,51 @@ class FramePusher:
         parts = encode_frame(header, image, labels)
         self._wait_writable()
         self._sock.send_multipart(parts, copy=False)
+        self.frames_handed += 1
 
     def try_send(self, parts: list[bytes | memoryview], timeout_ms: int = 0) -> bool:
         """Send an encoded message if the worker takes it within ``timeout_ms``."""
         if not self._sock.poll(timeout_ms, zmq.POLLOUT):
             return False
         self._sock.send_multipart(parts, copy=False)
+        self.answered = True
         return True
 
     def send_eos(self, eos: EndOfStream) -> None:
-        self._wait_writable()
+        """Queue the end-of-stream. A stopped stream's end-of-stream (reason 'aborted')
+        still waits up to ``EOS_WAIT_S`` for room, so the worker learns why it ended."""
+        stopped = self.stop is not None and self.stop.is_set()
+        limit = EOS_WAIT_S if stopped and self.send_timeout_s is None else None
+        self._wait_writable(stoppable=not stopped, limit_s=limit)
         self._sock.send(eos.model_dump_json().encode())
+        self.eos_handed = True
 
-    def close(self, linger_s: float | None = None) -> None:
-        """Close; queued frames are delivered for up to ``linger_s`` (default: the
-        constructor's) — pass 0 when the worker is known to be gone."""
-        if linger_s is None:
-            self._sock.close()
-        else:
-            self._sock.close(linger=int(linger_s * 1000))
+    def close(self, linger_s: float | None = None) -> bool | None:
+        """Close, waiting up to ``linger_s`` (default: the constructor's) until every
+        queued frame and the end-of-stream left for the worker — pass 0 when the worker
+        is known to be gone. Returns (and keeps in ``flushed``) whether they did; a
+        plain sender never learns whether the worker *stored* them (AckedPusher does)."""
+        linger = self.linger_s if linger_s is None else linger_s
+        if self._sock.closed:
+            return self.flushed
+        self._sock.close(linger=int(linger * 1000))
+        if not self._own_context:
+            return None
+        start = time.monotonic()
+        self._ctx.term()  # returns once the queue is written out, or after the linger time
+        waited = time.monotonic() - start
+        if linger > 0:
+            self.flushed = waited < linger
+            if not self.flushed:
+                log.warning(
+                    "the worker on %s did not take the last queued messages within %.0f s; "
+                    "they were discarded (frames handed: %d, end-of-stream %s)",
+                    self.endpoint,
+                    linger,
+                    self.frames_handed,
+                    "handed" if self.eos_handed else "not sent",
+                )
+        return self.flushed
 
 
 def encode_frame(
@@ -546,21 +648,41 @@ def _parse_header(raw: memoryview | bytes) -> FrameHeader | EndOfStream:
 
 
 def _peek_version(text: str) -> int | None:
-    import json
+    """The header's schema version, before the full validation (so that a newer
+    sender's message is named as such rather than as a list of unknown fields).
 
+    Parsed by pydantic's Rust JSON reader, which stops at a nesting depth of a few
+    hundred without recursing in Python (``json.loads`` raised RecursionError on 30,000
+    nested ``[``, which killed the worker); headers are already at most
+    MAX_HEADER_BYTES long."""
     try:
-        obj = json.loads(text)
+        obj = from_json(text)
     except ValueError as err:
-        raise BadMessage(f"header is not valid JSON: {err}") from None
+        raise BadMessage(f"header is not valid JSON: {_clip(str(err))}") from None
     if not isinstance(obj, dict):
         raise BadMessage("header must be a JSON object")
-    v = obj.get("schema_version")
-    return v if isinstance(v, int) else None
+    if "schema_version" not in obj:
+        return None
+    v = obj["schema_version"]
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise BadMessage(
+            f"schema_version must be a JSON integer, got {_clip(repr(v))}; this worker "
+            f"speaks version {SCHEMA_VERSION}"
+        )
+    return v
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Keep log lines about hostile input short."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _summarise(err: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in err.errors()
+    return _clip(
+        "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in err.errors()
+        ),
+        500,
     )
 
 
@@ -736,6 +858,9 @@ class AckedPusher:
         self.resent = 0
         """Frames sent again after a worker restart or a silence."""
         self.acknowledged = 0
+        """Messages (frames and end-of-streams) the worker acknowledged."""
+        self.frames_confirmed = 0
+        """Frames the worker acknowledged as committed (stored now or earlier)."""
         self.peak_unacked = 0
         self._buffer: list[_Pending] = []
         self._last_sent: dict[tuple[str, str], int] = {}
@@ -806,9 +931,20 @@ class AckedPusher:
             )
         return delivered
 
-    def close(self, linger_s: float | None = 0.0) -> None:
-        self.pusher.close(linger_s)
-        self.acks.close()
+    def unconfirmed(self) -> list[str]:
+        """What the worker has not acknowledged (yet): ``position/index`` of each frame,
+        and ``end-of-stream RUN`` — empty when everything sent is confirmed."""
+        return [
+            f"end-of-stream {p.run_id}" if p.eos else f"{p.position}/{p.index}"
+            for p in self._buffer
+        ]
+
+    def close(self, linger_s: float | None = None) -> bool | None:
+        """Close both sockets; ``linger_s`` as FramePusher.close (default: its own)."""
+        try:
+            return self.pusher.close(linger_s)
+        finally:
+            self.acks.close()
 
     # ------------------------------------------------------------- internals
     def _keep(self, pending: _Pending) -> None:
@@ -836,6 +972,7 @@ class AckedPusher:
                 )
             if lossy and self.overflow == "drop" and waited >= self.drop_wait_s:
                 return False
+            self.pusher.report_silence(waited)
             if timeout_s is not None and waited >= timeout_s:
                 return False
             if waited >= next_warning:
@@ -912,6 +1049,8 @@ class AckedPusher:
                 or p.index > ack.frame_index
             ]
         self.acknowledged += before - len(self._buffer)
+        if ack.status != "end-of-stream":
+            self.frames_confirmed += before - len(self._buffer)
         self._last_progress = time.monotonic()
 
     def _maybe_resend(self) -> None:
@@ -964,7 +1103,7 @@ def bench_throughput(
                     if isinstance(puller.recv(timeout_s=10), ReceivedFrame):
                         got += 1
 
-            closers = [pusher.close, puller.close]
+            closers: list[Callable[[], object]] = [pusher.close, puller.close]
         else:
             pull = _socket(ctx, zmq.PULL, linger_ms=0, hwm=4)
             endpoint = bind_random_port(pull)

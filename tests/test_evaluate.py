@@ -423,3 +423,22 @@ def test_sim_gt_against_itself(tmp_path: Path) -> None:
     assert r.division_f1 == 1.0
     assert r.TE == 1.0
     assert r.AA == 1.0
+
+
+def test_export_refuses_absurd_frame_ranges_without_writing_masks(tmp_path: Path) -> None:
+    """A frame index of 2**63 - 1 (accepted from the wire by older versions) made export
+    write empty masks forever; now it is refused at once, naming the frame."""
+    from livetrack.messages import MAX_FRAMES
+
+    f0 = _frame(0, {3: (8, 8)}, {})
+    out = tmp_path / "res"
+    with pytest.raises(EvaluationError, match=f"frame {2**63 - 1}"):
+        export_ctc([f0, _frame(2**63 - 1, {3: (8, 8)}, {})], [], out)
+    assert len(list(out.glob("mask*.tif"))) <= 1
+    keep = tmp_path / "kept"
+    keep.mkdir()
+    (keep / "mask000.tif").write_bytes(b"earlier export")
+    with pytest.raises(EvaluationError, match="refusing to export"):
+        export_ctc([f0], [], keep, n_frames=MAX_FRAMES + 1)
+    assert (keep / "mask000.tif").read_bytes() == b"earlier export"  # nothing touched
+    assert export_ctc([f0], [], tmp_path / "ok", n_frames=3) == tmp_path / "ok"

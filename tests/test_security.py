@@ -228,3 +228,51 @@ def test_worker_and_driver_processes_talk_over_curve(keys: Path, tmp_path: Path)
     with Store(db, readonly=True) as store:
         assert store.frame_indices("c", "sim") == list(range(6))
         assert store.runs()[0]["status"] == "finished"
+
+
+def test_world_readable_secret_key_is_named_with_the_fix(
+    keys: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = keys / "worker.secret"
+    with caplog.at_level("WARNING", logger="livetrack"):
+        curve_server(secret, [keys / "scope.public"])
+    assert not [r for r in caplog.records if "readable by other users" in r.message]
+    secret.chmod(0o644)
+    (keys / "scope.secret").chmod(0o640)
+    with caplog.at_level("WARNING", logger="livetrack"):
+        curve_server(secret, [keys / "scope.public"])
+        curve_client(keys / "scope.secret", keys / "worker.public")
+    warned = [r.getMessage() for r in caplog.records if "readable by other users" in r.message]
+    assert len(warned) == 2
+    assert f"chmod 600 {secret}" in warned[0]
+    assert f"chmod 600 {keys / 'scope.secret'}" in warned[1]
+
+
+def test_client_with_an_unlisted_key_is_told_the_worker_does_not_answer(
+    keys: Path,
+    zmq_context: zmq.Context,  # type: ignore[type-arg]
+    closing,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import livetrack.transport as transport
+
+    monkeypatch.setattr(transport, "CURVE_SILENCE_S", 0.5)
+    server = curve_server(keys / "worker.secret", [keys / "scope.public"])
+    puller = closing(FramePuller("tcp://127.0.0.1:0", context=zmq_context, curve=server))
+    intruder = closing(
+        FramePusher(
+            puller.endpoint,
+            context=zmq_context,
+            linger_s=0,
+            send_timeout_s=3,
+            curve=curve_client(keys / "intruder.secret", keys / "worker.public"),
+        )
+    )
+    with caplog.at_level("WARNING", logger="livetrack"), pytest.raises(SendTimeout):
+        intruder.send_frame(header(0), np.zeros((8, 8), np.uint16))
+    said = [r.getMessage() for r in caplog.records if r.name == "livetrack.transport"]
+    client_side = [m for m in said if "no answer from the worker" in m]
+    assert len(client_side) == 1  # once, not every poll
+    assert "does not accept this client's CURVE key" in client_side[0]
+    assert read_key(keys / "intruder.public").decode() in client_side[0]

@@ -110,6 +110,23 @@ def _raw_push(ctx: zmq.Context, endpoint: str, closing) -> zmq.Socket:  # type: 
     return sock
 
 
+def _with(**fields: object) -> bytes:
+    """A valid frame header (3x4 uint16) with some fields replaced, as raw JSON."""
+    d = json.loads(header().model_dump_json())
+    d.update(fields)
+    return json.dumps(d).encode()
+
+
+def test_frame_indices_up_to_the_documented_maximum_are_accepted() -> None:
+    from livetrack.messages import MAX_FRAMES
+
+    got = decode_driver_message([_with(frame_index=MAX_FRAMES - 1), b"\0" * 24])
+    assert isinstance(got, ReceivedFrame)
+    assert got.header.frame_index == MAX_FRAMES - 1
+    with pytest.raises(ValueError, match="frame_index"):
+        header(frame_index=MAX_FRAMES)
+
+
 @pytest.mark.parametrize(
     ("parts", "error", "match"),
     [
@@ -120,6 +137,21 @@ def _raw_push(ctx: zmq.Context, endpoint: str, closing) -> zmq.Socket:  # type: 
         ([header(dtype="uint16").model_dump_json().encode(), b"\0" * 5], BadFrame, "needs 24"),
         ([header().model_dump_json().encode()], BadFrame, "expected 2 parts"),
         ([EndOfStream(run_id="r").model_dump_json().encode(), b"x"], BadMessage, "1 part"),
+        # one message used to kill the worker: RecursionError in the JSON decoder ...
+        ([b"[" * 30_000], BadMessage, "not valid JSON"),
+        (
+            [header().model_dump_json().replace('"r1"', "[" * 30_000, 1).encode(), b""],
+            BadMessage,
+            "not valid JSON",
+        ),
+        # ... or OverflowError in the tracker; and 2**63 - 1 made export write forever
+        ([_with(frame_index=2**63), b"\0" * 24], BadMessage, "frame_index"),
+        ([_with(frame_index=10**30), b"\0" * 24], BadMessage, "frame_index"),
+        ([_with(frame_index=2**63 - 1), b"\0" * 24], BadMessage, "less than 10000000"),
+        ([_with(previous_frame=2**63 - 1), b"\0" * 24], BadMessage, "previous_frame"),
+        ([_with(schema_version="2"), b"\0" * 24], BadMessage, "must be a JSON integer"),
+        ([_with(schema_version="1"), b"\0" * 24], BadMessage, "must be a JSON integer"),
+        ([_with(schema_version=True), b"\0" * 24], BadMessage, "must be a JSON integer"),
     ],
 )
 def test_receiver_rejects_bad_messages_and_keeps_going(

@@ -30,6 +30,7 @@ import tifffile
 from numpy.typing import NDArray
 
 from livetrack.errors import EvaluationError
+from livetrack.messages import MAX_FRAMES
 from livetrack.track.base import TrackRecord
 
 if TYPE_CHECKING:
@@ -106,11 +107,18 @@ def export_ctc(
     Raises:
         EvaluationError: frames out of order, a track twice in one frame, more than
             65535 CTC tracks, ``n_frames`` smaller than the frames given, no frame with
-            a known shape, or a lineage the CTC format cannot express (a daughter that
-            starts before its mother's last detection).
+            a known shape, a lineage the CTC format cannot express (a daughter that
+            starts before its mother's last detection), or a frame range beyond
+            ``MAX_FRAMES`` (a corrupt index would otherwise mean empty masks forever);
+            checked before anything is written or removed where it can be.
     """
     if n_frames is not None and n_frames < 0:
         raise EvaluationError(f"n_frames must be >= 0, got {n_frames}")
+    if n_frames is not None and n_frames > MAX_FRAMES:
+        raise EvaluationError(
+            f"refusing to export {n_frames} frames: no acquisition has more than "
+            f"{MAX_FRAMES} time points (a corrupt frame index?)"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_old_results(out_dir)
@@ -156,6 +164,11 @@ def _export_one(
         )
     if n_frames is not None and t >= n_frames:
         raise EvaluationError(f"frame {t} is beyond n_frames={n_frames}")
+    if t >= MAX_FRAMES:
+        raise EvaluationError(
+            f"refusing to export frame {t}: frame indices stop at {MAX_FRAMES - 1} "
+            "(a corrupt frame index?)"
+        )
     mask = np.asarray(item.mask)
     if mask.ndim != 2:
         raise EvaluationError(f"frame {t}: mask must be 2-D, got shape {mask.shape}")
