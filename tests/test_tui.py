@@ -591,8 +591,11 @@ def test_layout_snapshot(finished_db: Path, size: tuple[int, int]) -> None:
     got = asyncio.run(drive())
     path = SNAPSHOTS / f"tui_{size[0]}x{size[1]}.json"
     if os.environ.get("LIVETRACK_UPDATE_SNAPSHOTS"):
+        # Writing the reference is never a pass: the run that writes it fails, so a CI
+        # with the variable set cannot go green by comparing a snapshot with itself.
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(got, indent=1, ensure_ascii=False) + "\n")
+        pytest.fail(f"wrote {path}; check its diff, then run the test again without the variable")
     assert path.exists(), f"no snapshot {path}; run with LIVETRACK_UPDATE_SNAPSHOTS=1"
     assert got == json.loads(path.read_text())
 
