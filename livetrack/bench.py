@@ -12,6 +12,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+SimulatorFactory = Callable[..., Any]
+"""Makes the simulator's frame source from a ``SimulationConfig`` (``with_labels=`` for
+tracking only); the CLI hands in ``drivers.simulator.SimulatorSource`` — nothing below the
+CLI imports drivers."""
+
+
 def run_bench(
-    sim_config: Any, *, transport_frames: int = 100, settings: Settings | None = None
+    sim_config: Any,
+    simulator: SimulatorFactory,
+    *,
+    transport_frames: int = 100,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Simulate a run of the given size through the real pipeline, then compare the
     transport with a bare pyzmq loop on 2048×2048 uint16 frames."""
     settings = settings or Settings()
-    from drivers.simulator import SimulatorSource
 
     report: dict[str, Any] = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -44,7 +54,7 @@ def run_bench(
         "segmenter": settings.segment.method,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        source = SimulatorSource(sim_config)
+        source = simulator(sim_config)
         summary = run_pipeline(
             source,
             settings,
@@ -124,11 +134,12 @@ def _rss_mb() -> float:
     return _peak_rss_mb()
 
 
-def run_soak(sim_config: Any, *, track_only: bool = False, window: int = 100) -> dict[str, Any]:
+def run_soak(
+    sim_config: Any, simulator: SimulatorFactory, *, track_only: bool = False, window: int = 100
+) -> dict[str, Any]:
     """A long simulated run through the real pipeline (sockets, worker, SQLite): RSS and
     per-frame latency early (frames ``window``..2×``window``) against late (the last
     ``window`` frames). Flat numbers mean nothing grows with the length of the movie."""
-    from drivers.simulator import SimulatorSource
 
     n = sim_config.n_frames
     if n < 4 * window:
@@ -152,7 +163,7 @@ def run_soak(sim_config: Any, *, track_only: bool = False, window: int = 100) ->
         stages.append(result.timings_ms)
 
     with tempfile.TemporaryDirectory() as tmp:
-        source = SimulatorSource(sim_config, with_labels=track_only)
+        source = simulator(sim_config, with_labels=track_only)
         summary = run_pipeline(
             source,
             Settings(),

@@ -1319,6 +1319,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from drivers.simulator import SimulatorSource
     from livetrack.bench import run_bench
 
     _setup_logging(args)
@@ -1331,13 +1332,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.soak:
         from livetrack.bench import format_soak, run_soak
 
-        soak = run_soak(_sim_config(args), track_only=args.track_only)
+        soak = run_soak(_sim_config(args), SimulatorSource, track_only=args.track_only)
         print(json.dumps(soak) if args.json else format_soak(soak))
         return 0
     from livetrack.config import load_settings
 
     settings = load_settings(segment={"method": args.segmenter})
-    report = run_bench(_sim_config(args), transport_frames=args.transport_frames, settings=settings)
+    report = run_bench(
+        _sim_config(args),
+        SimulatorSource,
+        transport_frames=args.transport_frames,
+        settings=settings,
+    )
     print(json.dumps(report) if args.json else report_text(report))
     return 0
 

@@ -1,0 +1,50 @@
+"""The dependency rules of the architecture, checked on the source so they stay true.
+
+- Nothing in ``livetrack/`` but the CLI (the composition root) imports ``drivers``: the
+  library takes frame sources through the ``FrameSource`` seam.
+- ``livetrack/transport.py`` is the only module that imports ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports (anywhere in the file)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_imported_modules_sees_imports_inside_functions(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from drivers.simulator import S\n    import zmq.asyncio\n")
+    assert imported_modules(f) == {"drivers", "zmq"}
+
+
+def test_only_the_cli_imports_drivers() -> None:
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in sorted((REPO / "livetrack").rglob("*.py"))
+        if p.name != "cli.py" and "drivers" in imported_modules(p)
+    ]
+    assert offenders == []
+
+
+def test_only_transport_imports_zmq() -> None:
+    modules = [*(REPO / "livetrack").rglob("*.py"), *(REPO / "drivers").rglob("*.py")]
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in sorted(modules)
+        if p != REPO / "livetrack" / "transport.py" and "zmq" in imported_modules(p)
+    ]
+    assert offenders == []
