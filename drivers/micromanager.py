@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from livetrack.errors import ConfigError, SourceError
+from livetrack.errors import ConfigError, HardwareTimeout, SourceError, SourceUnavailable
 from livetrack.source import FrameMeta
 
 log = logging.getLogger("livetrack.drivers.micromanager")
@@ -56,6 +56,9 @@ POLICIES: tuple[Policy, ...] = ("block", "drop-oldest", "drop-newest")
 JAVA_PORT = 4827
 """Micro-Manager Studio's default ZeroMQ server port."""
 DEMO_CONFIG = "MMConfig_demo.cfg"
+HARDWARE_TIMEOUT_S = 30.0
+"""Default bound on every wait on the hardware: the next image (beyond the exposure and
+the time-lapse interval), and the core's wait for a busy device."""
 
 _Frame = tuple[np.ndarray, FrameMeta]
 
@@ -208,6 +211,31 @@ def demo_adapter_path() -> Path:
     return Path(mm_test_adapters.device_adapter_path())
 
 
+def config_path(mm_app_path: Path, config_file: str) -> Path:
+    """Where the core will look for ``config_file``: as given when absolute, else inside
+    the install folder (pycromanager's rule)."""
+    path = Path(config_file)
+    return path if path.is_absolute() else Path(mm_app_path) / path
+
+
+def check_install(mm_app_path: Path, config_file: str) -> None:
+    """The install folder and its hardware configuration file exist (checked before
+    anything starts, so a typo is one clear error instead of a failed run)."""
+    if not Path(mm_app_path).is_dir():
+        raise SourceUnavailable(
+            f"Micro-Manager folder {mm_app_path} does not exist (--mm-app-path: the "
+            "folder of a Micro-Manager install, with its device adapters)"
+        )
+    cfg = config_path(mm_app_path, config_file)
+    if not cfg.is_file():
+        found = sorted(p.name for p in Path(mm_app_path).glob("*.cfg"))
+        there = f"; configs there: {', '.join(found)}" if found else ""
+        raise SourceUnavailable(
+            f"Micro-Manager config {config_file} not found (looked for {cfg}; a relative "
+            f"--mm-config is read from the --mm-app-path folder{there})"
+        )
+
+
 def ensure_headless(mm_app_path: Path, config_file: str) -> None:
     """Start this process's headless Python-backend core once. pycromanager supports one
     per process (a second start after ``stop_headless`` hangs), so it is never stopped
@@ -222,15 +250,16 @@ def ensure_headless(mm_app_path: Path, config_file: str) -> None:
                     "one headless core per process — start a new process for another config"
                 )
             return
-        if not mm_app_path.is_dir():
-            raise SourceError(f"Micro-Manager folder {mm_app_path} does not exist")
+        check_install(mm_app_path, config_file)
         from pycromanager import start_headless
 
         log.info("starting headless Micro-Manager core: %s, config %s", mm_app_path, config_file)
         try:
             start_headless(str(mm_app_path), config_file, python_backend=True)
         except Exception as err:  # pycromanager/pymmcore raise bare Exception/RuntimeError
-            raise SourceError(f"cannot start Micro-Manager from {mm_app_path}: {err}") from err
+            raise SourceUnavailable(
+                f"cannot start Micro-Manager from {mm_app_path} with {config_file}: {err}"
+            ) from err
         _headless_started = key
 
 
@@ -241,10 +270,18 @@ def check_java_server(port: int, timeout_s: float = 1.0) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout_s):
             pass
     except OSError as err:
-        raise SourceError(
+        raise SourceUnavailable(
             f"no Micro-Manager Studio is listening on port {port} ({err.strerror or err}); "
             "start Micro-Manager and enable Tools › Options › 'Run server on port 4827'"
         ) from None
+
+
+def _strings(values: Any) -> list[str]:
+    """A core's list of names as Python strings (a tuple from pymmcore, a StrVector with
+    ``size()``/``get(i)`` from the Java core)."""
+    if hasattr(values, "size") and hasattr(values, "get"):
+        return [str(values.get(i)) for i in range(int(values.size()))]
+    return [str(v) for v in values]
 
 
 # ------------------------------------------------------------------ source
@@ -280,6 +317,7 @@ class MicroManagerSource:
         policy: Policy = "block",
         save_dir: Path | None = None,
         connect_timeout_s: float = 2.0,
+        hardware_timeout_s: float = HARDWARE_TIMEOUT_S,
     ) -> None:
         if backend not in ("python", "java"):
             raise ConfigError(f"backend must be 'python' or 'java', got {backend!r}")
@@ -290,6 +328,10 @@ class MicroManagerSource:
             )
         if not 0 < port < 65536:
             raise ConfigError(f"port must be 1..65535, got {port}")
+        if not hardware_timeout_s > 0:
+            raise ConfigError(f"hardware timeout must be > 0 s, got {hardware_timeout_s}")
+        if backend == "python" and (mm_app_path is not None or config_file is not None):
+            check_install(mm_app_path or demo_adapter_path(), config_file or DEMO_CONFIG)
         self.plan = plan
         self.backend = backend
         self.mm_app_path = mm_app_path
@@ -297,6 +339,7 @@ class MicroManagerSource:
         self.port = port
         self.save_dir = save_dir
         self.connect_timeout_s = connect_timeout_s
+        self.hardware_timeout_s = hardware_timeout_s
         self._queue = FrameQueue(queue_size, policy)
         self._stats = _Stats()
         self._closing = threading.Event()
@@ -310,6 +353,12 @@ class MicroManagerSource:
         self._z_stack: dict[tuple[str, str], list[np.ndarray]] = {}
         self._pending: dict[int, int] = {}
         self._channel_names: tuple[str, ...] = tuple(plan.channels) or ("default",)
+        self._started_at = 0.0
+        self._current_t = 0
+        """The time point the engine is acquiring (for the hardware watchdog)."""
+        self._last_image_at = 0.0
+        """monotonic() when the engine last handed over an image."""
+        self._exposure_s = 0.0
 
     # -- FrameSource -----------------------------------------------------------
     @property
@@ -322,6 +371,11 @@ class MicroManagerSource:
         if self.plan.n_frames is None:
             return None
         return self.plan.n_frames * self.n_positions
+
+    @property
+    def delivered(self) -> int:
+        """Frames handed to the consumer so far."""
+        return self._stats.delivered
 
     @property
     def dropped(self) -> list[tuple[str, int]]:
@@ -377,16 +431,19 @@ class MicroManagerSource:
         self._prepare(core)
         self._start_acquisition()
         try:
+            idle_since = time.monotonic()
             while True:
                 item = self._queue.get(0.1)
                 if item is not None:
                     self._stats.delivered += 1
                     yield item
+                    idle_since = time.monotonic()
                     continue
                 if self._finished.is_set() and len(self._queue) == 0:
                     break
                 if self._closing.is_set():
                     return
+                self._check_hardware(idle_since)
             if self._error is not None and not self._closing.is_set():
                 raise SourceError(f"Micro-Manager acquisition failed: {self._error}")
         finally:
@@ -410,6 +467,22 @@ class MicroManagerSource:
         if self._stats.dropped:
             log.warning("dropped frames (stream, index): %s", self._stats.dropped)
 
+    def _check_hardware(self, idle_since: float) -> None:
+        """The hardware watchdog: raise when no image arrived for ``hardware_timeout_s``
+        beyond what the plan explains (the exposure, and the wait for the next time
+        point's start). The acquisition engine itself never gives up: a device that
+        stops answering, or a channel change it retries and abandons, would otherwise
+        leave the run waiting forever."""
+        due = self._started_at + self._current_t * self.plan.interval_s
+        waiting_since = max(idle_since, self._last_image_at, due)
+        late = time.monotonic() - waiting_since - self._exposure_s
+        if late > self.hardware_timeout_s:
+            raise HardwareTimeout(
+                f"no image from Micro-Manager for {late + self._exposure_s:.0f} s (time point "
+                f"{self._current_t}; hardware timeout {self.hardware_timeout_s:g} s, "
+                "--hardware-timeout): the camera or a device stopped answering, see the log"
+            )
+
     # -- connection and setup --------------------------------------------------
     def _connect(self) -> Any:
         if self.backend == "java":
@@ -419,7 +492,7 @@ class MicroManagerSource:
             try:
                 return ZMQRemoteMMCoreJ(port=self.port, timeout=int(self.connect_timeout_s * 1000))
             except Exception as err:  # pyjavaz raises bare Exception
-                raise SourceError(
+                raise SourceUnavailable(
                     f"cannot attach to Micro-Manager on port {self.port}: {err}"
                 ) from err
         app = self.mm_app_path or demo_adapter_path()
@@ -436,8 +509,11 @@ class MicroManagerSource:
             if p.exposure_ms is not None:
                 core.set_exposure(float(p.exposure_ms))
             size = float(core.get_pixel_size_um())
+            self._exposure_s = float(core.get_exposure()) / 1000.0
+            # The core's own bound on waits for a busy device (default 5 s).
+            core.set_timeout_ms(int(self.hardware_timeout_s * 1000))
         except Exception as err:  # the core raises RuntimeError / Java exceptions
-            raise SourceError(f"Micro-Manager rejected the settings: {err}") from err
+            raise SourceUnavailable(f"Micro-Manager rejected the settings: {err}") from err
         self._pixel_size_um = size if size > 0 else None
         if self._pixel_size_um is None:
             log.warning("no pixel size calibrated in Micro-Manager; lengths will be in pixels")
@@ -445,11 +521,50 @@ class MicroManagerSource:
             self._positions = self._studio_positions() or (StagePosition("Pos0"),)
         if len(self._positions) > 1 and any(s.x_um is None for s in self._positions):
             raise ConfigError("with several positions every one needs stage coordinates")
+        self._check_against_core(core)
         if p.channels:
             self._channel_names = tuple(p.channels)
         else:
             self._channel_names = (self._current_channel(core),)
         log.info("acquiring %s (pixel size %s µm)", self.describe(), self._pixel_size_um)
+
+    def _check_against_core(self, core: Any) -> None:
+        """Refuse a plan the hardware cannot carry out before acquiring: the acquisition
+        engine would otherwise retry the impossible channel change and wait forever."""
+        p = self.plan
+        try:
+            if p.channels:
+                groups = _strings(core.get_available_config_groups())
+                group = p.channel_group or ""
+                if group not in groups:
+                    raise SourceUnavailable(
+                        f"Micro-Manager has no config group {group!r} (--channel-group); "
+                        f"its groups: {', '.join(groups) or 'none'}"
+                    )
+                presets = _strings(core.get_available_configs(group))
+                missing = [c for c in p.channels if c not in presets]
+                if missing:
+                    raise SourceUnavailable(
+                        f"config group {group!r} has no channel "
+                        f"{', '.join(repr(c) for c in missing)} (--channel); "
+                        f"its channels: {', '.join(presets) or 'none'}"
+                    )
+            uses_xy = any(pos.x_um is not None for pos in self._positions)
+            if uses_xy and not str(core.get_xy_stage_device()):
+                raise SourceUnavailable(
+                    "stage positions given (--positions) but Micro-Manager has no XY "
+                    "stage (Core-XYStage is empty)"
+                )
+            uses_z = p.z_um or any(pos.z_um is not None for pos in self._positions)
+            if uses_z and not str(core.get_focus_device()):
+                raise SourceUnavailable(
+                    "focus positions given (--z or a position's Z) but Micro-Manager has no "
+                    "focus device (Core-Focus is empty)"
+                )
+        except SourceUnavailable:
+            raise
+        except Exception as err:  # the core raises RuntimeError / Java exceptions
+            raise SourceUnavailable(f"cannot check the plan against Micro-Manager: {err}") from err
 
     def _current_channel(self, core: Any) -> str:
         """The active preset of the core's channel group, else 'default'."""
@@ -507,6 +622,7 @@ class MicroManagerSource:
     def _start_acquisition(self) -> None:
         images_per_t = len(self._events(0))
         self._pending = {0: images_per_t}
+        self._started_at = self._last_image_at = time.monotonic()
         kwargs: dict[str, Any] = {"image_process_fn": self._on_image}
         if self.save_dir is not None:
             kwargs.update(directory=str(self.save_dir.parent), name=self.save_dir.name)
@@ -521,7 +637,7 @@ class MicroManagerSource:
                 self._acq = Acquisition(**kwargs)
             self._acq.acquire(self._events(0))
         except Exception as err:  # pycromanager raises bare Exception
-            raise SourceError(f"cannot start the Micro-Manager acquisition: {err}") from err
+            raise SourceUnavailable(f"cannot start the Micro-Manager acquisition: {err}") from err
         self._runner = threading.Thread(
             target=self._await, name="livetrack-mm-acquisition", daemon=True
         )
@@ -547,10 +663,12 @@ class MicroManagerSource:
         plane = self._project(position, channel, np.asarray(image))
         if plane is not None:
             self._hand_over(plane, metadata, t, position, channel)
+        self._last_image_at = time.monotonic()
         self._pending[t] -= 1
         if self._pending[t] == 0 and not self._closing.is_set():
             del self._pending[t]
             if self.plan.n_frames is None or t + 1 < self.plan.n_frames:
+                self._current_t = t + 1
                 self._pending[t + 1] = len(self._events(t + 1))
                 event_queue.put(self._events(t + 1))
             else:

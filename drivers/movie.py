@@ -15,6 +15,7 @@ import contextlib
 import io
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from livetrack.errors import SourceError
+from livetrack.errors import NoFramesRead, SourceError
 from livetrack.source import FrameMeta
 
 log = logging.getLogger("livetrack.drivers.movie")
@@ -95,6 +96,7 @@ class MovieSource:
         start = time.monotonic()
         first_t = self.planes[0].frame_index
         t0_rec = self.planes[0].recorded_s or 0.0
+        delivered = 0
         try:
             for plane in self.planes:
                 if self._closed:
@@ -106,6 +108,7 @@ class MovieSource:
                     log.error("skipping %s frame %d: %s", plane.position, plane.frame_index, err)
                     self.skipped.append((plane.position, plane.frame_index, str(err)))
                     continue
+                delivered += 1
                 yield (
                     image,
                     FrameMeta(
@@ -116,6 +119,8 @@ class MovieSource:
                         channel=self.channel,
                     ),
                 )
+            if not delivered and self.skipped:
+                raise no_frames_read(self.description, [s[2] for s in self.skipped])
         finally:
             self.close()
 
@@ -137,6 +142,13 @@ class MovieSource:
         self._closed = True
         if self._on_close is not None:
             self._on_close()
+
+
+def no_frames_read(what: str, reasons: Sequence[str]) -> NoFramesRead:
+    """The error for a recording none of whose frames could be read."""
+    return NoFramesRead(
+        f"{what}: none of its {len(reasons)} frame(s) could be read (first: {reasons[0]})"
+    )
 
 
 def _as_2d(arr: np.ndarray, what: str) -> np.ndarray:
@@ -193,10 +205,15 @@ def _max_of(readers: Sequence[Callable[[], np.ndarray]]) -> Callable[[], np.ndar
 _KNOWN_AXES = set("TCZYX")
 
 
-def normalise_axes(axes: str, shape: Sequence[int], what: str) -> str:
+def normalise_axes(axes: str, shape: Sequence[int], what: str, *, given: bool = True) -> str:
     """Map a TIFF series' axes onto T/C/Z/Y/X. A sequence axis of an unlabelled
-    multi-page file (tifffile's I/Q) is time; any other unknown axis must have size 1."""
+    multi-page file (tifffile's I/Q) is ambiguous — 12 pages may be 12 time points or 6
+    time points × 2 channels — so a file's own I/Q axis of size > 1 is refused
+    (``given=False``) until the user says the order; in an order the user gave, I/Q is
+    time. Any other unknown axis must have size 1."""
     axes = axes.upper()
+    if not given:
+        _refuse_unlabelled(axes, shape, what)
     if len(axes) != len(shape):
         raise SourceError(f"{what}: axes {axes!r} do not match the data shape {tuple(shape)}")
     if not axes.endswith("YX"):
@@ -215,6 +232,62 @@ def normalise_axes(axes: str, shape: Sequence[int], what: str) -> str:
     if any(out.count(a) > 1 for a in _KNOWN_AXES):
         raise SourceError(f"{what}: axes {''.join(out)!r} repeat an axis")
     return "".join(out)
+
+
+_EXAMPLE_AXES = {
+    1: "TYX (time points), ZYX (z-planes), TC2YX (time points × 2 channels)",
+    2: "TCYX",
+    3: "TCZYX",
+}
+_AXIS_TOKEN = re.compile(r"([A-Za-z])(\d*)")
+
+
+def sized_axes(axes: str, shape: Sequence[int], what: str) -> tuple[str, tuple[int, ...]]:
+    """The user's axis order, with optional sizes (``TC2YX``: 2 channels, the time
+    points from the page count), as letters and the shape to read the pages in. Sizes
+    let a flat page sequence (no metadata) be read as time points × channels × planes;
+    at most one leading axis may leave its size out."""
+    tokens = _AXIS_TOKEN.findall(axes)
+    if "".join(a + n for a, n in tokens) != axes or not tokens:
+        raise SourceError(
+            f"{what}: --axes {axes!r}: expected letters TCZYX, each optionally "
+            "followed by its size, e.g. TCYX or TC2YX"
+        )
+    letters = "".join(a for a, _ in tokens).upper()
+    sizes = [int(n) if n else None for _, n in tokens]
+    if all(n is None for n in sizes) and len(letters) == len(shape):
+        return letters, tuple(shape)
+    if len(letters) < 3:
+        raise SourceError(f"{what}: --axes {axes!r} must end in YX")
+    n_planes = math.prod(shape[:-2])
+    lead = sizes[:-2]
+    known = math.prod(n for n in lead if n is not None)
+    if lead.count(None) > 1 or known == 0 or n_planes % known:
+        raise SourceError(
+            f"{what}: --axes {axes!r} cannot split its {n_planes} planes (shape "
+            f"{tuple(shape)}); give the size of every leading axis but one, e.g. TC2YX"
+        )
+    filled = tuple(n if n is not None else n_planes // known for n in lead)
+    if math.prod(filled) != n_planes:
+        raise SourceError(
+            f"{what}: --axes {axes!r} sizes multiply to {math.prod(filled)} planes, "
+            f"the file has {n_planes}"
+        )
+    return letters, (*filled, *shape[-2:])
+
+
+def _refuse_unlabelled(axes: str, shape: Sequence[int], what: str) -> None:
+    unlabelled = [n for a, n in zip(axes, shape, strict=False) if a in "IQ" and n > 1]
+    if not unlabelled:
+        return
+    lead = len(shape) - 2
+    pages = math.prod(shape[:-2])
+    example = _EXAMPLE_AXES.get(lead, "TCZYX")
+    raise SourceError(
+        f"{what}: {pages} planes with no axis metadata (read as {axes!r}, shape "
+        f"{tuple(shape)}): are they time points, channels or z-planes? Give the order "
+        f"with --axes, e.g. --axes {example}"
+    )
 
 
 def _ome_image(tif: tifffile.TiffFile, index: int) -> dict[str, Any]:
@@ -296,11 +369,13 @@ def open_tiff_movie(
         channel_name = "default"
         for si, series in enumerate(all_series):
             what = f"{path.name} series {si}"
-            ax = normalise_axes(axes or series.axes, series.shape, what)
+            letters, shape = sized_axes(axes, series.shape, what) if axes else (None, None)
+            shape = shape or tuple(series.shape)
+            ax = normalise_axes(letters or series.axes, shape, what, given=axes is not None)
             image_md = _ome_image(tif, si)
             name = position if position and len(all_series) == 1 else None
             name = name or _series_position(path, series, si, len(all_series))
-            sizes = dict(zip(ax, series.shape, strict=True))
+            sizes = dict(zip(ax, shape, strict=True))
             names = _ome_channel_names(image_md, sizes.get("C", 1))
             ci = _pick_channel(names, channel, what)
             channel_name = names[ci] if image_md or len(names) > 1 else "default"
@@ -313,9 +388,7 @@ def open_tiff_movie(
                 for zi in zs:
                     idx = {"T": t, "C": ci, "Z": zi}
                     key = int(
-                        np.ravel_multi_index(
-                            tuple(idx.get(a, 0) for a in lead), tuple(series.shape[:-2])
-                        )
+                        np.ravel_multi_index(tuple(idx.get(a, 0) for a in lead), tuple(shape[:-2]))
                         if lead
                         else 0
                     )

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from drivers.movie import MovieSource, is_ndtiff, open_ndtiff_movie, open_tiff_movie
+from drivers.movie import (
+    MovieSource,
+    is_ndtiff,
+    no_frames_read,
+    open_ndtiff_movie,
+    open_tiff_movie,
+)
 from livetrack.errors import SourceError
 from livetrack.source import FrameMeta
 
@@ -117,6 +123,7 @@ class CTCReplaySource:
 
     def frames(self) -> Iterator[tuple[np.ndarray, FrameMeta]]:
         next_due = time.monotonic()
+        delivered = 0
         for idx, path in self.frames_by_index.items():
             if self._closed:
                 return
@@ -139,6 +146,7 @@ class CTCReplaySource:
                 if delay > 0:
                     time.sleep(delay)
                 next_due += 1.0 / self.fps
+            delivered += 1
             yield (
                 image,
                 FrameMeta(
@@ -149,6 +157,8 @@ class CTCReplaySource:
                     labels=labels,
                 ),
             )
+        if not delivered and self.skipped and not self._closed:
+            raise no_frames_read(f"replay {self.seq_dir}", [s[1] for s in self.skipped])
 
     def close(self) -> None:
         self._closed = True

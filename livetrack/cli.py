@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from livetrack import __version__
-from livetrack.errors import LivetrackError, validation_message
+from livetrack.errors import ConfigError, LivetrackError
 
 
 def _number_at_least(lower: float, *, strict: bool, says: str) -> Callable[[str], float]:
@@ -39,15 +39,76 @@ def _number_at_least(lower: float, *, strict: bool, says: str) -> Callable[[str]
 
 
 _positive = _number_at_least(0.0, strict=True, says="a positive number")
-"""Pixel size, frame rate, diameters, exposure, re-send delay."""
+"""Pixel size, frame rate, exposure, re-send delay, timeouts."""
 _non_negative = _number_at_least(0.0, strict=False, says="0 or more")
 """Intervals."""
+_diameter = _number_at_least(2.0, strict=True, says="more than 2 (pixels)")
+"""Nucleus diameters (the segmenter and the simulator both need > 2 px)."""
+
+
+def _int_at_least(lower: int) -> Callable[[str], int]:
+    """argparse type: a whole number ``>= lower``."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if n < lower:
+            raise argparse.ArgumentTypeError(f"must be {lower} or more, got {value}")
+        return n
+
+    return parse
+
+
+def _port(value: str) -> int:
+    n = _int_at_least(1)(value)
+    if n > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1..65535, got {value}")
+    return n
 
 
 log = logging.getLogger("livetrack")
 
 
 # ----------------------------------------------------------------- arguments
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, "(default: X)", unless it has none worth
+    showing (None, off, empty) or its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+        ):
+            return text
+        if isinstance(default, list | tuple):
+            shown = " ".join(str(v) for v in default)
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class _TopHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The top-level help: defaults, and the first-steps epilog laid out as written."""
+
+
+def _command(
+    sub: Any, name: str, summary: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` starts with what it does and shows defaults."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=description or summary, formatter_class=_HelpFormatter
+    )
+    return parser
+
+
 def _ctc_arg(p: argparse.ArgumentParser, masks: str) -> None:
     """The repeatable ``--ctc SEQ[:FIRST-LAST]`` training-data option."""
     p.add_argument(
@@ -59,16 +120,41 @@ def _ctc_arg(p: argparse.ArgumentParser, masks: str) -> None:
     )
 
 
-def _sim_args(p: argparse.ArgumentParser, *, frames_default: int = 50) -> None:
-    g = p.add_argument_group("simulation")
-    g.add_argument("--frames", type=int, default=frames_default, help="number of frames")
+def _sim_args(
+    p: argparse.ArgumentParser,
+    *,
+    frames_default: int = 50,
+    title: str = "simulated movie",
+    frames: bool = True,
+) -> argparse._ArgumentGroup:
+    g = p.add_argument_group(title)
+    if frames:
+        g.add_argument(
+            "--frames",
+            type=_int_at_least(1),
+            default=frames_default,
+            metavar="N",
+            help="number of frames to simulate",
+        )
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed = same movie)")
-    g.add_argument("--cells", type=int, default=None, help="initial number of nuclei")
     g.add_argument(
-        "--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="frame size in pixels"
+        "--cells", type=int, default=None, help="initial number of nuclei (default: the preset's)"
     )
     g.add_argument(
-        "--diameter", type=_positive, default=None, help="simulated nucleus diameter in pixels"
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="frame size in pixels (default: the preset's)",
+    )
+    g.add_argument(
+        "--diameter",
+        type=_diameter,
+        default=None,
+        metavar="PX",
+        help="diameter of the simulated nuclei in pixels: shapes the movie, not the "
+        "segmenter (that is --nucleus-diameter) (default: the preset's)",
     )
     g.add_argument(
         "--preset",
@@ -76,21 +162,22 @@ def _sim_args(p: argparse.ArgumentParser, *, frames_default: int = 50) -> None:
         default="default",
         help="statistics to mimic (see simulators/nuclei.py)",
     )
+    return g
 
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("pipeline")
-    g.add_argument("--db", type=Path, default=Path("livetrack.db"), help="SQLite database")
-    g.add_argument("--config", type=Path, default=None, help="settings file (TOML or JSON)")
+    g = p.add_argument_group("segmentation and tracking")
     g.add_argument(
-        "--run-id", default=None, help="run to write (an unfinished run with this id is resumed)"
+        "--config", type=Path, default=None, metavar="FILE", help="settings file (TOML or JSON)"
     )
     g.add_argument(
         "--nucleus-diameter",
-        type=_positive,
+        type=_diameter,
         default=None,
         dest="nucleus_diameter",
-        help="nucleus diameter in pixels (default: from pixel size or estimated)",
+        metavar="PX",
+        help="expected nucleus diameter in pixels, for the segmenter (default: from the "
+        "pixel size, else estimated)",
     )
     g.add_argument(
         "--segmenter",
@@ -103,6 +190,11 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
         choices=("lstm", "lap"),
         default=None,
         help="tracking method (default: from the settings, else lstm)",
+    )
+    g = p.add_argument_group("output")
+    g.add_argument("--db", type=Path, default=Path("livetrack.db"), help="SQLite database")
+    g.add_argument(
+        "--run-id", default=None, help="run to write (an unfinished run with this id is resumed)"
     )
     g.add_argument(
         "--events",
@@ -118,28 +210,55 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _mm_args(p: argparse.ArgumentParser) -> None:
+def _source_args(p: argparse.ArgumentParser) -> None:
+    """``run``'s choice of frame source, and the time-lapse options both sources share."""
     g = p.add_argument_group(
-        "Micro-Manager (--source micromanager; --frames N time points, 0 = until Ctrl-C; "
-        "--interval S between time points)"
+        "frame source", "Where frames come from: simulated nuclei, or a live microscope."
     )
     g.add_argument(
         "--source",
         choices=["simulator", "micromanager", "mmcore"],
         default="simulator",
-        help="where frames come from (default: the simulator)",
+        help="simulator: a simulated movie of dividing nuclei; micromanager: a live "
+        "acquisition (the DemoCamera unless --mm-app-path or --mm-java)",
+    )
+    g.add_argument(
+        "--frames",
+        type=_int_at_least(0),
+        default=50,
+        metavar="N",
+        help="time points: frames to simulate, or to acquire with Micro-Manager "
+        "(there, 0 = until Ctrl-C)",
+    )
+    g.add_argument(
+        "--interval",
+        type=_non_negative,
+        default=0.0,
+        metavar="S",
+        help="seconds between time points (0 = as fast as the worker goes)",
+    )
+
+
+def _mm_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "Micro-Manager (--source micromanager)",
+        "A live time-lapse from a headless Micro-Manager core (by default the DemoCamera of "
+        "mm-test-adapters) or from a running Micro-Manager Studio (--mm-java).",
     )
     g.add_argument(
         "--mm-app-path",
         type=Path,
         default=None,
+        metavar="FOLDER",
         help="Micro-Manager install folder for the headless Python backend (default: the "
         "DemoCamera of the mm-test-adapters package, with its demo config)",
     )
     g.add_argument(
         "--mm-config",
         default=None,
-        help="hardware config file (default MMConfig_demo.cfg; relative to --mm-app-path)",
+        metavar="FILE",
+        help="hardware config file, relative to --mm-app-path unless absolute "
+        "(default: MMConfig_demo.cfg)",
     )
     g.add_argument(
         "--mm-java",
@@ -147,7 +266,9 @@ def _mm_args(p: argparse.ArgumentParser) -> None:
         help="attach to a running Micro-Manager Studio instead (Tools › Options › "
         "'Run server on port 4827'); uses its hardware, config and position list",
     )
-    g.add_argument("--mm-port", type=int, default=4827, help="Studio server port (--mm-java)")
+    g.add_argument(
+        "--mm-port", type=_port, default=4827, metavar="PORT", help="Studio server port (--mm-java)"
+    )
     g.add_argument(
         "--positions",
         nargs="+",
@@ -156,12 +277,19 @@ def _mm_args(p: argparse.ArgumentParser) -> None:
         help="XY stage positions in µm (default: the Studio position list, else the current "
         "position as Pos0)",
     )
-    g.add_argument("--channel-group", default="Channel", help="config group of --channel")
+    g.add_argument(
+        "--channel-group",
+        default="Channel",
+        metavar="GROUP",
+        help="Micro-Manager config group of --channel",
+    )
     g.add_argument(
         "--channel",
         nargs="+",
         default=None,
-        help="channel preset(s); several are tracked as separate series POS-CHANNEL",
+        metavar="PRESET",
+        help="channel preset(s) of --channel-group; several are tracked as separate series "
+        "POS-CHANNEL (default: the current channel)",
     )
     g.add_argument(
         "--z",
@@ -169,9 +297,16 @@ def _mm_args(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="UM",
-        help="focus position(s) in µm: one = that plane, several = max projection",
+        help="focus position(s) in µm: one = that plane, several = max projection "
+        "(default: leave the focus alone)",
     )
-    g.add_argument("--exposure", type=_positive, default=None, help="exposure in ms")
+    g.add_argument(
+        "--exposure",
+        type=_positive,
+        default=None,
+        metavar="MS",
+        help="exposure in ms (default: the camera's current exposure)",
+    )
     g.add_argument(
         "--mm-property",
         action="append",
@@ -187,11 +322,26 @@ def _mm_args(p: argparse.ArgumentParser) -> None:
         help="when the worker lags: pause the camera (block, no frame lost) or drop frames "
         "(counted and logged)",
     )
-    g.add_argument("--queue-size", type=int, default=8, help="frames buffered before --overflow")
+    g.add_argument(
+        "--queue-size",
+        type=_int_at_least(1),
+        default=8,
+        metavar="N",
+        help="frames buffered before --overflow applies",
+    )
+    g.add_argument(
+        "--hardware-timeout",
+        type=_positive,
+        default=30.0,
+        metavar="S",
+        help="end the run with an error when no image arrives for this long beyond the "
+        "exposure and --interval, or a device stays busy this long",
+    )
     g.add_argument(
         "--save-dir",
         type=Path,
         default=None,
+        metavar="FOLDER",
         help="also save the raw acquisition as an NDTiff dataset here",
     )
 
@@ -271,36 +421,62 @@ def _delivery_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+_EPILOG = """\
+first steps:
+  livetrack run                         track a simulated movie into livetrack.db
+  livetrack run --source micromanager   track a live Micro-Manager acquisition
+                                        (the simulated DemoCamera unless told otherwise)
+  livetrack replay MOVIE                track a recording (CTC folder, TIFF, NDTiff)
+  livetrack tui                         watch a running worker or a database
+  livetrack COMMAND --help              every option of a command, with its default
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="livetrack", description="Live cell tracking on a stream of microscope frames."
+        prog="livetrack",
+        description="Live cell tracking on a stream of microscope frames: a source\n"
+        "(simulator, Micro-Manager or a recording) streams frames to a worker that\n"
+        "segments, tracks and stores them in SQLite.",
+        epilog=_EPILOG,
+        formatter_class=_TopHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"livetrack {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("run", help="simulator → worker → SQLite in one process (the default job)")
-    _sim_args(p)
-    _pipeline_args(p)
-    p.add_argument(
-        "--interval",
-        type=_non_negative,
-        default=0.0,
-        help="seconds between frames (0 = as fast as the worker goes)",
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do; livetrack COMMAND --help lists its options",
     )
-    p.add_argument(
+
+    p = _command(
+        sub,
+        "run",
+        "track live: a simulated movie (default) or a Micro-Manager microscope "
+        "(--source micromanager) → worker → SQLite, in one process",
+        "Acquire frames and track them as they arrive: from the simulator (default) or "
+        "from Micro-Manager (--source micromanager: the DemoCamera, your install with "
+        "--mm-app-path, or a running Studio with --mm-java). Segmentation, tracking and "
+        "the SQLite store run in the same process.",
+    )
+    _source_args(p)
+    g = _sim_args(p, title="simulated movie (--source simulator)", frames=False)
+    g.add_argument(
         "--track-only",
         action="store_true",
         help="send the simulator's ground-truth masks and only track them",
     )
     _mm_args(p)
     _mmcore_args(p)
+    _pipeline_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "replay",
-        help="replay a recording through the worker: CTC folder, (OME-)TIFF stack, NDTiff",
+        "replay a recording through the worker: CTC folder, (OME-)TIFF stack, NDTiff",
     )
     p.add_argument(
         "seq_dir",
@@ -308,62 +484,76 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MOVIE",
         help="CTC folder (tNNN.tif), multi-page / OME-TIFF / ImageJ file, or NDTiff folder",
     )
-    p.add_argument(
+    g = p.add_argument_group("recording")
+    g.add_argument(
         "--axes",
         default=None,
-        help="axis order of a TIFF's pages, e.g. TCZYX (default: from its metadata)",
+        help="axis order of a TIFF's pages, e.g. TCZYX (default: from its metadata; "
+        "required for a stack without axis metadata)",
     )
-    p.add_argument("--channel", default=None, help="channel name or index to track")
-    p.add_argument(
+    g.add_argument(
+        "--channel",
+        default=None,
+        help="channel name or index to track (default: the first)",
+    )
+    g.add_argument(
         "--z", default=None, help="z-plane index to track, or 'max' (default: max projection)"
     )
-    p.add_argument(
+    g.add_argument(
         "--realtime",
         action="store_true",
         help="pace frames at their recorded timestamps (OME-TIFF, ImageJ, NDTiff)",
     )
-    p.add_argument(
+    g.add_argument(
         "--masks",
         type=Path,
         default=None,
-        help="folder of label masks to track instead of segmenting",
+        metavar="FOLDER",
+        help="folder of label masks to track instead of segmenting (CTC folders)",
     )
-    p.add_argument(
+    g.add_argument(
         "--pixel-size",
         type=_positive,
         default=None,
         dest="pixel_size",
+        metavar="UM",
         help="µm per pixel (default: from the TIFF tags)",
     )
-    p.add_argument(
+    g.add_argument(
         "--fps",
         type=_positive,
         default=None,
         help="time points per second (default: as fast as possible)",
     )
-    p.add_argument(
+    g.add_argument(
         "--position", default=None, help="position name (default: from the folder or file)"
     )
     _pipeline_args(p)
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("worker", help="run the worker alone (frames in, SQLite + events out)")
+    p = _command(sub, "worker", "run the worker alone (frames in, SQLite + events out)")
     _pipeline_args(p)
-    p.add_argument("--frames-endpoint", default=None, help="PULL endpoint to bind for frames")
-    p.add_argument("--exit-on-eos", action="store_true", help="stop after the stream ends")
-    p.add_argument(
+    g = p.add_argument_group("network")
+    g.add_argument(
+        "--frames-endpoint",
+        default=None,
+        metavar="ENDPOINT",
+        help="PULL endpoint to bind for frames (default tcp://127.0.0.1:5557)",
+    )
+    g.add_argument("--exit-on-eos", action="store_true", help="stop after the stream ends")
+    g.add_argument(
         "--allow-remote",
         action="store_true",
         help="allow binding beyond 127.0.0.1; needs --curve-secret and --curve-clients",
     )
-    p.add_argument(
+    g.add_argument(
         "--curve-secret",
         type=Path,
         default=None,
         metavar="FILE",
         help="the worker's CURVE secret key (livetrack keys): encrypt and authenticate",
     )
-    p.add_argument(
+    g.add_argument(
         "--curve-clients",
         type=Path,
         nargs="+",
@@ -373,40 +563,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("sim", help="stream the simulator to a running worker")
+    p = _command(sub, "sim", "stream the simulator to a running worker")
     _sim_args(p)
-    p.add_argument("--connect", default="tcp://127.0.0.1:5557", help="worker frames endpoint")
-    p.add_argument("--interval", type=_non_negative, default=0.0, help="seconds between frames")
-    p.add_argument("--run-id", default=None, help="run id (default: from the seed and size)")
-    p.add_argument("--track-only", action="store_true", help="send ground-truth masks too")
+    g = p.add_argument_group("streaming")
+    g.add_argument(
+        "--connect",
+        default="tcp://127.0.0.1:5557",
+        metavar="ENDPOINT",
+        help="the worker's frames endpoint",
+    )
+    g.add_argument(
+        "--interval", type=_non_negative, default=0.0, metavar="S", help="seconds between frames"
+    )
+    g.add_argument("--run-id", default=None, help="run id (default: from the seed and size)")
+    g.add_argument("--track-only", action="store_true", help="send ground-truth masks too")
     _delivery_args(p)
     p.set_defaults(func=cmd_sim)
 
-    p = sub.add_parser("keys", help="create a CURVE keypair for remote endpoints")
-    p.add_argument("out_dir", type=Path)
+    p = _command(sub, "keys", "create a CURVE keypair for remote endpoints")
+    p.add_argument("out_dir", type=Path, help="folder to write the key files into")
     p.add_argument("--name", default="livetrack", help="file names: NAME.public, NAME.secret")
     p.set_defaults(func=cmd_keys)
 
-    p = sub.add_parser("simulate", help="write a simulated movie with ground truth (CTC layout)")
-    p.add_argument("out_dir", type=Path)
+    p = _command(sub, "simulate", "write a simulated movie with ground truth (CTC layout)")
+    p.add_argument(
+        "out_dir", type=Path, help="folder to write NN/ (frames) and NN_GT/ (ground truth) into"
+    )
     p.add_argument("--sequence", default="01", help="sequence name (folder NN)")
     _sim_args(p)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("train", help="train a learned model")
-    train_sub = p.add_subparsers(dest="model", required=True, metavar="MODEL")
-    p = train_sub.add_parser("segment", help="the learned nucleus segmenter (seeded)")
+    p = _command(sub, "train", "train a learned model")
+    train_sub = p.add_subparsers(
+        dest="model", required=True, metavar="MODEL", help="the model to train"
+    )
+    p = _command(train_sub, "segment", "the learned nucleus segmenter (seeded)")
     p.add_argument("out_dir", type=Path, help="model folder to write (config.json, weights.pt)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same model)")
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps")
     p.add_argument("--sim-movies", type=int, default=160, help="random simulated movies")
     _ctc_arg(p, "NN_GT/SEG masks")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_train_segment)
 
-    p = train_sub.add_parser("track", help="the learned (LSTM) tracker (seeded)")
+    p = _command(train_sub, "track", "the learned (LSTM) tracker (seeded)")
     p.add_argument("out_dir", type=Path, help="model folder to write (config.json, weights.pt)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same model)")
     p.add_argument("--steps", type=int, default=6000, help="optimiser steps")
     p.add_argument("--sim-movies", type=int, default=120, help="random simulated training movies")
     p.add_argument("--val-movies", type=int, default=8, help="simulated validation movies")
@@ -420,23 +622,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_train_track)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "export",
-        help="export a run's lineages: CTC folder, GEFF, detections table, napari arrays",
-        description="Write one or more of: --ctc (Cell Tracking Challenge result folder), "
+        "export a run's lineages: CTC folder, GEFF, detections table, napari arrays",
+        "Write one or more of: --ctc (Cell Tracking Challenge result folder), "
         "--geff (tracking graph + segmentation, read by traccuracy, napari-geff, ultrack, "
         "motile), --table (one row per detection with track, parent, fate, area, perimeter, "
         "eccentricity; mean_intensity is empty: the store keeps masks, not images), --napari "
         "(.npz: tracks, graph, labels for napari's Tracks and Labels layers). The table "
         "covers every position unless --position is given; the others need one position.",
     )
-    p.add_argument("db", type=Path)
-    p.add_argument("--ctc", type=Path, default=None, metavar="OUT_DIR")
-    p.add_argument("--geff", type=Path, default=None, metavar="OUT.zarr")
-    p.add_argument("--table", type=Path, default=None, metavar="OUT.csv|OUT.parquet")
-    p.add_argument("--napari", type=Path, default=None, metavar="OUT.npz")
-    p.add_argument("--run-id", default=None, help="default: the latest run")
-    p.add_argument("--position", default=None, help="default: the only position")
+    p.add_argument("db", type=Path, help="the SQLite database of the run")
+    p.add_argument(
+        "--ctc",
+        type=Path,
+        default=None,
+        metavar="OUT_DIR",
+        help="CTC result folder to write (maskNNN.tif + res_track.txt)",
+    )
+    p.add_argument(
+        "--geff", type=Path, default=None, metavar="OUT.zarr", help="GEFF graph to write"
+    )
+    p.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        metavar="OUT.csv|OUT.parquet",
+        help="table of detections to write (.parquet needs pyarrow)",
+    )
+    p.add_argument(
+        "--napari", type=Path, default=None, metavar="OUT.npz", help="napari layer data to write"
+    )
+    p.add_argument("--run-id", default=None, help="run to export (default: the latest run)")
+    p.add_argument(
+        "--position", default=None, help="position to export (default: the only position)"
+    )
     p.add_argument(
         "--n-frames",
         type=int,
@@ -445,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="score a CTC result folder against ground truth")
+    p = _command(sub, "evaluate", "score a CTC result folder against ground truth")
     p.add_argument("res_dir", type=Path, help="folder with maskNNN.tif + res_track.txt")
     p.add_argument("gt_dir", type=Path, help="the NN_GT folder (TRA/, optional SEG/)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -453,9 +674,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     # benchmark: the held-out evaluation suite
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "benchmark",
-        help="run a suite of held-out movies through named pipelines; one table of scores",
+        "run a suite of held-out movies through named pipelines; one table of scores",
     )
     p.add_argument(
         "suite",
@@ -494,10 +716,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     # baseline: third-party trackers on label masks, written for `livetrack evaluate`
-    p = sub.add_parser("baseline", help="track label masks with a third-party tracker (CTC)")
-    baseline_sub = p.add_subparsers(dest="baseline", required=True, metavar="TRACKER")
-    p = baseline_sub.add_parser(
-        "laptrack", help="laptrack (pip install -e '.[compare]') on a folder of label masks"
+    p = _command(sub, "baseline", "track label masks with a third-party tracker (CTC)")
+    baseline_sub = p.add_subparsers(
+        dest="baseline", required=True, metavar="TRACKER", help="the third-party tracker"
+    )
+    p = _command(
+        baseline_sub,
+        "laptrack",
+        "laptrack (pip install -e '.[compare]') on a folder of label masks",
     )
     p.add_argument("mask_dir", type=Path, help="label masks, e.g. NN_GT/TRA (man_trackNNN.tif)")
     p.add_argument("out_dir", type=Path, help="CTC result folder to write (maskNNN.tif + txt)")
@@ -510,38 +736,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_baseline_laptrack)
 
-    p = sub.add_parser("bench", help="per-stage timings and memory of a simulated run")
+    p = _command(sub, "bench", "per-stage timings and memory of a simulated run")
     _sim_args(p, frames_default=30)
-    p.add_argument(
+    g = p.add_argument_group("benchmark")
+    g.add_argument(
         "--transport-frames",
         type=int,
         default=100,
         help="frames for the 2048² ZeroMQ throughput comparison (0 = skip)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument(
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.add_argument(
         "--soak",
         action="store_true",
         help="long run: RSS and per-frame latency early vs late (use with --frames 10000)",
     )
-    p.add_argument(
+    g.add_argument(
         "--track-only",
         action="store_true",
         help="(--soak) track the simulator's masks instead of segmenting",
     )
-    p.add_argument(
+    g.add_argument(
         "--segmenter",
         choices=("classical", "learned"),
         default="learned",
         help="segmentation method to measure (default: learned, the pipeline's default)",
     )
-    p.add_argument(
+    g.add_argument(
         "--tracking",
         action="store_true",
         help="trackers alone: median ms/frame at --track-cells cells (lstm and lap on the "
         "same frames) and RSS after 100 vs 5,000 frames",
     )
-    p.add_argument(
+    g.add_argument(
         "--track-cells",
         type=int,
         nargs="+",
@@ -551,7 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("tui", help="the monitoring dashboard for a running worker and/or a DB")
+    p = _command(sub, "tui", "the monitoring dashboard for a running worker and/or a DB")
     p.add_argument(
         "--db", type=Path, default=Path("livetrack.db"), help="SQLite database (history)"
     )
@@ -789,9 +1016,43 @@ def _run_source(args: argparse.Namespace, source: Any, description: str, base_ru
             on_frame=progress.update,
             on_ready=lambda ep: log.info("publishing events on %s", ep),
         )
+    _raise_if_nothing_stored(summary)
     _print_summary(summary, source)
     _print_resume_hint(summary)
+    _raise_if_source_failed(summary)
     return 0
+
+
+def _source_failure(summary: Any) -> LivetrackError | None:
+    """The error that ended the source's stream, if one did (typed, from the driver)."""
+    pump = summary.pump
+    if pump is None or pump.reason != "error":
+        return None
+    return pump.error or LivetrackError(pump.message or "the frame source failed")
+
+
+def _raise_if_nothing_stored(summary: Any) -> None:
+    """A run that could not start, or ended without storing a frame, is a failure: its
+    error alone, no summary of nothing and no resume hint (the same command would fail
+    the same way). A run stopped by the user is not a failure."""
+    if summary.frames_stored or summary.frames_duplicate:
+        return
+    failure = _source_failure(summary)
+    if failure is not None:
+        raise failure
+    if summary.pump is not None and summary.pump.reason == "complete":
+        raise LivetrackError(
+            f"run {summary.run_id} stored no frames ({summary.pump.frames_sent} sent, "
+            f"{summary.frames_rejected} rejected by the worker; see the log)"
+        )
+
+
+def _raise_if_source_failed(summary: Any) -> None:
+    """After the summary of what was stored: a source that failed mid-run still makes
+    the command fail."""
+    failure = _source_failure(summary)
+    if failure is not None:
+        raise failure
 
 
 def _tui_logging(args: argparse.Namespace, app: Any) -> None:
@@ -830,6 +1091,10 @@ def _run_with_tui(
             app.pipeline_finished(f"run {run_id} failed: {err}", error=True)
             return
         outcome["summary"] = summary
+        failure = _source_failure(summary)
+        if failure is not None:
+            app.pipeline_finished(f"run {run_id} failed: {failure}; q quits", error=True)
+            return
         app.pipeline_finished(
             f"run {run_id} finished: {summary.frames_stored} frames stored; q quits"
         )
@@ -852,8 +1117,10 @@ def _run_with_tui(
         raise outcome["error"]
     summary = outcome.get("summary")
     if summary is not None:
+        _raise_if_nothing_stored(summary)
         _print_summary(summary, source)
         _print_resume_hint(summary)
+        _raise_if_source_failed(summary)
     return 0
 
 
@@ -873,14 +1140,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.source == "mmcore":
         return _run_mmcore(args)
-    if args.mda is not None:
-        from livetrack.errors import ConfigError
-
-        # drivers.useq_plan.to_acquisition_plan converts it for pycromanager; the CLI
-        # wiring into _run_micromanager is not done yet.
-        raise ConfigError("--mda is a plan for --source mmcore")
     if args.source == "micromanager":
         return _run_micromanager(args)
+    if args.mda is not None:
+        raise ConfigError("--mda is a plan for --source mmcore or --source micromanager")
+    if args.frames == 0:
+        raise ConfigError(
+            "--frames 0 (acquire until Ctrl-C) is for --source micromanager; "
+            "a simulated movie needs --frames 1 or more"
+        )
     cfg = _sim_config(args)
     source = SimulatorSource(cfg, interval_s=args.interval, with_labels=args.track_only)
     return _run_source(args, source, source.describe(), _sim_run_id(cfg))
@@ -890,7 +1158,6 @@ def _run_micromanager(args: argparse.Namespace) -> int:
     from drivers.micromanager import (
         DEMO_CONFIG,
         AcquisitionPlan,
-        MicroManagerSource,
         parse_position,
         parse_property,
     )
@@ -901,6 +1168,14 @@ def _run_micromanager(args: argparse.Namespace) -> int:
     properties = [parse_property(t) for t in args.mm_property]
     if demo and not properties:
         properties = [("Camera", "Mode", "Fluorescent Beads")]
+    if args.mda is not None:
+        from drivers.useq_plan import load_sequence, to_acquisition_plan
+
+        # The same useq plan as --source mmcore; what pycromanager's plan cannot express
+        # is refused by name.
+        return _acquire_micromanager(
+            args, to_acquisition_plan(load_sequence(args.mda), tuple(properties))
+        )
     plan = AcquisitionPlan(
         n_frames=args.frames or None,
         interval_s=args.interval,
@@ -911,6 +1186,12 @@ def _run_micromanager(args: argparse.Namespace) -> int:
         z_um=tuple(args.z or ()),
         properties=tuple(properties),
     )
+    return _acquire_micromanager(args, plan)
+
+
+def _acquire_micromanager(args: argparse.Namespace, plan: Any) -> int:
+    from drivers.micromanager import MicroManagerSource
+
     source = MicroManagerSource(
         plan,
         backend="java" if args.mm_java else "python",
@@ -920,8 +1201,14 @@ def _run_micromanager(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         policy=args.overflow,
         save_dir=args.save_dir,
+        hardware_timeout_s=args.hardware_timeout,
     )
-    code = _run_source(args, source, source.describe(), "mm-java" if args.mm_java else "mm")
+    try:
+        code = _run_source(args, source, source.describe(), "mm-java" if args.mm_java else "mm")
+    except LivetrackError:
+        if source.delivered:
+            print(f"  micromanager: {source.summary()}")
+        raise
     print(f"  micromanager: {source.summary()}")
     return code
 
@@ -932,7 +1219,6 @@ def _run_mmcore(args: argparse.Namespace) -> int:
     from drivers.micromanager import parse_property
     from drivers.mmcore import DEMO_CONFIG, MMCoreSource
     from drivers.useq_plan import load_sequence
-    from livetrack.errors import ConfigError
 
     if args.mda is None:
         raise ConfigError("--source mmcore needs --mda PLAN (a useq MDASequence .yaml/.json)")
@@ -1355,6 +1641,32 @@ def report_text(report: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- main
+_OPTION_OF_FIELD = {
+    ("SimulationConfig", "n_frames"): "--frames",
+    ("SimulationConfig", "seed"): "--seed",
+    ("SimulationConfig", "n_cells"): "--cells",
+    ("SimulationConfig", "height"): "--size H",
+    ("SimulationConfig", "width"): "--size W",
+    ("SimulationConfig", "nucleus_diameter_px"): "--diameter",
+}
+"""Model fields a command-line option sets directly: errors name the option, not the
+internal field."""
+
+
+def _invalid_options(err: ValidationError) -> str:
+    """A ValidationError as one line, each problem under the option that set the value
+    (``--frames: Input should be ≥ 1 (got 0)``), else under its field name."""
+    parts = []
+    all_options = True
+    for e in err.errors():
+        loc = tuple(str(x) for x in e.get("loc", ()))
+        option = _OPTION_OF_FIELD.get((err.title, loc[0])) if len(loc) == 1 else None
+        all_options = all_options and option is not None
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{option or '.'.join(loc) or 'value'}: {msg} (got {e.get('input')!r})")
+    return ("" if all_options else "invalid setting: ") + "; ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1365,10 +1677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"livetrack {args.command}: error: {err}", file=sys.stderr)
         return 1
     except ValidationError as err:  # a setting out of range that argparse let through
-        print(
-            f"livetrack {args.command}: error: invalid setting: {validation_message(err)}",
-            file=sys.stderr,
-        )
+        print(f"livetrack {args.command}: error: {_invalid_options(err)}", file=sys.stderr)
         return 1
     except FileNotFoundError as err:
         print(f"livetrack {args.command}: error: {err.filename}: not found", file=sys.stderr)

@@ -8,8 +8,11 @@ environment variables (e.g. ``LIVETRACK_TRACK__MAX_GAP=3``).
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +63,49 @@ class Settings(BaseSettings):
     store: StoreConfig = StoreConfig()
 
 
+ENV_PREFIX = "LIVETRACK_"
+OTHER_ENV_VARS = frozenset({"LIVETRACK_UPDATE_SNAPSHOTS"})
+"""``LIVETRACK_`` variables that are not settings (the test suite's snapshot switch)."""
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``LIVETRACK_`` variable that names no setting. pydantic-settings ignores
+    variables it does not recognise, so ``LIVETRACK_TRAK__MAX_GAP=3`` (misspelt section)
+    or ``LIVETRACK_TRACK_MAX_GAP=3`` (one underscore) would silently change nothing."""
+    environ = os.environ if environ is None else environ
+    sections = Settings.model_fields
+    for key in sorted(environ):
+        if not key.upper().startswith(ENV_PREFIX) or key.upper() in OTHER_ENV_VARS:
+            continue
+        section, sep, rest = key[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in sections:
+            raise ConfigError(
+                f"environment variable {key}: no settings section {section!r}"
+                f"{_did_you_mean(section, sections)}; the form is "
+                f"LIVETRACK_<SECTION>__<FIELD> with sections {', '.join(sections)}"
+            )
+        if not sep:
+            continue  # the whole section as JSON, e.g. LIVETRACK_TRACK='{"max_gap": 3}'
+        model = sections[section].annotation
+        fields = getattr(model, "model_fields", {})
+        name = rest.partition("__")[0]
+        if name not in fields:
+            raise ConfigError(
+                f"environment variable {key}: section {section!r} has no setting {name!r}"
+                f"{_did_you_mean(name, fields)}"
+            )
+
+
+def _did_you_mean(word: str, choices: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Build Settings from an optional TOML/JSON file, env vars and explicit overrides
-    (``overrides`` are section dicts, e.g. ``track={"max_gap": 3}``; they win)."""
+    (``overrides`` are section dicts, e.g. ``track={"max_gap": 3}``; they win). An
+    unknown ``LIVETRACK_`` variable is an error, not ignored."""
+    check_environment()
     data: dict[str, Any] = {}
     if path is not None:
         data = _read_config_file(path)

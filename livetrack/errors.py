@@ -35,6 +35,20 @@ class SourceError(LivetrackError):
     """A frame source (driver, movie, microscope) failed or was given bad input."""
 
 
+class SourceUnavailable(SourceError):
+    """The source could not start: a Micro-Manager install, configuration or Studio that
+    is missing or unreachable, or a channel, group or stage the hardware does not have.
+    Nothing was acquired; running the same command again will fail the same way."""
+
+
+class HardwareTimeout(SourceError):
+    """A wait on the hardware (an image, a device) took longer than its timeout."""
+
+
+class NoFramesRead(SourceError):
+    """A recording ended without a single readable frame (every frame was skipped)."""
+
+
 class ConfigError(LivetrackError):
     """A configuration file or option is invalid."""
 

@@ -32,6 +32,9 @@ class PumpResult:
     message: str = ""
     frames_dropped: int = 0
     """Frames dropped because the worker could not keep up (explicitly lossy mode only)."""
+    error: LivetrackError | None = None
+    """The typed error that ended the stream (reason ``error``), for the caller to report
+    (the CLI turns it into its message and exit code)."""
 
 
 def header_for(
@@ -73,6 +76,7 @@ def pump(
     positions: list[str] = []
     reason: Literal["complete", "aborted", "error"] = "complete"
     message = ""
+    error: LivetrackError | None = None
     per_position = _frames_per_position(source)
     try:
         for image, meta in source.frames():
@@ -100,6 +104,7 @@ def pump(
         reason, message = "aborted", "stopped while the worker was busy"
     except (LivetrackError, SendTimeout) as err:
         reason, message = "error", str(err)
+        error = err if isinstance(err, LivetrackError) else None
         log.error("driver stopped: %s", err)
     finally:
         source.close()
@@ -122,7 +127,7 @@ def pump(
             log.warning("end-of-stream not delivered (%s); the run stays resumable", err)
     if dropped:
         log.warning("%d frames were dropped because the worker could not keep up", dropped)
-    return PumpResult(sent, tuple(positions), reason, message, frames_dropped=dropped)
+    return PumpResult(sent, tuple(positions), reason, message, frames_dropped=dropped, error=error)
 
 
 def _frames_per_position(source: FrameSource) -> int | None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tifffile
 
-from livetrack.cli import main
+from livetrack.cli import build_parser, main
 from livetrack.store import Store
 from tests.conftest import SIM_PLUS, needs_data
 
@@ -234,6 +236,7 @@ def test_errors_are_one_clear_line_and_exit_1(
         (["--fps", "0"], "argument --fps: must be a positive number, got 0"),
         (["--pixel-size", "nan"], "argument --pixel-size: must be a positive number, got nan"),
         (["--nucleus-diameter", "abc"], "argument --nucleus-diameter: 'abc' is not a number"),
+        (["--nucleus-diameter", "1"], "argument --nucleus-diameter: must be more than 2 (pixels)"),
     ],
 )
 def test_out_of_range_numbers_are_refused_before_anything_starts(
@@ -252,12 +255,11 @@ def test_out_of_range_numbers_are_refused_before_anything_starts(
     [
         (
             ["run", "--frames", "3", "--size", "0", "64"],
-            "error: invalid setting: height: Input should be greater than or equal to 16 (got 0)",
+            "error: --size H: Input should be greater than or equal to 16 (got 0)",
         ),
         (
-            ["run", "--frames", "3", "--nucleus-diameter", "1"],
-            "error: invalid settings: segment.nucleus_diameter_px: Input should be greater "
-            "than 2 (got 1.0)",
+            ["run", "--frames", "3", "--cells", "-1"],
+            "error: --cells: Input should be greater than or equal to 0 (got -1)",
         ),
     ],
 )
@@ -384,3 +386,153 @@ def test_run_records_which_model_weights_it_used(
     models = run["config"]["models"]
     for kind, folder in (("segment", SHIPPED_SEGMENT_MODEL), ("track", SHIPPED_TRACK_MODEL)):
         assert models[kind] == hashlib.sha256((folder / "weights.pt").read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------- what a new user hits first
+def _all_parsers(
+    parser: argparse.ArgumentParser, name: str = "livetrack"
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    found = [(name, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                found += _all_parsers(sub, f"{name} {sub_name}")
+    return found
+
+
+def _rendered_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """The help text of one option as ``--help`` prints it (defaults expanded)."""
+    formatter = parser._get_formatter()
+    formatter.add_argument(action)
+    return " ".join(formatter.format_help().split())
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    missing_help, missing_default = [], []
+    for name, parser in _all_parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                continue
+            label = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            if isinstance(action, argparse._SubParsersAction):
+                missing_help += [f"{label} {c.dest}" for c in action._choices_actions if not c.help]
+                if not action.help:
+                    missing_help.append(label)
+                continue
+            if not (action.help or "").strip():
+                missing_help.append(label)
+            default = action.default
+            # Nothing to show for "no value" defaults (identity: 0 is a default to show).
+            shows_default = any(default is v for v in (None, False, argparse.SUPPRESS))
+            shows_default = shows_default or default == []
+            if action.option_strings and not shows_default:
+                shows_default = "default" in _rendered_help(parser, action)
+            if not shows_default:
+                missing_default.append(f"{label} (default {default!r})")
+    assert missing_help == []
+    assert missing_default == []
+
+
+def test_help_shows_defaults_and_the_source_choice(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "--source micromanager" in top  # the microscope is visible from the top
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 50)" in text  # --frames
+    assert "(default: livetrack.db)" in text
+    for group in ("frame source:", "simulated movie (--source simulator):"):
+        assert group in text
+    assert "Micro-Manager (--source micromanager):" in text
+    assert "segmentation and tracking:" in text
+    # the two diameters say which is which
+    assert "simulated nuclei in pixels: shapes the movie, not the segmenter" in text
+
+
+def test_frames_0_names_the_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "run", "--frames", "0", "--no-tui", "--db", tmp_path / "x.db")
+    assert code == 1
+    assert "--frames 0" in err
+    assert "n_frames" not in err
+    with pytest.raises(SystemExit):
+        main(["simulate", str(tmp_path / "sim"), "--frames", "0"])
+    err = capsys.readouterr().err
+    assert "argument --frames: must be 1 or more, got 0" in err
+
+
+def test_unknown_livetrack_variable_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIVETRACK_TRAK__MAX_GAP", "3")
+    db = tmp_path / "x.db"
+    code, _, err = run_cli(capsys, "run", "--frames", "2", "--no-tui", "--db", db)
+    assert code == 1
+    assert "LIVETRACK_TRAK__MAX_GAP: no settings section 'trak' (did you mean 'track'?)" in err
+    assert not db.exists()
+
+
+def test_replay_of_a_stack_without_axes_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    movie = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(movie) as w:  # 3 time points × 2 channels, no metadata
+        for i in range(6):
+            w.write(np.full((32, 32), i, np.uint16), contiguous=False, metadata=None)
+    db = tmp_path / "x.db"
+    code, out, err = run_cli(capsys, "replay", movie, "--no-tui", "--db", db)
+    assert code == 1
+    assert "6 planes with no axis metadata" in err
+    assert "--axes" in err
+    assert "frames stored" not in out
+
+
+def test_replay_with_no_readable_frame_exits_1_without_resume_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated TIFF: every page unreadable. Was: 50 ERROR lines, 'complete, 0 frames
+    sent', exit 0."""
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, np.ones((20, 64, 64), np.uint16), metadata={"axes": "TYX"})
+    movie = tmp_path / "truncated.tif"
+    movie.write_bytes(full.read_bytes()[:1000])  # the IFDs survive, the pixels do not
+    code, out, err = run_cli(
+        capsys,
+        "replay",
+        movie,
+        "--no-tui",
+        "--db",
+        tmp_path / "x.db",
+        "--events",
+        "tcp://127.0.0.1:0",
+    )
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("livetrack replay: error: movie ")
+    assert "none of its 20 frame(s) could be read" in last
+    assert "resume" not in out
+    assert "frames stored" not in out
+
+
+def test_run_that_stores_nothing_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every frame rejected by the worker (NaN pixels): nothing stored is a failure."""
+    seq = tmp_path / "nan" / "01"
+    seq.mkdir(parents=True)
+    for t in range(3):
+        tifffile.imwrite(seq / f"t{t:03d}.tif", np.full((32, 32), np.nan, np.float32))
+    code, out, err = run_cli(
+        capsys,
+        "replay",
+        seq,
+        "--no-tui",
+        "--db",
+        tmp_path / "x.db",
+        "--events",
+        "tcp://127.0.0.1:0",
+    )
+    assert code == 1
+    assert "stored no frames (3 sent, 3 rejected by the worker" in err.strip().splitlines()[-1]
+    assert "resume" not in out

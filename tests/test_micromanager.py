@@ -5,8 +5,11 @@ and SQLite store. One headless core per process, so the core is a session fixtur
 from __future__ import annotations
 
 import itertools
+import re
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +30,7 @@ from drivers.micromanager import (
     parse_property,
 )
 from livetrack.config import Settings
-from livetrack.errors import ConfigError, SourceError
+from livetrack.errors import ConfigError, HardwareTimeout, SourceError, SourceUnavailable
 from livetrack.runner import run_pipeline
 from livetrack.source import FrameMeta, FrameSource
 from livetrack.store import Store
@@ -304,3 +307,133 @@ def test_channels_and_z_max_projection(demo_core: Any) -> None:
     got = [(m.position, m.frame_index, m.channel, img.ndim) for img, m in src.frames()]
     assert sorted(got) == sorted((f"Pos0-{c}", t, c, 2) for t in range(2) for c in ("DAPI", "FITC"))
     assert src.total_frames == len(got)
+
+
+# ------------------------------------------------ start-up failures, bounded waits
+def _first_error(src: MicroManagerSource, timeout_s: float = 120.0) -> BaseException | None:
+    """Run ``src.frames()`` in a thread and return what it raised. A source that hangs
+    (the old behaviour on an impossible plan) fails the test instead of hanging it."""
+    outcome: list[BaseException | None] = []
+
+    def consume() -> None:
+        try:
+            for _ in src.frames():
+                pass
+            outcome.append(None)
+        except BaseException as err:  # returned to the test
+            outcome.append(err)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        src.close()
+        thread.join(60)
+        pytest.fail(f"the source neither delivered nor failed within {timeout_s} s")
+    return outcome[0]
+
+
+def test_missing_install_or_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(SourceUnavailable, match="does not exist"):
+        MicroManagerSource(AcquisitionPlan(), mm_app_path=tmp_path / "no-such-install")
+    (tmp_path / "Other.cfg").write_text("")
+    with pytest.raises(SourceUnavailable, match=r"nope\.cfg not found.*configs there: Other"):
+        MicroManagerSource(AcquisitionPlan(), mm_app_path=tmp_path, config_file="nope.cfg")
+
+
+@pytest.mark.micromanager
+@pytest.mark.parametrize(
+    ("group", "channels", "message"),
+    [
+        ("Channel", ("GFP",), r"group 'Channel' has no channel 'GFP'.*DAPI"),
+        ("Colour", ("DAPI",), r"no config group 'Colour'.*Channel"),
+    ],
+)
+def test_a_channel_the_core_does_not_have_fails_before_acquiring(
+    demo_core: Any, group: str, channels: tuple[str, ...], message: str
+) -> None:
+    """The engine would retry the impossible channel change and wait forever (the old
+    behaviour: 'Problem Changing channels' ×6, then no frame ever)."""
+    plan = AcquisitionPlan(n_frames=2, channel_group=group, channels=channels, properties=BEADS)
+    src = MicroManagerSource(plan)
+    err = _first_error(src)
+    assert isinstance(err, SourceUnavailable)
+    assert err is not None
+    assert re.search(message, str(err))
+    assert src.delivered == 0
+
+
+@pytest.mark.micromanager
+def test_stage_positions_without_an_xy_stage_fail_before_acquiring(demo_core: Any) -> None:
+    stage = demo_core.get_xy_stage_device()
+    demo_core.set_xy_stage_device("")
+    try:
+        err = _first_error(MicroManagerSource(AcquisitionPlan(n_frames=1, positions=TWO_POSITIONS)))
+    finally:
+        demo_core.set_xy_stage_device(stage)
+    assert isinstance(err, SourceUnavailable)
+    assert "no XY stage" in str(err)
+
+
+@pytest.mark.micromanager
+def test_hardware_that_stops_answering_ends_the_run_with_a_timeout(demo_core: Any) -> None:
+    """A channel preset that exists but that the hardware refuses (a camera mode the
+    DemoCamera does not have): the engine gives up on the event and never delivers. The
+    watchdog ends the stream with HardwareTimeout; the core stays usable."""
+    demo_core.define_config("LivetrackBroken", "Bad", "Camera", "Mode", "No Such Mode")
+    try:
+        plan = AcquisitionPlan(n_frames=3, channel_group="LivetrackBroken", channels=("Bad",))
+        src = MicroManagerSource(plan, hardware_timeout_s=2.0)
+        err = _first_error(src)
+    finally:
+        demo_core.delete_config_group("LivetrackBroken")
+    assert isinstance(err, HardwareTimeout)
+    assert "hardware timeout 2 s" in str(err)
+    assert src.finished  # the acquisition was aborted and wound down
+    after = MicroManagerSource(AcquisitionPlan(n_frames=2, properties=BEADS))
+    assert [m.frame_index for _, m in after.frames()] == [0, 1]
+
+
+def _cli(*argv: str, timeout_s: float = 180.0) -> subprocess.CompletedProcess[str]:
+    """``livetrack run --source micromanager`` in its own process (one core per process;
+    a hang fails the test through the timeout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "livetrack.cli", "run", "--source", "micromanager", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def _assert_failed_with(proc: subprocess.CompletedProcess[str], message: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("livetrack run: error: ")
+    assert message in last
+    assert "resume" not in proc.stdout + proc.stderr
+    assert "frames stored" not in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_start_up_failures_exit_1_with_one_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "x.db")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cases = [
+        (["--mm-app-path", str(tmp_path / "nowhere")], "does not exist"),
+        (["--mm-config", "nope.cfg"], "nope.cfg not found"),
+        (["--mm-java", "--mm-port", port], f"no Micro-Manager Studio is listening on port {port}"),
+    ]
+    for argv, message in cases:
+        proc = _cli(*argv, "--frames", "2", "--no-tui", "--db", db, timeout_s=120)
+        _assert_failed_with(proc, message)
+
+
+@pytest.mark.micromanager
+def test_cli_wrong_channel_exits_1_instead_of_hanging(tmp_path: Path) -> None:
+    pytest.importorskip("pycromanager")
+    pytest.importorskip("mm_test_adapters")
+    proc = _cli("--channel", "GFP", "--frames", "2", "--no-tui", "--db", str(tmp_path / "x.db"))
+    _assert_failed_with(proc, "has no channel 'GFP' (--channel); its channels: Cy5, DAPI")

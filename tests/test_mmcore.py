@@ -141,10 +141,24 @@ def test_cli_refuses_mda_without_mmcore_and_mmcore_without_plan(
     assert "--source mmcore" in capsys.readouterr().err
     assert main(["run", "--source", "mmcore", "--db", str(db), "--no-tui"]) == 1
     assert "needs --mda" in capsys.readouterr().err
-    mm = ["run", "--source", "micromanager", "--mda", str(plan), "--db", str(db), "--no-tui"]
-    assert main(mm) == 1  # not silently ignored by the pycromanager driver
-    assert "--source mmcore" in capsys.readouterr().err
     assert not db.exists()
+
+
+def test_pycromanager_cli_takes_the_same_useq_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--source micromanager --mda PLAN` acquires the plan through pycromanager (the
+    DemoCamera), instead of ignoring it."""
+    plan = tmp_path / "p.yaml"
+    plan.write_text("time_plan: {interval: 0, loops: 2}\n")
+    db = tmp_path / "x.db"
+    mm = ["run", "--source", "micromanager", "--mda", str(plan), "--db", str(db), "--no-tui",
+          "--events", "tcp://127.0.0.1:0"]  # fmt: skip
+    assert main(mm) == 0, capsys.readouterr().err
+    with Store(db, readonly=True) as store:
+        (run,) = store.runs()
+        (position,) = store.positions(run["run_id"])
+        assert store.frame_indices(run["run_id"], position) == [0, 1]
 
 
 def test_pymmcore_plus_logging_is_routed_through_livetrack(mmcore: Any) -> None:

@@ -14,7 +14,7 @@ import tifffile
 from drivers.movie import MovieSource, open_ndtiff_movie, open_tiff_movie
 from drivers.replay import CTCReplaySource, open_movie
 from livetrack.config import Settings
-from livetrack.errors import SourceError
+from livetrack.errors import NoFramesRead, SourceError
 from livetrack.runner import run_pipeline
 from livetrack.store import Store
 
@@ -96,22 +96,83 @@ def test_imagej_hyperstack_max_projects_z(tmp_path: Path) -> None:
 def test_plain_multipage_tiff_axes_flag(tmp_path: Path) -> None:
     data = _movie(6, 1)[:, 0, 0]
     path = tmp_path / "plain.tif"
-    tifffile.imwrite(path, data)  # no axes metadata: pages are time points by default
-    frames = list(open_tiff_movie(path, position="w1").frames())
+    tifffile.imwrite(path, data)  # no axes metadata: the user says what the pages are
+    frames = list(open_tiff_movie(path, axes="TYX", position="w1").frames())
     assert [(m.position, m.frame_index) for _, m in frames] == [("w1", t) for t in range(6)]
     # The same pages declared as a z-stack: one max-projected frame.
     ((img, _meta),) = list(open_tiff_movie(path, axes="ZYX").frames())
     np.testing.assert_array_equal(img, data.max(axis=0))
-    with pytest.raises(SourceError, match="do not match"):
-        open_tiff_movie(path, axes="TCYX")
+    with pytest.raises(SourceError, match="cannot split its 6 planes"):
+        open_tiff_movie(path, axes="TCYX")  # how many channels?
+    with pytest.raises(SourceError, match="multiply to 2 planes"):
+        open_tiff_movie(path, axes="T2C1YX")
     with pytest.raises(SourceError, match="real-time"):
-        open_tiff_movie(path, realtime=True)  # no recorded timestamps
+        open_tiff_movie(path, axes="TYX", realtime=True)  # no recorded timestamps
+
+
+def _write_pages(path: Path, planes: np.ndarray) -> None:
+    """One page per plane and no metadata at all, as many tools write a stack."""
+    with tifffile.TiffWriter(path) as w:
+        for plane in planes:
+            w.write(plane, contiguous=False, metadata=None)
+
+
+def test_stack_without_axis_metadata_is_refused_until_axes_given(tmp_path: Path) -> None:
+    """6 time points × 2 channels written page by page look like 12 pages to a reader:
+    replaying them as 12 time points would interleave the channels. Refuse, name --axes."""
+    data = _movie(6, 2)[:, :, 0]  # T C Y X
+    path = tmp_path / "two_channels.tif"
+    _write_pages(path, data.reshape(12, H, W))
+    with pytest.raises(SourceError, match=r"12 planes with no axis metadata.*--axes"):
+        open_tiff_movie(path)
+    src = open_tiff_movie(path, axes="TC2YX", channel=1)  # 2 channels; T from the pages
+    frames = list(src.frames())
+    assert [m.frame_index for _, m in frames] == list(range(6))
+    for img, m in frames:
+        np.testing.assert_array_equal(img, data[m.frame_index, 1])
+    # tifffile's own shaped files (no axis names either) are refused the same way.
+    shaped = tmp_path / "shaped.tif"
+    tifffile.imwrite(shaped, data)
+    with pytest.raises(SourceError, match="--axes TCYX"):
+        open_tiff_movie(shaped)
+    assert len(list(open_tiff_movie(shaped, axes="TCYX").frames())) == 6
+
+
+def test_a_movie_without_one_readable_frame_is_an_error(tmp_path: Path) -> None:
+    """Every page's pixels garbage: the source ends with NoFramesRead (not an empty
+    'complete' stream), after skipping and recording each page."""
+    path = tmp_path / "garbage.tif"
+    tifffile.imwrite(
+        path,
+        _movie(4, 1)[:, 0, 0],
+        compression="zlib",
+        photometric="minisblack",
+        metadata={"axes": "TYX"},
+    )
+    with tifffile.TiffFile(path) as tif:
+        spans = [(p.dataoffsets[0], p.databytecounts[0]) for p in tif.pages]  # type: ignore[union-attr]
+    with open(path, "r+b") as f:
+        for offset, count in spans:
+            f.seek(offset)
+            f.write(b"\xff" * count)
+    source = open_tiff_movie(path)
+    with pytest.raises(NoFramesRead, match="none of its 4 frame"):
+        list(source.frames())
+    assert [i for _, i, _ in source.skipped] == [0, 1, 2, 3]
+
+    seq = tmp_path / "01"
+    seq.mkdir()
+    for t in range(3):
+        (seq / f"t{t:03d}.tif").write_bytes(b"not a tiff")
+    ctc = CTCReplaySource(seq)
+    with pytest.raises(NoFramesRead, match="none of its 3 frame"):
+        list(ctc.frames())
 
 
 def test_multipage_tiff_with_a_corrupt_page_skips_that_page(tmp_path: Path) -> None:
     data = _movie(5, 1)[:, 0, 0]
     path = tmp_path / "compressed.tif"
-    tifffile.imwrite(path, data, compression="zlib")  # pages are time points
+    tifffile.imwrite(path, data, compression="zlib", metadata={"axes": "TYX"})
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[2]
         offset, count = page.dataoffsets[0], page.databytecounts[0]  # type: ignore[union-attr]
@@ -177,7 +238,7 @@ def test_open_movie_dispatch_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="timestamps"):
         open_movie(seq, realtime=True)
     movie = tmp_path / "m.tif"
-    tifffile.imwrite(movie, np.stack([_blobs(0), _blobs(1)]))
+    tifffile.imwrite(movie, np.stack([_blobs(0), _blobs(1)]), metadata={"axes": "TYX"})
     with pytest.raises(SourceError, match="masks_dir"):
         open_movie(movie, masks_dir=seq)
     with pytest.raises(SourceError, match="channel"):
