@@ -93,14 +93,19 @@ def run_pipeline(
         if on_frame is not None:
             on_frame(result)
 
-    publisher = open_publisher(  # first: a taken port is refused before anything starts
-        events_endpoint or settings.worker.events_endpoint,
-        allow_remote=settings.worker.allow_remote,
-    )
+    try:  # first: a taken port or a bad database is refused before anything starts
+        publisher = open_publisher(
+            events_endpoint or settings.worker.events_endpoint,
+            allow_remote=settings.worker.allow_remote,
+        )
+    except BaseException:
+        source.close()  # the driver that would close it never starts
+        raise
     try:
         store = Store(db_path, config=settings.store)
     except BaseException:
         publisher.close()
+        source.close()
         raise
     puller = FramePuller("tcp://127.0.0.1:0", hwm=settings.worker.receive_hwm)
     settings = settings.model_copy(
