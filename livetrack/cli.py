@@ -192,7 +192,13 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
         help="tracking method (default: from the settings, else lstm)",
     )
     g = p.add_argument_group("output")
-    g.add_argument("--db", type=Path, default=Path("livetrack.db"), help="SQLite database")
+    g.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help="SQLite database (default: [store] path of --config, LIVETRACK_STORE__PATH, "
+        "else livetrack.db)",
+    )
     g.add_argument(
         "--run-id", default=None, help="run to write (an unfinished run with this id is resumed)"
     )
@@ -862,7 +868,7 @@ def _settings(args: argparse.Namespace) -> Any:
         worker["allow_remote"] = True
     if getattr(args, "exit_on_eos", False):
         worker["exit_on_eos"] = True
-    store = {"path": args.db} if getattr(args, "db", None) else {}
+    store = {"path": args.db} if getattr(args, "db", None) is not None else {}
     track = {"method": getattr(args, "tracker", None)}
     return load_settings(
         getattr(args, "config", None), segment=segment, worker=worker, store=store, track=track
@@ -997,8 +1003,10 @@ def _run_source(args: argparse.Namespace, source: Any, description: str, base_ru
     from livetrack.worker import run_config
 
     settings = _settings(args)
-    with Store(args.db, config=settings.store) as store:
+    db = settings.store.path
+    with Store(db, config=settings.store) as store:
         run_id = args.run_id or choose_run_id(store, base_run_id)
+        store.check_run_free(run_id)  # before the source starts (a microscope, say)
         store.check_resume(run_id, run_config(settings))
     if not args.no_tui and sys.stdout.isatty() and sys.stderr.isatty():
         return _run_with_tui(args, source, description, run_id, settings)
@@ -1011,7 +1019,7 @@ def _run_source(args: argparse.Namespace, source: Any, description: str, base_ru
             settings,
             description=description,
             run_id=run_id,
-            db_path=args.db,
+            db_path=db,
             stop=stop,
             on_frame=progress.update,
             on_ready=lambda ep: log.info("publishing events on %s", ep),
@@ -1082,7 +1090,7 @@ def _run_with_tui(
                 settings,
                 description=description,
                 run_id=run_id,
-                db_path=args.db,
+                db_path=settings.store.path,
                 stop=stop,
                 on_ready=app.attach_endpoint,
             )
@@ -1104,7 +1112,7 @@ def _run_with_tui(
         outcome["thread"] = thread
         thread.start()
 
-    app = make_app(db_path=args.db, run_id=run_id, stop=stop, on_start=start)
+    app = make_app(db_path=settings.store.path, run_id=run_id, stop=stop, on_start=start)
     _tui_logging(args, app)
     try:
         app.run()
@@ -1285,15 +1293,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     w = settings.worker
     curve = _curve_server(args)
-    puller = FramePuller(
-        w.frames_endpoint, hwm=w.receive_hwm, allow_remote=w.allow_remote, curve=curve
-    )
+    db = settings.store.path
+    store = Store(db, config=settings.store)  # first: a bad database stops nothing bound
+    try:
+        puller = FramePuller(
+            w.frames_endpoint, hwm=w.receive_hwm, allow_remote=w.allow_remote, curve=curve
+        )
+    except LivetrackError:
+        store.close()
+        raise
     try:
         publisher = open_publisher(w.events_endpoint, allow_remote=w.allow_remote, curve=curve)
     except LivetrackError:
         puller.close()
+        store.close()
         raise
-    store = Store(args.db, config=settings.store)
 
     def report(result: Any) -> None:
         if result.status == "stored":
@@ -1307,9 +1321,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             )
 
     worker = Worker(settings, store, puller, publisher, on_frame=report)
-    log.info(
-        "worker ready: frames %s, events %s, db %s", puller.endpoint, publisher.endpoint, args.db
-    )
+    log.info("worker ready: frames %s, events %s, db %s", puller.endpoint, publisher.endpoint, db)
     try:
         with _stop_on_signals(stop):
             worker.run(stop)

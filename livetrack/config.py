@@ -48,6 +48,11 @@ class WorkerConfig(BaseModel):
     max_store_failures: int = Field(default=5, ge=1)
     """Consecutive failed frame commits (disk full, DB locked) before the worker stops
     instead of rejecting frames one by one."""
+    max_live_trackers: int = Field(default=1024, ge=1)
+    """Positions whose tracker state stays in memory (the most recently active ones). A
+    position beyond is rebuilt from the store at its next frame, exactly as after a
+    restart: bounded memory for thousands of positions, at the cost of reading a few
+    frames back when more positions than this take turns."""
 
 
 class Settings(BaseSettings):

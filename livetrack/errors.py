@@ -31,6 +31,21 @@ class ResumeMismatch(LivetrackError):
     it was begun with (one lineage must come from one pipeline); the message names them."""
 
 
+class StoreLost(StoreError):
+    """The database file was deleted or replaced while it was open for writing: what is
+    committed from now on would go to a file nobody can open again, so writing stops."""
+
+
+class RunInUse(StoreError):
+    """Another live process is writing the run (it holds the run's lease in the store)."""
+
+    def __init__(self, message: str, *, run_id: str, pid: int, host: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.pid = pid
+        self.host = host
+
+
 class SourceError(LivetrackError):
     """A frame source (driver, movie, microscope) failed or was given bad input."""
 

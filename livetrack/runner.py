@@ -53,7 +53,8 @@ class RunSummary:
 
 
 def choose_run_id(store: Store, base: str) -> str:
-    """Resume ``base`` if it exists unfinished; if it finished, start ``base-2``, ``-3``…"""
+    """Resume ``base`` if it exists unfinished; if it finished, start ``base-2``, ``-3``…
+    (A run another live process is writing is not resumed: ``Store.check_run_free``.)"""
     runs = {r["run_id"]: r for r in store.runs()}
     candidate, n = base, 1
     while candidate in runs and runs[candidate]["status"] == "finished":
@@ -65,14 +66,17 @@ def choose_run_id(store: Store, base: str) -> str:
 def open_publisher(
     endpoint: str, *, allow_remote: bool, curve: CurveServer | None = None
 ) -> EventPublisher:
-    """Bind the event publisher; if the port is taken (another worker), use a free one."""
+    """Bind the event publisher. A taken port is refused (EndpointInUse naming it), not
+    replaced by another: a dashboard or driver told to connect there would watch nothing.
+    Port 0 asks for any free port (the one chosen is logged and returned)."""
     try:
         return EventPublisher(endpoint, allow_remote=allow_remote, curve=curve)
-    except EndpointInUse:
-        host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
-        pub = EventPublisher(f"tcp://{host}:0", allow_remote=allow_remote, curve=curve)
-        log.warning("%s is in use; publishing events on %s instead", endpoint, pub.endpoint)
-        return pub
+    except EndpointInUse as err:
+        raise EndpointInUse(
+            f"cannot publish events: {err}. Stop the other process, or choose another "
+            "endpoint with --events (tcp://127.0.0.1:0 for any free port; dashboards "
+            "then need `livetrack tui --connect` with the endpoint logged)"
+        ) from None
 
 
 def run_pipeline(
@@ -98,12 +102,21 @@ def run_pipeline(
         if on_frame is not None:
             on_frame(result)
 
-    store = Store(db_path, config=settings.store)
+    try:  # first: a taken port or a bad database is refused before anything starts
+        publisher = open_publisher(
+            events_endpoint or settings.worker.events_endpoint,
+            allow_remote=settings.worker.allow_remote,
+        )
+    except BaseException:
+        source.close()  # the driver that would close it never starts
+        raise
+    try:
+        store = Store(db_path, config=settings.store)
+    except BaseException:
+        publisher.close()
+        source.close()
+        raise
     puller = FramePuller("tcp://127.0.0.1:0", hwm=settings.worker.receive_hwm)
-    publisher = open_publisher(
-        events_endpoint or settings.worker.events_endpoint,
-        allow_remote=settings.worker.allow_remote,
-    )
     settings = settings.model_copy(
         update={"worker": settings.worker.model_copy(update={"exit_on_eos": True})}
     )

@@ -39,6 +39,20 @@ Refinements of the brief, and why:
 - Transactions are ``BEGIN IMMEDIATE`` (not sqlite-utils' deferred ``atomic()``): the write
   lock is taken first, so a second writer waits for the busy timeout instead of failing at
   once when its read snapshot turns stale.
+- A run being written is leased (table ``leases``): ``begin_run`` records the writer's
+  pid, host, start and heartbeat, and a second process that tries to write the same run
+  gets ``RunInUse`` naming the holder, while a holder that died (its pid gone on this
+  host, or its heartbeat stale from another host) does not block a resume. Every frame
+  commit checks that the lease is still this writer's, so two processes never interleave
+  frames of one run.
+- A writer opens an existing file read-only first, to tell a foreign file apart before
+  anything is written to it (switching it to WAL would already change it), and then
+  checks that it can write at all, so a read-only database fails at start-up instead of
+  at the first frame.
+- A writer remembers the identity (device, inode) of the database, its ``-wal`` and its
+  ``-shm``; when one is deleted or replaced while open, committing would only fill an
+  unlinked file, so every write raises ``StoreLost`` instead (before and after the commit,
+  so nothing committed to a lost file is acknowledged).
 """
 
 from __future__ import annotations
@@ -47,9 +61,13 @@ import contextlib
 import json
 import logging
 import math
+import os
+import socket
 import sqlite3
+import sys
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -64,7 +82,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from livetrack import __version__
-from livetrack.errors import ResumeMismatch, SchemaMismatch, StoreError
+from livetrack.errors import ResumeMismatch, RunInUse, SchemaMismatch, StoreError, StoreLost
 from livetrack.track.base import (
     LEGACY_EVENT_KINDS,
     Fate,
@@ -77,12 +95,12 @@ from livetrack.types import Detections, LabelImage, ScaleState
 
 logger = logging.getLogger("livetrack.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Version of the schema in ``TABLES``; stored in ``PRAGMA user_version``.
 1: the first release. 2: adds the ``embeddings`` table (learned trackers). 3: adds the
 ``scale`` table (the nucleus diameter of each frame, so a resume is identical). 4: event
 kinds in biologists' words: 'birth' → 'new_track', 'death' → 'lost', and 'left' (left the
-field)."""
+field). 5: adds the ``leases`` table (one writer per run)."""
 
 APPLICATION_ID = 0x4C545243  # "LTRC"
 """``PRAGMA application_id`` of a livetrack database (tells it apart from other SQLite files)."""
@@ -106,6 +124,10 @@ class StoreConfig(BaseModel):
     """zlib level: 1 is ~3x faster than 6 and label images (long runs) compress well anyway."""
     busy_timeout_s: float = Field(default=30.0, ge=0.0)
     """How long to wait for a lock held by another connection before giving up with StoreError."""
+    lease_timeout_s: float = Field(default=120.0, gt=0.0)
+    """A run's writer refreshes its lease with every frame and, when idle, every quarter of
+    this; a lease held from another host and not refreshed for this long no longer blocks a
+    resume (on this host a dead pid frees a lease at once)."""
 
 
 # --------------------------------------------------------------------------- schema as data
@@ -228,6 +250,32 @@ EVENTS_TABLE = Table(
 1–3 share the older shape). Changing it later needs a new migration, and ``MIGRATIONS[3]``
 must then keep creating this shape."""
 
+LEASES_TABLE = Table(
+    "leases",
+    "which process is writing a run now; a second writer of the same run is refused",
+    (
+        Column("run_id", "TEXT PRIMARY KEY NOT NULL", "run being written (see runs.run_id)"),
+        Column("token", "TEXT NOT NULL", "random id of the writing connection (one per Store)"),
+        Column("pid", "INTEGER NOT NULL", "process id of the writer, on host"),
+        Column("host", "TEXT NOT NULL", "host name of the writer's machine"),
+        Column(
+            "process_start",
+            "REAL",
+            "when the writer's process started (unix seconds; NULL if unknown): tells a "
+            "reused pid apart",
+        ),
+        Column("started", "REAL NOT NULL", "when the writer took the lease (unix seconds)"),
+        Column(
+            "heartbeat",
+            "REAL NOT NULL",
+            "last time the writer showed it was alive (unix seconds): every frame, and when idle",
+        ),
+    ),
+    ("FOREIGN KEY (run_id) REFERENCES runs (run_id)",),
+)
+"""Added in schema version 5 (``MIGRATIONS[4]`` creates it). A row exists while a process
+writes the run; ``end_run`` and ``Store.close`` delete it, a crash leaves it behind (and the
+dead pid or stale heartbeat then lets the next writer take it over)."""
 
 TABLES: tuple[Table, ...] = (
     Table(
@@ -366,6 +414,7 @@ TABLES: tuple[Table, ...] = (
     EVENTS_TABLE,
     EMBEDDINGS_TABLE,
     SCALE_TABLE,
+    LEASES_TABLE,
 )
 
 SCHEMA_DOC: dict[str, dict[str, str]] = {t.name: {c.name: c.doc for c in t.columns} for t in TABLES}
@@ -401,6 +450,12 @@ def _add_embeddings_table(conn: sqlite3.Connection) -> None:
     """Version 1 → 2: the ``embeddings`` table. Old frames simply have none (history gives
     ``embeddings=None`` for them); every version-1 table and row is kept as it is."""
     for statement in render_ddl(EMBEDDINGS_TABLE):
+        conn.execute(statement)
+
+
+def _add_leases_table(conn: sqlite3.Connection) -> None:
+    """Version 4 → 5: the ``leases`` table, empty (no run of an older file is held)."""
+    for statement in render_ddl(LEASES_TABLE):
         conn.execute(statement)
 
 
@@ -441,6 +496,7 @@ MIGRATIONS: dict[int, Migration] = {
     1: _add_embeddings_table,
     2: _add_scale_table,
     3: _events_in_words,
+    4: _add_leases_table,
 }
 """from-version → migration."""
 
@@ -516,6 +572,8 @@ def _explain(exc: sqlite3.Error) -> str:
         return "the database is read-only (file permissions, or opened with readonly=True)"
     if "disk is full" in text or "full" in text:
         return "the disk is full"
+    if "not a database" in text:
+        return "the file is not an SQLite database"
     if "unable to open" in text:
         return "the file cannot be opened (missing directory, permissions, or absent file)"
     if "foreign key" in text:
@@ -634,6 +692,144 @@ def _connect(path: Path, readonly: bool, timeout_s: float) -> sqlite3.Connection
         return sqlite3.connect(target, uri=uri, timeout=timeout_s, check_same_thread=False)
 
 
+# --------------------------------------------------------------------------- run leases
+
+_HOST = socket.gethostname()
+_OPEN_WRITERS: set[str] = set()
+"""Tokens of the Stores open for writing in this process: a lease held by this very pid is
+alive while its Store is open (a pid alone cannot tell two Stores of one process apart)."""
+_OPEN_WRITERS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RunLease:
+    """Who writes a run (a row of ``leases``)."""
+
+    run_id: str
+    token: str
+    pid: int
+    host: str
+    process_start: float | None
+    started: float
+    heartbeat: float
+
+    def describe(self, now: float) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        return (
+            f"pid {self.pid} on host {self.host}, writing since {since}, last heartbeat "
+            f"{max(now - self.heartbeat, 0.0):.0f} s ago"
+        )
+
+
+def _proc_stat(pid: int) -> tuple[str, float | None] | None:
+    """(state letter, start time in unix seconds) of a process from Linux's /proc; None
+    where /proc cannot tell (another OS, or the process is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return fields[0], boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _process_start(pid: int) -> float | None:
+    info = _proc_stat(pid)
+    return None if info is None else info[1]
+
+
+def _pid_alive(pid: int, process_start: float | None) -> bool:
+    """Whether process ``pid`` of this host still runs and is the one that started at
+    ``process_start`` (a pid reused by a later process is not the lease holder)."""
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    info = _proc_stat(pid)
+    if info is None:
+        return True
+    state, start = info
+    if state in ("Z", "X"):  # killed, not yet reaped
+        return False
+    return process_start is None or start is None or abs(start - process_start) < 2.0
+
+
+def _lease_alive(lease: RunLease, now: float, timeout_s: float) -> bool:
+    """On this host a lease lives as long as its process; from another host, as long as
+    its heartbeat is fresh."""
+    if lease.host != _HOST:
+        return now - lease.heartbeat < timeout_s
+    if lease.pid == os.getpid():
+        with _OPEN_WRITERS_LOCK:
+            return lease.token in _OPEN_WRITERS
+    return _pid_alive(lease.pid, lease.process_start)
+
+
+def _run_in_use(lease: RunLease, now: float, prefix: str = "") -> RunInUse:
+    return RunInUse(
+        f"{prefix}run {lease.run_id!r} is being written by another livetrack process "
+        f"({lease.describe(now)}); wait for it to finish, or write a separate run with a "
+        "different --run-id",
+        run_id=lease.run_id,
+        pid=lease.pid,
+        host=lease.host,
+    )
+
+
+def _read_lease(conn: sqlite3.Connection, run_id: str) -> RunLease | None:
+    row = conn.execute(
+        "SELECT run_id, token, pid, host, process_start, started, heartbeat FROM leases"
+        " WHERE run_id = ?",
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    r, t, pid, host, ps, started, hb = row
+    return RunLease(str(r), str(t), int(pid), str(host), ps, float(started), float(hb))
+
+
+# --------------------------------------------------------------------------- file identity
+
+_DB_FILES = ("", "-wal", "-shm")
+"""The database file and the two files SQLite keeps beside it in WAL mode."""
+
+FileId = tuple[int, int] | None
+"""(device, inode) of a file; None when it does not exist."""
+
+
+def _file_id(path: str) -> FileId:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _probe_existing(path: Path, timeout_s: float) -> None:
+    """Check a file that already holds data read-only, before a writer changes anything in
+    it (even switching it to WAL): SchemaMismatch for a foreign or newer file."""
+    try:
+        if path.stat().st_size == 0:
+            return
+    except OSError:
+        return  # absent: the writer creates it
+    conn = _connect(path, True, timeout_s)
+    try:
+        with _sqlite_errors(f"reading the schema of {path}"):
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            _check_version(conn, SCHEMA_VERSION)
+    finally:
+        conn.close()
+
+
 class StoreWriter(Protocol):
     """What the worker needs from a store (the seam; ``Store`` implements it)."""
 
@@ -657,6 +853,10 @@ class StoreWriter(Protocol):
     ) -> bool: ...
 
     def write_track_ends(self, run_id: str, position: str, ends: list[TrackEnd]) -> None: ...
+
+    def heartbeat(self) -> None: ...
+
+    def check_intact(self, what: str = ...) -> None: ...
 
     def last_frame(self, run_id: str, position: str) -> int | None: ...
 
@@ -685,14 +885,28 @@ class Store:
         self.readonly = readonly
         self.config = config or StoreConfig(path=self.path)
         self._lock = threading.RLock()
+        self._token = uuid.uuid4().hex
+        """Identifies this writer in ``leases``."""
+        self._leased: set[str] = set()
+        """Runs this writer took the lease of."""
+        self._files: dict[str, FileId] = {}
+        if not readonly:
+            _probe_existing(self.path, self.config.busy_timeout_s)
         conn = _connect(self.path, readonly, self.config.busy_timeout_s)
         try:
             self.db = sqlite_utils.Database(conn, execute_plugins=False)
             self._configure()
             self._check_or_migrate()
+            if not readonly:
+                self._check_writable()
+                base = str(self.path.resolve())
+                self._files = {base + suffix: _file_id(base + suffix) for suffix in _DB_FILES}
         except BaseException:
             conn.close()
             raise
+        if not readonly:
+            with _OPEN_WRITERS_LOCK:
+                _OPEN_WRITERS.add(self._token)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -721,12 +935,67 @@ class Store:
             else:
                 migrate(self.conn)
 
+    def _check_writable(self) -> None:
+        """Rewrite one value inside a rolled-back transaction: a read-only file (or a file
+        opened read-only because its permissions or filesystem forbid writing) fails here,
+        at start-up, not at the first frame."""
+        with _sqlite_errors(f"checking that store {self.path} can be written"):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+                self.conn.execute(f"PRAGMA user_version = {version}")
+            finally:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+
+    def check_intact(self, what: str = "checking the database") -> None:
+        """StoreLost if this writer's database files were deleted or replaced (every write
+        checks it; call it before telling anyone that something is stored without a write,
+        e.g. acknowledging a re-sent frame)."""
+        if not self.readonly:
+            with self._lock:
+                self._check_files(what)
+
+    def _check_files(self, what: str, *, committed: bool = False) -> None:
+        """StoreLost if the database, its WAL or its shared-memory file was deleted or
+        replaced since this writer opened them (SQLite would go on writing to the unlinked
+        files, and everything would vanish when the process ends)."""
+        for name, known in self._files.items():
+            now = _file_id(name)
+            if known is None:
+                self._files[name] = now  # created after we opened the database
+                continue
+            if now != known:
+                how = "deleted" if now is None else "replaced by another file"
+                lost = "; the last commit went to the lost file" if committed else ""
+                raise StoreLost(
+                    f"{what}: {name} was {how} while this process was writing the "
+                    f"database{lost}; stopped writing so that nothing more is acknowledged "
+                    f"and lost. Restore the files or start again with a new database"
+                )
+
     # ---------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        """Close the connection (the last one to close checkpoints and removes the WAL)."""
+        """Release this writer's run leases and close the connection (the last one to
+        close checkpoints and removes the WAL)."""
         with self._lock:
+            if not self.readonly:
+                with _OPEN_WRITERS_LOCK:
+                    _OPEN_WRITERS.discard(self._token)
+                if self._leased:
+                    self._release_leases()
             self.conn.close()
+
+    def _release_leases(self) -> None:
+        """Delete this writer's leases; a database that can no longer be written (lost,
+        full, locked) keeps them, and the dead pid frees them for the next writer."""
+        try:
+            with self._write("releasing run leases") as conn:
+                conn.execute("DELETE FROM leases WHERE token = ?", (self._token,))
+            self._leased.clear()
+        except StoreError as exc:
+            logger.warning("could not release the lease of run(s) %s: %s", self._leased, exc)
 
     def __enter__(self) -> Store:
         return self
@@ -745,6 +1014,7 @@ class Store:
         if self.readonly:
             raise StoreError(f"{what}: the store {self.path} was opened read-only")
         with self._lock, _sqlite_errors(what):
+            self._check_files(what)
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
@@ -753,6 +1023,7 @@ class Store:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
+            self._check_files(what, committed=True)
 
     @contextlib.contextmanager
     def _read(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -805,6 +1076,7 @@ class Store:
             row = conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is not None:
                 resume_mismatch(run_id, json.loads(row[0]), config)
+                self._take_lease(conn, run_id)
                 conn.execute(
                     "UPDATE runs SET status = 'running', finished = NULL WHERE run_id = ?",
                     (run_id,),
@@ -815,17 +1087,93 @@ class Store:
                 " schema_version, finished) VALUES (?, ?, ?, ?, 'running', ?, ?, NULL)",
                 (run_id, time.time(), source, config_json, __version__, SCHEMA_VERSION),
             )
+            self._take_lease(conn, run_id)
             return True
+
+    def _take_lease(self, conn: sqlite3.Connection, run_id: str) -> None:
+        """Become the run's writer (inside begin_run's transaction); RunInUse if a live
+        process holds it."""
+        now = time.time()
+        lease = _read_lease(conn, run_id)
+        started = now
+        if lease is not None and lease.token == self._token:
+            started = lease.started
+        elif lease is not None:
+            if _lease_alive(lease, now, self.config.lease_timeout_s):
+                raise _run_in_use(lease, now)
+            logger.warning(
+                "run %s was last written by %s, which is gone; taking it over",
+                run_id,
+                lease.describe(now),
+            )
+        conn.execute(
+            "INSERT OR REPLACE INTO leases (run_id, token, pid, host, process_start, started,"
+            " heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, self._token, os.getpid(), _HOST, _process_start(os.getpid()), started, now),
+        )
+        self._leased.add(run_id)
+
+    def _hold(self, conn: sqlite3.Connection, run_id: str, what: str) -> None:
+        """Inside a write: the run's lease must still be this writer's (else another
+        process took the run over, and writing on would interleave two lineages); renew
+        its heartbeat."""
+        lease = _read_lease(conn, run_id)
+        if lease is None and run_id not in self._leased:
+            self._take_lease(conn, run_id)  # a run begun before leases existed
+            return
+        if lease is None or lease.token != self._token:
+            now = time.time()
+            if lease is None:
+                raise StoreError(
+                    f"{what}: the lease of run {run_id!r} was removed by another process; "
+                    "stopped writing to it"
+                )
+            raise _run_in_use(lease, now, prefix=f"{what}: this process lost its lease: ")
+        conn.execute("UPDATE leases SET heartbeat = ? WHERE run_id = ?", (time.time(), run_id))
+
+    def heartbeat(self) -> None:
+        """Show that the runs this writer holds are still written (an idle worker calls
+        it every quarter of ``lease_timeout_s``)."""
+        if self.readonly or not self._leased:
+            return
+        with self._write("renewing run leases") as conn:
+            conn.execute(
+                "UPDATE leases SET heartbeat = ? WHERE token = ?", (time.time(), self._token)
+            )
+
+    def run_holder(self, run_id: str) -> RunLease | None:
+        """The live process (other than this writer) that holds ``run_id``, or None."""
+        with self._read("looking up the writer of a run") as conn:
+            lease = _read_lease(conn, run_id)
+        if lease is None or lease.token == self._token:
+            return None
+        return lease if _lease_alive(lease, time.time(), self.config.lease_timeout_s) else None
+
+    def check_run_free(self, run_id: str) -> None:
+        """RunInUse (naming the holder) if another live process writes ``run_id``."""
+        lease = self.run_holder(run_id)
+        if lease is not None:
+            raise _run_in_use(lease, time.time())
 
     def end_run(self, run_id: str, status: Literal["finished", "aborted"] = "finished") -> None:
         """Mark a run finished or aborted (it may still be resumed later)."""
         with self._write(f"ending run {run_id!r}") as conn:
+            lease = _read_lease(conn, run_id)
+            now = time.time()
+            if (
+                lease is not None
+                and lease.token != self._token
+                and _lease_alive(lease, now, self.config.lease_timeout_s)
+            ):
+                raise _run_in_use(lease, now, prefix=f"ending run {run_id!r}: ")
             cur = conn.execute(
                 "UPDATE runs SET status = ?, finished = ? WHERE run_id = ?",
-                (status, time.time(), run_id),
+                (status, now, run_id),
             )
             if cur.rowcount != 1:
                 raise StoreError(f"ending run {run_id!r}: no such run")
+            conn.execute("DELETE FROM leases WHERE run_id = ?", (run_id,))
+        self._leased.discard(run_id)
 
     # ---------------------------------------------------------------- frames
 
@@ -864,6 +1212,7 @@ class Store:
         with self._write(what) as conn:
             if self._frame_exists(conn, key, what):
                 return False
+            self._hold(conn, run_id, what)
             stage = "positions"
             try:
                 self._upsert_position(conn, key, mask.shape, pixel_size_um)
@@ -950,8 +1299,10 @@ class Store:
 
     def write_track_ends(self, run_id: str, position: str, ends: list[TrackEnd]) -> None:
         """Close tracks (typically ``Tracker.finish`` at end of stream), in one transaction."""
-        with self._write(f"closing {len(ends)} tracks of run {run_id!r} position {position!r}"):
-            _apply_ends(self.conn, run_id, position, ends)
+        what = f"closing {len(ends)} tracks of run {run_id!r} position {position!r}"
+        with self._write(what) as conn:
+            self._hold(conn, run_id, what)
+            _apply_ends(conn, run_id, position, ends)
 
     # ---------------------------------------------------------------- queries
 

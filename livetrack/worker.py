@@ -5,6 +5,11 @@ their seams. What it owns is the per-(run, position) state, ordering rules (dupl
 are idempotent, gaps are tolerated), error isolation (a bad frame is rejected and the
 run goes on) and the heartbeat.
 
+Memory: a position's tracker lives in memory while the position is among the
+``max_live_trackers`` most recently active ones; the least recently active is dropped and,
+when its next frame comes, rebuilt from the store exactly as a restarted worker resumes
+(``Tracker.restore`` from the last committed frames and the track table).
+
 Acknowledgements: after a frame's transaction committed (or when a re-sent frame turns
 out to be stored already) the worker publishes ``FrameCommitted``; after an
 end-of-stream too. A frame naming a ``previous_frame`` the worker has neither stored nor
@@ -19,7 +24,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +38,10 @@ from livetrack.errors import (
     BadMessage,
     LivetrackError,
     ResumeMismatch,
+    RunInUse,
     SchemaMismatch,
     StoreError,
+    StoreLost,
 )
 from livetrack.messages import (
     EndOfStream,
@@ -51,7 +58,7 @@ from livetrack.store import Store
 from livetrack.track.base import Tracker, TrackStep
 from livetrack.track.factory import make_tracker
 from livetrack.transport import EventPublisher, FramePuller, InvalidFrame, ReceivedFrame
-from livetrack.types import Detections, ScaleState, Segmentation
+from livetrack.types import Detections, LabelImage, ScaleState, Segmentation
 
 log = logging.getLogger("livetrack.worker")
 
@@ -70,7 +77,8 @@ class PositionState:
     """Live state of one position of one run."""
 
     segmenter: Segmenter
-    tracker: Tracker
+    tracker: Tracker | None
+    """None while dropped from memory (see ``WorkerConfig.max_live_trackers``)."""
     shape: tuple[int, int]
     last_frame: int | None
     n_cells: int = 0
@@ -96,15 +104,16 @@ class FrameResult:
 
 
 class GivenLabels:
-    """Segmenter used in tracking-only mode: the frame came with its label image."""
+    """Segmenter used in tracking-only mode: the frame came with its label image (already
+    checked by ``given_label_image``)."""
 
     name = "given-labels"
 
-    def __init__(self, labels: np.ndarray) -> None:
+    def __init__(self, labels: LabelImage) -> None:
         self._labels = labels
 
     def predict(self, image: np.ndarray, pixel_size_um: float | None = None) -> Segmentation:
-        mask = np.asarray(self._labels, dtype=np.int32)
+        mask = self._labels
         return Segmentation(mask=mask, detections=Detections.from_labels(mask))
 
     def restore_scale(self, state: ScaleState) -> None:
@@ -126,6 +135,32 @@ def run_config(settings: Settings) -> dict[str, Any]:
         models["track"] = weights_digest(Path(model_dir) if model_dir else SHIPPED_TRACK_MODEL)
     config["models"] = models
     return config
+
+
+def given_label_image(labels: np.ndarray) -> tuple[LabelImage, bool]:
+    """A label image sent by a driver as int32, and whether it was renumbered.
+
+    Negative labels are bad input (BadFrame). Labels larger than the pixel count are
+    renumbered 1..N in increasing order (0 stays background): measuring objects costs
+    arrays as long as the largest label, so one pixel of 2**31-1 would ask for 16 GiB,
+    and uint32 labels beyond 2**31-1 do not fit int32 at all. Labels up to the pixel
+    count are kept as they are (e.g. ground-truth ids)."""
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        raise BadFrame(f"label image must hold integers, got {lab.dtype}")
+    if lab.size == 0:
+        return lab.astype(np.int32), False
+    low, high = int(lab.min()), int(lab.max())
+    if low < 0:
+        raise BadFrame(
+            f"label image has negative labels (min {low}); use 0 for background and "
+            "positive labels for objects"
+        )
+    if high <= lab.size:
+        return lab.astype(np.int32, copy=False), False
+    values, inverse = np.unique(lab, return_inverse=True)
+    offset = 0 if values[0] == 0 else 1
+    return (inverse.reshape(lab.shape) + offset).astype(np.int32), True
 
 
 class Worker:
@@ -167,6 +202,12 @@ class Worker:
         self._rejected_upto: dict[tuple[str, str], int] = {}
         """Per (run, position): the highest frame index rejected for its content (handled,
         so the frame after it may follow)."""
+        self._live: OrderedDict[tuple[str, str], None] = OrderedDict()
+        """Positions whose tracker is in memory, least recently active first."""
+        self.trackers_dropped = 0
+        """Trackers dropped from memory to stay within ``max_live_trackers``."""
+        self._renumbered: set[tuple[str, str]] = set()
+        self._last_heartbeat = time.monotonic()
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event | None = None) -> None:
@@ -188,6 +229,7 @@ class Worker:
         except (BadMessage, BadFrame, SchemaMismatch) as err:
             return self._reject(None, str(err))
         if msg is None:
+            self._renew_leases()
             self._publish_status("running" if self.open_runs else "idle")
             return None
         if isinstance(msg, EndOfStream):
@@ -206,6 +248,7 @@ class Worker:
             return self._reject(h, str(err), handled=True)
         if state.last_frame is not None and h.frame_index <= state.last_frame:
             if self.store.has_frame(h.run_id, h.position, h.frame_index):
+                self.store.check_intact(f"acknowledging frame {h.position}/{h.frame_index}")
                 self.frames_duplicate += 1
                 log.info("frame %s/%d already stored; ignoring re-send", h.position, h.frame_index)
                 self._acknowledge(h, "duplicate")
@@ -230,10 +273,25 @@ class Worker:
                 state.last_frame + 1,
                 h.frame_index - 1,
             )
+        segmenter = state.segmenter
+        if rf.labels is not None:
+            try:
+                labels, renumbered = given_label_image(rf.labels)
+            except BadFrame as err:
+                return self._reject(h, f"frame {h.position}/{h.frame_index}: {err}", handled=True)
+            if renumbered and (h.run_id, h.position) not in self._renumbered:
+                self._renumbered.add((h.run_id, h.position))
+                log.warning(
+                    "position %s: label values beyond the pixel count (up to %d) are "
+                    "renumbered 1..N in increasing order",
+                    h.position,
+                    int(np.max(rf.labels)),
+                )
+            segmenter = GivenLabels(labels)
+        tracker = self._live_tracker(h, state)
         timings = {"receive": receive_ms}
         try:
             t = time.perf_counter()
-            segmenter = GivenLabels(rf.labels) if rf.labels is not None else state.segmenter
             seg = segmenter.predict(rf.image, h.pixel_size_um)
             timings["segment"] = (time.perf_counter() - t) * 1000
         except (ValueError, BadFrame) as err:
@@ -241,7 +299,7 @@ class Worker:
                 h, f"frame {h.position}/{h.frame_index}: segmentation failed: {err}", handled=True
             )
         t = time.perf_counter()
-        step = state.tracker.step(h.frame_index, seg.detections, image=rf.image, mask=seg.mask)
+        step = tracker.step(h.frame_index, seg.detections, image=rf.image, mask=seg.mask)
         timings["track"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         try:
@@ -259,10 +317,13 @@ class Worker:
                 diameter_px=seg.info.get("diameter_px"),
                 diameter_estimate_px=seg.info.get("diameter_estimate"),
             )
+        except (StoreLost, RunInUse):
+            raise  # the database is gone, or another process writes the run: stop now
         except StoreError as err:
             # The tracker already advanced past a frame the store does not hold: drop the
             # position's state so the next frame re-synchronises from what was committed.
             self.positions.pop((h.run_id, h.position), None)
+            self._live.pop((h.run_id, h.position), None)
             self._store_failures += 1
             if self._store_failures >= self.settings.worker.max_store_failures:
                 raise WorkerStopped(
@@ -369,14 +430,39 @@ class Worker:
             self._open_run(h)
         state = PositionState(
             segmenter=self._make_segmenter(),
-            tracker=self._make_tracker(h.shape),
+            tracker=None,
             shape=h.shape,
             last_frame=self.store.last_frame(h.run_id, h.position),
         )
-        if state.last_frame is not None:
-            self._restore(h.run_id, h.position, state)
+        if state.last_frame is not None:  # resumed: the scale where it stood
+            state.segmenter.restore_scale(
+                self.store.scale_state(
+                    h.run_id, h.position, self.settings.segment.auto_diameter_frames
+                )
+            )
         self.positions[key] = state
         return state
+
+    def _live_tracker(self, h: FrameHeader | tuple[str, str], state: PositionState) -> Tracker:
+        """The position's tracker, rebuilt from the store if it is not in memory; marks the
+        position as the most recently active and drops the least recently active trackers
+        beyond ``max_live_trackers``."""
+        key = (h.run_id, h.position) if isinstance(h, FrameHeader) else h
+        tracker = state.tracker
+        if tracker is None:
+            tracker = state.tracker = self._make_tracker(state.shape)
+            if state.last_frame is not None:
+                self._restore(key[0], key[1], state, tracker)
+        self._live[key] = None
+        self._live.move_to_end(key)
+        while len(self._live) > self.settings.worker.max_live_trackers:
+            old, _ = self._live.popitem(last=False)
+            dropped = self.positions.get(old)
+            if dropped is not None and dropped.tracker is not None:
+                dropped.tracker = None
+                self.trackers_dropped += 1
+                log.debug("position %s of run %s: tracker dropped from memory", old[1], old[0])
+        return tracker
 
     def _open_run(self, h: FrameHeader) -> None:
         is_new = self.store.begin_run(
@@ -387,13 +473,10 @@ class Worker:
         self._current_run = h.run_id
         log.info("%s run %s (%s)", "started" if is_new else "resuming", h.run_id, h.source)
 
-    def _restore(self, run_id: str, position: str, state: PositionState) -> None:
-        history = self.store.history(run_id, position, state.tracker.history_window)
+    def _restore(self, run_id: str, position: str, state: PositionState, tracker: Tracker) -> None:
+        history = self.store.history(run_id, position, tracker.history_window)
         tracks = self.store.tracks(run_id, position)
-        state.tracker.restore(history, tracks)
-        state.segmenter.restore_scale(
-            self.store.scale_state(run_id, position, self.settings.segment.auto_diameter_frames)
-        )
+        tracker.restore(history, tracks)
         state.divisions = sum(1 for e in self.store.events(run_id, position, kinds=["division"]))
         log.info(
             "position %s of run %s: resuming after frame %s (%d tracks restored)",
@@ -417,10 +500,10 @@ class Worker:
             if run_id != eos.run_id:
                 continue
             if eos.reason == "complete" and state.last_frame is not None:
-                self.store.write_track_ends(
-                    run_id, position, state.tracker.finish(state.last_frame)
-                )
+                tracker = self._live_tracker((run_id, position), state)
+                self.store.write_track_ends(run_id, position, tracker.finish(state.last_frame))
             del self.positions[(run_id, position)]
+            self._live.pop((run_id, position), None)
         if eos.run_id in self.open_runs or self.store.has_run(eos.run_id):
             self.store.end_run(eos.run_id, "finished" if eos.reason == "complete" else "aborted")
         self.open_runs.discard(eos.run_id)
@@ -442,18 +525,36 @@ class Worker:
             h, w = self.store.load_mask(run_id, position, last).shape
             state = PositionState(
                 segmenter=self._make_segmenter(),
-                tracker=self._make_tracker((int(h), int(w))),
+                tracker=None,
                 shape=(int(h), int(w)),
                 last_frame=last,
             )
-            self._restore(run_id, position, state)
-            self.positions[(run_id, position)] = state
+            self.positions[(run_id, position)] = state  # restored by _live_tracker
 
     def abort_open_runs(self) -> None:
-        """On shutdown without end-of-stream: mark open runs 'aborted' (resumable)."""
+        """On shutdown without end-of-stream: mark open runs 'aborted' (resumable). A store
+        that cannot be written any more (deleted, full) is logged, not raised: shutdown
+        goes on, and the run's status stays 'running', which resumes just the same."""
         for run_id in list(self.open_runs):
-            self.store.end_run(run_id, "aborted")
+            try:
+                self.store.end_run(run_id, "aborted")
+            except StoreError as err:
+                log.error("could not mark run %s aborted: %s", run_id, err)
         self.open_runs.clear()
+
+    def _renew_leases(self) -> None:
+        """While idle, renew the leases of the runs being written (see ``Store.heartbeat``),
+        and notice a deleted database before the next frame arrives."""
+        now = time.monotonic()
+        if now - self._last_heartbeat < self.store.config.lease_timeout_s / 4:
+            return
+        self._last_heartbeat = now
+        try:
+            self.store.heartbeat()
+        except StoreLost:
+            raise
+        except StoreError as err:  # e.g. locked for a while: the next frame tries again
+            log.warning("could not renew the run lease: %s", err)
 
     # ------------------------------------------------------------- reporting
     def _emit(self, result: FrameResult) -> FrameResult:

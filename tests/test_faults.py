@@ -9,6 +9,7 @@ sender far faster than the worker (memory stays bounded on both sides).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import socket
@@ -798,3 +799,173 @@ def test_fast_sender_keeps_memory_bounded_on_both_sides(tmp_path: Path, n_frames
     print(f"RSS MB at frame 5 {base}, growth after {n_frames} frames {growth}; {report}")
     assert growth["worker"] < 150, (growth, base)
     assert growth["sender"] < 150, (growth, base)
+
+
+# ------------------------------------------------------------- where and who writes
+SMALL_RUN = ["--no-tui", "--size", "64", "64", "--cells", "3", "--diameter", "12"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def test_configured_database_path_is_used_by_worker_and_run(tmp_path: Path) -> None:
+    """LIVETRACK_STORE__PATH and [store] path used to be ignored: --db always had a value
+    (./livetrack.db). An explicit --db still wins."""
+    frames_ep, events_ep = endpoints()
+    env = _env(LIVETRACK_STORE__PATH="elsewhere.db")
+    cmd = worker_cmd(Path("unused"), frames_ep, events_ep)
+    i = cmd.index("--db")
+    del cmd[i : i + 2]
+    with (tmp_path / "w.log").open("ab") as log:
+        worker = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=log)
+    try:
+        driver = subprocess.run(
+            sim_cmd(frames_ep, events_ep, seed=2, n_frames=3, run_id="env"),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert driver.returncode == 0, driver.stderr[-2000:]
+        assert worker.wait(timeout=60) == 0, (tmp_path / "w.log").read_text()[-2000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert not (tmp_path / "livetrack.db").exists()
+    with Store(tmp_path / "elsewhere.db", readonly=True) as store:
+        assert store.frame_indices("env", "sim") == [0, 1, 2]
+
+    (tmp_path / "cfg.toml").write_text('[store]\npath = "from-config.db"\n')
+    run = [*LIVETRACK, "run", *SMALL_RUN, "--track-only", "--frames", "2"]
+    run += ["--events", "tcp://127.0.0.1:0", "--run-id", "cfg", "--config", "cfg.toml"]
+    done = subprocess.run(run, cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "from-config.db" in done.stdout
+    with Store(tmp_path / "from-config.db", readonly=True) as store:
+        assert store.frame_indices("cfg", "sim") == [0, 1]
+    done = subprocess.run(
+        [*run, "--db", "explicit.db"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with Store(tmp_path / "explicit.db", readonly=True) as store:
+        assert store.frame_indices("cfg", "sim") == [0, 1]
+    assert not (tmp_path / "livetrack.db").exists()
+
+
+def test_database_deleted_under_a_running_worker_stops_it_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    """It used to go on 'committing' and acknowledging into the unlinked file (rc 0,
+    nothing left on disk)."""
+    db, run_id = tmp_path / "gone.db", "gone"
+    frames_ep, events_ep = endpoints()
+    wlog = tmp_path / "w.log"
+    worker = spawn(worker_cmd(db, frames_ep, events_ep), wlog)
+    driver = spawn(
+        sim_cmd(frames_ep, events_ep, seed=4, n_frames=40, run_id=run_id), tmp_path / "d.log"
+    )
+    try:
+        wait_for_frames(db, 3, worker)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink()
+        assert worker.wait(timeout=60) == 1, wlog.read_text()[-2000:]
+    finally:
+        for proc in (driver, worker):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = wlog.read_text()
+    assert "livetrack worker: error: " in text
+    assert "gone.db was deleted while this process was writing the database" in text
+    assert "Traceback" not in text
+    assert "worker stopped:" not in text  # it did not pretend to finish
+
+
+def test_unwritable_database_stops_the_worker_at_start_up(tmp_path: Path) -> None:
+    from tests.test_store import make_unwritable
+
+    db = tmp_path / "ro.db"
+    with Store(db) as s:
+        s.begin_run("r", source="sim", config={})
+    frames_ep, events_ep = endpoints()
+    with contextlib.contextmanager(make_unwritable)(db):
+        done = subprocess.run(
+            worker_cmd(db, frames_ep, events_ep),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,  # it used to start and wait for frames
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"livetrack worker: error: checking that store {db} can be written: the database is "
+        "read-only (file permissions, or opened with readonly=True) (OperationalError: "
+        "attempt to write a readonly database)"
+    ]
+
+
+def test_second_run_on_a_run_being_written_is_refused_by_name(tmp_path: Path) -> None:
+    """It used to 'resume' the run the first was writing and die with 'cannot end unknown
+    track(s)'. The first run is not disturbed."""
+    db = tmp_path / "two.db"
+    cmd = run_cmd(db, 20, interval=0.2)
+    out = tmp_path / "first.log"
+    first = spawn(cmd, out)
+    try:
+        wait_for_frames(db, 2, first)
+        second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert first.wait(timeout=180) == 0, out.read_text()[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert second.returncode == 1, second.stderr[-2000:]
+    assert (
+        f"livetrack run: error: run 'sim-s5-160x160-c10-f20' is being written by another "
+        f"livetrack process (pid {first.pid} on host {socket.gethostname()}"
+    ) in second.stderr
+    assert "wait for it to finish, or write a separate run with a different --run-id" in (
+        second.stderr
+    )
+    check_integrity(db)
+    with Store(db, readonly=True) as store:
+        (run,) = store.runs()
+        assert run["status"] == "finished"
+        assert store.frame_indices(run["run_id"], "sim") == list(range(20))
+        assert store.conn.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
+
+
+def test_taken_events_port_is_refused_not_silently_moved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` used to move to a random port, so `livetrack tui --connect` watched nothing."""
+    import zmq
+
+    ctx = zmq.Context()
+    holder = ctx.socket(zmq.PUB)
+    port = holder.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        code = main(
+            [
+                "run",
+                *SMALL_RUN,
+                *("--frames", "2", "--db", str(tmp_path / "p.db")),
+                *("--events", f"tcp://127.0.0.1:{port}"),
+            ]
+        )
+    finally:
+        holder.close(linger=0)
+        ctx.term()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"tcp://127.0.0.1:{port} is already in use" in err
+    assert "choose another endpoint with --events (tcp://127.0.0.1:0 for any free port" in err
+    with Store(tmp_path / "p.db", readonly=True) as store:
+        assert store.runs() == []  # nothing started

@@ -38,6 +38,8 @@ from livetrack.worker import FrameResult
 
 BEADS = (("Camera", "Mode", "Fluorescent Beads"),)
 TWO_POSITIONS = (StagePosition("A1", 0.0, 0.0), StagePosition("B2", 500.0, 250.0))
+ANY_PORT = "tcp://127.0.0.1:0"
+"""Events endpoint for pipelines here: 5558 may be taken by a worker already running."""
 
 
 @pytest.fixture(scope="session")
@@ -183,7 +185,14 @@ def test_two_positions_from_democamera_into_db(demo_core: Any, tmp_path: Path) -
     )
     src = MicroManagerSource(plan, queue_size=4)
     db = tmp_path / "mm.db"
-    summary = run_pipeline(src, Settings(), description=src.describe(), run_id="mm", db_path=db)
+    summary = run_pipeline(
+        src,
+        Settings(),
+        description=src.describe(),
+        run_id="mm",
+        db_path=db,
+        events_endpoint=ANY_PORT,
+    )
 
     assert summary.frames_stored == 40
     assert summary.pump is not None
@@ -228,7 +237,13 @@ def test_slow_worker_loses_no_frame(demo_core: Any, tmp_path: Path) -> None:
 
     db = tmp_path / "slow.db"
     summary = run_pipeline(
-        src, Settings(), description=src.describe(), run_id="slow", db_path=db, on_frame=slow
+        src,
+        Settings(),
+        description=src.describe(),
+        run_id="slow",
+        db_path=db,
+        on_frame=slow,
+        events_endpoint=ANY_PORT,
     )
     expected = [(p.name, t) for t in range(12) for p in TWO_POSITIONS]
     assert arrived == expected
@@ -285,6 +300,7 @@ def test_stop_aborts_open_ended_acquisition(demo_core: Any, tmp_path: Path) -> N
         description=src.describe(),
         run_id="open",
         db_path=tmp_path / "open.db",
+        events_endpoint=ANY_PORT,
         stop=stop,
         on_frame=stop_after_five,
     )

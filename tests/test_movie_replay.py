@@ -47,7 +47,12 @@ def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 def _replay(source: Any, db: Path, run_id: str = "replay") -> Any:
     return run_pipeline(
-        source, Settings(), description=source.describe(), run_id=run_id, db_path=db
+        source,
+        Settings(),
+        description=source.describe(),
+        run_id=run_id,
+        db_path=db,
+        events_endpoint="tcp://127.0.0.1:0",  # 5558 may be taken by a running worker
     )
 
 

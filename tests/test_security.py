@@ -276,3 +276,64 @@ def test_client_with_an_unlisted_key_is_told_the_worker_does_not_answer(
     assert len(client_side) == 1  # once, not every poll
     assert "does not accept this client's CURVE key" in client_side[0]
     assert read_key(keys / "intruder.public").decode() in client_side[0]
+
+
+class _RunsCode:
+    """Unpickling this would create the marker file: what a malicious weights.pt does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("stage", ["segment", "track"])
+@pytest.mark.parametrize("content", ["code", "empty", "garbage", "not-a-state-dict"])
+def test_bad_weights_file_ends_run_with_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], stage: str, content: str
+) -> None:
+    """A weights.pt that would run code (or is empty, garbage, or not a state dict) used to
+    end `run` with torch's UnpicklingError/EOFError traceback."""
+    import shutil
+
+    import torch
+
+    from livetrack.segment.learned import SHIPPED_MODEL
+    from livetrack.track.lstm import DEFAULT_MODEL as SHIPPED_TRACK_MODEL
+
+    model = tmp_path / "model"
+    shutil.copytree(SHIPPED_MODEL if stage == "segment" else SHIPPED_TRACK_MODEL, model)
+    weights = model / "weights.pt"
+    marker = tmp_path / "pwned"
+    if content == "code":
+        torch.save({"w": _RunsCode(marker)}, weights)
+    elif content == "empty":
+        weights.write_bytes(b"")
+    elif content == "garbage":
+        weights.write_bytes(bytes(range(256)) * 4)
+    else:
+        torch.save([torch.zeros(2)], weights)
+    method = "learned" if stage == "segment" else "lstm"
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'[{stage}]\nmethod = "{method}"\nmodel_dir = "{model}"\n')
+    code = main(
+        [
+            *("-q", "run", "--no-tui", "--frames", "2", "--size", "64", "64", "--cells", "2"),
+            *("--config", str(cfg), "--db", str(tmp_path / "m.db")),
+            *("--events", "tcp://127.0.0.1:0"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    what = "segmentation" if stage == "segment" else "tracking"
+    assert lines[0].startswith(f"livetrack run: error: cannot load {what} model from {model}: ")
+    assert "weights.pt" in lines[0]
+    if content == "code":
+        assert "weights.pt is not a plain file of tensors; refused to load it" in lines[0]
+    assert "weights_only` set to `False`" not in err  # torch's advice, the one not to follow
+    assert not marker.exists()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +17,11 @@ import numpy as np
 import pydantic
 import pytest
 
-from livetrack.errors import SchemaMismatch, StoreError
+from livetrack.errors import RunInUse, SchemaMismatch, StoreError, StoreLost
 from livetrack.store import (
     EMBEDDINGS_TABLE,
     EVENTS_TABLE,
+    LEASES_TABLE,
     MIGRATIONS,
     SCALE_TABLE,
     SCHEMA_DOC,
@@ -424,20 +427,24 @@ _TO_V2_KIND = "CASE kind WHEN 'new_track' THEN 'birth' WHEN 'lost' THEN 'death' 
 
 
 def _create_v2_schema(conn: sqlite3.Connection) -> None:
-    """The schema of version 2: today's tables but ``scale`` (version 3), with the old
-    events table (changed in version 4)."""
+    """The schema of version 2: today's tables but ``scale`` (version 3) and ``leases``
+    (version 5), with the old events table (changed in version 4)."""
     for table in TABLES:
-        if table is SCALE_TABLE:
+        if table in (SCALE_TABLE, LEASES_TABLE):
             continue
         for statement in render_ddl(V2_EVENTS_TABLE if table is EVENTS_TABLE else table):
             conn.execute(statement)
 
 
+ADDED_AFTER_V1 = (EMBEDDINGS_TABLE, SCALE_TABLE, LEASES_TABLE)
+"""Tables versions 2, 3 and 5 added; the others are as release 1 made them (events with its
+old kinds, changed in version 4)."""
+
+
 def _create_v1_schema(conn: sqlite3.Connection) -> None:
-    """The schema of release 1: every table of today's but ``embeddings`` (version 2) and
-    ``scale`` (version 3), unchanged."""
+    """The schema of release 1: every table of today's but those added later."""
     for table in TABLES:
-        if table not in (EMBEDDINGS_TABLE, SCALE_TABLE):
+        if table not in ADDED_AFTER_V1:
             for statement in render_ddl(V2_EVENTS_TABLE if table is EVENTS_TABLE else table):
                 conn.execute(statement)
 
@@ -470,7 +477,7 @@ def test_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) 
     conn.execute("ATTACH ? AS src", (str(filled),))
     conn.execute("PRAGMA foreign_keys = OFF")  # copy tables in any order
     for table in TABLES:
-        if table not in (EMBEDDINGS_TABLE, SCALE_TABLE):
+        if table not in ADDED_AFTER_V1:
             _copy_into_old(conn, table.name)
     conn.execute("DETACH src")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
@@ -480,11 +487,12 @@ def test_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) 
     assert [row[4] for row in before["events"]] == ["birth", "birth", "division", "birth", "death"]
 
     with Store(old) as s:  # the current Store migrates it in place
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert s.frame_indices(RUN, POS) == [0, 1, 2, 3]
         assert [h.embeddings for h in s.history(RUN, POS, 10)] == [None] * 4
     after = dump(old)
     assert after.pop("embeddings") == []
+    assert after.pop("leases") == []  # the writer released its lease on close
     assert after.pop("scale") == []
     # every row of every version-1 table kept as it was, events in today's words
     new_kind = {"birth": "new_track", "death": "lost", "division": "division"}
@@ -554,7 +562,7 @@ def test_version_2_events_open_in_todays_words(tmp_path: Path) -> None:
     conn.execute("ATTACH ? AS src", (str(filled),))
     conn.execute("PRAGMA foreign_keys = OFF")
     for table in TABLES:
-        if table is not SCALE_TABLE:  # added in version 3
+        if table not in (SCALE_TABLE, LEASES_TABLE):  # added in versions 3 and 5
             _copy_into_old(conn, table.name)
     conn.execute("DETACH src")
     conn.execute("DELETE FROM events WHERE id = 7")
@@ -919,3 +927,212 @@ def test_divisions_carry_their_frames_acquisition_time(store: Store) -> None:
     assert store.divisions_acquired(RUN, after_id=rows[0]["id"]) == rows[1:]
     assert store.divisions_acquired(RUN, limit=1) == rows[:1]
     assert store.divisions_acquired("no-such-run") == []
+
+
+# --------------------------------------------------------------------------- opening safely
+
+
+def _file_state(path: Path) -> tuple[bytes, list[str]]:
+    """The bytes of a file and which SQLite side files sit beside it."""
+    return path.read_bytes(), sorted(
+        p.name for p in path.parent.iterdir() if p.name.startswith(path.name + "-")
+    )
+
+
+def test_foreign_sqlite_file_is_refused_without_being_touched(tmp_path: Path) -> None:
+    """A writer refuses another program's SQLite file before changing anything in it
+    (it used to switch the file to WAL first)."""
+    foreign = tmp_path / "notes.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('keep me')")
+    conn.commit()
+    conn.close()
+    before = _file_state(foreign)
+    with pytest.raises(SchemaMismatch, match="not a livetrack database"):
+        Store(foreign)
+    assert _file_state(foreign) == before
+    conn = sqlite3.connect(foreign)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        conn.close()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database at all\n" * 100)
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        Store(text)
+    assert text.read_text() == "not a database at all\n" * 100
+
+
+def make_unwritable(path: Path) -> Iterator[None]:
+    """Make a file unwritable even for root (immutable attribute) or by mode (others)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None:
+            pytest.skip("root without chattr cannot make a file unwritable")
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"chattr +i not supported here: {done.stderr.decode().strip()}")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(0o644)
+
+
+def test_unwritable_database_is_refused_when_opened_not_at_the_first_frame(
+    db_path: Path,
+) -> None:
+    with Store(db_path) as s:
+        s.begin_run(RUN, source="sim", config={})
+    for suffix in ("-wal", "-shm"):
+        assert not Path(f"{db_path}{suffix}").exists()
+    with contextlib.contextmanager(make_unwritable)(db_path):
+        with pytest.raises(StoreError, match="can be written: the database is read-only"):
+            Store(db_path)
+        with Store(db_path, readonly=True) as r:  # reading it is still fine
+            assert r.has_run(RUN)
+
+
+# --------------------------------------------------------------------------- lost files
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_database_deleted_or_replaced_while_open_stops_every_write(
+    tmp_path: Path, how: str
+) -> None:
+    """Writing on into unlinked files would 'commit' frames that vanish with the process:
+    the next write (and the check before acknowledging) raises StoreLost instead."""
+    db = tmp_path / "gone.db"
+    store = Store(db)
+    try:
+        store.begin_run(RUN, source="sim", config={})
+        m, d = frame_data([1])
+        store.write_frame(
+            RUN, POS, 0, timestamp=1.0, mask=m, detections=d,
+            step=step_for(0, d, {1: 1}, started=[TrackStart(1, 0)]),
+        )  # fmt: skip
+        store.check_intact()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink()
+        if how == "replaced":
+            Store(db).close()  # another, empty database now has the name
+        with pytest.raises(StoreLost, match=f"gone.db was {how}"):
+            store.check_intact()
+        with pytest.raises(StoreLost, match=f"writing frame 1 .*gone.db was {how}"):
+            store.write_frame(
+                RUN, POS, 1, timestamp=2.0, mask=m, detections=d, step=step_for(1, d, {1: 1})
+            )
+        with pytest.raises(StoreLost):
+            store.end_run(RUN)
+    finally:
+        store.close()  # logs that the lease could not be released; does not raise
+
+
+def test_only_the_wal_deleted_is_noticed_too(tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    with Store(db) as store:
+        store.begin_run(RUN, source="sim", config={})
+        Path(f"{db}-wal").unlink()
+        with pytest.raises(StoreLost, match=r"w\.db-wal was deleted"):
+            store.end_run(RUN)
+
+
+# --------------------------------------------------------------------------- run leases
+
+
+def test_a_second_writer_of_a_run_is_refused_by_name_until_the_first_closes(
+    db_path: Path,
+) -> None:
+    first = Store(db_path)
+    second = Store(db_path)
+    try:
+        assert first.begin_run(RUN, source="sim", config={})
+        with pytest.raises(RunInUse, match=rf"run 'run-1' is being written .*pid {os.getpid()}"):
+            second.begin_run(RUN, source="sim", config={})
+        with pytest.raises(RunInUse, match="different --run-id"):
+            second.check_run_free(RUN)
+        with pytest.raises(RunInUse):
+            second.end_run(RUN)  # nor can it mark the run finished under the writer
+        assert second.begin_run("other", source="sim", config={})  # another run is fine
+        holder = second.run_holder(RUN)
+        assert holder is not None
+        assert (holder.pid, holder.host) == (os.getpid(), socket.gethostname())
+        first.close()  # a clean close releases the lease
+        assert second.run_holder(RUN) is None
+        assert not second.begin_run(RUN, source="sim", config={})  # resumed
+    finally:
+        first.close()
+        second.close()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _set_lease(path: Path, **values: Any) -> None:
+    conn = sqlite3.connect(path)
+    sets = ", ".join(f"{k} = ?" for k in values)
+    conn.execute(f"UPDATE leases SET {sets}", tuple(values.values()))
+    conn.commit()
+    conn.close()
+
+
+def test_a_lease_left_by_a_dead_process_does_not_block_a_resume(db_path: Path) -> None:
+    crashed = Store(db_path)
+    crashed.begin_run(RUN, source="sim", config={})
+    crashed.conn.close()  # the process "dies": no end_run, no release
+    _set_lease(db_path, pid=_dead_pid())
+    with Store(db_path) as s:
+        assert s.run_holder(RUN) is None
+        assert not s.begin_run(RUN, source="sim", config={})
+        lease = s.conn.execute("SELECT pid FROM leases WHERE run_id = ?", (RUN,)).fetchone()
+        assert lease == (os.getpid(),)
+
+
+def test_a_reused_pid_does_not_keep_a_lease_alive(db_path: Path) -> None:
+    """The pid exists (it is ours) but belongs to a process started after the lease."""
+    with Store(db_path) as s:
+        s.begin_run(RUN, source="sim", config={})
+        _set_lease(db_path, token="gone", pid=1, process_start=0.0)
+        if os.path.exists("/proc/1/stat"):
+            assert s.run_holder(RUN) is None
+            assert not s.begin_run(RUN, source="sim", config={})
+
+
+def test_a_lease_from_another_host_lives_while_its_heartbeat_is_fresh(db_path: Path) -> None:
+    import time
+
+    with Store(db_path) as s:
+        s.begin_run(RUN, source="sim", config={})
+        _set_lease(db_path, token="remote", host="scope-pc", heartbeat=time.time())
+        with pytest.raises(RunInUse, match=r"pid .* on host scope-pc"):
+            s.begin_run(RUN, source="sim", config={})
+        stale = time.time() - s.config.lease_timeout_s - 1
+        _set_lease(db_path, heartbeat=stale)
+        assert not s.begin_run(RUN, source="sim", config={})  # taken over
+
+
+def test_a_writer_whose_lease_was_taken_over_stops_writing(db_path: Path) -> None:
+    with Store(db_path) as s:
+        s.begin_run(RUN, source="sim", config={})
+        m, d = frame_data([1])
+        _set_lease(db_path, token="someone", host="scope-pc", pid=7)
+        with pytest.raises(RunInUse, match="lost its lease: run 'run-1' is being written"):
+            s.write_frame(
+                RUN, POS, 0, timestamp=1.0, mask=m, detections=d,
+                step=step_for(0, d, {1: 1}, started=[TrackStart(1, 0)]),
+            )  # fmt: skip
+        assert s.frame_indices(RUN, POS) == []

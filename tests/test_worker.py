@@ -337,3 +337,199 @@ def test_tracker_gets_image_and_mask_and_its_embeddings_survive_a_restart(
         np.testing.assert_array_equal(h.embeddings[:, 0], h.detections.labels)
         np.testing.assert_array_equal(h.embeddings[:, 3], h.frame)
     assert [h.embeddings is not None for h in second.store.history("r", "sim", 100)] == [True] * 9
+
+
+# ------------------------------------------------------------- hostile label images
+def labelled_frame(i: int, labels: np.ndarray, run: str = "r") -> tuple[FrameHeader, np.ndarray]:
+    header = FrameHeader(
+        run_id=run,
+        position="p",
+        frame_index=i,
+        timestamp=float(i),
+        shape=labels.shape,  # type: ignore[arg-type]
+        dtype="uint16",
+        labels_dtype=labels.dtype.name,
+    )
+    return header, (labels > 0).astype(np.uint16) * 1000
+
+
+def squares(shape: tuple[int, int] = (64, 64)) -> np.ndarray:
+    lab = np.zeros(shape, np.int32)
+    lab[5:15, 5:15] = 1
+    lab[30:40, 30:40] = 2
+    return lab
+
+
+def test_negative_labels_are_bad_input_not_storage_failures(tmp_path, zmq_context, closing):
+    """Five such frames used to stop the worker 'because the store failed'."""
+    worker = make_worker(tmp_path / "neg.db", zmq_context, closing)
+    pusher = pusher_for(worker, zmq_context, closing)
+    bad = squares()
+    bad[50, 50] = -3
+    for i in range(8):
+        header, image = labelled_frame(i, bad)
+        pusher.send_frame(header, image, bad)
+    header, image = labelled_frame(8, squares())
+    pusher.send_frame(header.model_copy(update={"previous_frame": 7}), image, squares())
+    results = drain(worker, until_eos=False)
+    assert [r.status for r in results] == ["rejected"] * 8 + ["stored"]
+    assert all("negative labels (min -3)" in r.message for r in results[:8])
+    assert worker.store.frame_indices("r", "p") == [8]
+    assert worker._store_failures == 0
+
+
+def test_huge_label_values_are_renumbered_in_bounded_memory(tmp_path, zmq_context, closing):
+    """One pixel of 5,000,000 used to cost per-label arrays of 5,000,001 entries (~200 MB
+    here; 16 GiB for 2**31-1), and uint32 labels beyond 2**31-1 wrapped to negatives."""
+    import tracemalloc
+
+    worker = make_worker(tmp_path / "big.db", zmq_context, closing)
+    pusher = pusher_for(worker, zmq_context, closing)
+    huge = squares((256, 256))
+    huge[100:110, 100:110] = 5_000_000
+    wide = squares((256, 256)).astype(np.uint32)
+    wide[200:210, 200:210] = 4_000_000_000
+    for i, labels in enumerate([huge, wide]):
+        header, image = labelled_frame(i, labels)
+        pusher.send_frame(header, image, labels)
+    tracemalloc.start()
+    try:
+        results = drain(worker, until_eos=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [r.status for r in results] == ["stored", "stored"]
+    assert peak < 50e6, f"peak {peak / 1e6:.0f} MB of Python/NumPy allocations"
+    for frame, labels in enumerate([huge, wide]):
+        mask = worker.store.load_mask("r", "p", frame)
+        expected = np.searchsorted(np.unique(labels), labels).astype(np.int32)  # 0, 1, 2, 3
+        np.testing.assert_array_equal(mask, expected)
+        dets, _ = worker.store.frame_detections("r", "p", frame)
+        assert dets.labels.tolist() == [1, 2, 3]
+        assert dets.areas.tolist() == [100, 100, 100]
+
+
+# ------------------------------------------------------------- bounded tracker memory
+N_INTERLEAVED = 16
+"""Frames per position (the simulator's first divisions happen by then)."""
+
+
+def interleaved(worker: Worker, ctx, closing, positions: list[str]) -> None:  # type: ignore[no-untyped-def]
+    pusher = pusher_for(worker, ctx, closing)
+    for image, meta in gt_frames()[:N_INTERLEAVED]:
+        for pos in positions:
+            h = header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels)  # type: ignore[arg-type]
+            pusher.send_frame(h.model_copy(update={"position": pos}), image, meta.labels)  # type: ignore[attr-defined]
+    pusher.send_eos(EndOfStream(run_id="r", positions=tuple(positions)))
+    assert all(r.status == "stored" for r in drain(worker, timeout_s=600))
+
+
+def full_lineage(store: Store, positions: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pos in positions:
+        out[pos] = (
+            store.tracks("r", pos),
+            [
+                store.frame_detections("r", pos, f)[1].tolist()
+                for f in store.frame_indices("r", pos)
+            ],
+            [
+                (e["frame"], e["kind"], e["track_id"], e["daughters"], e["confidence"])
+                for e in store.events("r", pos)
+            ],
+        )
+    return out
+
+
+@pytest.mark.parametrize("method", ["lstm", "lap"])
+def test_trackers_beyond_the_limit_are_dropped_and_rebuilt_with_identical_lineages(
+    tmp_path, zmq_context, closing, method
+):
+    """Three positions taking turns with room for one tracker: every frame rebuilds its
+    position's tracker from the store, and every lineage equals the unbounded run's."""
+    positions = ["A1", "B2", "C3"]
+
+    def worker_with(db: str, limit: int) -> Worker:
+        worker = make_worker(
+            tmp_path / db,
+            zmq_context,
+            closing,
+            tracker_factory=lambda shape: make_tracker(TrackConfig(method=method), shape),
+        )
+        worker.settings = worker.settings.model_copy(
+            update={
+                "worker": worker.settings.worker.model_copy(update={"max_live_trackers": limit})
+            }
+        )
+        return worker
+
+    unbounded = worker_with("all.db", 1000)
+    interleaved(unbounded, zmq_context, closing, positions)
+    bounded = worker_with("one.db", 1)
+    interleaved(bounded, zmq_context, closing, positions)
+    assert unbounded.trackers_dropped == 0
+    assert bounded.trackers_dropped >= len(positions) * (N_INTERLEAVED - 1)
+    assert full_lineage(bounded.store, positions) == full_lineage(unbounded.store, positions)
+    events = full_lineage(bounded.store, positions)["A1"][2]
+    assert any(e[1] == "division" for e in events)  # divisions to compare, too
+
+
+def test_at_most_the_limit_of_trackers_is_in_memory(tmp_path, zmq_context, closing):
+    worker = make_worker(tmp_path / "lim.db", zmq_context, closing)
+    worker.settings = worker.settings.model_copy(
+        update={"worker": worker.settings.worker.model_copy(update={"max_live_trackers": 3})}
+    )
+    pusher = pusher_for(worker, zmq_context, closing)
+    image, meta = gt_frames()[0]
+    live = []
+    for i in range(10):
+        h = header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels)  # type: ignore[arg-type]
+        pusher.send_frame(h.model_copy(update={"position": f"P{i}"}), image, meta.labels)  # type: ignore[attr-defined]
+        got = worker.poll_once(timeout_s=10)
+        assert isinstance(got, FrameResult)
+        assert got.status == "stored"
+        live.append(sum(s.tracker is not None for s in worker.positions.values()))
+    assert live == [1, 2, 3] + [3] * 7
+    assert len(worker.positions) == 10  # the small summaries stay (status heartbeat)
+
+
+# ------------------------------------------------------------- database deleted
+def test_deleted_database_stops_the_worker_before_anything_more_is_acknowledged(
+    tmp_path, zmq_context, closing
+):
+    from livetrack.errors import StoreLost
+    from livetrack.messages import FrameCommitted
+
+    db = tmp_path / "del.db"
+    worker = make_worker(db, zmq_context, closing, publisher=True)
+    assert worker.publisher is not None
+    sub = closing(EventSubscriber(worker.publisher.endpoint, context=zmq_context))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # wait until the subscription is live
+        worker.publisher.publish(worker.status("idle"))
+        if sub.recv(timeout_s=0.1) is not None:
+            break
+    pusher = pusher_for(worker, zmq_context, closing)
+    frames = gt_frames()
+
+    def send(i: int) -> None:
+        image, meta = frames[i]
+        h = header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels)  # type: ignore[arg-type]
+        pusher.send_frame(h, image, meta.labels)  # type: ignore[attr-defined]
+
+    for i in range(3):
+        send(i)
+        assert worker.poll_once(timeout_s=10).status == "stored"  # type: ignore[union-attr]
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink()
+    send(3)
+    with pytest.raises(StoreLost, match=r"del\.db was deleted"):
+        worker.poll_once(timeout_s=10)
+    send(1)  # a re-send of a frame the lost file held: no "duplicate" acknowledgement
+    with pytest.raises(StoreLost):
+        worker.poll_once(timeout_s=10)
+    acks = []
+    while (msg := sub.recv(timeout_s=0.5)) is not None:
+        if isinstance(msg, FrameCommitted):
+            acks.append(msg.frame_index)
+    assert acks == [0, 1, 2]

@@ -26,6 +26,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from livetrack.errors import ConfigError
+from livetrack.weights import load_weights
 
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
@@ -172,10 +173,14 @@ def load_model(model_dir: Path) -> NucleusUNet:
     """The model saved by ``save_model``, in eval mode on the CPU."""
     try:
         meta = json.loads((model_dir / CONFIG_FILE).read_text())
-        state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    except (OSError, ValueError) as exc:
+        state = load_weights(model_dir / WEIGHTS_FILE)
+        model = NucleusUNet(ModelConfig.from_dict(meta["model"]))
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"cannot load segmentation model from {model_dir}: {exc}") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ConfigError(f"cannot load segmentation model from {model_dir}: {exc}") from exc
-    model = NucleusUNet(ModelConfig.from_dict(meta["model"]))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.eval()
     return model

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from livetrack.errors import ConfigError
 from livetrack.track.features import N_MORPH
+from livetrack.weights import load_weights
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
@@ -163,12 +164,14 @@ def load_tracknet(model_dir: Path) -> tuple[TrackNet, dict[str, Any]]:
     """The model saved by ``save_tracknet`` (eval mode, CPU) and its config.json."""
     try:
         meta = json.loads((model_dir / CONFIG_FILE).read_text())
-        state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        state = load_weights(model_dir / WEIGHTS_FILE)
         model = TrackNet(TrackNetConfig.from_dict(meta["model"]))
         model.load_state_dict(
             {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except ConfigError as exc:
+        raise ConfigError(f"cannot load tracking model from {model_dir}: {exc}") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ConfigError(f"cannot load tracking model from {model_dir}: {exc}") from exc
     model.eval()
     return model, meta
