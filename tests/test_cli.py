@@ -442,7 +442,7 @@ def test_help_shows_defaults_and_the_source_choice(capsys: pytest.CaptureFixture
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 50)" in text  # --frames
-    assert "(default: livetrack.db)" in text
+    assert "LIVETRACK_STORE__PATH, else livetrack.db)" in text  # --db
     for group in ("frame source:", "simulated movie (--source simulator):"):
         assert group in text
     assert "Micro-Manager (--source micromanager):" in text
