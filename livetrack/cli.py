@@ -1489,43 +1489,18 @@ def cmd_train_track(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from livetrack.evaluate import ExportFrame, export_ctc
+    from livetrack.evaluate.export import export_run
     from livetrack.store import Store
 
     _setup_logging(args)
     if not any((args.ctc, args.geff, args.table, args.napari)):
         raise LivetrackError("nothing to export: give --ctc, --geff, --table and/or --napari")
-    if args.ctc is None:
-        return _export_formats(args)
-    with Store(args.db, readonly=True) as store:
-        run_id = args.run_id or store.latest_run_id()
-        if run_id is None:
-            raise LivetrackError(f"{args.db} holds no runs")
-        positions = store.positions(run_id)
-        position = args.position
-        if position is None:
-            if len(positions) != 1:
-                raise LivetrackError(
-                    f"run {run_id} has positions {positions}; choose one with --position"
-                )
-            position = positions[0]
-        elif position not in positions:
-            raise LivetrackError(f"run {run_id} has no position {position!r} (has {positions})")
-        indices = store.frame_indices(run_id, position)
-
-        def frames() -> Any:
-            for f in indices:
-                det, track_ids = store.frame_detections(run_id, position, f)
-                yield ExportFrame(
-                    frame=f,
-                    mask=store.load_mask(run_id, position, f),
-                    labels=det.labels,
-                    track_ids=track_ids,
-                )
-
-        n_frames = args.n_frames or (indices[-1] + 1 if indices else 0)
-        out = export_ctc(frames(), store.tracks(run_id, position), args.ctc, n_frames=n_frames)
-    print(f"exported run {run_id} position {position}: {len(indices)} frames → {out}")
+    if args.ctc is not None:
+        with Store(args.db, readonly=True) as store:
+            run_id, position, n = export_run(
+                store, args.run_id, args.position, args.ctc, n_frames=args.n_frames or None
+            )
+        print(f"exported run {run_id} position {position}: {n} frames → {args.ctc}")
     return _export_formats(args)
 
 

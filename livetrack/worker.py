@@ -199,6 +199,11 @@ class Worker:
         self.worker_id = uuid.uuid4().hex[:12]
         """Random id of this worker process, in acknowledgements and heartbeats: a driver
         that sees a new one knows the worker restarted."""
+        self.running_segmenter: str = settings.segment.method
+        """What really segments: the name of the last segmenter made (a fallback, e.g.
+        classical when torch cannot load, shows as such); the configured method before."""
+        self.running_tracker: str = settings.track.method
+        """What really tracks (as ``running_segmenter``)."""
         self._rejected_upto: dict[tuple[str, str], int] = {}
         """Per (run, position): the highest frame index rejected for its content (handled,
         so the frame after it may follow)."""
@@ -434,6 +439,7 @@ class Worker:
             shape=h.shape,
             last_frame=self.store.last_frame(h.run_id, h.position),
         )
+        self.running_segmenter = state.segmenter.name
         if state.last_frame is not None:  # resumed: the scale where it stood
             state.segmenter.restore_scale(
                 self.store.scale_state(
@@ -451,6 +457,7 @@ class Worker:
         tracker = state.tracker
         if tracker is None:
             tracker = state.tracker = self._make_tracker(state.shape)
+            self.running_tracker = tracker.name
             if state.last_frame is not None:
                 self._restore(key[0], key[1], state, tracker)
         self._live[key] = None
@@ -625,8 +632,8 @@ class Worker:
                 )
                 for (_, pos), s in sorted(self.positions.items())
             ),
-            segmenter=self.settings.segment.method,
-            tracker=self.settings.track.method,
+            segmenter=self.running_segmenter,
+            tracker=self.running_tracker,
             db_path=str(self.store.path),
             timestamp=time.time(),
             worker_id=self.worker_id,

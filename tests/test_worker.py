@@ -533,3 +533,29 @@ def test_deleted_database_stops_the_worker_before_anything_more_is_acknowledged(
         if isinstance(msg, FrameCommitted):
             acks.append(msg.frame_index)
     assert acks == [0, 1, 2]
+
+
+def test_status_names_what_really_runs_after_a_fallback(tmp_path, zmq_context, closing):
+    """Configured learned + lstm, but the factories fall back (no torch, say) to classical
+    and lap: the status (and so the dashboard header) must say classical / lap once a
+    position runs, not what was asked for."""
+    from livetrack.segment.classical import ClassicalSegmenter
+    from livetrack.segment.config import SegmentConfig
+    from livetrack.track.config import TrackConfig
+    from livetrack.track.lap import LapTracker
+
+    worker = make_worker(
+        tmp_path / "fb.db",
+        zmq_context,
+        closing,
+        segmenter_factory=lambda: ClassicalSegmenter(SegmentConfig(nucleus_diameter_px=16)),
+        tracker_factory=lambda shape: LapTracker(TrackConfig(method="lap"), shape),
+    )
+    before = worker.status("idle")
+    assert (before.segmenter, before.tracker) == ("learned", "lstm")  # nothing runs yet
+    pusher = pusher_for(worker, zmq_context, closing)
+    pump(SimulatorSource(SIM.model_copy(update={"n_frames": 3})), pusher, "fb", description="sim")
+    drain(worker)
+    assert worker.store.frame_indices("fb", "sim") == [0, 1, 2]
+    after = worker.status("finished")
+    assert (after.segmenter, after.tracker) == ("classical", "lap")

@@ -343,7 +343,9 @@ def export_run(
     positions = store.positions(run_id)
     if position is None:
         if len(positions) != 1:
-            raise EvaluationError(f"run {run_id} has positions {positions}; choose one")
+            raise EvaluationError(
+                f"run {run_id} has positions {positions}; choose one with --position"
+            )
         position = positions[0]
     elif position not in positions:
         raise EvaluationError(f"run {run_id} has no position {position!r} (has {positions})")
