@@ -1374,6 +1374,11 @@ def _delivery_summary(result: Any, pusher: Any, flushed: bool | None) -> tuple[s
     if isinstance(pusher, AckedPusher):
         missing = pusher.unconfirmed()
         confirmed = f"the worker confirmed {pusher.frames_confirmed} of them"
+        if pusher.rejected:
+            shown = "; ".join(pusher.rejected[:5]) + (
+                f" (+{len(pusher.rejected) - 5} more)" if len(pusher.rejected) > 5 else ""
+            )
+            confirmed += f", rejected {len(pusher.rejected)} as bad input ({shown})"
         if not missing:
             return f"{confirmed} and the end-of-stream", True
         shown = ", ".join(missing[:20]) + (
@@ -1418,7 +1423,7 @@ def _driver_pusher(args: argparse.Namespace, stop: threading.Event) -> Any:
     if args.acks is None:
         return pusher
     acks = EventSubscriber(
-        args.acks, topics=("committed", "status"), curve=curve, allow_remote=remote
+        args.acks, topics=("committed", "status", "rejected"), curve=curve, allow_remote=remote
     )
     return AckedPusher(
         pusher,

@@ -270,6 +270,10 @@ class FrameRejected(_Message):
     frame_index: int | None = None
     reason: str
     timestamp: float
+    final: bool = False
+    """The frame itself is bad (its content): sending it again cannot help. An
+    acknowledging driver stops re-sending it and reports it as rejected. False for a
+    refusal that a re-send cures (a frame whose predecessor never arrived)."""
 
 
 PublishedMessage = Annotated[

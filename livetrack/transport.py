@@ -862,6 +862,9 @@ class AckedPusher:
         self.frames_confirmed = 0
         """Frames the worker acknowledged as committed (stored now or earlier)."""
         self.peak_unacked = 0
+        self.rejected: list[str] = []
+        """``position/index: reason`` of each frame the worker refused for its content
+        (``FrameRejected.final``): not re-sent, reported by the sender's summary."""
         self._buffer: list[_Pending] = []
         self._last_sent: dict[tuple[str, str], int] = {}
         self._worker_id: str | None = None
@@ -1025,6 +1028,8 @@ class AckedPusher:
                 self._note_worker(msg.worker_id)
             if isinstance(msg, FrameCommitted):
                 self._on_ack(msg)
+            elif isinstance(msg, FrameRejected) and msg.final:
+                self._on_final_rejection(msg)
 
     def _note_worker(self, worker_id: str) -> None:
         if self._worker_id is not None and worker_id != self._worker_id:
@@ -1051,6 +1056,25 @@ class AckedPusher:
         self.acknowledged += before - len(self._buffer)
         if ack.status != "end-of-stream":
             self.frames_confirmed += before - len(self._buffer)
+        self._last_progress = time.monotonic()
+
+    def _on_final_rejection(self, rej: FrameRejected) -> None:
+        """The worker refused a frame for its content: re-sending it would be refused
+        again, forever; drop it from the buffer and remember it for the summary."""
+        gone = [
+            p
+            for p in self._buffer
+            if not p.eos
+            and (p.run_id, p.position, p.index) == (rej.run_id, rej.position, rej.frame_index)
+        ]
+        if not gone:
+            return
+        self._buffer = [p for p in self._buffer if p not in gone]
+        self.rejected.append(f"{rej.position}/{rej.frame_index}: {rej.reason}")
+        log.warning(
+            "the worker rejected frame %s/%s (%s); not re-sending it", rej.position,
+            rej.frame_index, rej.reason,
+        )  # fmt: skip
         self._last_progress = time.monotonic()
 
     def _maybe_resend(self) -> None:

@@ -585,6 +585,7 @@ class Worker:
                     frame_index=h.frame_index if h else None,
                     reason=reason,
                     timestamp=time.time(),
+                    final=handled and h is not None,
                 )
             )
         return self._emit(

@@ -281,7 +281,8 @@ def _acked_pusher(frames_ep: str, events_ep: str, **kw: Any) -> Any:
     from livetrack.transport import AckedPusher, EventSubscriber, FramePusher
 
     pusher = FramePusher(frames_ep, linger_s=0, send_timeout_s=30)
-    return AckedPusher(pusher, EventSubscriber(events_ep, topics=("committed", "status")), **kw)
+    acks = EventSubscriber(events_ep, topics=("committed", "status", "rejected"))
+    return AckedPusher(pusher, acks, **kw)
 
 
 def test_driver_resends_to_a_restarted_worker_by_worker_id(tmp_path: Path) -> None:
@@ -329,6 +330,41 @@ def test_driver_resends_to_a_restarted_worker_by_worker_id(tmp_path: Path) -> No
         sender.close()
     with Store(tmp_path / "a.db", readonly=True) as store:
         assert store.frame_indices("r", "sim") == list(range(12))
+        assert store.runs()[0]["status"] == "finished"
+
+
+def test_acknowledging_driver_does_not_resend_a_frame_rejected_for_its_content(
+    tmp_path: Path,
+) -> None:
+    """A label image with negative labels is bad input: the worker rejects it for good
+    (``FrameRejected.final``), and the acknowledging driver must stop re-sending it and
+    finish the stream — it used to re-send it forever and never deliver the end-of-stream."""
+    from livetrack.messages import EndOfStream
+    from livetrack.pump import header_for
+
+    frames_ep, events_ep = endpoints()
+    worker = _WorkerThread(tmp_path / "rej.db", frames_ep, events_ep)
+    sender = _acked_pusher(frames_ep, events_ep, max_unacked=8, resend_after_s=0.5)
+    try:
+        for image, meta in _stream(6):
+            labels = meta.labels
+            if meta.frame_index in (2, 5):  # the last one: no later frame's ack covers it
+                labels = labels.copy()
+                labels[0, 0] = -1
+            sender.send_frame(
+                header_for("r", image, meta, source="t", total_frames=6, labels=labels),
+                image,
+                labels,
+            )
+        assert sender.send_eos(EndOfStream(run_id="r", positions=("sim",), frames_sent=6))
+        assert sender.unconfirmed() == []
+        assert [r.split(":")[0] for r in sender.rejected] == ["sim/2", "sim/5"]
+        assert sender.frames_confirmed == 4
+    finally:
+        sender.close()
+        worker.close()
+    with Store(tmp_path / "rej.db", readonly=True) as store:
+        assert store.frame_indices("r", "sim") == [0, 1, 3, 4]
         assert store.runs()[0]["status"] == "finished"
 
 
