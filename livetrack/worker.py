@@ -182,8 +182,14 @@ class Worker:
         self.puller = puller
         self.publisher = publisher
         self.on_frame = on_frame
-        self._make_segmenter = segmenter_factory or (lambda: make_segmenter(settings.segment))
-        self._make_tracker = tracker_factory or (lambda shape: make_tracker(settings.track, shape))
+        self.shared_models: dict[str, Any] = {}
+        """The learned models, loaded once per worker and shared by every position."""
+        self._make_segmenter = segmenter_factory or (
+            lambda: make_segmenter(settings.segment, shared=self.shared_models)
+        )
+        self._make_tracker = tracker_factory or (
+            lambda shape: make_tracker(settings.track, shape, shared=self.shared_models)
+        )
         self.positions: dict[tuple[str, str], PositionState] = {}
         self.open_runs: set[str] = set()
         self.finished_runs: set[str] = set()

@@ -559,3 +559,25 @@ def test_status_names_what_really_runs_after_a_fallback(tmp_path, zmq_context, c
     assert worker.store.frame_indices("fb", "sim") == [0, 1, 2]
     after = worker.status("finished")
     assert (after.segmenter, after.tracker) == ("classical", "lap")
+
+
+def test_positions_share_one_loaded_model_of_each_kind(tmp_path, zmq_context, closing):
+    """A 96-well plate must not hold 96 U-Nets and 96 tracking networks: the worker loads
+    each learned model once and every position's segmenter/tracker uses that copy (each
+    keeps its own scale and tracks)."""
+    worker = make_worker(tmp_path / "share.db", zmq_context, closing)
+    assert (worker.settings.segment.method, worker.settings.track.method) == ("learned", "lstm")
+    pusher = pusher_for(worker, zmq_context, closing)
+    config = SIM.model_copy(update={"n_frames": 2, "height": 96, "width": 96, "n_cells": 5})
+    for image, meta in SimulatorSource(config).frames():
+        for position in ("A1", "A2", "B1"):
+            m = replace(meta, position=position)
+            pusher.send_frame(header_for("plate", image, m, source="t", total_frames=2), image)
+    results = drain(worker, until_eos=False)
+    assert [r.status for r in results] == ["stored"] * 6
+    states = list(worker.positions.values())
+    assert len(states) == 3
+    assert len({id(s.segmenter.model) for s in states}) == 1  # type: ignore[attr-defined]
+    assert len({id(s.tracker.model) for s in states}) == 1  # type: ignore[union-attr]
+    assert len({id(s.segmenter._scale) for s in states}) == 3  # type: ignore[attr-defined]
+    assert worker.shared_models["segment"] is states[0].segmenter.model  # type: ignore[attr-defined]

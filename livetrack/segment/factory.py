@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from livetrack.errors import ConfigError
 from livetrack.segment.base import Segmenter
@@ -12,9 +13,15 @@ from livetrack.segment.config import SegmentConfig
 log = logging.getLogger("livetrack.segment.factory")
 
 
-def make_segmenter(config: SegmentConfig | None = None) -> Segmenter:
+def make_segmenter(
+    config: SegmentConfig | None = None, *, shared: dict[str, Any] | None = None
+) -> Segmenter:
     """The configured segmenter. 'learned' needs torch; without it the classical
-    segmenter is used (logged), so a worker without torch still runs."""
+    segmenter is used (logged), so a worker without torch still runs.
+
+    ``shared``: a dict the caller keeps (the worker: one per process); the learned model
+    is loaded into it once and shared by the segmenters of every position (each keeps
+    its own nucleus scale)."""
     config = config or SegmentConfig()
     if config.method == "classical":
         return ClassicalSegmenter(config)
@@ -24,5 +31,9 @@ def make_segmenter(config: SegmentConfig | None = None) -> Segmenter:
         except (ImportError, OSError) as exc:  # no torch, or its libraries fail to load
             log.warning("learned segmenter unavailable (%s); using the classical one", exc)
             return ClassicalSegmenter(config)
-        return LearnedSegmenter(config)
+        if shared is None:
+            return LearnedSegmenter(config)
+        segmenter = LearnedSegmenter(config, model=shared.get("segment"))
+        shared["segment"] = segmenter.model
+        return segmenter
     raise ConfigError(f"unknown segmentation method {config.method!r}")

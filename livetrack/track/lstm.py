@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -282,16 +283,20 @@ class LstmTracker(LapTracker):
         frame_shape: tuple[int, int],
         model: TrackNet | None = None,
         *,
+        meta: dict[str, Any] | None = None,
         link_threshold: float | None = None,
         division_threshold: float | None = None,
     ) -> None:
         super().__init__(config, frame_shape)
-        meta: dict[str, object] = {}
         if model is None:
             model, meta = load_tracknet(
                 Path(config.model_dir) if config.model_dir else DEFAULT_MODEL
             )
+        meta = meta or {}
         self.model = model
+        self.meta = meta
+        """The model folder's config.json (thresholds chosen with it): handed on with
+        ``model`` so trackers of other positions share one loaded network."""
         thresholds = meta.get("thresholds", {})
         if not isinstance(thresholds, dict):
             raise ConfigError("tracking model config.json: 'thresholds' must be an object")
