@@ -320,3 +320,62 @@ def format_track_bench(r: dict[str, Any]) -> str:
         pairs = ", ".join(f"after {k} frames {v:.0f} MB" for k, v in mem["rss_mb"].items())
         lines.append(f"  RSS {method} ({mem['cells']} cells/frame): {pairs}")
     return "\n".join(lines)
+
+
+def run_positions_bench(
+    sim_config: Any,
+    simulator: SimulatorFactory,
+    *,
+    n_positions: int,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """One worker (real sockets and store) gets the first simulated frame of
+    ``n_positions`` stage positions, as a multi-well plate's first time point: the time
+    until all are stored, the process's peak RSS and how many distinct copies of each
+    learned model the positions hold (1 when the worker shares them). Run it once per N
+    in a fresh process: peak RSS is per process."""
+    import dataclasses
+
+    from livetrack.pump import header_for
+    from livetrack.store import Store
+    from livetrack.transport import FramePuller, FramePusher
+    from livetrack.worker import Worker
+
+    settings = settings or Settings()
+    image, meta = next(iter(simulator(sim_config.model_copy(update={"n_frames": 1})).frames()))
+    with tempfile.TemporaryDirectory() as tmp:
+        puller = FramePuller("tcp://127.0.0.1:0", hwm=max(1000, 2 * n_positions))
+        store = Store(Path(tmp) / "positions.db")
+        worker = Worker(settings, store, puller)
+        pusher = FramePusher(puller.endpoint, hwm=max(1000, 2 * n_positions), linger_s=0)
+        try:
+            started = time.perf_counter()
+            for i in range(n_positions):
+                m = dataclasses.replace(meta, position=f"P{i:03d}")
+                header = header_for("bench", image, m, source="bench", total_frames=1)
+                pusher.send_frame(header, image)
+            stored = 0
+            while stored < n_positions:
+                result = worker.poll_once(timeout_s=30)
+                if result is None:
+                    raise RuntimeError(f"only {stored} of {n_positions} frames arrived")
+                if isinstance(result, FrameResult) and result.status == "stored":
+                    stored += 1
+            seconds = time.perf_counter() - started
+            states = list(worker.positions.values())
+            segment_models = {id(getattr(s.segmenter, "model", None)) for s in states}
+            track_models = {id(getattr(s.tracker, "model", None)) for s in states}
+        finally:
+            pusher.close(linger_s=0)
+            puller.close()
+            store.close()
+    return {
+        "positions": n_positions,
+        "frame": [sim_config.height, sim_config.width],
+        "segmenter": worker.running_segmenter,
+        "tracker": worker.running_tracker,
+        "first_frames_s": round(seconds, 2),
+        "peak_rss_mb": round(_peak_rss_mb()),
+        "segmenter_model_copies": len(segment_models),
+        "tracker_model_copies": len(track_models),
+    }

@@ -782,6 +782,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="(--tracking) cells per frame to time",
     )
+    g.add_argument(
+        "--positions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="many positions: one worker gets the first frame of N stage positions; peak "
+        "RSS, start-up time and how many copies of each model it loaded",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = _command(sub, "tui", "the monitoring dashboard for a running worker and/or a DB")
@@ -1601,6 +1609,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from livetrack.bench import run_bench
 
     _setup_logging(args)
+    if args.positions is not None:
+        from livetrack.bench import run_positions_bench
+        from livetrack.config import load_settings
+
+        if args.positions < 1:
+            raise LivetrackError(f"--positions must be at least 1, got {args.positions}")
+        pb = run_positions_bench(
+            _sim_config(args),
+            SimulatorSource,
+            n_positions=args.positions,
+            settings=load_settings(segment={"method": args.segmenter}),
+        )
+        print(json.dumps(pb) if args.json else "\n".join(f"{k}: {v}" for k, v in pb.items()))
+        return 0
     if args.tracking:
         from livetrack.bench import format_track_bench, run_track_bench
 

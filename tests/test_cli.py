@@ -536,3 +536,17 @@ def test_run_that_stores_nothing_exits_1(
     assert code == 1
     assert "stored no frames (3 sent, 3 rejected by the worker" in err.strip().splitlines()[-1]
     assert "resume" not in out
+
+
+def test_bench_positions_reports_one_model_copy_for_many_positions(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["-q", "bench", "--positions", "4", "--size", "64", "64", "--cells", "3",
+            "--diameter", "14", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["positions"] == 4
+    assert (report["segmenter"], report["tracker"]) == ("learned", "lstm")
+    assert report["segmenter_model_copies"] == 1
+    assert report["tracker_model_copies"] == 1
+    assert report["peak_rss_mb"] > 0
