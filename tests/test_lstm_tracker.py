@@ -14,8 +14,17 @@ from livetrack.track.base import FrameHistory, TrackStep
 from livetrack.track.config import TrackConfig
 from livetrack.track.factory import make_tracker
 from livetrack.track.features import CROP, frame_features, neighbour_edges
-from livetrack.track.lstm import DEFAULT_MODEL, LstmTracker, division_posterior, encode_frame
+from livetrack.track.fixed import fixed_tracker
+from livetrack.track.lstm import (
+    DEFAULT_MODEL,
+    LearnedFrame,
+    LearnedScorer,
+    division_posterior,
+    encode_frame,
+    lstm_tracker,
+)
 from livetrack.track.model import TrackNet, TrackNetConfig, load_tracknet, save_tracknet
+from livetrack.track.online import OnlineTracker
 from livetrack.types import Detections
 from tests.test_tracker import _records  # the track table a store would hold after some steps
 
@@ -41,7 +50,7 @@ def render(cells: list[Cell]) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), mask
 
 
-def step(tr: LstmTracker, t: int, cells: list[Cell]) -> TrackStep:
+def step(tr: OnlineTracker, t: int, cells: list[Cell]) -> TrackStep:
     image, mask = render(cells)
     return tr.step(t, Detections.from_labels(mask), image, mask)
 
@@ -95,19 +104,28 @@ def tiny_model(seed: int = 0) -> TrackNet:
 
 def test_tiny_seeded_model_gives_valid_probabilities_deterministically() -> None:
     a, b = tiny_model(3), tiny_model(3)
-    tr_a = LstmTracker(TrackConfig(), SHAPE, a, link_threshold=0.2, division_threshold=0.5)
-    tr_b = LstmTracker(TrackConfig(), SHAPE, b, link_threshold=0.2, division_threshold=0.5)
+    tr_a = lstm_tracker(TrackConfig(), SHAPE, a, link_threshold=0.2, division_threshold=0.5)
+    tr_b = lstm_tracker(TrackConfig(), SHAPE, b, link_threshold=0.2, division_threshold=0.5)
     cells = [(40.0, 40.0, R), (40.0, 80.0, R), (100.0, 60.0, R)]
     for t in range(3):
         moved = [(y + t, x + t, r) for y, x, r in cells]
         sa, sb = step(tr_a, t, moved), step(tr_b, t, moved)
         assert np.array_equal(sa.track_ids, sb.track_ids)
-    prob = tr_a._pair_prob
+    # The next frame's scores, asked of each tracker's scorer directly.
+    image, mask = render([(y + 3, x + 3, r) for y, x, r in cells])
+    dets = Detections.from_labels(mask)
+    fa, fb = (
+        tr.scorer.score(3, tr.open_tracks, dets, 2.0 * R, SHAPE, image, mask, None)
+        for tr in (tr_a, tr_b)
+    )
+    assert isinstance(fa, LearnedFrame)
+    assert isinstance(fb, LearnedFrame)
+    prob = fa.prob
     assert prob.shape[1] == 3
     assert len(prob) >= 3
     assert np.all((prob >= 0) & (prob <= 1))
     assert np.allclose(prob.sum(axis=1), 1.0)
-    assert np.array_equal(prob, tr_b._pair_prob)
+    assert np.array_equal(prob, fb.prob)
     assert sa.embeddings is not None
     assert sa.embeddings.shape == (3, 16)
 
@@ -129,7 +147,9 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_lstm_tracker_needs_the_image() -> None:
-    tr = LstmTracker(TrackConfig(), SHAPE, tiny_model(), link_threshold=0.5, division_threshold=0.5)
+    tr = lstm_tracker(
+        TrackConfig(), SHAPE, tiny_model(), link_threshold=0.5, division_threshold=0.5
+    )
     _, mask = render([(50.0, 50.0, R)])
     with pytest.raises(BadFrame, match="needs the frame's image"):
         tr.step(0, Detections.from_labels(mask))
@@ -139,23 +159,23 @@ def test_lstm_tracker_needs_the_image() -> None:
 
 
 @pytest.fixture(scope="module")
-def shipped() -> LstmTracker:
+def shipped() -> LearnedScorer:
     tr = make_tracker(TrackConfig(method="lstm"), SHAPE)
-    assert isinstance(tr, LstmTracker)
+    assert isinstance(tr.scorer, LearnedScorer)
+    return tr.scorer
+
+
+def fresh() -> OnlineTracker:
+    tr = make_tracker(TrackConfig(method="lstm"), SHAPE)
+    assert isinstance(tr.scorer, LearnedScorer)
     return tr
 
 
-def fresh() -> LstmTracker:
-    tr = make_tracker(TrackConfig(method="lstm"), SHAPE)
-    assert isinstance(tr, LstmTracker)
-    return tr
-
-
-def test_shipped_model_has_validated_thresholds(shipped: LstmTracker) -> None:
+def test_shipped_model_has_validated_thresholds(shipped: LearnedScorer) -> None:
     _, meta = load_tracknet(DEFAULT_MODEL)
     assert set(meta["thresholds"]) == {"link", "division"}
     assert shipped.link_threshold == meta["thresholds"]["link"]
-    assert shipped.division_threshold_p == meta["thresholds"]["division"]
+    assert shipped.division_threshold == meta["thresholds"]["division"]
 
 
 def _neighbours(t: int) -> list[Cell]:
@@ -189,18 +209,6 @@ def test_hand_built_division_is_detected() -> None:
     assert steps[11].track_ids[:2].tolist() == steps[8].track_ids[:2].tolist()
 
 
-class _Scripted(LstmTracker):
-    """The shipped tracker with the pair classifier replaced by fixed probabilities (by the
-    candidate's label), to test the decisions made on them."""
-
-    probs: dict[int, tuple[float, float, float]]
-
-    def _score(self, frame, detections, cand, pred, missed, diam):  # type: ignore[no-untyped-def]
-        return np.array([self.probs[int(detections.labels[d])] for d in cand.detection]).reshape(
-            -1, 3
-        )
-
-
 @pytest.mark.parametrize(
     ("newborn", "divides"),
     [((0.02, 0.03, 0.95), True), ((0.02, 0.90, 0.08), False)],
@@ -212,8 +220,8 @@ def test_division_when_one_daughter_was_taken_for_the_mother(
     # the assignment links it) and is sure daughter 2 is the mother's daughter (0.95):
     # a division, although daughter 1's p_parent alone is below the threshold 0.6.
     # If daughter 2 is just another cell (p_parent 0.08), no division.
-    tr = _Scripted(TrackConfig(method="lstm"), SHAPE, link_threshold=0.1, division_threshold=0.6)
-    tr.probs = {1: (0.5, 0.1, 0.4), 2: newborn}
+    probs = {1: (0.5, 0.1, 0.4), 2: newborn}
+    tr = fixed_tracker(TrackConfig(), SHAPE, probs, link_threshold=0.1, division_threshold=0.6)
     mother = step(tr, 0, [(80.0, 80.0, 9.0)])
     s = step(tr, 1, [(80.0, 73.0, 6.5), (80.0, 87.0, 6.5)])
     divisions = [e for e in s.events if e.kind == "division"]
@@ -231,8 +239,8 @@ def test_a_mother_with_one_daughter_in_sight_continues() -> None:
     # and sure it is not the mother herself (p_same 0.02: the assignment leaves the mother
     # unlinked). A division needs two daughters: the mother's track continues instead,
     # with no division event and no parent link.
-    tr = _Scripted(TrackConfig(method="lstm"), SHAPE, link_threshold=0.1, division_threshold=0.6)
-    tr.probs = {1: (0.02, 0.03, 0.95), 2: (0.98, 0.01, 0.01)}
+    probs = {1: (0.02, 0.03, 0.95), 2: (0.98, 0.01, 0.01)}
+    tr = fixed_tracker(TrackConfig(), SHAPE, probs, link_threshold=0.1, division_threshold=0.6)
     first = step(tr, 0, [(80.0, 80.0, 9.0), (20.0, 20.0, 7.0)])
     s = step(tr, 1, [(80.0, 92.0, 6.5), (20.0, 20.0, 7.0)])
     assert [e.kind for e in s.events] == []

@@ -22,7 +22,8 @@ from livetrack.track.base import (
 )
 from livetrack.track.config import TrackConfig
 from livetrack.track.factory import make_tracker
-from livetrack.track.lap import LapTracker, select_divisions
+from livetrack.track.lap import DistanceScorer, lap_tracker
+from livetrack.track.online import OnlineTracker, select_divisions
 from livetrack.types import Detections
 
 SHAPE = (200, 200)
@@ -52,8 +53,9 @@ def run(tracker: Tracker, frames: list[tuple[int, Detections]]) -> list[TrackSte
 
 
 def test_factory_builds_a_lap_tracker() -> None:
-    tr = make_tracker(CFG, SHAPE)
-    assert isinstance(tr, LapTracker)
+    tr = make_tracker(CFG.model_copy(update={"method": "lap"}), SHAPE)
+    assert isinstance(tr.scorer, DistanceScorer)
+    assert tr.name == "lap"
     assert isinstance(tr, Tracker)
     with pytest.raises(ConfigError):
         make_tracker(CFG, (0, 10))
@@ -67,7 +69,7 @@ def test_config_is_frozen_and_strict() -> None:
 
 
 def test_straight_moving_cells_keep_ids() -> None:
-    tr = LapTracker(CFG, SHAPE)
+    tr = lap_tracker(CFG, SHAPE)
     starts = [(20.0 + 25 * i, 20.0) for i in range(6)]
     steps = run(tr, [(f, dets([(y, x + 4.0 * f) for y, x in starts])) for f in range(20)])
     first = steps[0].track_ids
@@ -83,7 +85,7 @@ def test_straight_moving_cells_keep_ids() -> None:
 
 def test_motion_prediction_follows_fast_cells() -> None:
     # Two cells crossing paths 9 px/frame (0.9 D): the velocity term keeps them apart.
-    tr = LapTracker(CFG, SHAPE)
+    tr = lap_tracker(CFG, SHAPE)
     frames = [(f, dets([(100.0, 40.0 + 9 * f), (108.0, 160.0 - 9 * f)])) for f in range(14)]
     steps = run(tr, frames)
     assert all(s.track_ids.tolist() == steps[0].track_ids.tolist() for s in steps)
@@ -94,13 +96,13 @@ def test_gap_of_one_and_two_frames_relinked_three_not() -> None:
         return [(f, dets([(100.0, 50.0 + 2 * f)] if f not in missing else [])) for f in range(9)]
 
     for missing in ({3}, {3, 4}):
-        tr = LapTracker(CFG, SHAPE)
+        tr = lap_tracker(CFG, SHAPE)
         steps = run(tr, movie(missing))
         ids = {int(s.track_ids[0]) for s in steps if len(s.track_ids)}
         assert len(ids) == 1, missing
         assert all(s.ended == [] for s in steps)
 
-    tr = LapTracker(CFG, SHAPE)
+    tr = lap_tracker(CFG, SHAPE)
     steps = run(tr, movie({3, 4, 5}))
     assert steps[6].track_ids[0] != steps[2].track_ids[0]
     ended = [e for s in steps for e in s.ended]
@@ -119,7 +121,7 @@ def test_gap_of_one_and_two_frames_relinked_three_not() -> None:
 
 def test_skipped_frame_indices_count_as_missed_frames() -> None:
     cfg = replace_cfg(max_gap=1)
-    tr = LapTracker(cfg, SHAPE)
+    tr = lap_tracker(cfg, SHAPE)
     s0 = tr.step(0, dets([(100.0, 50.0)]))
     s1 = tr.step(2, dets([(100.0, 52.0)]))  # frame 1 dropped upstream: one missed frame
     assert s1.track_ids.tolist() == s0.track_ids.tolist()
@@ -157,7 +159,7 @@ def _division_movie(offset: float) -> list[tuple[int, Detections]]:
     [(5.0, "a: one daughter linked to the mother"), (16.0, "b: both daughters too far")],
 )
 def test_division(offset: float, case: str) -> None:
-    tr = LapTracker(CFG, SHAPE)
+    tr = lap_tracker(CFG, SHAPE)
     steps = run(tr, _division_movie(offset))
     mother_id = int(steps[2].track_ids[0])
     bystander = int(steps[0].track_ids[1])
@@ -183,7 +185,7 @@ def test_division(offset: float, case: str) -> None:
 
 def test_no_division_for_a_large_newcomer_next_to_a_cell() -> None:
     # A newborn as large as its neighbour, not symmetric: a birth, not a division.
-    tr = LapTracker(CFG, SHAPE)
+    tr = lap_tracker(CFG, SHAPE)
     frames = [(f, dets([(100.0, 100.0)], [79])) for f in range(3)]
     frames.append((3, dets([(100.0, 100.0), (100.0, 114.0)], [79, 85])))
     steps = run(tr, frames)
@@ -193,7 +195,7 @@ def test_no_division_for_a_large_newcomer_next_to_a_cell() -> None:
 
 
 def test_cell_leaving_at_the_border_ends_left() -> None:
-    tr = LapTracker(CFG, SHAPE)
+    tr = lap_tracker(CFG, SHAPE)
     frames = [(f, dets([(100.0, 20.0 - 4 * f), (100.0, 100.0)])) for f in range(5)]
     frames += [(f, dets([(100.0, 100.0)])) for f in range(5, 10)]
     steps = run(tr, frames)
@@ -212,7 +214,7 @@ def test_cell_leaving_at_the_border_ends_left() -> None:
 
 
 def test_finish_marks_old_tracks_lost_or_left() -> None:
-    tr = LapTracker(CFG, SHAPE)
+    tr = lap_tracker(CFG, SHAPE)
     tr.step(0, dets([(100.0, 100.0), (100.0, 3.0), (50.0, 50.0)]))
     tr.step(1, dets([(50.0, 50.0)]))
     fates = {(e.end_frame, e.fate) for e in tr.finish(1)}
@@ -220,7 +222,7 @@ def test_finish_marks_old_tracks_lost_or_left() -> None:
 
 
 def test_empty_frames() -> None:
-    tr = LapTracker(replace_cfg(nucleus_diameter_px=None), SHAPE)
+    tr = lap_tracker(replace_cfg(nucleus_diameter_px=None), SHAPE)
     s0 = tr.step(0, Detections.empty())
     assert s0.track_ids.shape == (0,)
     assert s0.track_ids.dtype == np.int64
@@ -234,7 +236,7 @@ def test_empty_frames() -> None:
 
 
 def test_frames_must_increase() -> None:
-    tr = LapTracker(CFG, SHAPE)
+    tr = lap_tracker(CFG, SHAPE)
     tr.step(4, dets([(50.0, 50.0)]))
     with pytest.raises(BadFrame):
         tr.step(4, dets([(50.0, 50.0)]))
@@ -302,7 +304,7 @@ def _records(steps: list[TrackStep]) -> list[TrackRecord]:
 def test_restore_continues_exactly(diameter: float | None, extra_history: int) -> None:
     cfg = replace_cfg(nucleus_diameter_px=diameter)
     movie = synthetic_movie(3, 40, skip=frozenset({17, 25}))
-    straight = run(LapTracker(cfg, SHAPE), movie)
+    straight = run(lap_tracker(cfg, SHAPE), movie)
     n_div = sum(e.kind == "division" for s in straight for e in s.events)
     n_gap = sum(
         len(set(a.track_ids.tolist()) - set(b.track_ids.tolist()) & set(c.track_ids.tolist()))
@@ -319,7 +321,7 @@ def test_restore_continues_exactly(diameter: float | None, extra_history: int) -
             FrameHistory(f, d.subset(np.arange(len(d))[::-1]), s.track_ids[::-1])
             for (f, d), s in zip(movie[:k], head, strict=True)
         ][-window:]
-        fresh = LapTracker(cfg, SHAPE)
+        fresh = lap_tracker(cfg, SHAPE)
         fresh.restore(history, _records(head))
         continued = run(fresh, movie[k:])
         for a, b in zip(continued, straight[k:], strict=True):
@@ -332,14 +334,14 @@ def test_restore_continues_exactly(diameter: float | None, extra_history: int) -
 
 
 def _finish_straight(cfg: TrackConfig, movie: list[tuple[int, Detections]]) -> list[TrackEnd]:
-    tr = LapTracker(cfg, SHAPE)
+    tr = lap_tracker(cfg, SHAPE)
     run(tr, movie)
     return tr.finish(movie[-1][0])
 
 
 def test_track_ids_unique_positive_increasing() -> None:
     movie = synthetic_movie(11, 40)
-    steps = run(LapTracker(CFG, SHAPE), movie)
+    steps = run(lap_tracker(CFG, SHAPE), movie)
     started = [s.track_id for st in steps for s in st.started]
     assert len(started) == len(set(started))
     assert started == sorted(started)
@@ -365,7 +367,7 @@ def test_synthetic_movie_links_mostly_correct() -> None:
     for f in range(25):
         pos = np.clip(pos + rng.normal(0, 1.5, pos.shape), 0, 199)
         frames.append((f, dets([tuple(p) for p in pos], [79.0] * len(pos))))
-    steps = run(LapTracker(replace_cfg(nucleus_diameter_px=None), SHAPE), frames)
+    steps = run(lap_tracker(replace_cfg(nucleus_diameter_px=None), SHAPE), frames)
     # Detection i is cell i in every frame: a link is right when the id carries over.
     right = np.mean([np.mean(a.track_ids == b.track_ids) for a, b in itertools.pairwise(steps)])
     assert right > 0.97
@@ -379,13 +381,13 @@ def test_tracks_simulator_ground_truth_labels() -> None:
     from simulators.nuclei import NucleiSimulator, SimulationConfig
 
     sim = NucleiSimulator(SimulationConfig())
-    tracker: LapTracker | None = None
+    tracker: OnlineTracker | None = None
     gt_links = hit = 0
     prev: dict[int, int] = {}
     for fr in sim.frames():
         d = Detections.from_labels(fr.labels)
         if tracker is None:
-            tracker = LapTracker(TrackConfig(), fr.labels.shape)
+            tracker = lap_tracker(TrackConfig(), fr.labels.shape)
         step = tracker.step(fr.index, d)
         cur = dict(zip(d.labels.tolist(), step.track_ids.tolist(), strict=True))
         for lab, tid in cur.items():
@@ -407,7 +409,7 @@ def test_one_daughter_in_sight_is_no_division() -> None:
     # "division" with one daughter; it is the mother's only descendant in sight, so it
     # continues her track: no division event, no parent link, nobody "divided".
     cfg = replace_cfg(division_threshold=0.3)
-    tr = LapTracker(cfg, SHAPE)
+    tr = lap_tracker(cfg, SHAPE)
     frames = [(f, dets([(100.0, 100.0), (30.0, 30.0)], [120, 79])) for f in range(3)]
     frames += [(f, dets([(100.0, 117.0 + f - 3), (30.0, 30.0)], [60, 79])) for f in range(3, 6)]
     steps = run(tr, frames)

@@ -542,14 +542,14 @@ def test_status_names_what_really_runs_after_a_fallback(tmp_path, zmq_context, c
     from livetrack.segment.classical import ClassicalSegmenter
     from livetrack.segment.config import SegmentConfig
     from livetrack.track.config import TrackConfig
-    from livetrack.track.lap import LapTracker
+    from livetrack.track.lap import lap_tracker
 
     worker = make_worker(
         tmp_path / "fb.db",
         zmq_context,
         closing,
         segmenter_factory=lambda: ClassicalSegmenter(SegmentConfig(nucleus_diameter_px=16)),
-        tracker_factory=lambda shape: LapTracker(TrackConfig(method="lap"), shape),
+        tracker_factory=lambda shape: lap_tracker(TrackConfig(method="lap"), shape),
     )
     before = worker.status("idle")
     assert (before.segmenter, before.tracker) == ("learned", "lstm")  # nothing runs yet
@@ -578,6 +578,6 @@ def test_positions_share_one_loaded_model_of_each_kind(tmp_path, zmq_context, cl
     states = list(worker.positions.values())
     assert len(states) == 3
     assert len({id(s.segmenter.model) for s in states}) == 1  # type: ignore[attr-defined]
-    assert len({id(s.tracker.model) for s in states}) == 1  # type: ignore[union-attr]
+    assert len({id(s.tracker.scorer.model) for s in states}) == 1  # type: ignore[union-attr]
     assert len({id(s.segmenter._scale) for s in states}) == 3  # type: ignore[attr-defined]
     assert worker.shared_models["segment"] is states[0].segmenter.model  # type: ignore[attr-defined]

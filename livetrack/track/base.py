@@ -127,7 +127,10 @@ class TrackRecord:
 class Tracker(Protocol):
     """Online tracker for ONE position. Frames arrive in increasing order."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """What scores the pairs ("lstm", "lap", …): shown in the worker's status."""
+        ...
 
     @property
     def history_window(self) -> int:

@@ -29,6 +29,13 @@ class TrackConfig(BaseModel):
     """lstm: minimum division score (p_parent→daughter; for a mother linked to one daughter,
     ``lstm.division_posterior``); None = the model's validated value."""
 
+    division_cues: Literal["learned", "geometry", "either", "mean"] = "learned"
+    """lstm: what decides a division. "learned": the model's division score (against
+    ``lstm_division_threshold``); "geometry": the geometric cues of the lap tracker
+    (distance, daughters symmetric about the mother, area; against ``division_threshold``);
+    "both": either cue, each against its own threshold (a look the model does not know
+    falls back on geometry)."""
+
     nucleus_diameter_px: float | None = Field(default=None, gt=0)
     """Typical nucleus diameter in pixels, the unit of every length below. None: estimate it
     as the median equivalent diameter of the detections of the last ``max_gap + 2`` frames

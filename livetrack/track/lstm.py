@@ -1,4 +1,4 @@
-"""The learned online tracker: Caliban's causal LSTM model on a stream of frames.
+"""The learned scorer: Caliban's causal LSTM model on a stream of frames.
 
 Per frame, as it arrives:
 
@@ -19,8 +19,8 @@ Per frame, as it arrives:
    unlinked; for a track linked to one daughter, the posterior of "divided into both"
    against "continued as the linked cell" (``division_posterior``). A division has two
    daughters: an unlinked track that gets one newborn is continued by it instead
-   (``lap.select_divisions``). Gap closing, fates and events come from the LAP tracker
-   this class extends.
+   (``online.select_divisions``). The assignment, gap closing, fates and events are the
+   ``OnlineTracker``'s, the same for every scorer.
 
 The embeddings are returned with every step (``TrackStep.embeddings``) and kept by the
 store, so a restarted worker rebuilds the rings from the last ``window`` frames exactly.
@@ -30,8 +30,8 @@ exactly as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,13 @@ from numpy.typing import NDArray
 
 from livetrack.errors import BadFrame, ConfigError
 from livetrack.models import SHIPPED_TRACK_MODEL
-from livetrack.track.assign import Candidates, assign_sparse, gate
-from livetrack.track.base import FrameHistory, TrackEnd, TrackRecord, TrackStep
+from livetrack.track.assign import Candidates, gate
+from livetrack.track.base import FrameHistory
 from livetrack.track.config import TrackConfig
 from livetrack.track.features import FrameFeatures, frame_features
-from livetrack.track.lap import LapTracker, _Divisions, _LinkResult, select_divisions
+from livetrack.track.lap import DistanceScorer
 from livetrack.track.model import DIFF, PARENT, SAME, TrackNet, load_tracknet
+from livetrack.track.online import DivisionScores, FrameScores, LinkCosts, OnlineTracker, OpenTracks
 from livetrack.types import Detections
 
 log = logging.getLogger("livetrack.track.lstm")
@@ -272,22 +273,183 @@ class _Rings:
         return n
 
 
-class LstmTracker(LapTracker):
-    """Caliban's causal tracker, online: see the module docstring."""
+@dataclass(frozen=True, eq=False)
+class LearnedFrame:
+    """One frame's learned scores (``FrameScores``): every gated pair's probabilities."""
+
+    links: LinkCosts
+    learned_threshold: float
+    """Minimum learned division score."""
+    embeddings: NDArray[np.float32]
+    cand: Candidates
+    """All gated pairs (the larger of the link and division radii), track-major."""
+    prob: NDArray[np.float64]
+    """(P, 3) (same, different, parent→daughter) per pair of ``cand``."""
+    n_detections: int
+    geometry: FrameScores | None = None
+    """The distance scorer's view of the same frame, when the division decision also
+    uses the geometric cues."""
+
+    cues: str = "learned"
+    """``TrackConfig.division_cues``: which cues decide a division, and how."""
+
+    @property
+    def division_threshold(self) -> float:
+        """The learned threshold; 0.5 on the common scale of ``combine_division_cues``."""
+        if self.geometry is None:
+            return self.learned_threshold
+        return self.geometry.division_threshold if self.cues == "geometry" else 0.5
+
+    def pair_rows(self, t_idx: NDArray[np.intp], d_idx: NDArray[np.intp]) -> FloatArray:
+        """(K, 3) class probabilities of (track index, detection index) pairs; zeros for a
+        pair not scored this frame."""
+        if len(t_idx) == 0 or len(self.cand) == 0:
+            return np.zeros((len(t_idx), 3))
+        n = max(self.n_detections, 1)
+        # gate() sorts its pairs by track then detection, so these keys are increasing.
+        keys = self.cand.track.astype(np.int64) * n + self.cand.detection
+        key = t_idx.astype(np.int64) * n + d_idx
+        pos = np.clip(np.searchsorted(keys, key), 0, len(keys) - 1)
+        return np.where((keys[pos] == key)[:, None], self.prob[pos], 0.0)
+
+    def divisions(
+        self, eligible: NDArray[np.bool_], sibling: NDArray[np.intp], newborn: NDArray[np.intp]
+    ) -> DivisionScores:
+        """The learned division scores, joined with the geometric ones when the scorer
+        uses both cues (``combine_division_cues``)."""
+        if self.geometry is None:
+            return self.learned_divisions(eligible, sibling, newborn)
+        geometric = self.geometry.divisions(eligible, sibling, newborn)
+        if self.cues == "geometry":
+            return geometric
+        learned = self.learned_divisions(eligible, sibling, newborn)
+        return combine_division_cues(
+            rescaled(learned, self.learned_threshold),
+            rescaled(geometric, self.geometry.division_threshold),
+            self.cues,
+        )
+
+    def learned_divisions(
+        self, eligible: NDArray[np.bool_], sibling: NDArray[np.intp], newborn: NDArray[np.intp]
+    ) -> DivisionScores:
+        """Every scored (eligible track, newborn) pair: p_parent→daughter for a track left
+        unlinked; for a track linked to one daughter, ``division_posterior`` (a daughter the
+        model half took for the mother itself does not veto a division its sister makes
+        certain)."""
+        if len(self.cand) == 0:
+            return DivisionScores.none()
+        is_new = np.zeros(self.n_detections, bool)
+        is_new[newborn] = True
+        keep = eligible[self.cand.track] & is_new[self.cand.detection]
+        m, c = self.cand.track[keep], self.cand.detection[keep]
+        if len(m) == 0:
+            return DivisionScores.none()
+        score = self.prob[keep, PARENT]
+        linked = sibling[m] >= 0
+        linked_p = self.pair_rows(m, np.maximum(sibling[m], 0))
+        joint = division_posterior(score, linked_p[:, PARENT], linked_p[:, SAME])
+        return DivisionScores(m, c, np.where(linked, joint, score))
+
+
+def rescaled(scores: DivisionScores, threshold: float) -> DivisionScores:
+    """Scores in [0, 1] mapped piecewise linearly so that ``threshold`` becomes 0.5 (0 and 1
+    stay): cues with different thresholds become comparable."""
+    x = np.clip(scores.score, 0.0, 1.0)
+    t = float(np.clip(threshold, 1e-6, 1.0 - 1e-6))
+    y = np.where(x < t, 0.5 * x / t, 0.5 + 0.5 * (x - t) / (1.0 - t))
+    return DivisionScores(scores.mother, scores.child, y)
+
+
+def combine_division_cues(
+    learned: DivisionScores, geometric: DivisionScores, how: str = "either"
+) -> DivisionScores:
+    """One score per (mother, newborn) pair from the learned posterior and the geometric
+    score (each ``rescaled`` so that 0.5 is its own threshold): the larger of the two.
+
+    Either cue alone can make a division. The geometry (daughters symmetric about the
+    mother, each smaller than her) is what a model cannot unlearn: it finds the divisions
+    whose daughters look unlike anything the model was trained on, and the sister pair the
+    model took for a mother and a neighbour; the learned posterior finds those whose
+    geometry is ambiguous (a daughter that moved off-centre) from the mitotic appearance.
+    A pair scored by one cue only gets that cue's score."""
+    if len(geometric.mother) == 0:
+        return learned
+    if len(learned.mother) == 0:
+        return geometric
+    m = np.concatenate([learned.mother, geometric.mother])
+    c = np.concatenate([learned.child, geometric.child])
+    s = np.concatenate([learned.score, geometric.score])
+    n = int(c.max()) + 1
+    key = m.astype(np.int64) * n + c
+    uniq, inv = np.unique(key, return_inverse=True)
+    if how == "mean":  # a pair scored by one cue only: the other counts as 0
+        total = np.bincount(inv, weights=s, minlength=len(uniq))
+        out = 0.5 * total
+    else:
+        out = np.full(len(uniq), -np.inf)
+        np.maximum.at(out, inv, s)
+    um, uc = np.divmod(uniq, n)
+    return DivisionScores(um.astype(np.intp), uc.astype(np.intp), np.asarray(out, np.float64))
+
+
+def gate_pairs(
+    frame: int, tracks: OpenTracks, detections: Detections, diameter: float, cfg: TrackConfig
+) -> tuple[Candidates, NDArray[np.bool_]]:
+    """The pairs a pair classifier scores: detections within the larger of the link radius
+    (around the predicted position, growing with missed frames) and, for a track that may
+    divide, the division radius; and which of them may link."""
+    missed = tracks.missed(frame)
+    pred = tracks.predicted(frame, cfg.velocity_damping)
+    r_link = cfg.max_displacement * diameter * (1.0 + cfg.gap_radius_growth * missed)
+    r_div = np.where(
+        frame - tracks.last - 1 <= cfg.division_max_gap, cfg.division_max_distance * diameter, 0.0
+    )
+    cand = gate(pred, detections.centroids, np.maximum(r_link, r_div))
+    return cand, cand.distance <= r_link[cand.track]
+
+
+def probability_frame(
+    cand: Candidates,
+    link: NDArray[np.bool_],
+    prob: NDArray[np.float64],
+    embeddings: NDArray[np.float32],
+    link_threshold: float,
+    division_threshold: float,
+    geometry: FrameScores | None,
+    cues: str = "learned",
+) -> LearnedFrame:
+    """A frame's ``FrameScores`` from pair probabilities: link cost ``1 − p_same`` in
+    Caliban's layout (birth and death each half of ``1 − link_threshold``, so a link needs
+    p_same above it)."""
+    half = 0.5 * (1.0 - link_threshold)
+    links = LinkCosts(cand.track[link], cand.detection[link], 1.0 - prob[link, SAME], half, half)
+    return LearnedFrame(
+        links,
+        division_threshold,
+        embeddings,
+        cand,
+        prob,
+        len(embeddings),
+        geometry,
+        cues=cues,
+    )
+
+
+class LearnedScorer:
+    """Caliban's causal LSTM pair classifier as a ``LinkScorer``: see the module docstring."""
 
     name = "lstm"
 
     def __init__(
         self,
         config: TrackConfig,
-        frame_shape: tuple[int, int],
         model: TrackNet | None = None,
         *,
         meta: dict[str, Any] | None = None,
         link_threshold: float | None = None,
         division_threshold: float | None = None,
     ) -> None:
-        super().__init__(config, frame_shape)
+        self.config = config
         if model is None:
             model, meta = load_tracknet(
                 Path(config.model_dir) if config.model_dir else DEFAULT_MODEL
@@ -303,7 +465,7 @@ class LstmTracker(LapTracker):
         self.link_threshold = float(
             _first(link_threshold, config.link_threshold, thresholds.get("link"), 0.5)
         )
-        self.division_threshold_p = float(
+        self.division_threshold = float(
             _first(
                 division_threshold,
                 config.lstm_division_threshold,
@@ -311,64 +473,77 @@ class LstmTracker(LapTracker):
                 0.5,
             )
         )
-        if not (0.0 < self.link_threshold < 1.0 and 0.0 < self.division_threshold_p <= 1.0):
+        if not (0.0 < self.link_threshold < 1.0 and 0.0 < self.division_threshold <= 1.0):
             raise ConfigError(
                 f"link threshold {self.link_threshold} and division threshold "
-                f"{self.division_threshold_p} must lie in (0, 1)"
+                f"{self.division_threshold} must lie in (0, 1)"
             )
         cfg = model.config
         self._rings = _Rings(cfg.window, cfg.embed_dim)
-        self._emb = np.zeros((0, cfg.embed_dim), np.float32)
-        self._cand = Candidates(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0))
-        self._pair_prob = np.zeros((0, 3))  # of this frame's scored pairs, ``_cand`` order
-        self._given: FrameFeatures | None = None
+        self._geometry = DistanceScorer(config)
 
     @property
     def history_window(self) -> int:
-        return max(self.config.max_gap + 2, self.model.config.window)
+        return self.model.config.window
 
-    def step(
+    def score(
         self,
         frame: int,
+        tracks: OpenTracks,
         detections: Detections,
+        diameter: float,
+        frame_shape: tuple[int, int],
         image: NDArray[np.generic] | None = None,
         mask: NDArray[np.integer] | None = None,
-    ) -> TrackStep:
-        step = super().step(frame, detections, image, mask)
-        ended = [e.track_id for e in step.ended]
+        features: object | None = None,
+    ) -> LearnedFrame:
+        """Embed the frame, gate with the larger of the link and division radii, classify
+        every gated pair; links need p_same above ``link_threshold``."""
+        emb = self._embed(detections, diameter, image, mask, features)
+        cand, link = gate_pairs(frame, tracks, detections, diameter, self.config)
+        prob = self._classify(frame, tracks, detections, emb, cand, diameter)
+        geometry = None
+        if self.config.division_cues != "learned":
+            geometry = self._geometry.score(
+                frame, tracks, detections, diameter, frame_shape, image, mask
+            )
+        return probability_frame(
+            cand,
+            link,
+            prob,
+            emb,
+            self.link_threshold,
+            self.division_threshold,
+            geometry,
+            self.config.division_cues,
+        )
+
+    def commit(
+        self,
+        frame: int,
+        track_ids: IntArray,
+        ended: list[int],
+        detections: Detections,
+        scores: FrameScores,
+    ) -> None:
+        """Write the frame's embeddings into the windows of the tracks it continues."""
         self._rings.drop(ended)
-        self._rings.write(step.track_ids, frame, self._emb, detections.centroids)
-        return dataclasses.replace(step, embeddings=self._emb)
+        emb = scores.embeddings
+        assert emb is not None
+        self._rings.write(track_ids, frame, emb, detections.centroids)
 
-    def step_features(
-        self, frame: int, detections: Detections, features: FrameFeatures
-    ) -> TrackStep:
-        """``step`` with the frame's features already computed (``features.frame_features``
-        of this frame's image and mask, in the detections' order): lets validation and
-        benchmarks reuse features instead of recomputing them."""
-        if len(features) != len(detections):
-            raise BadFrame(f"{len(features)} feature rows for {len(detections)} detections")
-        self._given = features
-        try:
-            return self.step(frame, detections)
-        finally:
-            self._given = None
-
-    def finish(self, last_frame: int) -> list[TrackEnd]:
-        out = super().finish(last_frame)
+    def reset(self) -> None:
         self._rings.clear()
-        return out
 
-    def restore(self, history: list[FrameHistory], tracks: list[TrackRecord]) -> None:
-        super().restore(history, tracks)
-        self._rings.clear()
-        open_ids = {int(i) for i in self._tracks.ids}
+    def restore(self, history: list[FrameHistory], open_ids: IntArray, last_frame: int) -> None:
+        """Refill the windows of the open tracks from the stored embeddings."""
+        opened = {int(i) for i in open_ids}
         window = self.model.config.window
         missing = 0
         for h in sorted(history, key=lambda h: h.frame):
-            if self._last_frame is not None and h.frame < self._last_frame - window:
+            if h.frame < last_frame - window:
                 continue
-            keep = np.fromiter((int(i) in open_ids for i in h.track_ids), bool, len(h.track_ids))
+            keep = np.fromiter((int(i) in opened for i in h.track_ids), bool, len(h.track_ids))
             emb = h.embeddings
             if emb is None or emb.shape != (len(h.detections), self._rings.dim):
                 # Positions are known, appearance is not: zero embeddings, as the model saw
@@ -390,17 +565,20 @@ class LstmTracker(LapTracker):
 
     # ------------------------------------------------------------------ internals
 
-    def _prepare(
+    def _embed(
         self,
-        frame: int,
         detections: Detections,
+        diameter: float,
         image: NDArray[np.generic] | None,
         mask: NDArray[np.integer] | None,
-    ) -> float:
-        if self._given is not None:
-            diam = super()._prepare(frame, detections, image, mask)
-            self._emb = encode_frame(self.model, self._given)
-            return diam
+        features: object | None,
+    ) -> NDArray[np.float32]:
+        if features is not None:
+            if not isinstance(features, FrameFeatures) or len(features) != len(detections):
+                raise BadFrame(
+                    f"features must be FrameFeatures with one row per detection ({len(detections)})"
+                )
+            return encode_frame(self.model, features)
         if image is None or mask is None:
             raise BadFrame(
                 "the lstm tracker needs the frame's image and label image (appearance "
@@ -408,55 +586,34 @@ class LstmTracker(LapTracker):
             )
         if image.shape != mask.shape:
             raise BadFrame(f"image {image.shape} and mask {mask.shape} differ in shape")
-        diam = super()._prepare(frame, detections, image, mask)
         cfg = self.model.config
         feats = frame_features(
             image,
             mask,
             detections,
-            diam,
+            diameter,
             crop_diameters=cfg.crop_diameters,
             neighbour_diameters=cfg.neighbour_diameters,
         )
-        self._emb = encode_frame(self.model, feats)
-        return diam
+        return encode_frame(self.model, feats)
 
-    def _link(self, frame: int, detections: Detections, diam: float) -> _LinkResult:
-        cfg, tr = self.config, self._tracks
-        missed = (frame - tr.last - 1).astype(np.float64)
-        pred = tr.pos + cfg.velocity_damping * tr.vel * (frame - tr.last)[:, None]
-        r_link = cfg.max_displacement * diam * (1.0 + cfg.gap_radius_growth * missed)
-        r_div = np.where(
-            frame - tr.last - 1 <= cfg.division_max_gap, cfg.division_max_distance * diam, 0.0
-        )
-        # One gate for links and possible mothers: the larger of the two radii.
-        cand = gate(pred, detections.centroids, np.maximum(r_link, r_div))
-        prob = self._score(frame, detections, cand, pred, missed, diam)
-        self._cand, self._pair_prob = cand, prob
-        link = cand.distance <= r_link[cand.track]
-        cost = 1.0 - prob[link, SAME]
-        half = 0.5 * (1.0 - self.link_threshold)
-        res = assign_sparse(
-            len(tr), len(detections), cand.track[link], cand.detection[link], cost, half, half
-        )
-        return _LinkResult(res.matches, res.unmatched_detections)
-
-    def _score(
+    def _classify(
         self,
         frame: int,
+        tr: OpenTracks,
         detections: Detections,
+        emb: NDArray[np.float32],
         cand: Candidates,
-        pred: FloatArray,
-        missed: FloatArray,
         diam: float,
     ) -> NDArray[np.float64]:
         if len(cand) == 0:
             return np.zeros((0, 3))
-        tr = self._tracks
+        missed = tr.missed(frame)
+        pred = tr.predicted(frame, self.config.velocity_damping)
         rows, pair_track = np.unique(cand.track, return_inverse=True)
         ids = tr.ids[rows]
-        emb, present, pos, frames = self._rings.window_of(ids, frame)
-        w_emb, w_present, w_disp = window_inputs(emb, present, pos, frames, diam)
+        w_emb_raw, present, pos, frames = self._rings.window_of(ids, frame)
+        w_emb, w_present, w_disp = window_inputs(w_emb_raw, present, pos, frames, diam)
         last_col = (tr.last[rows] % self.model.config.window).astype(np.intp)
         slots = self._rings.slots_of(ids)
         known = self._rings.frame[slots, last_col] == tr.last[rows]
@@ -483,63 +640,30 @@ class LstmTracker(LapTracker):
             w_present,
             w_disp,
             last_emb,
-            self._emb[cand.detection],
+            emb[cand.detection],
             geom,
             pair_track.astype(np.intp),
         )
 
-    def _pair_rows(
-        self, t_idx: NDArray[np.intp], d_idx: NDArray[np.intp], n_dets: int
-    ) -> NDArray[np.float64]:
-        """(K, 3) class probabilities of (track index, detection index) pairs; zeros for a
-        pair not scored this frame."""
-        if len(t_idx) == 0 or len(self._cand) == 0:
-            return np.zeros((len(t_idx), 3))
-        n = max(n_dets, 1)
-        # gate() sorts its pairs by track then detection, so these keys are increasing.
-        keys = self._cand.track.astype(np.int64) * n + self._cand.detection
-        key = t_idx.astype(np.int64) * n + d_idx
-        pos = np.clip(np.searchsorted(keys, key), 0, len(keys) - 1)
-        return np.where((keys[pos] == key)[:, None], self._pair_prob[pos], 0.0)
 
-    def _divisions(
-        self,
-        frame: int,
-        detections: Detections,
-        matches: NDArray[np.intp],
-        newborn: NDArray[np.intp],
-        diam: float,
-    ) -> _Divisions:
-        """Mothers for newborn detections.
-
-        An unlinked track seen at most ``division_max_gap`` frames ago can take two newborns
-        (score = p_parent→daughter of each); a track linked in this frame can take one
-        (score = ``division_posterior``: a daughter the model half took for the mother itself
-        does not veto a division its sister makes certain).
-        """
-        cfg, tr = self.config, self._tracks
-        none = _Divisions(np.zeros(0, np.intp), [], np.zeros(0))
-        if len(tr) == 0 or len(newborn) == 0 or len(self._cand) == 0:
-            return none
-        n_d = len(detections)
-        sibling = np.full(len(tr), -1, np.intp)
-        sibling[matches[:, 0]] = matches[:, 1]
-        eligible = (sibling >= 0) | (frame - tr.last - 1 <= cfg.division_max_gap)
-        # Every scored pair (track, newborn) of an eligible track.
-        m_all, c_all = self._cand.track, self._cand.detection
-        is_new = np.zeros(n_d, bool)
-        is_new[newborn] = True
-        keep = eligible[m_all] & is_new[c_all]
-        m, c = m_all[keep], c_all[keep]
-        if len(m) == 0:
-            return none
-        score = self._pair_prob[keep, PARENT]
-        linked = sibling[m] >= 0
-        sib = np.maximum(sibling[m], 0)
-        linked_p = self._pair_rows(m, sib, n_d)
-        joint = division_posterior(score, linked_p[:, PARENT], linked_p[:, SAME])
-        score = np.where(linked, joint, score)
-        return select_divisions(m, c, score, sibling, self.division_threshold_p)
+def lstm_tracker(
+    config: TrackConfig,
+    frame_shape: tuple[int, int],
+    model: TrackNet | None = None,
+    *,
+    meta: dict[str, Any] | None = None,
+    link_threshold: float | None = None,
+    division_threshold: float | None = None,
+) -> OnlineTracker:
+    """The learned tracker: an ``OnlineTracker`` over the ``LearnedScorer``."""
+    scorer = LearnedScorer(
+        config,
+        model,
+        meta=meta,
+        link_threshold=link_threshold,
+        division_threshold=division_threshold,
+    )
+    return OnlineTracker(config, frame_shape, scorer)
 
 
 def _first(*values: object) -> float:
@@ -552,11 +676,15 @@ def _first(*values: object) -> float:
 __all__ = [
     "DEFAULT_MODEL",
     "DIFF",
-    "LstmTracker",
+    "LearnedFrame",
+    "LearnedScorer",
     "division_posterior",
     "encode_frame",
+    "gate_pairs",
+    "lstm_tracker",
     "pair_geometry",
     "pair_probabilities",
+    "probability_frame",
     "relative_geometry",
     "window_inputs",
 ]

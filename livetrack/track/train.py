@@ -15,8 +15,8 @@ only as offsets), a random error of the length unit (scale), and random missed d
 of the time and by class weights in the loss.
 
 Thresholds (link and division) are then chosen on separate validation movies by running the
-real ``LstmTracker``: the division threshold that maximises division F1 among link thresholds
-whose link F1 is within 0.002 of the best.
+real learned tracker (``lstm.lstm_tracker``): the division threshold that maximises
+division F1 among link thresholds whose link F1 is within 0.002 of the best.
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ from livetrack.track.config import TrackConfig
 from livetrack.track.features import FrameFeatures, frame_features
 from livetrack.track.lap import equivalent_diameter
 from livetrack.track.lstm import (
-    LstmTracker,
+    lstm_tracker,
     pair_geometry,
     partner_features,
     relative_geometry,
     window_inputs,
 )
 from livetrack.track.model import DIFF, PARENT, SAME, TrackNet, TrackNetConfig, save_tracknet
+from livetrack.track.online import OnlineTracker
 from livetrack.types import Detections
 from simulators.nuclei import NucleiSimulator, SimulationConfig
 
@@ -616,7 +617,7 @@ class _Scores:
         return self.f1(self.div_tp, self.div_fp, self.div_fn)
 
 
-def run_on_movie(tracker: LstmTracker, movie: Movie, scores: _Scores) -> None:
+def run_on_movie(tracker: OnlineTracker, movie: Movie, scores: _Scores) -> None:
     """Track a validation movie (GT detections; features recomputed by the tracker from
     the cached inputs) and count link and division hits against the ground truth."""
     prev: dict[int, int] = {}  # gt id → tracker id in the previous frame
@@ -629,7 +630,7 @@ def run_on_movie(tracker: LstmTracker, movie: Movie, scores: _Scores) -> None:
             areas=movie.areas[t].astype(np.int64),
             bboxes=np.zeros((len(gt), 4), np.int32),
         )
-        step = tracker.step_features(t, det, ff)
+        step = tracker.step(t, det, features=ff)
         cur = {int(g): int(i) for g, i in zip(gt, step.track_ids, strict=True)}
         for g, tid in cur.items():
             if g in prev:
@@ -683,7 +684,9 @@ def choose_thresholds(
         for dt in DIVISION_GRID:
             sc = _Scores()
             for mv in val:
-                tr = LstmTracker(track_cfg, (1, 1), model, link_threshold=lt, division_threshold=dt)
+                tr = lstm_tracker(
+                    track_cfg, (1, 1), model, link_threshold=lt, division_threshold=dt
+                )
                 run_on_movie(tr, mv, sc)
             table.append(
                 {
