@@ -608,6 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed = same model)")
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps")
     p.add_argument("--sim-movies", type=int, default=160, help="random simulated movies")
+    p.add_argument(
+        "--recipe",
+        choices=("v1", "v2"),
+        default="v2",
+        help="simulated-data recipe (v1: the first model's; v2: crowded late frames, frames "
+        "right after divisions, nucleoli, haze, mitotic shapes; see docs/training.md)",
+    )
     _ctc_arg(p, "NN_GT/SEG masks")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_train_segment)
@@ -1471,6 +1478,7 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
         sim_movies=args.sim_movies,
         ctc=tuple(CtcSource.parse(c) for c in args.ctc),
         threads=args.threads,
+        recipe=args.recipe,
     )
     info = train(cfg, args.out_dir)
     print(f"trained on {info['frames']} frames in {info['wall_s']} s → {args.out_dir}")

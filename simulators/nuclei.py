@@ -141,6 +141,16 @@ class SimulationConfig(BaseModel):
     """Mean number of bright spots per nucleus."""
     spot_brightness: float = Field(0.6, ge=0.0)
     """Peak relative brightness added by a bright spot."""
+    nucleoli_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of the spots that are dark nucleoli instead of bright chromocentres (wider,
+    darker than the surrounding nucleus by ``nucleolus_depth``): nuclei with holes."""
+    nucleolus_depth: float = Field(0.7, ge=0.0, le=1.0)
+    """Relative darkening at a nucleolus' centre."""
+    haze: float = Field(0.0, ge=0.0, le=2.0)
+    """Out-of-focus light: a copy of the nucleus signal blurred over ``haze_diameters``
+    nuclei, times this, is added (glow between touching nuclei, low contrast at edges)."""
+    haze_diameters: float = Field(1.0, gt=0.0, le=5.0)
+    """Blur of the out-of-focus light, in nucleus diameters (Gaussian sigma)."""
     camera_offset: float = Field(100.0, ge=0.0)
     """Camera offset (ADU) added to every pixel."""
     gain: float = Field(1.0, gt=0.0)
@@ -588,6 +598,9 @@ class NucleiSimulator:
     ) -> NDArray[np.uint16]:
         """Illumination, bleaching, PSF, shot noise, gain, offset, read noise → uint16."""
         c = self.config
+        if c.haze > 0:
+            glow = ndi.gaussian_filter(signal, c.haze_diameters * c.nucleus_diameter_px)
+            signal = signal + np.float32(c.haze) * glow
         if c.psf_sigma_px > 0:
             signal = ndi.gaussian_filter(signal, c.psf_sigma_px, truncate=3.0)
         bleach = np.float32(math.exp(-c.bleach_rate * t))
@@ -648,6 +661,12 @@ def _draw_appearance(
     cells.spots[idx, :, 1] = rad * np.sin(phi)
     cells.spots[idx, :, 2] = rng.uniform(0.08, 0.18, (n, _MAX_SPOTS))
     amp = rng.uniform(0.5, 1.0, (n, _MAX_SPOTS)) * c.spot_brightness
+    if c.nucleoli_fraction > 0:  # drawn only then: movies without nucleoli stay identical
+        dark = rng.random((n, _MAX_SPOTS)) < c.nucleoli_fraction
+        amp = np.where(dark, -c.nucleolus_depth * rng.uniform(0.7, 1.0, (n, _MAX_SPOTS)), amp)
+        cells.spots[idx, :, 2] = np.where(
+            dark, 1.6 * cells.spots[idx, :, 2], cells.spots[idx, :, 2]
+        )
     amp[np.arange(_MAX_SPOTS)[None, :] >= n_spots[:, None]] = 0.0
     cells.spots[idx, :, 3] = amp
 

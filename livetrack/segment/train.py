@@ -77,6 +77,11 @@ class TrainConfig:
     scale_jitter: float = 1.3
     """Nuclei are rescaled to canonical × a factor in [1/jitter, jitter]."""
     threads: int = 2
+    recipe: str = "v2"
+    """Simulated-data recipe: "v1" (the first shipped model's: two frames of short movies)
+    or "v2" (longer movies whose late frames are crowded, a frame right after a division
+    from each, and wider appearance: mitotic shapes, shrinking daughters, nucleoli,
+    out-of-focus haze, strongly elongated nuclei)."""
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -127,8 +132,11 @@ def make_sample(
     return Sample(img, targets)
 
 
-def random_sim_config(rng: np.random.Generator, canonical: float) -> SimulationConfig:
-    """A simulated movie with settings drawn wide around the SIM+/GOWT1-like presets."""
+def random_sim_config(
+    rng: np.random.Generator, canonical: float, recipe: str = "v1"
+) -> SimulationConfig:
+    """A simulated movie with settings drawn wide around the SIM+/GOWT1-like presets
+    (``recipe`` "v2" draws more of them, after the v1 draws so v1 stays reproducible)."""
     preset = rng.integers(3)
     diameter = float(np.exp(rng.uniform(np.log(12.0), np.log(70.0))))
     size = int(np.clip(round(rng.uniform(150, 230) * diameter / canonical), 96, 1100))
@@ -158,6 +166,24 @@ def random_sim_config(rng: np.random.Generator, canonical: float) -> SimulationC
         "psf_sigma_px": rng.uniform(0.0, 0.05 * diameter),
         "vignetting": rng.uniform(0.0, 0.5),
     }
+    if recipe == "v2":
+        over.update(
+            {
+                "n_frames": int(rng.integers(1, 61)),
+                "max_axis_ratio": rng.uniform(1.0, 3.0),
+                "max_confluence": rng.uniform(0.4, 0.9),
+                "cell_cycle_frames": rng.uniform(10.0, 40.0),
+                "daughter_area_factor": rng.uniform(0.7, 1.0),
+                "mitotic_axis_ratio": rng.uniform(1.0, 2.5),
+                "mitotic_brightness": rng.uniform(1.0, 2.5),
+                "mitotic_area_factor": rng.uniform(0.4, 1.0),
+                "nucleoli_fraction": rng.uniform(0.3, 1.0) if rng.random() < 0.3 else 0.0,
+                "haze": rng.uniform(0.1, 1.0) if rng.random() < 0.3 else 0.0,
+                "haze_diameters": rng.uniform(0.5, 2.0),
+            }
+        )
+    elif recipe != "v1":
+        raise ConfigError(f"unknown training recipe {recipe!r} (v1 or v2)")
     if preset == 1:
         return SimulationConfig.like_sim_plus(**over)
     if preset == 2:
@@ -166,11 +192,17 @@ def random_sim_config(rng: np.random.Generator, canonical: float) -> SimulationC
 
 
 def simulated_samples(cfg: TrainConfig, rng: np.random.Generator) -> list[Sample]:
+    """Two frames of each simulated movie (first and last); recipe v2 adds the frame where
+    the movie's first division's daughters appear (touching sisters, mitotic shapes)."""
     out: list[Sample] = []
     for _ in range(cfg.sim_movies):
-        sim_cfg = random_sim_config(rng, cfg.model.canonical_diameter_px)
+        sim_cfg = random_sim_config(rng, cfg.model.canonical_diameter_px, cfg.recipe)
+        sim = NucleiSimulator(sim_cfg)
         take = {0, sim_cfg.n_frames - 1}
-        for frame in NucleiSimulator(sim_cfg).frames():
+        frames = list(sim.frames())
+        if cfg.recipe == "v2" and sim.divisions():
+            take.add(min(d.frame for d in sim.divisions()))
+        for frame in frames:
             if frame.index in take and frame.labels.max() > 0:
                 out.append(
                     make_sample(
