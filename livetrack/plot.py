@@ -146,11 +146,12 @@ def lineage_figure(result: TrackingResult, track: int) -> Figure:
         used.add(rec.fate)
         ax.annotate(
             str(rec.track_id),
-            (rec.start_frame, y),
-            xytext=(2, 4),
+            ((x0 + rec.end_frame) / 2, y),  # mid-line: clear of the fate marker
+            xytext=(0, 4),
             textcoords="offset points",
             fontsize=9,
             color="black",
+            ha="center",
             gid=f"track-{rec.track_id}",
         )
     first = min(r.start_frame for r in records)
