@@ -432,7 +432,7 @@ first steps:
   livetrack run                         track a simulated movie into livetrack.db
   livetrack run --source micromanager   track a live Micro-Manager acquisition
                                         (the simulated DemoCamera unless told otherwise)
-  livetrack replay MOVIE                track a recording (CTC folder, TIFF, NDTiff)
+  livetrack replay MOVIE                track a recording (CTC, TIFF, NDTiff, OME-Zarr)
   livetrack tui                         watch a running worker or a database
   livetrack COMMAND --help              every option of a command, with its default
 """
@@ -482,13 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "replay",
-        "replay a recording through the worker: CTC folder, (OME-)TIFF stack, NDTiff",
+        "replay a recording through the worker: CTC folder, (OME-)TIFF stack, NDTiff, OME-Zarr",
     )
     p.add_argument(
         "seq_dir",
         type=Path,
         metavar="MOVIE",
-        help="CTC folder (tNNN.tif), multi-page / OME-TIFF / ImageJ file, or NDTiff folder",
+        help="CTC folder (tNNN.tif), multi-page / OME-TIFF / ImageJ file, NDTiff folder, or "
+        "OME-Zarr (.ome.zarr, NGFF; needs livetrack[omezarr])",
     )
     g = p.add_argument_group("recording")
     g.add_argument(
@@ -508,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--realtime",
         action="store_true",
-        help="pace frames at their recorded timestamps (OME-TIFF, ImageJ, NDTiff)",
+        help="pace frames at their recorded timestamps (OME-TIFF, ImageJ, NDTiff, OME-Zarr)",
     )
     g.add_argument(
         "--masks",
@@ -523,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         dest="pixel_size",
         metavar="UM",
-        help="µm per pixel (default: from the TIFF tags)",
+        help="µm per pixel (default: from the TIFF tags or the OME-Zarr scale)",
     )
     g.add_argument(
         "--fps",
