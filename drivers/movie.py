@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from livetrack.errors import NoFramesRead, SourceError
+from livetrack.errors import MissingExtra, NoFramesRead, SourceError
 from livetrack.source import FrameMeta
 
 log = logging.getLogger("livetrack.drivers.movie")
@@ -447,11 +447,15 @@ def open_ndtiff_movie(
     """An NDTiff dataset (Micro-Manager / pycromanager) as a MovieSource: its ``position``
     axis gives the positions, ``time`` the frame index; recorded times from each image's
     ``ElapsedTime-ms``; pixel size from its ``PixelSize_um`` tag."""
-    from ndstorage import Dataset
-
     path = Path(path)
     if not is_ndtiff(path):
         raise SourceError(f"{path} is not an NDTiff dataset (no NDTiff.index)")
+    try:
+        from ndstorage import Dataset
+    except ImportError:
+        raise MissingExtra(
+            "reading NDTiff needs ndstorage: pip install 'livetrack[ndtiff]'"
+        ) from None
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # ndstorage prints progress
             ds = Dataset(str(path))

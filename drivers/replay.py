@@ -23,6 +23,7 @@ from drivers.movie import (
     open_ndtiff_movie,
     open_tiff_movie,
 )
+from drivers.omezarr import is_ome_zarr, open_ome_zarr_movie
 from livetrack.errors import SourceError
 from livetrack.source import FrameMeta
 
@@ -191,14 +192,26 @@ def open_movie(
     fps: float | None = None,
     realtime: bool = False,
 ) -> CTCReplaySource | MovieSource:
-    """Open any recording ``livetrack replay`` understands, by what ``path`` is: an NDTiff
-    dataset folder (``NDTiff.index``), a CTC sequence folder (``tNNN.tif``), or a
-    multi-page TIFF / OME-TIFF file. Options that do not apply to the format are errors,
+    """Open any recording ``livetrack replay`` understands, by what ``path`` is: an
+    OME-Zarr (a ``*.zarr`` group or NGFF metadata), an NDTiff dataset folder
+    (``NDTiff.index``), a CTC sequence folder (``tNNN.tif``), or a multi-page TIFF /
+    OME-TIFF file. Options that do not apply to the format are errors,
     not silently ignored."""
     path = Path(path)
     if not path.exists():
         raise SourceError(
-            f"{path} does not exist: it is not a folder (CTC / NDTiff) or a TIFF file"
+            f"{path} does not exist: it is not a folder (CTC / NDTiff / OME-Zarr) or a TIFF file"
+        )
+    if is_ome_zarr(path):
+        _refuse(masks_dir=masks_dir, axes=axes, fmt="an OME-Zarr (its metadata names the axes)")
+        return open_ome_zarr_movie(
+            path,
+            channel=channel,
+            z=z,
+            pixel_size_um=pixel_size_um,
+            position=position,
+            fps=fps,
+            realtime=realtime,
         )
     if path.is_dir() and is_ndtiff(path):
         _refuse(masks_dir=masks_dir, axes=axes, position=position, fmt="an NDTiff dataset")

@@ -264,6 +264,9 @@ def run_benchmark(
     unknown = [p for p in pipelines if p not in PIPELINES]
     if unknown:
         raise ConfigError(f"unknown pipeline(s) {unknown} (one of {list(PIPELINES)})")
+    from livetrack.evaluate.metrics import require_ctc_metrics
+
+    require_ctc_metrics()  # before the movies are run, not after
     settings = settings or Settings()
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []

@@ -432,7 +432,7 @@ first steps:
   livetrack run                         track a simulated movie into livetrack.db
   livetrack run --source micromanager   track a live Micro-Manager acquisition
                                         (the simulated DemoCamera unless told otherwise)
-  livetrack replay MOVIE                track a recording (CTC folder, TIFF, NDTiff)
+  livetrack replay MOVIE                track a recording (CTC, TIFF, NDTiff, OME-Zarr)
   livetrack tui                         watch a running worker or a database
   livetrack COMMAND --help              every option of a command, with its default
 """
@@ -482,13 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "replay",
-        "replay a recording through the worker: CTC folder, (OME-)TIFF stack, NDTiff",
+        "replay a recording through the worker: CTC folder, (OME-)TIFF stack, NDTiff, OME-Zarr",
     )
     p.add_argument(
         "seq_dir",
         type=Path,
         metavar="MOVIE",
-        help="CTC folder (tNNN.tif), multi-page / OME-TIFF / ImageJ file, or NDTiff folder",
+        help="CTC folder (tNNN.tif), multi-page / OME-TIFF / ImageJ file, NDTiff folder, or "
+        "OME-Zarr (.ome.zarr, NGFF; needs livetrack[omezarr])",
     )
     g = p.add_argument_group("recording")
     g.add_argument(
@@ -508,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--realtime",
         action="store_true",
-        help="pace frames at their recorded timestamps (OME-TIFF, ImageJ, NDTiff)",
+        help="pace frames at their recorded timestamps (OME-TIFF, ImageJ, NDTiff, OME-Zarr)",
     )
     g.add_argument(
         "--masks",
@@ -523,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         dest="pixel_size",
         metavar="UM",
-        help="µm per pixel (default: from the TIFF tags)",
+        help="µm per pixel (default: from the TIFF tags or the OME-Zarr scale)",
     )
     g.add_argument(
         "--fps",
@@ -678,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write this many masks (missing frames as empty masks)",
     )
     p.set_defaults(func=cmd_export)
+    _plot_command(sub)
 
     p = _command(sub, "evaluate", "score a CTC result folder against ground truth")
     p.add_argument("res_dir", type=Path, help="folder with maskNNN.tif + res_track.txt")
@@ -1505,6 +1507,78 @@ def cmd_train_track(args: argparse.Namespace) -> int:
     print(
         f"trained on {info['frames']} frames in {info['wall_s']} s; thresholds chosen on the "
         f"validation movies: {info['thresholds']} → {args.out_dir}"
+    )
+    return 0
+
+
+def _plot_command(sub: Any) -> None:
+    """``livetrack plot lineage|summary|overlay DB --out FILE`` (pictures: livetrack.plot)."""
+    p = _command(
+        sub,
+        "plot",
+        "pictures of a stored run: lineage tree, cells and divisions over time, overlay movie",
+        "Draw a stored run (needs matplotlib: pip install 'livetrack[plot]'): the lineage "
+        "tree of a track, the cells and divisions of every position over time, or a movie "
+        "of the outlines and track ids of one position.",
+    )
+    kinds = p.add_subparsers(
+        dest="picture", required=True, metavar="PICTURE", help="the picture to draw"
+    )
+    what = {
+        "lineage": "a track and its descendants on a time axis: divisions as branches, "
+        "each track's id and fate (.png, .svg or .pdf)",
+        "summary": "cells per frame and cumulative divisions, one line per position "
+        "(.png, .svg or .pdf)",
+        "overlay": "outlines and track ids over the frames of one position (.gif or .mp4). "
+        "The database keeps masks, not images: --images gives the raw frames (the CTC "
+        "folder or TIFF stack the run was made from); without it the outlines are drawn "
+        "on black",
+    }
+    for name, summary in what.items():
+        q = _command(kinds, name, summary)
+        q.add_argument("db", type=Path, help="the SQLite database of the run")
+        suffixes = "FILE.gif|FILE.mp4" if name == "overlay" else "FILE.png|FILE.svg"
+        q.add_argument("--out", type=Path, required=True, metavar=suffixes, help="file to write")
+        q.add_argument(
+            "--run-id", "--run", default=None, help="run to draw (default: the latest run)"
+        )
+        q.add_argument(
+            "--position",
+            default=None,
+            help="position to draw (default: every position)"
+            if name == "summary"
+            else "position to draw (default: the only position)",
+        )
+        if name == "lineage":
+            q.add_argument("--track", type=int, required=True, metavar="N", help="track id")
+        if name == "overlay":
+            q.add_argument(
+                "--images",
+                type=Path,
+                default=None,
+                metavar="MOVIE",
+                help="the raw frames: a folder of one TIFF per frame (CTC tNNN.tif), a "
+                "(T, Y, X) TIFF stack or .npy (default: outlines on black)",
+            )
+            q.add_argument("--fps", type=_positive, default=5.0, help="frames per second")
+        q.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from livetrack.plot import plot_stored
+
+    _setup_logging(args)
+    print(
+        plot_stored(
+            args.db,
+            args.picture,
+            args.out,
+            run=args.run_id,
+            position=args.position,
+            track=getattr(args, "track", None),
+            images=getattr(args, "images", None),
+            fps=getattr(args, "fps", 5.0),
+        )
     )
     return 0
 

@@ -90,3 +90,8 @@ def validation_message(err: Any) -> str:
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{loc}: {msg} (got {e.get('input')!r})")
     return "; ".join(parts)
+
+
+class MissingExtra(LivetrackError):
+    """A feature needs an optional dependency that is not installed; the message names
+    the extra to install (``pip install 'livetrack[plot]'``)."""

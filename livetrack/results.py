@@ -28,6 +28,7 @@ from livetrack.types import Detections, LabelImage
 if TYPE_CHECKING:
     import networkx as nx
     import pandas as pd
+    from matplotlib.figure import Figure
 
     from livetrack.evaluate.napari import NapariTracks
     from livetrack.store import Store
@@ -355,3 +356,33 @@ class TrackingResult:
         from livetrack.evaluate.table import write_table
 
         return write_table(self.tracks, Path(path))
+
+    # ---------------------------------------------------------------- pictures
+    def plot_lineage(self, track: int, path: str | Path | None = None) -> Figure:
+        """The lineage tree of ``track`` and its descendants on a time axis (matplotlib
+        ``Figure``; also written to ``path``, .png/.svg/.pdf, when given). Needs
+        ``livetrack[plot]``."""
+        from livetrack.plot import lineage_figure, save_figure
+
+        fig = lineage_figure(self, int(track))
+        if path is not None:
+            save_figure(fig, path)
+        return fig
+
+    def plot_summary(self, path: str | Path | None = None) -> Figure:
+        """Cells per frame and cumulative divisions, one line per position (a ``Figure``;
+        also written to ``path`` when given). Needs ``livetrack[plot]``."""
+        from livetrack.plot import save_figure, summary_figure
+
+        fig = summary_figure(self)
+        if path is not None:
+            save_figure(fig, path)
+        return fig
+
+    def write_overlay(self, path: str | Path, *, fps: float = 5.0) -> Path:
+        """An overlay movie (.gif or .mp4) of one position: outlines and track ids over
+        the raw frames (over black when the images are not at hand: pass ``images=`` to
+        ``open_run``). Needs ``livetrack[plot]``."""
+        from livetrack.plot import write_overlay
+
+        return write_overlay(self, path, fps=fps)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from livetrack.errors import EvaluationError
+from livetrack.errors import EvaluationError, MissingExtra
 from livetrack.evaluate import lineage
 from livetrack.evaluate.ctcfiles import (
     CtcTracks,
@@ -56,6 +56,15 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, float | int | None]:
         """Plain dict (JSON-ready) in field order."""
         return asdict(self)
+
+
+def require_ctc_metrics() -> None:
+    """Fail before any work when py-ctcmetrics (the ``eval`` extra) is not installed: a
+    benchmark should not run its movies first and then find it cannot score them."""
+    try:
+        import ctc_metrics  # noqa: F401
+    except ImportError:
+        raise MissingExtra("scoring needs py-ctcmetrics: pip install 'livetrack[eval]'") from None
 
 
 def evaluate_ctc(
@@ -109,6 +118,7 @@ def evaluate_ctc(
         EvaluationError: missing files, mask count different from GT, or a result that
             breaks the CTC rules (the message names the track or label).
     """
+    require_ctc_metrics()
     if frame_tolerance < 0:
         raise EvaluationError(f"frame_tolerance must be >= 0, got {frame_tolerance}")
     res_dir, gt_dir = Path(res_dir), Path(gt_dir)
@@ -155,6 +165,7 @@ def _ctc_scores(
 ) -> dict[str, Any]:
     """DET/TRA(/SEG) by py-ctcmetrics on our matching; its validity check (which warns,
     then prints "Invalid results!") becomes an EvaluationError naming the problem."""
+    require_ctc_metrics()
     from ctc_metrics.metrics import valid
     from ctc_metrics.scripts.evaluate import calculate_metrics
 
