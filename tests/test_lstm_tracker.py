@@ -19,12 +19,14 @@ from livetrack.track.lstm import (
     DEFAULT_MODEL,
     LearnedFrame,
     LearnedScorer,
+    combine_division_cues,
     division_posterior,
     encode_frame,
     lstm_tracker,
+    rescaled,
 )
 from livetrack.track.model import TrackNet, TrackNetConfig, load_tracknet, save_tracknet
-from livetrack.track.online import OnlineTracker
+from livetrack.track.online import DivisionScores, OnlineTracker
 from livetrack.types import Detections
 from tests.test_tracker import _records  # the track table a store would hold after some steps
 
@@ -221,7 +223,8 @@ def test_division_when_one_daughter_was_taken_for_the_mother(
     # a division, although daughter 1's p_parent alone is below the threshold 0.6.
     # If daughter 2 is just another cell (p_parent 0.08), no division.
     probs = {1: (0.5, 0.1, 0.4), 2: newborn}
-    tr = fixed_tracker(TrackConfig(), SHAPE, probs, link_threshold=0.1, division_threshold=0.6)
+    cfg = TrackConfig(division_cues="learned")
+    tr = fixed_tracker(cfg, SHAPE, probs, link_threshold=0.1, division_threshold=0.6)
     mother = step(tr, 0, [(80.0, 80.0, 9.0)])
     s = step(tr, 1, [(80.0, 73.0, 6.5), (80.0, 87.0, 6.5)])
     divisions = [e for e in s.events if e.kind == "division"]
@@ -234,13 +237,63 @@ def test_division_when_one_daughter_was_taken_for_the_mother(
         assert int(s.track_ids[0]) == int(mother.track_ids[0])
 
 
+@pytest.mark.parametrize(
+    ("cues", "sister", "divides"),
+    [
+        # A hesitant model (posterior 0.44 < 0.6) carried over its threshold by clear
+        # geometry (daughters symmetric about the mother, about half her area each).
+        ("learned", (0.3, 0.2, 0.5), False),
+        ("both", (0.3, 0.2, 0.5), True),
+        # The same geometry with a sister the model is sure is NOT a daughter (a nucleus
+        # split by the segmentation looks just as symmetric): geometry alone takes it,
+        # the joint decision does not.
+        ("geometry", (0.3, 0.69, 0.01), True),
+        ("both", (0.3, 0.69, 0.01), False),
+    ],
+)
+def test_the_sister_pair_is_decided_by_both_cues(
+    cues: str, sister: tuple[float, float, float], divides: bool
+) -> None:
+    probs = {1: (0.5, 0.1, 0.4), 2: sister}
+    cfg = TrackConfig(division_cues=cues)  # type: ignore[arg-type]
+    tr = fixed_tracker(cfg, SHAPE, probs, link_threshold=0.1, division_threshold=0.6)
+    mother = step(tr, 0, [(80.0, 80.0, 9.0)])
+    s = step(tr, 1, [(80.0, 73.0, 6.5), (80.0, 87.0, 6.5)])
+    divisions = [e for e in s.events if e.kind == "division"]
+    assert len(divisions) == int(divides)
+    if divides:
+        assert divisions[0].track_id == int(mother.track_ids[0])
+        assert set(divisions[0].daughters) == set(s.track_ids.tolist())
+    else:
+        assert int(s.track_ids[0]) == int(mother.track_ids[0])  # daughter 1 continues her
+
+
+def test_combined_division_score_is_the_mean_on_each_cues_own_scale() -> None:
+    learned = DivisionScores(np.array([0, 0, 1]), np.array([3, 4, 3]), np.array([0.7, 0.35, 1.0]))
+    geometric = DivisionScores(np.array([0, 2]), np.array([3, 5]), np.array([0.5, 0.75]))
+    both = combine_division_cues(rescaled(learned, 0.7), rescaled(geometric, 0.5))
+    got = {
+        (int(m), int(c)): float(v)
+        for m, c, v in zip(both.mother, both.child, both.score, strict=True)
+    }
+    assert got == pytest.approx(
+        {
+            (0, 3): 0.5,  # each cue exactly at its own threshold: at the joint threshold
+            (0, 4): 0.125,  # learned only (half its threshold), geometry did not score it
+            (1, 3): 0.5,  # a certain model alone reaches the threshold
+            (2, 5): 0.375,  # geometry alone (0.75 on its scale) does not
+        }
+    )
+
+
 def test_a_mother_with_one_daughter_in_sight_continues() -> None:
     # The classifier is sure the only cell near the mother is her daughter (p_parent 0.95)
     # and sure it is not the mother herself (p_same 0.02: the assignment leaves the mother
     # unlinked). A division needs two daughters: the mother's track continues instead,
     # with no division event and no parent link.
     probs = {1: (0.02, 0.03, 0.95), 2: (0.98, 0.01, 0.01)}
-    tr = fixed_tracker(TrackConfig(), SHAPE, probs, link_threshold=0.1, division_threshold=0.6)
+    cfg = TrackConfig(division_cues="learned")
+    tr = fixed_tracker(cfg, SHAPE, probs, link_threshold=0.1, division_threshold=0.6)
     first = step(tr, 0, [(80.0, 80.0, 9.0), (20.0, 20.0, 7.0)])
     s = step(tr, 1, [(80.0, 92.0, 6.5), (20.0, 20.0, 7.0)])
     assert [e.kind for e in s.events] == []

@@ -29,12 +29,14 @@ class TrackConfig(BaseModel):
     """lstm: minimum division score (p_parent→daughter; for a mother linked to one daughter,
     ``lstm.division_posterior``); None = the model's validated value."""
 
-    division_cues: Literal["learned", "geometry", "either", "mean"] = "learned"
-    """lstm: what decides a division. "learned": the model's division score (against
-    ``lstm_division_threshold``); "geometry": the geometric cues of the lap tracker
-    (distance, daughters symmetric about the mother, area; against ``division_threshold``);
-    "both": either cue, each against its own threshold (a look the model does not know
-    falls back on geometry)."""
+    division_cues: Literal["both", "learned", "geometry"] = "both"
+    """lstm: what decides a division. "both" (default): the sister pair is decided jointly,
+    the mean of the learned score and the geometric one, each scaled to its own threshold
+    (``lstm.combine_division_cues``: clear geometry carries a hesitant model, so a look the
+    model does not know falls back on geometry); "learned": the model's division score
+    alone (against ``lstm_division_threshold``); "geometry": the lap tracker's geometric
+    cues alone (distance, daughters symmetric about the mother, area; against
+    ``division_threshold``)."""
 
     nucleus_diameter_px: float | None = Field(default=None, gt=0)
     """Typical nucleus diameter in pixels, the unit of every length below. None: estimate it
@@ -76,8 +78,9 @@ class TrackConfig(BaseModel):
     this many diameters."""
 
     division_threshold: float = Field(default=0.5, ge=0, le=1)
-    """Minimum division score in [0, 1] (distance, symmetry and area cues) to accept a
-    mother-daughter link."""
+    """Minimum geometric division score in [0, 1] (distance, symmetry and area cues) to
+    accept a mother-daughter link: the lap tracker's threshold, and the geometric cue's in
+    the lstm tracker's joint decision (``division_cues``)."""
 
     division_max_gap: int = Field(default=0, ge=0)
     """An unmatched track may be the mother of newborns (both daughters far from it) only if

@@ -1,7 +1,8 @@
 """A scorer with given probabilities: to test the tracker's decisions on known inputs.
 
 ``FixedScorer`` gates like the learned scorer and gives every pair the (p_same,
-p_different, p_parent→daughter) a function of the candidate detection returns, so a test
+p_different, p_parent→daughter) a function of the candidate detection returns (and, as the
+learned scorer, joins the geometric division cues when ``division_cues`` says so), so a test
 states what the classifier "saw" and checks what the ``OnlineTracker`` decides on it (the
 assignment, the division posterior, two-daughter divisions) without a trained network.
 """
@@ -16,6 +17,7 @@ from numpy.typing import NDArray
 
 from livetrack.track.base import FrameHistory
 from livetrack.track.config import TrackConfig
+from livetrack.track.lap import DistanceScorer
 from livetrack.track.lstm import LearnedFrame, gate_pairs, probability_frame
 from livetrack.track.online import FrameScores, OnlineTracker, OpenTracks
 from livetrack.types import Detections
@@ -51,8 +53,20 @@ class FixedScorer:
             [self.probabilities(int(detections.labels[d])) for d in cand.detection], np.float64
         ).reshape(-1, 3)
         emb = np.zeros((len(detections), 0), np.float32)
+        geometry = None
+        if self.config.division_cues != "learned":
+            geometry = DistanceScorer(self.config).score(
+                frame, tracks, detections, diameter, frame_shape
+            )
         return probability_frame(
-            cand, link, prob, emb, self.link_threshold, self.division_threshold, None
+            cand,
+            link,
+            prob,
+            emb,
+            self.link_threshold,
+            self.division_threshold,
+            geometry,
+            self.config.division_cues,
         )
 
     def commit(self, *args: object) -> None:
