@@ -612,9 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recipe",
         choices=("v1", "v2"),
-        default="v2",
-        help="simulated-data recipe (v1: the first model's; v2: crowded late frames, frames "
-        "right after divisions, nucleoli, haze, mitotic shapes; see docs/training.md)",
+        default="v1",
+        help="simulated-data recipe (v1: the shipped model's; v2: crowded late frames, "
+        "frames right after divisions, nucleoli, haze, mitotic shapes — no shipped model "
+        "uses it yet; see docs/training.md)",
     )
     _ctc_arg(p, "NN_GT/SEG masks")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -239,3 +239,20 @@ def test_empty_frame_gives_no_nuclei(shipped: LearnedSegmenter) -> None:
     seg = shipped.predict(np.full((64, 64), 100, np.uint16))
     assert seg.mask.max() == 0
     assert len(seg.detections) == 0
+
+
+def test_training_recipe_v2_draws_wider_movies_and_v1_is_unchanged() -> None:
+    from livetrack.errors import ConfigError
+    from livetrack.segment.train import random_sim_config
+
+    v1 = [random_sim_config(np.random.default_rng(s), 24.0) for s in range(30)]
+    again = [random_sim_config(np.random.default_rng(s), 24.0, "v1") for s in range(30)]
+    assert v1 == again
+    v2 = [random_sim_config(np.random.default_rng(s), 24.0, "v2") for s in range(30)]
+    assert max(c.n_frames for c in v1) <= 24 < max(c.n_frames for c in v2)
+    assert any(c.haze > 0 for c in v2)
+    assert any(c.nucleoli_fraction > 0 for c in v2)
+    assert all(c.haze == 0 and c.nucleoli_fraction == 0 for c in v1)
+    assert [c.nucleus_diameter_px for c in v1] == [c.nucleus_diameter_px for c in v2]
+    with pytest.raises(ConfigError, match="unknown training recipe"):
+        random_sim_config(np.random.default_rng(0), 24.0, "v3")

@@ -183,3 +183,33 @@ def test_elongated_mitosis_divides_along_the_long_axis() -> None:
     assert ecc_round < 0.5
     assert ecc_long > 0.7
     assert align > 0.9
+
+
+def _inside_and_between(config: SimulationConfig) -> tuple[float, float]:
+    frame = next(NucleiSimulator(config).frames())
+    img = frame.image.astype(np.float64)
+    return float(img[frame.labels > 0].mean()), float(np.median(img[frame.labels == 0]))
+
+
+def test_nucleoli_darken_nuclei_and_haze_lights_the_background() -> None:
+    base = SimulationConfig(
+        seed=3, n_frames=1, height=128, width=128, n_cells=12, nucleus_diameter_px=24
+    )
+    plain_in, plain_out = _inside_and_between(base)
+    holes_in, _ = _inside_and_between(
+        base.model_copy(update={"mean_spots": 4.0, "nucleoli_fraction": 1.0})
+    )
+    bright_in, _ = _inside_and_between(base.model_copy(update={"mean_spots": 4.0}))
+    _, hazy_out = _inside_and_between(base.model_copy(update={"haze": 1.0}))
+    assert holes_in < plain_in < bright_in  # dark nucleoli vs none vs bright spots
+    assert hazy_out > plain_out + 5.0  # out-of-focus light between the nuclei
+
+
+def test_new_appearance_options_off_by_default_change_nothing() -> None:
+    base = SimulationConfig(seed=5, n_frames=3, height=96, width=96, n_cells=6)
+    explicit = base.model_copy(update={"nucleoli_fraction": 0.0, "haze": 0.0})
+    for a, b in zip(
+        NucleiSimulator(base).frames(), NucleiSimulator(explicit).frames(), strict=True
+    ):
+        assert np.array_equal(a.image, b.image)
+        assert np.array_equal(a.labels, b.labels)

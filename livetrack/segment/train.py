@@ -77,9 +77,9 @@ class TrainConfig:
     scale_jitter: float = 1.3
     """Nuclei are rescaled to canonical × a factor in [1/jitter, jitter]."""
     threads: int = 2
-    recipe: str = "v2"
-    """Simulated-data recipe: "v1" (the first shipped model's: two frames of short movies)
-    or "v2" (longer movies whose late frames are crowded, a frame right after a division
+    recipe: str = "v1"
+    """Simulated-data recipe: "v1" (the shipped model's: two frames of short movies) or
+    "v2" (longer movies whose late frames are crowded, a frame right after a division
     from each, and wider appearance: mitotic shapes, shrinking daughters, nucleoli,
     out-of-focus haze, strongly elongated nuclei)."""
     model: ModelConfig = field(default_factory=ModelConfig)
