@@ -290,7 +290,7 @@ def test_endpoint_freed_by_a_closed_socket_is_bound_again_at_once(zmq_context) -
 
 
 def test_endpoint_held_by_a_live_socket_is_refused_by_name(zmq_context, monkeypatch) -> None:
-    import livetrack.transport as transport
+    import livetrack.transport.sockets as transport
 
     monkeypatch.setattr(transport, "BIND_RETRY_S", 0.3)
     holder = FramePuller("tcp://127.0.0.1:0", context=zmq_context)
