@@ -16,10 +16,10 @@ from typing import Literal
 
 import numpy as np
 
-from livetrack.errors import LivetrackError
+from livetrack.errors import LivetrackError, SendAborted, SendTimeout
 from livetrack.messages import EndOfStream, FrameHeader
 from livetrack.source import FrameMeta, FrameSource
-from livetrack.transport import AckedPusher, FramePusher, SendAborted, SendTimeout
+from livetrack.transport import AckedPusher, FramePusher
 
 log = logging.getLogger("livetrack.pump")
 
@@ -102,9 +102,8 @@ def pump(
                 on_sent(meta)
     except SendAborted:
         reason, message = "aborted", "stopped while the worker was busy"
-    except (LivetrackError, SendTimeout) as err:
-        reason, message = "error", str(err)
-        error = err if isinstance(err, LivetrackError) else None
+    except LivetrackError as err:  # SendTimeout included: the worker never took the frame
+        reason, message, error = "error", str(err), err
         log.error("driver stopped: %s", err)
     finally:
         source.close()

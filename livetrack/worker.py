@@ -20,7 +20,6 @@ away, and the acknowledging driver (``transport.AckedPusher``) re-sends them in 
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
 import uuid
@@ -55,6 +54,7 @@ from livetrack.messages import (
 from livetrack.segment.base import Segmenter
 from livetrack.segment.factory import make_segmenter
 from livetrack.store import Store
+from livetrack.timings import stage_medians
 from livetrack.track.base import Tracker, TrackStep
 from livetrack.track.factory import make_tracker
 from livetrack.transport import EventPublisher, FramePuller, InvalidFrame, ReceivedFrame
@@ -305,10 +305,21 @@ class Worker:
             t = time.perf_counter()
             seg = segmenter.predict(rf.image, h.pixel_size_um)
             timings["segment"] = (time.perf_counter() - t) * 1000
-        except (ValueError, BadFrame) as err:
+        except BadFrame as err:  # livetrack's typed bad input: this frame is refused
             return self._reject(
                 h, f"frame {h.position}/{h.frame_index}: segmentation failed: {err}", handled=True
             )
+        except LivetrackError:
+            raise
+        except Exception as err:
+            # Not bad input but a segmenter bug: rejecting would drop every later frame as
+            # "bad" and hide it. Stop instead; what is committed stays, the run resumes.
+            log.error("segmenting frame %s/%d failed", h.position, h.frame_index, exc_info=True)
+            raise WorkerStopped(
+                f"frame {h.position}/{h.frame_index}: the segmenter failed "
+                f"({type(err).__name__}: {err}); this is a bug, not bad input. Frames stored "
+                "so far are kept and the run is resumable"
+            ) from err
         t = time.perf_counter()
         step = tracker.step(h.frame_index, seg.detections, image=rf.image, mask=seg.mask)
         timings["track"] = (time.perf_counter() - t) * 1000
@@ -605,12 +616,8 @@ class Worker:
         )
 
     def stage_medians(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for stage in STAGES:
-            values = [t[stage] for t in self._recent if stage in t]
-            if values:
-                out[stage] = statistics.median(values)
-        return out
+        """Median ms per stage over the most recent committed frames (for the status)."""
+        return stage_medians(self._recent)
 
     def fps(self) -> float:
         if len(self._commit_times) < 2:

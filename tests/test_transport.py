@@ -377,3 +377,17 @@ def test_events_pub_sub_roundtrip(zmq_context, closing) -> None:
 def test_division_event_needs_daughters() -> None:
     with pytest.raises(ValueError, match="daughters"):
         TrackEvent(run_id="r", position="p", frame=1, event="division", track_id=1, timestamp=0.0)
+
+
+def test_send_errors_are_livetrack_delivery_errors() -> None:
+    """SendTimeout/SendAborted belong to the error hierarchy (the CLI reports them as one
+    line), and stay importable from the transport."""
+    import livetrack.errors as errors
+    import livetrack.transport as transport
+
+    assert transport.SendTimeout is errors.SendTimeout
+    assert transport.SendAborted is errors.SendAborted
+    for cls in (errors.SendTimeout, errors.SendAborted):
+        assert issubclass(cls, errors.DeliveryError)
+        assert issubclass(cls, errors.LivetrackError)
+    assert not issubclass(errors.SendAborted, errors.SendTimeout)

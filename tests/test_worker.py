@@ -581,3 +581,94 @@ def test_positions_share_one_loaded_model_of_each_kind(tmp_path, zmq_context, cl
     assert len({id(s.tracker.model) for s in states}) == 1  # type: ignore[union-attr]
     assert len({id(s.segmenter._scale) for s in states}) == 3  # type: ignore[attr-defined]
     assert worker.shared_models["segment"] is states[0].segmenter.model  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------- segmenter bug
+class _BrokenOnFrame:
+    """A segmenter with a bug: classical segmentation, except that the ``broken``-th call
+    raises ValueError (as a NumPy shape mistake would)."""
+
+    name = "broken"
+
+    def __init__(self, broken: int) -> None:
+        from livetrack.segment.classical import ClassicalSegmenter
+        from livetrack.segment.config import SegmentConfig
+
+        self.inner = ClassicalSegmenter(SegmentConfig(nucleus_diameter_px=16))
+        self.calls = 0
+        self.broken = broken
+
+    def predict(self, image: np.ndarray, pixel_size_um: float | None = None) -> Any:
+        self.calls += 1
+        if self.calls == self.broken:
+            raise ValueError("operands could not be broadcast together")
+        return self.inner.predict(image, pixel_size_um)
+
+    def restore_scale(self, state: Any) -> None:
+        self.inner.restore_scale(state)
+
+
+def test_a_segmenter_bug_stops_the_worker_and_is_not_a_rejected_frame(
+    tmp_path, zmq_context, closing
+):
+    """A ValueError from the segmenter is a bug, not bad input: the worker must not report
+    the frame as rejected (and go on rejecting); it stops with an error naming the frame
+    and the exception, keeps every committed frame, and the run resumes."""
+    from livetrack.errors import LivetrackError
+    from livetrack.worker import WorkerStopped
+
+    db = tmp_path / "bug.db"
+    results: list[FrameResult] = []
+    worker = make_worker(
+        db,
+        zmq_context,
+        closing,
+        segmenter_factory=lambda: _BrokenOnFrame(3),
+        on_frame=results.append,
+    )
+    pusher = pusher_for(worker, zmq_context, closing)
+    frames = list(SimulatorSource(SIM.model_copy(update={"n_frames": 4})).frames())
+    for image, meta in frames:
+        pusher.send_frame(header_for("bug", image, meta, source="t", total_frames=4), image)
+    for _ in range(2):
+        got = worker.poll_once(timeout_s=10)
+        assert isinstance(got, FrameResult)
+        assert got.status == "stored"
+    with pytest.raises(WorkerStopped, match=r"frame sim/2: the segmenter failed \(ValueError: "):
+        worker.poll_once(timeout_s=10)
+    assert issubclass(WorkerStopped, LivetrackError)  # the CLI reports it as one line
+    assert worker.frames_rejected == 0
+    assert [r.status for r in results] == ["stored", "stored"]
+    assert worker.store.frame_indices("bug", "sim") == [0, 1]
+    worker.store.close()
+
+    fixed = make_worker(db, zmq_context, closing)
+    pusher = pusher_for(fixed, zmq_context, closing)
+    for image, meta in frames[2:]:
+        pusher.send_frame(header_for("bug", image, meta, source="t", total_frames=4), image)
+    assert [fixed.poll_once(timeout_s=10).status for _ in range(2)] == ["stored", "stored"]  # type: ignore[union-attr]
+    assert fixed.store.frame_indices("bug", "sim") == [0, 1, 2, 3]
+
+
+def test_a_bad_frame_from_the_segmenter_is_still_a_rejection(tmp_path, zmq_context, closing):
+    """livetrack's typed bad input (BadFrame) raised while segmenting rejects that frame,
+    and the next frame is stored."""
+    from livetrack.errors import BadFrame
+
+    class RefusesSecond(_BrokenOnFrame):
+        def predict(self, image: np.ndarray, pixel_size_um: float | None = None) -> Any:
+            if self.calls == 1:
+                self.calls += 1
+                raise BadFrame("saturated frame")
+            return super().predict(image, pixel_size_um)
+
+    worker = make_worker(
+        tmp_path / "bad.db", zmq_context, closing, segmenter_factory=lambda: RefusesSecond(0)
+    )
+    pusher = pusher_for(worker, zmq_context, closing)
+    for image, meta in SimulatorSource(SIM.model_copy(update={"n_frames": 3})).frames():
+        pusher.send_frame(header_for("bad", image, meta, source="t", total_frames=3), image)
+    got = [worker.poll_once(timeout_s=10) for _ in range(3)]
+    assert [g.status for g in got] == ["stored", "rejected", "stored"]  # type: ignore[union-attr]
+    assert "segmentation failed: saturated frame" in got[1].message  # type: ignore[union-attr]
+    assert worker.store.frame_indices("bad", "sim") == [0, 2]

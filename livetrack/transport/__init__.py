@@ -36,6 +36,7 @@ its names are the public ones.
 
 from __future__ import annotations
 
+from livetrack.errors import SendAborted, SendTimeout
 from livetrack.transport.codec import (
     MAX_HEADER_BYTES,
     InvalidFrame,
@@ -64,8 +65,6 @@ from livetrack.transport.sockets import (
     EventSubscriber,
     FramePuller,
     FramePusher,
-    SendAborted,
-    SendTimeout,
     bind_random_port,
 )
 from livetrack.transport.throughput import bench_throughput

@@ -26,10 +26,10 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from livetrack.errors import BadMessage, ConfigError
+from livetrack.errors import BadMessage, ConfigError, SendAborted, SendTimeout
 from livetrack.messages import EndOfStream, FrameCommitted, FrameHeader, FrameRejected, WorkerStatus
 from livetrack.transport.codec import encode_frame
-from livetrack.transport.sockets import EventSubscriber, FramePusher, SendAborted, SendTimeout
+from livetrack.transport.sockets import EventSubscriber, FramePusher
 
 log = logging.getLogger("livetrack.transport")
 

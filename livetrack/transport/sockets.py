@@ -17,7 +17,7 @@ import numpy as np
 import zmq
 from numpy.typing import NDArray
 
-from livetrack.errors import ConfigError, EndpointInUse
+from livetrack.errors import ConfigError, EndpointInUse, SendAborted, SendTimeout
 from livetrack.messages import (
     EndOfStream,
     FrameCommitted,
@@ -57,14 +57,6 @@ EOS_WAIT_S = 3.0
 """How long a stopped sender still waits for room to queue its end-of-stream (a worker
 that is busy with a frame makes room within a frame's time; one that stopped never does,
 and an in-process run must not hang on it)."""
-
-
-class SendTimeout(Exception):
-    """The receiver did not accept a frame within the configured time."""
-
-
-class SendAborted(Exception):
-    """A send waiting for the worker was abandoned because the stop event was set."""
 
 
 def server_socket(
