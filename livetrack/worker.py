@@ -53,7 +53,7 @@ from livetrack.messages import (
 )
 from livetrack.segment.base import Segmenter
 from livetrack.segment.factory import make_segmenter
-from livetrack.store import Store
+from livetrack.store import ResumeState, StoreWriter
 from livetrack.timings import stage_medians
 from livetrack.track.base import Tracker, TrackStep
 from livetrack.track.factory import make_tracker
@@ -169,7 +169,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: StoreWriter,
         puller: FramePuller,
         publisher: EventPublisher | None = None,
         *,
@@ -450,21 +450,32 @@ class Worker:
             return state
         if h.run_id not in self.open_runs:
             self._open_run(h)
-        state = PositionState(
-            segmenter=self._make_segmenter(),
-            tracker=None,
-            shape=h.shape,
-            last_frame=self.store.last_frame(h.run_id, h.position),
-        )
-        self.running_segmenter = state.segmenter.name
-        if state.last_frame is not None:  # resumed: the scale where it stood
-            state.segmenter.restore_scale(
-                self.store.scale_state(
-                    h.run_id, h.position, self.settings.segment.auto_diameter_frames
-                )
-            )
+        return self._start_position(key, h.shape)
+
+    def _start_position(self, key: tuple[str, str], shape: tuple[int, int]) -> PositionState:
+        """A position this worker process has not handled yet: its segmenter and tracker,
+        both resumed from the store when it holds frames of the position (one question,
+        ``Store.resume_state``)."""
+        segmenter = self._make_segmenter()
+        self.running_segmenter = segmenter.name
+        tracker = self._make_tracker(shape)
+        self.running_tracker = tracker.name
+        resume = self._resume_state(key, tracker)
+        state = PositionState(segmenter, tracker, shape, last_frame=resume.last_frame)
+        if resume.last_frame is not None:  # resumed: the scale and the tracks where they stood
+            segmenter.restore_scale(resume.scale)
+            self._restore(key, state, tracker, resume)
         self.positions[key] = state
+        self._live_tracker(key, state)
         return state
+
+    def _resume_state(self, key: tuple[str, str], tracker: Tracker) -> ResumeState:
+        return self.store.resume_state(
+            key[0],
+            key[1],
+            tracker.history_window,
+            scale_window=self.settings.segment.auto_diameter_frames,
+        )
 
     def _live_tracker(self, h: FrameHeader | tuple[str, str], state: PositionState) -> Tracker:
         """The position's tracker, rebuilt from the store if it is not in memory; marks the
@@ -476,7 +487,7 @@ class Worker:
             tracker = state.tracker = self._make_tracker(state.shape)
             self.running_tracker = tracker.name
             if state.last_frame is not None:
-                self._restore(key[0], key[1], state, tracker)
+                self._restore(key, state, tracker, self._resume_state(key, tracker))
         self._live[key] = None
         self._live.move_to_end(key)
         while len(self._live) > self.settings.worker.max_live_trackers:
@@ -497,17 +508,27 @@ class Worker:
         self._current_run = h.run_id
         log.info("%s run %s (%s)", "started" if is_new else "resuming", h.run_id, h.source)
 
-    def _restore(self, run_id: str, position: str, state: PositionState, tracker: Tracker) -> None:
-        history = self.store.history(run_id, position, tracker.history_window)
-        tracks = self.store.tracks(run_id, position)
-        tracker.restore(history, tracks)
-        state.divisions = sum(1 for e in self.store.events(run_id, position, kinds=["division"]))
+    def _restore(
+        self, key: tuple[str, str], state: PositionState, tracker: Tracker, resume: ResumeState
+    ) -> None:
+        run_id, position = key
+        tracker.restore(resume.history, resume.tracks)
+        state.divisions = resume.divisions
+        if resume.stale_open_tracks:
+            log.warning(
+                "position %s of run %s: %d open tracks have no detection in the last %d "
+                "frames; they are not continued",
+                position,
+                run_id,
+                resume.stale_open_tracks,
+                tracker.history_window,
+            )
         log.info(
-            "position %s of run %s: resuming after frame %s (%d tracks restored)",
+            "position %s of run %s: resuming after frame %s (%d open tracks restored)",
             position,
             run_id,
             state.last_frame,
-            len(tracks),
+            len(resume.open_tracks),
         )
 
     # ------------------------------------------------------------ stream end
@@ -543,17 +564,16 @@ class Worker:
 
     def _restore_unseen_positions(self, run_id: str) -> None:
         for position in self.store.positions(run_id):
-            last = self.store.last_frame(run_id, position)
-            if (run_id, position) in self.positions or last is None:
+            key = (run_id, position)
+            if key in self.positions:
                 continue
-            h, w = self.store.load_mask(run_id, position, last).shape
-            state = PositionState(
+            info = self.store.position_info(run_id, position)  # listed: it has frames
+            self.positions[key] = PositionState(  # its tracker is restored by _live_tracker
                 segmenter=self._make_segmenter(),
                 tracker=None,
-                shape=(int(h), int(w)),
-                last_frame=last,
+                shape=(int(info["height"]), int(info["width"])),
+                last_frame=int(info["last_frame"]),
             )
-            self.positions[(run_id, position)] = state  # restored by _live_tracker
 
     def abort_open_runs(self) -> None:
         """On shutdown without end-of-stream: mark open runs 'aborted' (resumable). A store
