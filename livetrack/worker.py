@@ -27,7 +27,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -683,9 +683,17 @@ class Worker:
         self.publisher.publish(self.status(state))
 
 
+@runtime_checkable
+class OnDevice(Protocol):
+    """A segmenter that runs its model on a device (``cuda:0``, ``cpu``) says which: an
+    optional capability beside the ``Segmenter`` protocol, asked with isinstance()."""
+
+    @property
+    def device(self) -> object: ...
+
+
 def _device_of(positions: dict[Any, PositionState]) -> str:
     for s in positions.values():
-        device = getattr(s.segmenter, "device", None)
-        if device is not None:
-            return str(device)
+        if isinstance(s.segmenter, OnDevice) and s.segmenter.device is not None:
+            return str(s.segmenter.device)
     return "cpu"
