@@ -65,3 +65,31 @@ def test_acked_delivery_uses_no_private_socket() -> None:
     not by reaching into their ``_sock``."""
     text = (REPO / "livetrack" / "transport" / "delivery.py").read_text(encoding="utf-8")
     assert "._sock" not in text
+
+
+def _imported_full_names(path: Path) -> set[str]:
+    """Dotted names of every module ``path`` imports (anywhere in the file)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_drivers_import_each_other_without_a_circle() -> None:
+    """A driver module may build on another (replay on movie), never both ways round."""
+    modules = {p.stem: p for p in (REPO / "drivers").glob("*.py") if p.stem != "__init__"}
+    edges = {
+        name: {n.split(".")[1] for n in _imported_full_names(p) if n.startswith("drivers.")}
+        & set(modules)
+        for name, p in modules.items()
+    }
+    assert "movie" in edges["replay"]  # the one dependency there is, so the check can bite
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(nxt == goal or reaches(nxt, goal, seen | {nxt}) for nxt in edges[start] - seen)
+
+    assert [name for name in sorted(modules) if reaches(name, name, set())] == []
