@@ -8,7 +8,8 @@ run goes on) and the heartbeat.
 Memory: a position's tracker lives in memory while the position is among the
 ``max_live_trackers`` most recently active ones; the least recently active is dropped and,
 when its next frame comes, rebuilt from the store exactly as a restarted worker resumes
-(``Tracker.restore`` from the last committed frames and the track table).
+(``Tracker.restore`` from ``Store.resume_state``: the last committed frames of the
+tracker's window and the tracks open in it).
 
 Acknowledgements: after a frame's transaction committed (or when a re-sent frame turns
 out to be stored already) the worker publishes ``FrameCommitted``; after an
