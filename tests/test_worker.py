@@ -672,3 +672,63 @@ def test_a_bad_frame_from_the_segmenter_is_still_a_rejection(tmp_path, zmq_conte
     assert [g.status for g in got] == ["stored", "rejected", "stored"]  # type: ignore[union-attr]
     assert "segmentation failed: saturated frame" in got[1].message  # type: ignore[union-attr]
     assert worker.store.frame_indices("bad", "sim") == [0, 2]
+
+
+# ------------------------------------------------------------- resume in one question
+class _OneQuestion(Store):
+    """A store that counts resume questions and refuses the unbounded reads a resume used
+    to make (every track, every division row, a whole mask for its shape)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.resumes: list[tuple[str, str, int]] = []
+
+    def resume_state(self, run_id: str, position: str, window: int, **kw: Any) -> Any:
+        self.resumes.append((run_id, position, window))
+        return super().resume_state(run_id, position, window, **kw)
+
+    def tracks(self, run_id: str, position: str) -> list[TrackRecord]:
+        raise AssertionError("a resume must not load every track of the position")
+
+    def events(self, *args: Any, **kw: Any) -> list[dict[str, Any]]:
+        raise AssertionError("a resume must not load event rows")
+
+    def load_mask(self, run_id: str, position: str, frame: int) -> Any:
+        raise AssertionError("a resume must not decode a mask")
+
+
+def test_a_restarted_worker_resumes_each_position_with_one_question(tmp_path, zmq_context, closing):
+    """Kill after 9 frames; the new worker asks the store once per position (with the
+    tracker's window) and continues, through the end-of-stream, without the unbounded
+    reads; the division count it reports is the stored one."""
+    frames = gt_frames()
+    db = tmp_path / "one.db"
+    first = make_worker(db, zmq_context, closing)
+    pusher = pusher_for(first, zmq_context, closing)
+    for image, meta in frames[:9]:
+        h = header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels)  # type: ignore[arg-type]
+        pusher.send_frame(h, image, meta.labels)  # type: ignore[attr-defined]
+    drain(first, until_eos=False)
+    first.store.close()
+
+    store = closing(_OneQuestion(db))
+    settings = first.settings
+    second = Worker(settings, store, closing(FramePuller("tcp://127.0.0.1:0", context=zmq_context)))
+    pusher = pusher_for(second, zmq_context, closing)
+    for image, meta in frames[9:]:
+        h = header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels)  # type: ignore[arg-type]
+        pusher.send_frame(h, image, meta.labels)  # type: ignore[attr-defined]
+    results = drain(second, until_eos=False)
+    assert [r.status for r in results] == ["stored"] * (len(frames) - 9)
+    stored_divisions = Store.events(store, "r", "sim", kinds=["division"])  # the real rows
+    assert stored_divisions, "the simulator divides cells: there are divisions to count"
+    (status,) = second.status("running").positions
+    assert status.divisions == len(stored_divisions)
+    pusher.send_eos(EndOfStream(run_id="r", positions=("sim",)))
+    drain(second)
+    assert ("r", "sim") not in second.positions  # finished at the end-of-stream
+    assert len(store.resumes) == 1
+    run_id, position, window = store.resumes[0]
+    assert (run_id, position) == ("r", "sim")
+    assert window >= 2  # the tracker's history window, not the movie
+    assert store.frame_indices("r", "sim") == list(range(len(frames)))
