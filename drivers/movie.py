@@ -342,6 +342,31 @@ def _imagej_times(tif: tifffile.TiffFile, n_t: int) -> list[float] | None:
     return [t * float(step) for t in range(n_t)] if step else None
 
 
+def pixel_size_from_tiff(path: Path) -> float | None:
+    """Pixel size in µm from a TIFF's resolution tags, or None when absent/implausible."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            tags = page.tags
+            res = tags.get("XResolution")
+            unit = tags.get("ResolutionUnit")
+            if res is None:
+                return None
+            num, den = res.value
+            if num == 0 or den == 0:
+                return None
+            px_per_unit = num / den
+            unit_val = int(unit.value) if unit is not None else 2
+    except (OSError, tifffile.TiffFileError, ValueError):
+        return None
+    um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit_val)  # inch, centimetre
+    if um_per_unit is None:
+        return None
+    size = um_per_unit / px_per_unit
+    # 72/96 dpi defaults mean "unknown"; real microscopes are 0.01–50 µm/px.
+    return size if 0.01 <= size <= 50 else None
+
+
 def open_tiff_movie(
     path: Path,
     *,
@@ -356,7 +381,6 @@ def open_tiff_movie(
     """A multi-page TIFF, ImageJ hyperstack or OME-TIFF as a MovieSource. Axis order from
     the file's metadata unless ``axes`` is given; every OME image (series) of the same
     shape is a position."""
-    from drivers.replay import pixel_size_from_tiff
 
     path = Path(path)
     try:

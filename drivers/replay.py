@@ -22,6 +22,7 @@ from drivers.movie import (
     no_frames_read,
     open_ndtiff_movie,
     open_tiff_movie,
+    pixel_size_from_tiff,
 )
 from drivers.omezarr import is_ome_zarr, open_ome_zarr_movie
 from livetrack.errors import SourceError
@@ -48,31 +49,6 @@ def index_files(folder: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
                 )
             found[idx] = p
     return dict(sorted(found.items()))
-
-
-def pixel_size_from_tiff(path: Path) -> float | None:
-    """Pixel size in µm from a TIFF's resolution tags, or None when absent/implausible."""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            tags = page.tags
-            res = tags.get("XResolution")
-            unit = tags.get("ResolutionUnit")
-            if res is None:
-                return None
-            num, den = res.value
-            if num == 0 or den == 0:
-                return None
-            px_per_unit = num / den
-            unit_val = int(unit.value) if unit is not None else 2
-    except (OSError, tifffile.TiffFileError, ValueError):
-        return None
-    um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit_val)  # inch, centimetre
-    if um_per_unit is None:
-        return None
-    size = um_per_unit / px_per_unit
-    # 72/96 dpi defaults mean "unknown"; real microscopes are 0.01–50 µm/px.
-    return size if 0.01 <= size <= 50 else None
 
 
 class CTCReplaySource:

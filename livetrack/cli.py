@@ -996,7 +996,9 @@ def _print_summary(summary: Any, source: Any = None) -> None:
         print(
             "  median ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_ms.items())
         )
-    skipped = list(getattr(source, "skipped", None) or [])
+    from livetrack.source import Skipping
+
+    skipped = list(source.skipped) if isinstance(source, Skipping) else []
     if skipped:
         # CTC replay records (frame, why), movies (position, frame, why).
         where = [str(s[0]) if len(s) == 2 else f"{s[0]}/{s[1]}" for s in skipped]
@@ -1282,7 +1284,7 @@ def _run_mmcore(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from drivers.replay import open_movie
+    from drivers.replay import CTCReplaySource, open_movie
 
     source = open_movie(
         args.seq_dir,
@@ -1295,7 +1297,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         fps=args.fps,
         realtime=args.realtime,
     )
-    name = getattr(source, "position", None) or args.seq_dir.name.split(".")[0]
+    name = (source.position if isinstance(source, CTCReplaySource) else None) or (
+        args.seq_dir.name.split(".")[0]
+    )
     base = f"replay-{name}" + ("-masks" if args.masks else "")
     return _run_source(args, source, source.describe(), base)
 

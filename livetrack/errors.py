@@ -77,6 +77,19 @@ class LineageError(LivetrackError):
     a daughter whose mother did not divide. Always a tracker bug, never bad input."""
 
 
+class DeliveryError(LivetrackError):
+    """A message could not be handed to the worker: the send gave up waiting for it."""
+
+
+class SendTimeout(DeliveryError):
+    """The receiver did not accept a frame within the configured time."""
+
+
+class SendAborted(DeliveryError):
+    """A send waiting for the worker was abandoned because the stop event was set (the
+    user stopped the run: not a failure, the caller ends the stream as aborted)."""
+
+
 class EndpointInUse(LivetrackError):
     """A socket could not bind because the address is already taken (another worker?)."""
 

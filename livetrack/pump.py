@@ -16,10 +16,10 @@ from typing import Literal
 
 import numpy as np
 
-from livetrack.errors import LivetrackError
+from livetrack.errors import LivetrackError, SendAborted, SendTimeout
 from livetrack.messages import EndOfStream, FrameHeader
-from livetrack.source import FrameMeta, FrameSource
-from livetrack.transport import AckedPusher, FramePusher, SendAborted, SendTimeout
+from livetrack.source import FrameMeta, FrameSource, PositionCounting, Summarising
+from livetrack.transport import AckedPusher, FramePusher
 
 log = logging.getLogger("livetrack.pump")
 
@@ -102,17 +102,15 @@ def pump(
                 on_sent(meta)
     except SendAborted:
         reason, message = "aborted", "stopped while the worker was busy"
-    except (LivetrackError, SendTimeout) as err:
-        reason, message = "error", str(err)
-        error = err if isinstance(err, LivetrackError) else None
+    except LivetrackError as err:  # SendTimeout included: the worker never took the frame
+        reason, message, error = "error", str(err), err
         log.error("driver stopped: %s", err)
     finally:
         source.close()
         if not message:
             # A source may have its own account of the stream (e.g. frames it had to drop
             # under a lossy overflow policy); it travels with the end-of-stream.
-            summary = getattr(source, "summary", None)
-            message = summary() if callable(summary) else ""
+            message = source.summary() if isinstance(source, Summarising) else ""
         eos = EndOfStream(
             run_id=run_id,
             positions=tuple(positions),
@@ -132,7 +130,7 @@ def pump(
 
 def _frames_per_position(source: FrameSource) -> int | None:
     total = source.total_frames
-    n_pos = getattr(source, "n_positions", 1)
+    n_pos = source.n_positions if isinstance(source, PositionCounting) else 1
     if total is None or not n_pos:
         return None
     return total // n_pos

@@ -21,6 +21,7 @@ from livetrack.errors import EndpointInUse
 from livetrack.pump import PumpResult, pump
 from livetrack.source import FrameSource
 from livetrack.store import Store
+from livetrack.timings import stage_medians
 from livetrack.transport import CurveServer, EventPublisher, FramePuller, FramePusher
 from livetrack.worker import FrameResult, Worker
 
@@ -160,23 +161,13 @@ def run_pipeline(
         frames_rejected=worker.frames_rejected,
         frames_duplicate=worker.frames_duplicate,
         seconds=time.perf_counter() - started,
-        stage_ms=_medians(timings),
+        stage_ms=stage_medians(timings),
         counts=counts,
         events_endpoint=publisher.endpoint,
         pump=pump_result[0] if pump_result else None,
         timings=timings,
         run_status=status,
     )
-
-
-def _medians(timings: list[dict[str, float]]) -> dict[str, float]:
-    import statistics
-
-    keys: dict[str, list[float]] = {}
-    for t in timings:
-        for k, v in t.items():
-            keys.setdefault(k, []).append(v)
-    return {k: statistics.median(v) for k, v in keys.items()}
 
 
 def describe_counts(counts: dict[str, Any]) -> str:

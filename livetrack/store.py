@@ -672,6 +672,15 @@ def _detections_from_rows(rows: Sequence[Sequence[Any]]) -> tuple[Detections, ND
     return dets, a[:, 1].astype(np.int64)
 
 
+_TRACK_COLUMNS = "track_id, parent_id, start_frame, end_frame, fate"
+
+
+def _track_record(row: Sequence[Any]) -> TrackRecord:
+    """A ``tracks`` row (``_TRACK_COLUMNS``) as a TrackRecord."""
+    t, p, s, e, f = row
+    return TrackRecord(int(t), None if p is None else int(p), int(s), int(e), cast(Fate, f))
+
+
 def _none_if_nan(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
@@ -830,8 +839,46 @@ def _probe_existing(path: Path, timeout_s: float) -> None:
         conn.close()
 
 
+@dataclass(frozen=True)
+class ResumeState:
+    """Everything a worker needs to continue one position after its last committed frame,
+    read in one snapshot (``Store.resume_state``). Bounded by the tracker's history
+    window: it grows with the tracks open now, never with the length of the movie."""
+
+    last_frame: int | None
+    """The largest committed frame index; None when the position has nothing stored."""
+    shape: tuple[int, int] | None
+    """(height, width) of the position's frames (table ``positions``); None as above."""
+    scale: ScaleState
+    """Where the nucleus scale stood (see ``Store.scale_state``)."""
+    history: list[FrameHistory]
+    """The last ``window`` committed frames, oldest first (see ``Store.history``)."""
+    open_tracks: list[TrackRecord]
+    """Tracks still active whose last detection lies inside the window, by id."""
+    newest_track: TrackRecord | None
+    """The track with the largest id, open or not: a new track's id follows it."""
+    divisions: int
+    """Divisions of the position so far (an SQL count, no event row is loaded)."""
+    stale_open_tracks: int
+    """Tracks still marked active whose last detection is older than the window. A tracker
+    closes a lost track within its window, so this is 0 unless the store was written
+    otherwise; such tracks cannot be continued."""
+
+    @property
+    def tracks(self) -> list[TrackRecord]:
+        """The track records ``Tracker.restore`` takes: the open tracks and, when it is not
+        one of them, the newest (the tracker continues numbering after the largest id)."""
+        newest = self.newest_track
+        if newest is None or any(t.track_id == newest.track_id for t in self.open_tracks):
+            return list(self.open_tracks)
+        return [*self.open_tracks, newest]
+
+
 class StoreWriter(Protocol):
     """What the worker needs from a store (the seam; ``Store`` implements it)."""
+
+    path: Path
+    config: StoreConfig
 
     def begin_run(self, run_id: str, *, source: str, config: dict[str, Any]) -> bool: ...
 
@@ -850,6 +897,8 @@ class StoreWriter(Protocol):
         timings: dict[str, float] | None = None,
         channel: str = "default",
         pixel_size_um: float | None = None,
+        diameter_px: float | None = None,
+        diameter_estimate_px: float | None = None,
     ) -> bool: ...
 
     def write_track_ends(self, run_id: str, position: str, ends: list[TrackEnd]) -> None: ...
@@ -858,11 +907,17 @@ class StoreWriter(Protocol):
 
     def check_intact(self, what: str = ...) -> None: ...
 
-    def last_frame(self, run_id: str, position: str) -> int | None: ...
+    def has_run(self, run_id: str) -> bool: ...
 
-    def history(self, run_id: str, position: str, n_frames: int) -> list[FrameHistory]: ...
+    def has_frame(self, run_id: str, position: str, frame: int) -> bool: ...
 
-    def tracks(self, run_id: str, position: str) -> list[TrackRecord]: ...
+    def positions(self, run_id: str) -> list[str]: ...
+
+    def position_info(self, run_id: str, position: str) -> dict[str, Any]: ...
+
+    def resume_state(
+        self, run_id: str, position: str, window: int, *, scale_window: int = ...
+    ) -> ResumeState: ...
 
 
 class Store:
@@ -1431,14 +1486,11 @@ class Store:
         """Every track of a position, by track id."""
         with self._read("loading tracks"):
             rows = self.conn.execute(
-                "SELECT track_id, parent_id, start_frame, end_frame, fate FROM tracks"
+                f"SELECT {_TRACK_COLUMNS} FROM tracks"
                 " WHERE run_id = ? AND position = ? ORDER BY track_id",
                 (run_id, position),
             ).fetchall()
-        return [
-            TrackRecord(int(t), None if p is None else int(p), int(s), int(e), cast(Fate, f))
-            for t, p, s, e, f in rows
-        ]
+        return [_track_record(r) for r in rows]
 
     def events(
         self,
@@ -1544,6 +1596,57 @@ class Store:
                 )
             out.append(FrameHistory(frame=f, detections=dets, track_ids=ids, embeddings=emb))
         return out
+
+    def resume_state(
+        self, run_id: str, position: str, window: int, *, scale_window: int = 1
+    ) -> ResumeState:
+        """Everything a restarted worker (or a rebuilt tracker) needs for one position, in
+        one read snapshot: the last committed frame, the frame shape, the nucleus scale
+        (latest ``scale_window`` measurements), the last ``window`` frames of history, the
+        tracks open in that window and the newest track, and the number of divisions.
+        Bounded by ``window``: finished tracks are counted or skipped in SQL, never
+        loaded (only the newest, for its id), and no mask is decoded."""
+        key = (run_id, position)
+        with self._read("reading the resume state") as conn:
+            last = self.last_frame(run_id, position)
+            if last is None:
+                return ResumeState(None, None, ScaleState(), [], [], None, 0, 0)
+            shape_row = conn.execute(
+                "SELECT height, width FROM positions WHERE run_id = ? AND position = ?", key
+            ).fetchone()
+            history = self.history(run_id, position, window)
+            since = history[0].frame if history else last + 1
+            open_rows = conn.execute(
+                f"SELECT {_TRACK_COLUMNS} FROM tracks WHERE run_id = ? AND position = ?"
+                " AND fate = 'active' AND end_frame >= ? ORDER BY track_id",
+                (*key, since),
+            ).fetchall()
+            newest = conn.execute(
+                f"SELECT {_TRACK_COLUMNS} FROM tracks WHERE run_id = ? AND position = ?"
+                " ORDER BY track_id DESC LIMIT 1",
+                key,
+            ).fetchone()
+            stale = conn.execute(
+                "SELECT count(*) FROM tracks WHERE run_id = ? AND position = ?"
+                " AND fate = 'active' AND end_frame < ?",
+                (*key, since),
+            ).fetchone()
+            divisions = conn.execute(
+                "SELECT count(*) FROM events WHERE run_id = ? AND position = ?"
+                f" AND kind = 'division' AND {_IS_DIVISION_OR_OTHER}",
+                key,
+            ).fetchone()
+            scale = self.scale_state(run_id, position, scale_window)
+        return ResumeState(
+            last_frame=last,
+            shape=None if shape_row is None else (int(shape_row[0]), int(shape_row[1])),
+            scale=scale,
+            history=history,
+            open_tracks=[_track_record(r) for r in open_rows],
+            newest_track=None if newest is None else _track_record(newest),
+            divisions=int(divisions[0]),
+            stale_open_tracks=int(stale[0]),
+        )
 
     def counts(self, run_id: str) -> dict[str, int]:
         """Totals for summaries, keyed by the words a user reads: positions, frames,

@@ -8,7 +8,8 @@ run goes on) and the heartbeat.
 Memory: a position's tracker lives in memory while the position is among the
 ``max_live_trackers`` most recently active ones; the least recently active is dropped and,
 when its next frame comes, rebuilt from the store exactly as a restarted worker resumes
-(``Tracker.restore`` from the last committed frames and the track table).
+(``Tracker.restore`` from ``Store.resume_state``: the last committed frames of the
+tracker's window and the tracks open in it).
 
 Acknowledgements: after a frame's transaction committed (or when a re-sent frame turns
 out to be stored already) the worker publishes ``FrameCommitted``; after an
@@ -20,7 +21,6 @@ away, and the acknowledging driver (``transport.AckedPusher``) re-sends them in 
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
 import uuid
@@ -28,7 +28,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from livetrack.errors import (
     StoreError,
     StoreLost,
 )
+from livetrack.given_labels import GivenLabels, given_label_image
 from livetrack.messages import (
     EndOfStream,
     FrameCommitted,
@@ -54,11 +55,12 @@ from livetrack.messages import (
 )
 from livetrack.segment.base import Segmenter
 from livetrack.segment.factory import make_segmenter
-from livetrack.store import Store
+from livetrack.store import ResumeState, StoreWriter
+from livetrack.timings import stage_medians
 from livetrack.track.base import Tracker, TrackStep
 from livetrack.track.factory import make_tracker
 from livetrack.transport import EventPublisher, FramePuller, InvalidFrame, ReceivedFrame
-from livetrack.types import Detections, LabelImage, ScaleState, Segmentation
+from livetrack.types import Segmentation
 
 log = logging.getLogger("livetrack.worker")
 
@@ -103,23 +105,6 @@ class FrameResult:
     message: str = ""
 
 
-class GivenLabels:
-    """Segmenter used in tracking-only mode: the frame came with its label image (already
-    checked by ``given_label_image``)."""
-
-    name = "given-labels"
-
-    def __init__(self, labels: LabelImage) -> None:
-        self._labels = labels
-
-    def predict(self, image: np.ndarray, pixel_size_um: float | None = None) -> Segmentation:
-        mask = self._labels
-        return Segmentation(mask=mask, detections=Detections.from_labels(mask))
-
-    def restore_scale(self, state: ScaleState) -> None:
-        """Given labels need no scale."""
-
-
 def run_config(settings: Settings) -> dict[str, Any]:
     """What a run stores about how it was made: the settings, plus the sha256 of the model
     weights the learned parts load (``models``). Resuming checks the parts that decide the
@@ -137,39 +122,13 @@ def run_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def given_label_image(labels: np.ndarray) -> tuple[LabelImage, bool]:
-    """A label image sent by a driver as int32, and whether it was renumbered.
-
-    Negative labels are bad input (BadFrame). Labels larger than the pixel count are
-    renumbered 1..N in increasing order (0 stays background): measuring objects costs
-    arrays as long as the largest label, so one pixel of 2**31-1 would ask for 16 GiB,
-    and uint32 labels beyond 2**31-1 do not fit int32 at all. Labels up to the pixel
-    count are kept as they are (e.g. ground-truth ids)."""
-    lab = np.asarray(labels)
-    if lab.dtype.kind not in "iu":
-        raise BadFrame(f"label image must hold integers, got {lab.dtype}")
-    if lab.size == 0:
-        return lab.astype(np.int32), False
-    low, high = int(lab.min()), int(lab.max())
-    if low < 0:
-        raise BadFrame(
-            f"label image has negative labels (min {low}); use 0 for background and "
-            "positive labels for objects"
-        )
-    if high <= lab.size:
-        return lab.astype(np.int32, copy=False), False
-    values, inverse = np.unique(lab, return_inverse=True)
-    offset = 0 if values[0] == 0 else 1
-    return (inverse.reshape(lab.shape) + offset).astype(np.int32), True
-
-
 class Worker:
     """Processes frames from a FramePuller until stopped (or end-of-stream)."""
 
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: StoreWriter,
         puller: FramePuller,
         publisher: EventPublisher | None = None,
         *,
@@ -305,10 +264,21 @@ class Worker:
             t = time.perf_counter()
             seg = segmenter.predict(rf.image, h.pixel_size_um)
             timings["segment"] = (time.perf_counter() - t) * 1000
-        except (ValueError, BadFrame) as err:
+        except BadFrame as err:  # livetrack's typed bad input: this frame is refused
             return self._reject(
                 h, f"frame {h.position}/{h.frame_index}: segmentation failed: {err}", handled=True
             )
+        except LivetrackError:
+            raise
+        except Exception as err:
+            # Not bad input but a segmenter bug: rejecting would drop every later frame as
+            # "bad" and hide it. Stop instead; what is committed stays, the run resumes.
+            log.error("segmenting frame %s/%d failed", h.position, h.frame_index, exc_info=True)
+            raise WorkerStopped(
+                f"frame {h.position}/{h.frame_index}: the segmenter failed "
+                f"({type(err).__name__}: {err}); this is a bug, not bad input. Frames stored "
+                "so far are kept and the run is resumable"
+            ) from err
         t = time.perf_counter()
         step = tracker.step(h.frame_index, seg.detections, image=rf.image, mask=seg.mask)
         timings["track"] = (time.perf_counter() - t) * 1000
@@ -439,21 +409,32 @@ class Worker:
             return state
         if h.run_id not in self.open_runs:
             self._open_run(h)
-        state = PositionState(
-            segmenter=self._make_segmenter(),
-            tracker=None,
-            shape=h.shape,
-            last_frame=self.store.last_frame(h.run_id, h.position),
-        )
-        self.running_segmenter = state.segmenter.name
-        if state.last_frame is not None:  # resumed: the scale where it stood
-            state.segmenter.restore_scale(
-                self.store.scale_state(
-                    h.run_id, h.position, self.settings.segment.auto_diameter_frames
-                )
-            )
+        return self._start_position(key, h.shape)
+
+    def _start_position(self, key: tuple[str, str], shape: tuple[int, int]) -> PositionState:
+        """A position this worker process has not handled yet: its segmenter and tracker,
+        both resumed from the store when it holds frames of the position (one question,
+        ``Store.resume_state``)."""
+        segmenter = self._make_segmenter()
+        self.running_segmenter = segmenter.name
+        tracker = self._make_tracker(shape)
+        self.running_tracker = tracker.name
+        resume = self._resume_state(key, tracker)
+        state = PositionState(segmenter, tracker, shape, last_frame=resume.last_frame)
+        if resume.last_frame is not None:  # resumed: the scale and the tracks where they stood
+            segmenter.restore_scale(resume.scale)
+            self._restore(key, state, tracker, resume)
         self.positions[key] = state
+        self._live_tracker(key, state)
         return state
+
+    def _resume_state(self, key: tuple[str, str], tracker: Tracker) -> ResumeState:
+        return self.store.resume_state(
+            key[0],
+            key[1],
+            tracker.history_window,
+            scale_window=self.settings.segment.auto_diameter_frames,
+        )
 
     def _live_tracker(self, h: FrameHeader | tuple[str, str], state: PositionState) -> Tracker:
         """The position's tracker, rebuilt from the store if it is not in memory; marks the
@@ -465,7 +446,7 @@ class Worker:
             tracker = state.tracker = self._make_tracker(state.shape)
             self.running_tracker = tracker.name
             if state.last_frame is not None:
-                self._restore(key[0], key[1], state, tracker)
+                self._restore(key, state, tracker, self._resume_state(key, tracker))
         self._live[key] = None
         self._live.move_to_end(key)
         while len(self._live) > self.settings.worker.max_live_trackers:
@@ -486,17 +467,27 @@ class Worker:
         self._current_run = h.run_id
         log.info("%s run %s (%s)", "started" if is_new else "resuming", h.run_id, h.source)
 
-    def _restore(self, run_id: str, position: str, state: PositionState, tracker: Tracker) -> None:
-        history = self.store.history(run_id, position, tracker.history_window)
-        tracks = self.store.tracks(run_id, position)
-        tracker.restore(history, tracks)
-        state.divisions = sum(1 for e in self.store.events(run_id, position, kinds=["division"]))
+    def _restore(
+        self, key: tuple[str, str], state: PositionState, tracker: Tracker, resume: ResumeState
+    ) -> None:
+        run_id, position = key
+        tracker.restore(resume.history, resume.tracks)
+        state.divisions = resume.divisions
+        if resume.stale_open_tracks:
+            log.warning(
+                "position %s of run %s: %d open tracks have no detection in the last %d "
+                "frames; they are not continued",
+                position,
+                run_id,
+                resume.stale_open_tracks,
+                tracker.history_window,
+            )
         log.info(
-            "position %s of run %s: resuming after frame %s (%d tracks restored)",
+            "position %s of run %s: resuming after frame %s (%d open tracks restored)",
             position,
             run_id,
             state.last_frame,
-            len(tracks),
+            len(resume.open_tracks),
         )
 
     # ------------------------------------------------------------ stream end
@@ -532,17 +523,16 @@ class Worker:
 
     def _restore_unseen_positions(self, run_id: str) -> None:
         for position in self.store.positions(run_id):
-            last = self.store.last_frame(run_id, position)
-            if (run_id, position) in self.positions or last is None:
+            key = (run_id, position)
+            if key in self.positions:
                 continue
-            h, w = self.store.load_mask(run_id, position, last).shape
-            state = PositionState(
+            info = self.store.position_info(run_id, position)  # listed: it has frames
+            self.positions[key] = PositionState(  # its tracker is restored by _live_tracker
                 segmenter=self._make_segmenter(),
                 tracker=None,
-                shape=(int(h), int(w)),
-                last_frame=last,
+                shape=(int(info["height"]), int(info["width"])),
+                last_frame=int(info["last_frame"]),
             )
-            self.positions[(run_id, position)] = state  # restored by _live_tracker
 
     def abort_open_runs(self) -> None:
         """On shutdown without end-of-stream: mark open runs 'aborted' (resumable). A store
@@ -605,12 +595,8 @@ class Worker:
         )
 
     def stage_medians(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for stage in STAGES:
-            values = [t[stage] for t in self._recent if stage in t]
-            if values:
-                out[stage] = statistics.median(values)
-        return out
+        """Median ms per stage over the most recent committed frames (for the status)."""
+        return stage_medians(self._recent)
 
     def fps(self) -> float:
         if len(self._commit_times) < 2:
@@ -656,9 +642,17 @@ class Worker:
         self.publisher.publish(self.status(state))
 
 
+@runtime_checkable
+class OnDevice(Protocol):
+    """A segmenter that runs its model on a device (``cuda:0``, ``cpu``) says which: an
+    optional capability beside the ``Segmenter`` protocol, asked with isinstance()."""
+
+    @property
+    def device(self) -> object: ...
+
+
 def _device_of(positions: dict[Any, PositionState]) -> str:
     for s in positions.values():
-        device = getattr(s.segmenter, "device", None)
-        if device is not None:
-            return str(device)
+        if isinstance(s.segmenter, OnDevice) and s.segmenter.device is not None:
+            return str(s.segmenter.device)
     return "cpu"

@@ -255,7 +255,7 @@ def test_client_with_an_unlisted_key_is_told_the_worker_does_not_answer(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import livetrack.transport as transport
+    import livetrack.transport.sockets as transport
 
     monkeypatch.setattr(transport, "CURVE_SILENCE_S", 0.5)
     server = curve_server(keys / "worker.secret", [keys / "scope.public"])

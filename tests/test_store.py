@@ -1136,3 +1136,94 @@ def test_a_writer_whose_lease_was_taken_over_stops_writing(db_path: Path) -> Non
                 step=step_for(0, d, {1: 1}, started=[TrackStart(1, 0)]),
             )  # fmt: skip
         assert s.frame_indices(RUN, POS) == []
+
+
+# --------------------------------------------------------------------------- resume_state
+
+
+def test_resume_state_answers_everything_a_worker_resumes_from(store: Store) -> None:
+    """The four-frame lineage: last frame 3, the frame shape from the positions table,
+    the window's frames, the tracks open in it (3, 4, 5), the newest track and one
+    division — in one question."""
+    write_lineage(store)
+    r = store.resume_state(RUN, POS, window=2, scale_window=4)
+    assert r.last_frame == 3
+    assert r.shape == (64, 96)
+    assert [h.frame for h in r.history] == [2, 3]
+    assert [t.track_id for t in r.open_tracks] == [3, 4, 5]
+    assert all(t.fate == "active" for t in r.open_tracks)
+    assert r.newest_track == TrackRecord(5, None, 3, 3, "active")
+    assert r.divisions == 1
+    assert r.stale_open_tracks == 0
+    assert [t.track_id for t in r.tracks] == [3, 4, 5]  # the newest is open already
+
+
+def test_resume_state_of_a_position_without_frames_is_empty(store: Store) -> None:
+    r = store.resume_state(RUN, "nowhere", window=5)
+    assert (r.last_frame, r.shape, r.history, r.tracks, r.divisions) == (None, None, [], [], 0)
+
+
+def _chain(store: Store, n_frames: int, run: str) -> None:
+    """One cell per frame, each a new track, the previous one lost: after ``n_frames``
+    frames, n_frames - 1 finished tracks and one open track (the newest)."""
+    store.begin_run(run, source="test", config={})
+    for f in range(n_frames):
+        m, d = frame_data([1])
+        ended = [TrackEnd(f, f - 1, "lost")] if f else []
+        store.write_frame(
+            run, POS, f, timestamp=float(f), mask=m, detections=d,
+            step=step_for(f, d, {1: f + 1}, started=[TrackStart(f + 1, f)], ended=ended),
+        )  # fmt: skip
+
+
+def test_resume_state_does_not_grow_with_the_number_of_finished_tracks(store: Store) -> None:
+    """Bounded by the window: a position with 5 or 120 finished tracks gives back the same
+    number of history frames and only the open track, yet the newest id (where a resumed
+    tracker continues numbering) and the last frame follow the movie."""
+    sizes = {}
+    for n in (6, 121):
+        run = f"chain-{n}"
+        _chain(store, n, run)
+        assert len(store.tracks(run, POS)) == n  # what the old resume loaded
+        r = store.resume_state(run, POS, window=3)
+        assert r.last_frame == n - 1
+        assert r.newest_track is not None
+        assert r.newest_track.track_id == n
+        assert [t.track_id for t in r.open_tracks] == [n]
+        sizes[n] = (len(r.history), len(r.open_tracks), len(r.tracks))
+    assert sizes[6] == sizes[121] == (3, 1, 1)
+
+
+def test_resume_state_counts_open_tracks_older_than_the_window(store: Store) -> None:
+    """A track still marked open whose last detection is before the window cannot be
+    continued: counted (for the worker's warning), not returned; the newest track still
+    is, closed or not, for its id."""
+    store.begin_run("stale", source="test", config={})
+    m, d = frame_data([1, 2])
+    store.write_frame(
+        "stale", POS, 0, timestamp=0.0, mask=m, detections=d,
+        step=step_for(0, d, {1: 1, 2: 2}, started=[TrackStart(1, 0), TrackStart(2, 0)]),
+    )  # fmt: skip
+    for f in range(1, 5):
+        m, d = frame_data([2])
+        store.write_frame(
+            "stale", POS, f, timestamp=float(f), mask=m, detections=d,
+            step=step_for(f, d, {2: 2}),
+        )  # fmt: skip
+    store.write_track_ends("stale", POS, [TrackEnd(2, 4, "lost")])
+    r = store.resume_state("stale", POS, window=2)
+    assert r.open_tracks == []
+    assert r.stale_open_tracks == 1  # track 1, last seen at frame 0
+    assert r.newest_track == TrackRecord(2, None, 0, 4, "lost")
+    assert r.tracks == [r.newest_track]
+
+
+def test_store_meets_the_worker_protocol() -> None:
+    """The worker takes a StoreWriter; Store is one (every method the protocol declares)."""
+    declared = {
+        name
+        for name in vars(StoreWriter)
+        if not name.startswith("_") and callable(getattr(StoreWriter, name))
+    }
+    assert {"resume_state", "write_frame", "begin_run", "end_run"} <= declared
+    assert all(callable(getattr(Store, name, None)) for name in declared)

@@ -290,7 +290,7 @@ def test_endpoint_freed_by_a_closed_socket_is_bound_again_at_once(zmq_context) -
 
 
 def test_endpoint_held_by_a_live_socket_is_refused_by_name(zmq_context, monkeypatch) -> None:
-    import livetrack.transport as transport
+    import livetrack.transport.sockets as transport
 
     monkeypatch.setattr(transport, "BIND_RETRY_S", 0.3)
     holder = FramePuller("tcp://127.0.0.1:0", context=zmq_context)
@@ -377,3 +377,17 @@ def test_events_pub_sub_roundtrip(zmq_context, closing) -> None:
 def test_division_event_needs_daughters() -> None:
     with pytest.raises(ValueError, match="daughters"):
         TrackEvent(run_id="r", position="p", frame=1, event="division", track_id=1, timestamp=0.0)
+
+
+def test_send_errors_are_livetrack_delivery_errors() -> None:
+    """SendTimeout/SendAborted belong to the error hierarchy (the CLI reports them as one
+    line), and stay importable from the transport."""
+    import livetrack.errors as errors
+    import livetrack.transport as transport
+
+    assert transport.SendTimeout is errors.SendTimeout
+    assert transport.SendAborted is errors.SendAborted
+    for cls in (errors.SendTimeout, errors.SendAborted):
+        assert issubclass(cls, errors.DeliveryError)
+        assert issubclass(cls, errors.LivetrackError)
+    assert not issubclass(errors.SendAborted, errors.SendTimeout)

@@ -581,3 +581,154 @@ def test_positions_share_one_loaded_model_of_each_kind(tmp_path, zmq_context, cl
     assert len({id(s.tracker.scorer.model) for s in states}) == 1  # type: ignore[union-attr]
     assert len({id(s.segmenter._scale) for s in states}) == 3  # type: ignore[attr-defined]
     assert worker.shared_models["segment"] is states[0].segmenter.model  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------- segmenter bug
+class _BrokenOnFrame:
+    """A segmenter with a bug: classical segmentation, except that the ``broken``-th call
+    raises ValueError (as a NumPy shape mistake would)."""
+
+    name = "broken"
+
+    def __init__(self, broken: int) -> None:
+        from livetrack.segment.classical import ClassicalSegmenter
+        from livetrack.segment.config import SegmentConfig
+
+        self.inner = ClassicalSegmenter(SegmentConfig(nucleus_diameter_px=16))
+        self.calls = 0
+        self.broken = broken
+
+    def predict(self, image: np.ndarray, pixel_size_um: float | None = None) -> Any:
+        self.calls += 1
+        if self.calls == self.broken:
+            raise ValueError("operands could not be broadcast together")
+        return self.inner.predict(image, pixel_size_um)
+
+    def restore_scale(self, state: Any) -> None:
+        self.inner.restore_scale(state)
+
+
+def test_a_segmenter_bug_stops_the_worker_and_is_not_a_rejected_frame(
+    tmp_path, zmq_context, closing
+):
+    """A ValueError from the segmenter is a bug, not bad input: the worker must not report
+    the frame as rejected (and go on rejecting); it stops with an error naming the frame
+    and the exception, keeps every committed frame, and the run resumes."""
+    from livetrack.errors import LivetrackError
+    from livetrack.worker import WorkerStopped
+
+    db = tmp_path / "bug.db"
+    results: list[FrameResult] = []
+    worker = make_worker(
+        db,
+        zmq_context,
+        closing,
+        segmenter_factory=lambda: _BrokenOnFrame(3),
+        on_frame=results.append,
+    )
+    pusher = pusher_for(worker, zmq_context, closing)
+    frames = list(SimulatorSource(SIM.model_copy(update={"n_frames": 4})).frames())
+    for image, meta in frames:
+        pusher.send_frame(header_for("bug", image, meta, source="t", total_frames=4), image)
+    for _ in range(2):
+        got = worker.poll_once(timeout_s=10)
+        assert isinstance(got, FrameResult)
+        assert got.status == "stored"
+    with pytest.raises(WorkerStopped, match=r"frame sim/2: the segmenter failed \(ValueError: "):
+        worker.poll_once(timeout_s=10)
+    assert issubclass(WorkerStopped, LivetrackError)  # the CLI reports it as one line
+    assert worker.frames_rejected == 0
+    assert [r.status for r in results] == ["stored", "stored"]
+    assert worker.store.frame_indices("bug", "sim") == [0, 1]
+    worker.store.close()
+
+    fixed = make_worker(db, zmq_context, closing)
+    pusher = pusher_for(fixed, zmq_context, closing)
+    for image, meta in frames[2:]:
+        pusher.send_frame(header_for("bug", image, meta, source="t", total_frames=4), image)
+    assert [fixed.poll_once(timeout_s=10).status for _ in range(2)] == ["stored", "stored"]  # type: ignore[union-attr]
+    assert fixed.store.frame_indices("bug", "sim") == [0, 1, 2, 3]
+
+
+def test_a_bad_frame_from_the_segmenter_is_still_a_rejection(tmp_path, zmq_context, closing):
+    """livetrack's typed bad input (BadFrame) raised while segmenting rejects that frame,
+    and the next frame is stored."""
+    from livetrack.errors import BadFrame
+
+    class RefusesSecond(_BrokenOnFrame):
+        def predict(self, image: np.ndarray, pixel_size_um: float | None = None) -> Any:
+            if self.calls == 1:
+                self.calls += 1
+                raise BadFrame("saturated frame")
+            return super().predict(image, pixel_size_um)
+
+    worker = make_worker(
+        tmp_path / "bad.db", zmq_context, closing, segmenter_factory=lambda: RefusesSecond(0)
+    )
+    pusher = pusher_for(worker, zmq_context, closing)
+    for image, meta in SimulatorSource(SIM.model_copy(update={"n_frames": 3})).frames():
+        pusher.send_frame(header_for("bad", image, meta, source="t", total_frames=3), image)
+    got = [worker.poll_once(timeout_s=10) for _ in range(3)]
+    assert [g.status for g in got] == ["stored", "rejected", "stored"]  # type: ignore[union-attr]
+    assert "segmentation failed: saturated frame" in got[1].message  # type: ignore[union-attr]
+    assert worker.store.frame_indices("bad", "sim") == [0, 2]
+
+
+# ------------------------------------------------------------- resume in one question
+class _OneQuestion(Store):
+    """A store that counts resume questions and refuses the unbounded reads a resume used
+    to make (every track, every division row, a whole mask for its shape)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.resumes: list[tuple[str, str, int]] = []
+
+    def resume_state(self, run_id: str, position: str, window: int, **kw: Any) -> Any:
+        self.resumes.append((run_id, position, window))
+        return super().resume_state(run_id, position, window, **kw)
+
+    def tracks(self, run_id: str, position: str) -> list[TrackRecord]:
+        raise AssertionError("a resume must not load every track of the position")
+
+    def events(self, *args: Any, **kw: Any) -> list[dict[str, Any]]:
+        raise AssertionError("a resume must not load event rows")
+
+    def load_mask(self, run_id: str, position: str, frame: int) -> Any:
+        raise AssertionError("a resume must not decode a mask")
+
+
+def test_a_restarted_worker_resumes_each_position_with_one_question(tmp_path, zmq_context, closing):
+    """Kill after 9 frames; the new worker asks the store once per position (with the
+    tracker's window) and continues, through the end-of-stream, without the unbounded
+    reads; the division count it reports is the stored one."""
+    frames = gt_frames()
+    db = tmp_path / "one.db"
+    first = make_worker(db, zmq_context, closing)
+    pusher = pusher_for(first, zmq_context, closing)
+    for image, meta in frames[:9]:
+        h = header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels)  # type: ignore[arg-type]
+        pusher.send_frame(h, image, meta.labels)  # type: ignore[attr-defined]
+    drain(first, until_eos=False)
+    first.store.close()
+
+    store = closing(_OneQuestion(db))
+    settings = first.settings
+    second = Worker(settings, store, closing(FramePuller("tcp://127.0.0.1:0", context=zmq_context)))
+    pusher = pusher_for(second, zmq_context, closing)
+    for image, meta in frames[9:]:
+        h = header_for("r", image, meta, source="t", total_frames=None, labels=meta.labels)  # type: ignore[arg-type]
+        pusher.send_frame(h, image, meta.labels)  # type: ignore[attr-defined]
+    results = drain(second, until_eos=False)
+    assert [r.status for r in results] == ["stored"] * (len(frames) - 9)
+    stored_divisions = Store.events(store, "r", "sim", kinds=["division"])  # the real rows
+    assert stored_divisions, "the simulator divides cells: there are divisions to count"
+    (status,) = second.status("running").positions
+    assert status.divisions == len(stored_divisions)
+    pusher.send_eos(EndOfStream(run_id="r", positions=("sim",)))
+    drain(second)
+    assert ("r", "sim") not in second.positions  # finished at the end-of-stream
+    assert len(store.resumes) == 1
+    run_id, position, window = store.resumes[0]
+    assert (run_id, position) == ("r", "sim")
+    assert window >= 2  # the tracker's history window, not the movie
+    assert store.frame_indices("r", "sim") == list(range(len(frames)))

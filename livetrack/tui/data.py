@@ -28,6 +28,7 @@ from typing import Any, Literal
 from livetrack.errors import BadMessage
 from livetrack.messages import FrameRejected, TrackEvent, WorkerStatus
 from livetrack.store import Store
+from livetrack.timings import stage_medians
 from livetrack.track.base import FATE_WORDS, TrackRecord
 from livetrack.transport import EventSubscriber
 
@@ -320,11 +321,7 @@ def _stats_from_frames(recent: Sequence[dict[str, Any]], n_frames: int) -> RunSt
     if len(recent) >= 2:
         span = float(recent[-1]["received"]) - float(recent[0]["received"])
         fps = (len(recent) - 1) / span if span > 0 else 0.0
-    per_stage: dict[str, list[float]] = {}
-    for r in recent[-50:]:
-        for k, v in r["timings"].items():
-            per_stage.setdefault(str(k), []).append(float(v))
-    stage_ms = {k: statistics.median(v) for k, v in per_stage.items()}
+    stage_ms = stage_medians(r["timings"] for r in recent[-50:])
     lag = max(0.0, recent[-1]["received"] - recent[-1]["timestamp"]) if recent else None
     return RunStats(frames=n_frames, fps=fps, stage_ms=stage_ms, lag_s=lag)
 
