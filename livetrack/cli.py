@@ -1476,7 +1476,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_train_segment(args: argparse.Namespace) -> int:
-    from livetrack.segment.train import CtcSource, TrainConfig, train
+    from livetrack.training.segment import CtcSource, TrainConfig, train
 
     _setup_logging(args)
     cfg = TrainConfig(
@@ -1493,8 +1493,8 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_train_track(args: argparse.Namespace) -> int:
-    from livetrack.segment.train import CtcSource
-    from livetrack.track.train import TrackTrainConfig, train
+    from livetrack.training.segment import CtcSource
+    from livetrack.training.track import TrackTrainConfig, train
 
     _setup_logging(args)
     if not 0.0 <= args.ctc_fraction <= 1.0:

@@ -93,3 +93,30 @@ def test_drivers_import_each_other_without_a_circle() -> None:
         return any(nxt == goal or reaches(nxt, goal, seen | {nxt}) for nxt in edges[start] - seen)
 
     assert [name for name in sorted(modules) if reaches(name, name, set())] == []
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Full dotted names of every module ``path`` imports (absolute imports)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_runtime_packages_never_import_training_code() -> None:
+    """Training loops and threshold choice live in ``livetrack/training/``; only the CLI's
+    train commands reach them."""
+    training = REPO / "livetrack" / "training"
+    assert (training / "__init__.py").is_file()
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in sorted((REPO / "livetrack").rglob("*.py"))
+        if training not in p.parents
+        and p.name != "cli.py"
+        and any(m.startswith("livetrack.training") for m in _imports_of(p))
+    ]
+    assert offenders == []

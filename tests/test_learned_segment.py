@@ -22,7 +22,7 @@ from livetrack.segment.model import (
     save_model,
 )
 from livetrack.segment.postprocess import PostprocessParams, labels_from_maps
-from livetrack.segment.train import CtcSource, TrainConfig, ctc_frames, train
+from livetrack.training.segment import CtcSource, TrainConfig, ctc_frames, train
 from simulators.nuclei import NucleiSimulator, SimulationConfig
 
 TINY = ModelConfig(width=4, depth=2, canonical_diameter_px=32.0)
@@ -243,7 +243,7 @@ def test_empty_frame_gives_no_nuclei(shipped: LearnedSegmenter) -> None:
 
 def test_training_recipe_v2_draws_wider_movies_and_v1_is_unchanged() -> None:
     from livetrack.errors import ConfigError
-    from livetrack.segment.train import random_sim_config
+    from livetrack.training.segment import random_sim_config
 
     v1 = [random_sim_config(np.random.default_rng(s), 24.0) for s in range(30)]
     again = [random_sim_config(np.random.default_rng(s), 24.0, "v1") for s in range(30)]

@@ -383,7 +383,7 @@ def test_restore_without_embeddings_still_tracks() -> None:
 
 
 def test_perturb_mask_splits_and_merges_with_fragment_ids() -> None:
-    from livetrack.track.train import perturb_mask
+    from livetrack.training.track import perturb_mask
 
     cells = [(30.0 + 20 * i, 40.0 + 13 * j, R) for i in range(6) for j in range(2)]
     _, mask = render(cells)
@@ -399,7 +399,7 @@ def test_perturb_mask_splits_and_merges_with_fragment_ids() -> None:
 
 
 def test_tiny_training_run_is_reproducible(tmp_path: Path) -> None:
-    from livetrack.track.train import DIVISION_GRID, LINK_GRID, TrackTrainConfig, train
+    from livetrack.training.track import DIVISION_GRID, LINK_GRID, TrackTrainConfig, train
 
     cfg = TrackTrainConfig(
         steps=3,
@@ -424,8 +424,8 @@ def test_tiny_training_run_is_reproducible(tmp_path: Path) -> None:
 
 
 def test_ctc_sequence_becomes_a_training_movie_with_its_lineage(tmp_path: Path) -> None:
-    from livetrack.segment.train import CtcSource
-    from livetrack.track.train import ctc_movie, simulate_movie
+    from livetrack.training.segment import CtcSource
+    from livetrack.training.track import ctc_movie, simulate_movie
     from simulators.nuclei import SimulationConfig, write_ctc
 
     sim = SimulationConfig(
@@ -449,8 +449,8 @@ def test_ctc_sequence_becomes_a_training_movie_with_its_lineage(tmp_path: Path) 
 
 
 def test_ctc_sequence_errors_name_the_problem(tmp_path: Path) -> None:
-    from livetrack.segment.train import CtcSource
-    from livetrack.track.train import ctc_movie
+    from livetrack.training.segment import CtcSource
+    from livetrack.training.track import ctc_movie
     from simulators.nuclei import SimulationConfig, write_ctc
 
     cfg = TrackNetConfig(embed_dim=8, hidden=8, disp_hidden=4)
@@ -465,8 +465,8 @@ def test_ctc_sequence_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_tiny_training_with_a_ctc_sequence_records_it(tmp_path: Path) -> None:
-    from livetrack.segment.train import CtcSource
-    from livetrack.track.train import TrackTrainConfig, train
+    from livetrack.training.segment import CtcSource
+    from livetrack.training.track import TrackTrainConfig, train
     from simulators.nuclei import SimulationConfig, write_ctc
 
     seq = write_ctc(

@@ -40,7 +40,7 @@ from livetrack.segment.model import (
 from livetrack.segment.scale import normalise
 from simulators.nuclei import NucleiSimulator, SimulationConfig
 
-log = logging.getLogger("livetrack.segment.train")
+log = logging.getLogger("livetrack.training.segment")
 
 
 @dataclass(frozen=True)

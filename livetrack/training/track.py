@@ -35,7 +35,6 @@ from numpy.typing import NDArray
 
 from livetrack.errors import ConfigError
 from livetrack.evaluate.ctcfiles import read_track_file
-from livetrack.segment.train import CtcSource, jsonable
 from livetrack.track.config import TrackConfig
 from livetrack.track.features import FrameFeatures, frame_features
 from livetrack.track.lap import equivalent_diameter
@@ -48,10 +47,11 @@ from livetrack.track.lstm import (
 )
 from livetrack.track.model import DIFF, PARENT, SAME, TrackNet, TrackNetConfig, save_tracknet
 from livetrack.track.online import OnlineTracker
+from livetrack.training.segment import CtcSource, jsonable
 from livetrack.types import Detections
 from simulators.nuclei import NucleiSimulator, SimulationConfig
 
-log = logging.getLogger("livetrack.track.train")
+log = logging.getLogger("livetrack.training.track")
 
 
 @dataclass(frozen=True)
