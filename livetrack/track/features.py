@@ -137,9 +137,11 @@ def _crops(
     inside = (lab[near[0], near[1]].reshape(n, CROP, CROP) == labels[:, None, None]).astype(
         np.float32
     )
-    # Statistics of the detection's own pixels (all of them, not only the sampled ones).
-    flat_lab = lab.ravel()
-    flat_img = img.ravel().astype(np.float64)
+    # Statistics of the detection's own pixels (all of them, not only the sampled ones);
+    # sums over the foreground only (the same sums, without the background's pixels).
+    fg = np.flatnonzero(lab)
+    flat_lab = lab.ravel()[fg]
+    flat_img = img.ravel()[fg].astype(np.float64)
     size = int(labels.max()) + 1
     s1 = np.bincount(flat_lab, weights=flat_img, minlength=size)[labels]
     s2 = np.bincount(flat_lab, weights=flat_img * flat_img, minlength=size)[labels]
@@ -160,12 +162,14 @@ def _morphology(
 ) -> FloatArray:
     h, w = lab.shape
     size = int(labels.max()) + 1
-    flat = lab.ravel()
-    ys = np.repeat(np.arange(h, dtype=np.float64), w)
-    xs = np.tile(np.arange(w, dtype=np.float64), h)
-    syy = np.bincount(flat, weights=ys * ys, minlength=size)[labels] / np.maximum(area, 1)
-    sxx = np.bincount(flat, weights=xs * xs, minlength=size)[labels] / np.maximum(area, 1)
-    sxy = np.bincount(flat, weights=xs * ys, minlength=size)[labels] / np.maximum(area, 1)
+    # Second moments over the foreground pixels only (background sums are not needed).
+    fg = np.flatnonzero(lab)
+    flat_fg = lab.ravel()[fg]
+    ys = (fg // w).astype(np.float64)
+    xs = (fg % w).astype(np.float64)
+    syy = np.bincount(flat_fg, weights=ys * ys, minlength=size)[labels] / np.maximum(area, 1)
+    sxx = np.bincount(flat_fg, weights=xs * xs, minlength=size)[labels] / np.maximum(area, 1)
+    sxy = np.bincount(flat_fg, weights=xs * ys, minlength=size)[labels] / np.maximum(area, 1)
     myy = syy - cen[:, 0] ** 2
     mxx = sxx - cen[:, 1] ** 2
     mxy = sxy - cen[:, 0] * cen[:, 1]
@@ -182,6 +186,6 @@ def _morphology(
         | (pad[1:-1, :-2] != core)
         | (pad[1:-1, 2:] != core)
     )
-    perim = np.bincount(flat[edge.ravel()], minlength=size)[labels].astype(np.float64)
+    perim = np.bincount(lab.ravel()[edge.ravel()], minlength=size)[labels].astype(np.float64)
     d = max(float(diameter), 1.0)
     return np.stack([area / d**2, perim / d, ecc], axis=1).astype(np.float32)
