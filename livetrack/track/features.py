@@ -160,7 +160,7 @@ def _morphology(
     area: NDArray[np.float64],
     diameter: float,
 ) -> FloatArray:
-    h, w = lab.shape
+    w = lab.shape[1]
     size = int(labels.max()) + 1
     # Second moments over the foreground pixels only (background sums are not needed).
     fg = np.flatnonzero(lab)
