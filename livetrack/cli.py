@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -190,6 +191,21 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
         choices=("lstm", "lap"),
         default=None,
         help="tracking method (default: from the settings, else lstm)",
+    )
+    g.add_argument(
+        "--segment-model",
+        type=Path,
+        default=None,
+        metavar="MODEL_DIR",
+        help="the learned segmenter's model folder, e.g. one written by livetrack finetune "
+        "(default: [segment] model_dir, else the shipped model)",
+    )
+    g.add_argument(
+        "--track-model",
+        type=Path,
+        default=None,
+        metavar="MODEL_DIR",
+        help="the lstm tracker's model folder (default: [track] model_dir, else the shipped model)",
     )
     g = p.add_argument_group("output")
     g.add_argument(
@@ -634,8 +650,71 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.25,
         help="share of training samples drawn from the --ctc sequences",
     )
+    p.add_argument(
+        "--recipe",
+        choices=("v3", "v4"),
+        default="v3",
+        help="training recipe (v3: the shipped model's; v4: shapes up to 3:1, nucleoli, "
+        "haze and appearance dropout so an unfamiliar look falls back on geometry; see "
+        "docs/training.md)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_train_track)
+
+    p = _command(
+        sub,
+        "finetune",
+        "fine-tune a model on your corrected frames (minutes on a CPU)",
+        "Start from the shipped weights (or --from MODEL_DIR) and train on a few corrected "
+        "frames in the CTC training layout (livetrack export --for-correction writes them), "
+        "mixed with simulated data of the base model's recipe so it does not forget. Writes "
+        "a model folder whose config.json records its provenance; use it with "
+        "--segment-model / --track-model or [segment]/[track] model_dir.",
+    )
+    tune_sub = p.add_subparsers(
+        dest="model", required=True, metavar="MODEL", help="the model to fine-tune"
+    )
+    for name, what in (
+        ("segment", "the segmenter, on corrected NN_GT/SEG masks (sparse frames allowed)"),
+        ("track", "the tracker, on corrected NN_GT/TRA masks + man_track.txt"),
+    ):
+        q = _command(tune_sub, name, what)
+        q.add_argument("out_dir", type=Path, help="model folder to write")
+        q.add_argument(
+            "--ctc",
+            action="append",
+            default=[],
+            required=True,
+            metavar="SEQ[:FIRST-LAST]",
+            help="a corrected CTC sequence folder (NN, with NN_GT beside it) and optionally "
+            "its frames; repeatable",
+        )
+        q.add_argument(
+            "--from",
+            dest="base",
+            type=Path,
+            default=None,
+            metavar="MODEL_DIR",
+            help="model to start from (default: the shipped one)",
+        )
+        q.add_argument("--steps", type=int, default=400, help="optimiser steps")
+        q.add_argument("--seed", type=int, default=0, help="random seed (same seed = same model)")
+        q.add_argument(
+            "--replay",
+            type=float,
+            default=0.5,
+            help="share of each batch from simulated data of the base model's recipe "
+            "(rehearsal against forgetting; 0 = corrected frames only)",
+        )
+        if name == "segment":
+            q.add_argument(
+                "--partial",
+                action="store_true",
+                help="the corrected frames outline only some nuclei: the rest of the frame "
+                "is unknown, not background",
+            )
+        q.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+        q.set_defaults(func=cmd_finetune)
 
     p = _command(
         sub,
@@ -668,6 +747,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--napari", type=Path, default=None, metavar="OUT.npz", help="napari layer data to write"
+    )
+    p.add_argument(
+        "--for-correction",
+        type=Path,
+        default=None,
+        metavar="OUT_DIR",
+        help="frames to correct and fine-tune on, in the CTC training layout: OUT_DIR/01 "
+        "(raw frames, from --images), 01_GT/SEG (the run's masks: correct them, e.g. in "
+        "napari) and 01_GT/TRA (tracks and lineage); then: livetrack finetune ... --ctc "
+        "OUT_DIR/01",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        metavar="MOVIE",
+        help="(--for-correction) the run's raw frames: a folder of one TIFF per frame, a "
+        "(T, Y, X) TIFF stack or .npy (the database keeps masks, not images)",
+    )
+    p.add_argument(
+        "--frames",
+        default=None,
+        metavar="FIRST-LAST",
+        help="(--for-correction) the frames to export, inclusive (default: all)",
     )
     p.add_argument("--run-id", default=None, help="run to export (default: the latest run)")
     p.add_argument(
@@ -876,6 +979,7 @@ def _settings(args: argparse.Namespace) -> Any:
     segment: dict[str, Any] = {
         "nucleus_diameter_px": getattr(args, "nucleus_diameter", None),
         "method": getattr(args, "segmenter", None),
+        "model_dir": getattr(args, "segment_model", None),
     }
     worker: dict[str, Any] = {}
     if getattr(args, "events", None):
@@ -887,7 +991,11 @@ def _settings(args: argparse.Namespace) -> Any:
     if getattr(args, "exit_on_eos", False):
         worker["exit_on_eos"] = True
     store = {"path": args.db} if getattr(args, "db", None) is not None else {}
-    track = {"method": getattr(args, "tracker", None)}
+    track_model = getattr(args, "track_model", None)
+    track = {
+        "method": getattr(args, "tracker", None),
+        "model_dir": str(track_model) if track_model is not None else None,
+    }
     return load_settings(
         getattr(args, "config", None), segment=segment, worker=worker, store=store, track=track
     )
@@ -1499,7 +1607,8 @@ def cmd_train_track(args: argparse.Namespace) -> int:
     _setup_logging(args)
     if not 0.0 <= args.ctc_fraction <= 1.0:
         raise LivetrackError(f"--ctc-fraction must be in [0, 1], got {args.ctc_fraction}")
-    cfg = TrackTrainConfig(
+    cfg = TrackTrainConfig.for_recipe(
+        args.recipe,
         seed=args.seed,
         steps=args.steps,
         sim_movies=args.sim_movies,
@@ -1512,6 +1621,64 @@ def cmd_train_track(args: argparse.Namespace) -> int:
     print(
         f"trained on {info['frames']} frames in {info['wall_s']} s; thresholds chosen on the "
         f"validation movies: {info['thresholds']} → {args.out_dir}"
+    )
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from livetrack.training.finetune import FinetuneConfig, finetune_segmenter, finetune_tracker
+    from livetrack.training.segment import CtcSource
+
+    _setup_logging(args)
+    if not 0.0 <= args.replay < 1.0:
+        raise LivetrackError(f"--replay must be in [0, 1), got {args.replay}")
+    cfg = FinetuneConfig(
+        ctc=tuple(CtcSource.parse(c) for c in args.ctc),
+        base=args.base,
+        seed=args.seed,
+        steps=args.steps,
+        replay=args.replay,
+        partial=getattr(args, "partial", False),
+        threads=args.threads,
+        command=("livetrack", *sys.argv[1:]),
+    )
+    run = finetune_segmenter if args.model == "segment" else finetune_tracker
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn(f"[bold]fine-tuning the {args.model} model"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("finetune", total=cfg.steps, loss="–")
+        last = [0.0]
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, loss=f"{loss:.4f}")
+            if not console.is_terminal and (time.monotonic() - last[0] > 10 or step == total):
+                last[0] = time.monotonic()
+                print(f"step {step}/{total} loss {loss:.4f}", file=sys.stderr, flush=True)
+
+        info = run(cfg, args.out_dir, progress)
+    used = sum(len(d["frames"]) for d in info["finetune"]["data"])
+    print(
+        f"fine-tuned the {args.model} model on {used} corrected frames in {info['wall_s']} s "
+        f"→ {args.out_dir}"
     )
     return 0
 
@@ -1593,8 +1760,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from livetrack.store import Store
 
     _setup_logging(args)
-    if not any((args.ctc, args.geff, args.table, args.napari)):
-        raise LivetrackError("nothing to export: give --ctc, --geff, --table and/or --napari")
+    if not any((args.ctc, args.geff, args.table, args.napari, args.for_correction)):
+        raise LivetrackError(
+            "nothing to export: give --ctc, --geff, --table, --napari and/or --for-correction"
+        )
+    if args.for_correction is not None:
+        _export_for_correction(args)
     if args.ctc is not None:
         with Store(args.db, readonly=True) as store:
             run_id, position, n = export_run(
@@ -1602,6 +1773,47 @@ def cmd_export(args: argparse.Namespace) -> int:
             )
         print(f"exported run {run_id} position {position}: {n} frames → {args.ctc}")
     return _export_formats(args)
+
+
+def _frame_range(text: str | None) -> tuple[int, int | None]:
+    if text is None:
+        return 0, None
+    m = re.fullmatch(r"(\d+)-(\d+)", text.strip())
+    if not m or int(m.group(1)) > int(m.group(2)):
+        raise LivetrackError(f"--frames must be FIRST-LAST (e.g. 0-9), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _export_for_correction(args: argparse.Namespace) -> None:
+    from livetrack.api import as_movie
+    from livetrack.evaluate.export import export_for_correction
+    from livetrack.store import Store
+
+    if args.images is None:
+        raise LivetrackError(
+            "--for-correction needs --images MOVIE: the database keeps masks, not the raw "
+            "frames the corrections are drawn on"
+        )
+    first, last = _frame_range(args.frames)
+    movie = as_movie(args.images, "--images")
+
+    def read(f: int) -> Any:
+        try:
+            return movie[f]
+        except IndexError:
+            raise LivetrackError(f"--images has no frame {f}; the run has it") from None
+
+    with Store(args.db, readonly=True) as store:
+        run_id, position, n = export_for_correction(
+            store, args.run_id, args.position, args.for_correction, read, first=first, last=last
+        )
+    out = args.for_correction
+    print(
+        f"exported run {run_id} position {position}: {n} frames for correction → {out}\n"
+        f"  correct {out / '01_GT' / 'SEG'} (labels) over {out / '01'} (images), delete the "
+        f"SEG files of frames you leave uncorrected, then:\n"
+        f"  livetrack finetune segment MODEL_DIR --ctc {out / '01'}"
+    )
 
 
 def _export_formats(args: argparse.Namespace) -> int:

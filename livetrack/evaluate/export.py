@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -363,4 +363,100 @@ def export_run(
 
     total = n_frames if n_frames is not None else (indices[-1] + 1 if indices else 0)
     export_ctc(frames(), store.tracks(run_id, position), out_dir, n_frames=total)
+    return run_id, position, len(indices)
+
+
+CORRECTION_INFO = "livetrack-correction.json"
+"""Written next to a correction export: which run, position and frames it holds."""
+
+
+def export_for_correction(
+    store: StoreReader,
+    run_id: str | None,
+    position: str | None,
+    out_dir: Path,
+    read_image: Callable[[int], NDArray[np.generic]],
+    *,
+    first: int = 0,
+    last: int | None = None,
+    sequence: str = "01",
+) -> tuple[str, str, int]:
+    """Frames ``first..last`` of a stored position in the CTC *training* layout, to be
+    corrected and then given to ``livetrack finetune``:
+
+    - ``OUT/NN/tTTT.tif`` — the raw frames (from ``read_image``: the store keeps masks);
+    - ``OUT/NN_GT/SEG/man_segTTT.tif`` — the run's label masks, one label per nucleus:
+      correct these (napari: open the frames as an image layer and the SEG folder as a
+      labels layer); delete the file of a frame left uncorrected, so it is not used;
+    - ``OUT/NN_GT/TRA/man_trackTTT.tif`` + ``man_track.txt`` — the run's tracks and
+      lineage over the same frames (labels = CTC track labels), for the tracker;
+    - ``OUT/livetrack-correction.json`` — run, position and the first frame (frame TTT of
+      the export is frame ``first`` + TTT of the run).
+
+    Frames are renumbered from 0. Returns (run, position, frames written).
+
+    Raises:
+        EvaluationError: as ``export_run``, an empty range, or an image whose shape is not
+            the mask's.
+    """
+    import json
+
+    run_id = run_id or store.latest_run_id()
+    if run_id is None:
+        raise EvaluationError("the database holds no runs")
+    positions = store.positions(run_id)
+    if position is None:
+        if len(positions) != 1:
+            raise EvaluationError(
+                f"run {run_id} has positions {positions}; choose one with --position"
+            )
+        position = positions[0]
+    elif position not in positions:
+        raise EvaluationError(f"run {run_id} has no position {position!r} (has {positions})")
+    stored = store.frame_indices(run_id, position)
+    end = stored[-1] if last is None and stored else (last if last is not None else -1)
+    indices = [f for f in stored if first <= f <= end]
+    if not indices:
+        raise EvaluationError(
+            f"run {run_id} position {position} has no stored frame in {first}-{end}"
+        )
+    n = indices[-1] - first + 1
+    digits = _digits(n)
+    images_dir = out_dir / sequence
+    gt = out_dir / f"{sequence}_GT"
+    tra, seg = gt / "TRA", gt / "SEG"
+    for d in (images_dir, tra, seg):
+        d.mkdir(parents=True, exist_ok=True)
+
+    def frames() -> Iterable[ExportFrame]:
+        for f in indices:
+            det, track_ids = store.frame_detections(run_id, position, f)
+            mask = store.load_mask(run_id, position, f)
+            image = np.asarray(read_image(f))
+            if image.shape != mask.shape:
+                raise EvaluationError(
+                    f"frame {f}: the image has shape {image.shape}, the stored mask "
+                    f"{mask.shape}: are these the run's images?"
+                )
+            name = f"{f - first:0{digits}d}"
+            tifffile.imwrite(images_dir / f"t{name}.tif", image, compression="zlib")
+            yield ExportFrame(frame=f - first, mask=mask, labels=det.labels, track_ids=track_ids)
+
+    export_ctc(frames(), store.tracks(run_id, position), tra, n_frames=n)
+    have = set(indices)
+    for f in sorted(tra.glob("mask*.tif")):
+        name = f.stem.removeprefix("mask")
+        if first + int(name) not in have:
+            f.unlink()  # a frame the run did not store: not annotated, so no file
+            continue
+        target = tra / f"man_track{name}.tif"
+        f.replace(target)
+        (seg / f"man_seg{name}.tif").write_bytes(target.read_bytes())
+    (tra / "res_track.txt").replace(tra / "man_track.txt")
+    (out_dir / CORRECTION_INFO).write_text(
+        json.dumps(
+            {"run": run_id, "position": position, "first_frame": first, "frames": n}, indent=2
+        )
+        + "\n"
+    )
     return run_id, position, len(indices)

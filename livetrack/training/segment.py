@@ -208,7 +208,7 @@ def simulated_samples(cfg: TrainConfig, rng: np.random.Generator) -> list[Sample
                     make_sample(
                         frame.image,
                         frame.labels,
-                        _gt_diameter(frame.labels),
+                        gt_diameter(frame.labels),
                         cfg.model,
                         rng,
                         cfg.scale_jitter,
@@ -217,7 +217,7 @@ def simulated_samples(cfg: TrainConfig, rng: np.random.Generator) -> list[Sample
     return out
 
 
-def _gt_diameter(labels: NDArray[np.integer]) -> float:
+def gt_diameter(labels: NDArray[np.integer]) -> float:
     """Median equivalent diameter of the labelled objects (the exact scale of a frame)."""
     areas = np.bincount(np.asarray(labels).ravel())[1:]
     areas = areas[areas > 0]
@@ -227,7 +227,16 @@ def _gt_diameter(labels: NDArray[np.integer]) -> float:
 def ctc_frames(
     source: CtcSource,
 ) -> list[tuple[NDArray[np.generic], NDArray[np.int32], NDArray[np.bool_] | None]]:
-    """(image, SEG labels, ignore mask or None) for the SEG frames in the source's range.
+    """(image, SEG labels, ignore mask or None) for the SEG frames in the source's range
+    (``indexed_ctc_frames`` without the frame numbers)."""
+    return [(image, seg, ignore) for _i, image, seg, ignore in indexed_ctc_frames(source)]
+
+
+def indexed_ctc_frames(
+    source: CtcSource,
+) -> list[tuple[int, NDArray[np.generic], NDArray[np.int32], NDArray[np.bool_] | None]]:
+    """(frame, image, SEG labels, ignore mask or None) for the SEG frames in the source's
+    range. Frames without a SEG file are not annotated and are left out.
 
     A TRA object with no SEG outline over it marks an unannotated nucleus: it and a
     margin of a tenth of a diameter around it go into the ignore mask."""
@@ -242,7 +251,10 @@ def ctc_frames(
         idx = int(digits)
         if not source.first <= idx <= source.last:
             continue
-        image = tifffile.imread(seq / f"t{digits}.tif")
+        image_file = seq / f"t{digits}.tif"
+        if not image_file.is_file():
+            raise ConfigError(f"SEG frame {f} has no image {image_file}")
+        image = tifffile.imread(image_file)
         seg = tifffile.imread(f).astype(np.int32)
         if seg.ndim != 2:
             continue
@@ -253,9 +265,9 @@ def ctc_frames(
             annotated = np.unique(tra[seg > 0])
             missing = (tra > 0) & ~np.isin(tra, annotated)
             if missing.any():
-                grow = max(1, round(0.1 * _gt_diameter(seg)))
+                grow = max(1, round(0.1 * gt_diameter(seg)))
                 ignore = ndi.binary_dilation(missing, iterations=grow)
-        out.append((image, seg, ignore))
+        out.append((idx, image, seg, ignore))
     return out
 
 
@@ -265,7 +277,7 @@ def ctc_samples(cfg: TrainConfig, rng: np.random.Generator) -> list[Sample]:
         frames = ctc_frames(source)
         log.info("%s: %d SEG frames", source.path, len(frames))
         for image, seg, ignore in frames:
-            d = _gt_diameter(seg)
+            d = gt_diameter(seg)
             for _ in range(cfg.ctc_scales):
                 out.append(make_sample(image, seg, d, cfg.model, rng, cfg.scale_jitter, ignore))
     return out

@@ -80,7 +80,35 @@ class TrackTrainConfig:
     Fluo-N2DH-SIM+; not marker-only annotations such as GOWT1's), each with a frame range."""
     ctc_fraction: float = 0.25
     """Share of the training samples drawn from the CTC sequences (when there are any)."""
+    recipe: str = "v3"
+    """Simulated-data recipe: "v3" (the shipped model's) or "v4" (wider shapes up to 3:1,
+    mitoses elongated up to 3:1, nucleoli and out-of-focus haze in part of the movies; the
+    appearance dropouts below are what ``TrackTrainConfig.for_recipe("v4")`` turns on)."""
+    appearance_dropout: float = 0.0
+    """Probability that a whole sample loses its appearance (crop intensity channel and
+    relative brightness set to 0; the mask shape stays), so that a cell that looks like
+    nothing seen in training is decided by shape, motion and geometry."""
+    crop_dropout: float = 0.0
+    """Probability that one detection's crop intensity channel is set to 0."""
+    brightness_dropout: float = 0.0
+    """Probability that a sample's relative-brightness feature is set to 0 (markers whose
+    mitoses do not brighten)."""
     model: TrackNetConfig = field(default_factory=TrackNetConfig)
+
+    @classmethod
+    def for_recipe(cls, recipe: str, **kw: object) -> TrackTrainConfig:
+        """The configuration of a named recipe (its dropouts), with ``kw`` on top."""
+        if recipe not in RECIPES:
+            names = " or ".join(RECIPES)
+            raise ConfigError(f"unknown tracker training recipe {recipe!r} ({names})")
+        return cls(recipe=recipe, **{**RECIPES[recipe], **kw})  # type: ignore[arg-type]
+
+
+RECIPES: dict[str, dict[str, float]] = {
+    "v3": {},
+    "v4": {"appearance_dropout": 0.2, "crop_dropout": 0.05, "brightness_dropout": 0.15},
+}
+"""Per recipe, the dropout settings it implies."""
 
 
 @dataclass
@@ -96,8 +124,9 @@ class Movie:
     division_frames: list[int]
 
 
-def random_track_sim(rng: np.random.Generator, frames: int) -> SimulationConfig:
-    """A simulated movie with motion, density and appearance drawn wide."""
+def random_track_sim(rng: np.random.Generator, frames: int, recipe: str = "v3") -> SimulationConfig:
+    """A simulated movie with motion, density and appearance drawn wide (recipe "v4":
+    wider still, drawn after the v3 draws so that v3 stays reproducible)."""
     diameter = float(np.exp(rng.uniform(np.log(12.0), np.log(70.0))))
     size = int(np.clip(round(rng.uniform(9, 15) * diameter), 128, 640))
     density = rng.uniform(0.1, 0.55)
@@ -133,6 +162,20 @@ def random_track_sim(rng: np.random.Generator, frames: int) -> SimulationConfig:
         "read_noise": rng.uniform(0.5, 6.0),
         "psf_sigma_px": rng.uniform(0.0, 0.05 * diameter),
     }
+    if recipe == "v4":
+        # Shapes from round to rod-like, mitoses elongated or not, and the looks of other
+        # markers and optics: dark nucleoli instead of bright spots, out-of-focus haze.
+        over["max_axis_ratio"] = float(rng.choice([rng.uniform(1.0, 2.0), rng.uniform(1.5, 3.2)]))
+        over["mitotic_axis_ratio"] = float(rng.choice([1.0, rng.uniform(1.0, 3.0)]))
+        over["mitotic_brightness"] = float(rng.choice([1.0, np.exp(rng.uniform(0.0, np.log(2.5)))]))
+        if rng.random() < 0.3:
+            over["nucleoli_fraction"] = rng.uniform(0.3, 1.0)
+            over["nucleolus_depth"] = rng.uniform(0.2, 0.7)
+        if rng.random() < 0.3:
+            over["haze"] = rng.uniform(0.1, 1.0)
+            over["haze_diameters"] = rng.uniform(0.5, 2.0)
+    elif recipe != "v3":
+        raise ConfigError(f"unknown tracker training recipe {recipe!r} (v3 or v4)")
     return SimulationConfig.model_validate(over)
 
 
@@ -357,6 +400,10 @@ def make_sample(
         area_l.append(movie.areas[f][idx])
         frame_l.append(np.full(len(idx), f, np.int64))
         offset += len(idx)
+    crops_all = np.concatenate(crops).astype(np.float32)
+    morph_all = np.concatenate(morph)
+    if cfg.appearance_dropout or cfg.crop_dropout or cfg.brightness_dropout:
+        crops_all, morph_all = _drop_appearance(crops_all, morph_all, rng, cfg)
     pos_all = np.concatenate(pos_l)
     ids_all = np.concatenate(ids_l)
     area_all = np.concatenate(area_l)
@@ -418,8 +465,8 @@ def make_sample(
     sister = partner_features(tt, pos_all[cand], pos_all[last_idx[tt]], area_all[cand], unit)
     geom = np.concatenate([geom, sister], axis=1)
     return _Sample(
-        crops=np.concatenate(crops).astype(np.float32),
-        morph=np.concatenate(morph),
+        crops=crops_all,
+        morph=morph_all,
         edges=np.concatenate(edges, axis=1),
         rel=np.concatenate(rel),
         win_idx=win_idx,
@@ -433,6 +480,25 @@ def make_sample(
         unit=unit,
         blank=rng.random(n_t) < cfg.blank_rate,
     )
+
+
+def _drop_appearance(
+    crops: NDArray[np.float32],
+    morph: NDArray[np.float32],
+    rng: np.random.Generator,
+    cfg: TrackTrainConfig,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """The recipe's appearance dropouts on one sample's crops and morphology (copies)."""
+    crops, morph = crops.copy(), morph.copy()
+    if rng.random() < cfg.appearance_dropout:
+        crops[:, 0] = 0.0
+        morph[:, 3] = 0.0
+        return crops, morph
+    if cfg.crop_dropout:
+        crops[rng.random(len(crops)) < cfg.crop_dropout, 0] = 0.0
+    if rng.random() < cfg.brightness_dropout:
+        morph[:, 3] = 0.0
+    return crops, morph
 
 
 def sample_loss(
@@ -476,23 +542,23 @@ def sample_loss(
 # ---------------------------------------------------------------------- the run
 
 
-def _pick_frame(movie: Movie, rng: np.random.Generator) -> int:
+def pick_frame(movie: Movie, rng: np.random.Generator) -> int:
     n = len(movie.frames)
     if movie.division_frames and rng.random() < 0.5:
         return int(rng.choice(movie.division_frames))
     return int(rng.integers(1, n))
 
 
-def _window(cfg: TrackTrainConfig) -> int:
+def history_window(cfg: TrackTrainConfig) -> int:
     """Frames of history a training movie's length unit and windows are computed over."""
     return max(TrackConfig().max_gap + 2, cfg.model.window)
 
 
 def build_movies(n: int, rng: np.random.Generator, cfg: TrackTrainConfig) -> list[Movie]:
-    window = _window(cfg)
+    window = history_window(cfg)
     out = []
     for i in range(n):
-        sim = random_track_sim(rng, cfg.frames)
+        sim = random_track_sim(rng, cfg.frames, cfg.recipe)
         rate = cfg.perturb_rate if i % 2 else 0.0  # half the movies with segmentation flicker
         out.append(simulate_movie(sim, cfg.model, window, perturb_rate=rate, rng=rng))
         if (i + 1) % 10 == 0:
@@ -510,7 +576,7 @@ def train(cfg: TrackTrainConfig, out_dir: Path) -> dict[str, object]:
     track_cfg = TrackConfig()
     movies = build_movies(cfg.sim_movies, data_rng, cfg)
     val = build_movies(cfg.val_movies, val_rng, cfg)
-    window = _window(cfg)
+    window = history_window(cfg)
     ctc = [ctc_movie(src, cfg.model, window) for src in cfg.ctc]
     n_frames = sum(len(m.frames) for m in [*movies, *ctc])
     log.info(
@@ -532,7 +598,7 @@ def train(cfg: TrackTrainConfig, out_dir: Path) -> dict[str, object]:
     probe = np.random.default_rng(cfg.seed + 1)
     for _ in range(100):
         mv = pick_movie(probe)
-        s = make_sample(mv, _pick_frame(mv, probe), probe, cfg, track_cfg)
+        s = make_sample(mv, pick_frame(mv, probe), probe, cfg, track_cfg)
         if s is not None:
             counts += np.bincount(s.target, minlength=3)
     freq = np.maximum(counts, 1) / max(counts.sum(), 1)
@@ -553,7 +619,7 @@ def train(cfg: TrackTrainConfig, out_dir: Path) -> dict[str, object]:
         batch: list[_Sample] = []
         while len(batch) < cfg.batch:
             mv = pick_movie(sample_rng)
-            s = make_sample(mv, _pick_frame(mv, sample_rng), sample_rng, cfg, track_cfg)
+            s = make_sample(mv, pick_frame(mv, sample_rng), sample_rng, cfg, track_cfg)
             if s is not None:
                 batch.append(s)
         loss, _ = sample_loss(model, batch, weights)
