@@ -12,7 +12,7 @@ from pathlib import Path
 MODELS_DIR = Path(__file__).resolve().parent
 SHIPPED_SEGMENT_MODEL = MODELS_DIR / "seg-unet-v1"
 """The segmentation model trained here and shipped inside the package (see docs)."""
-SHIPPED_TRACK_MODEL = MODELS_DIR / "track-lstm-v3"
+SHIPPED_TRACK_MODEL = MODELS_DIR / "track-lstm-v4"
 """The shipped tracking model (weights + the thresholds chosen on a validation split)."""
 WEIGHTS_FILE = "weights.pt"
 

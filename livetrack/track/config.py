@@ -29,15 +29,15 @@ class TrackConfig(BaseModel):
     """lstm: minimum division score (p_parent→daughter; for a mother linked to one daughter,
     ``lstm.division_posterior``); None = the model's validated value."""
 
-    division_cues: Literal["learned", "both", "geometry"] = "learned"
-    """lstm: what decides a division. "learned" (default): the model's division score
-    (against ``lstm_division_threshold``); "both": the sister pair decided jointly, the
-    mean of the learned score and the lap tracker's geometric one, each scaled to its own
-    threshold (``lstm.combine_division_cues``: clear geometry carries a hesitant model);
-    "geometry": the geometric cues alone (distance, daughters symmetric about the mother,
-    area; against ``division_threshold``). "both" was chosen on the validation suite but
-    did not beat "learned" on the held-out one (docs/benchmarks.md), so it is not the
-    default."""
+    division_cues: Literal["learned", "both", "geometry"] = "both"
+    """lstm: what decides a division. "both" (default): the sister pair decided jointly, the
+    mean of the learned division score and the lap tracker's geometric one, each scaled to
+    its own threshold (``lstm.combine_division_cues``: clear geometry carries a hesitant
+    model, an unfamiliar look falls back on geometry); "learned": the model's division
+    score alone (against ``lstm_division_threshold``; the default with the earlier model
+    track-lstm-v3); "geometry": the geometric cues alone (distance, daughters symmetric
+    about the mother, area; against ``division_threshold``). Chosen on the validation suite
+    together with the shipped model (docs/training.md)."""
 
     nucleus_diameter_px: float | None = Field(default=None, gt=0)
     """Typical nucleus diameter in pixels, the unit of every length below. None: estimate it
