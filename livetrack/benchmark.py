@@ -193,41 +193,69 @@ def simulation_config(movie: SuiteMovie) -> Any:
 
 
 # -------------------------------------------------------------------------- provenance
-def training_record() -> list[tuple[str, Path, int | None, int | None]]:
-    """(model, CTC path, first, last frame) of every CTC sequence a shipped model was
-    trained or tuned on, read from the models' ``config.json``."""
+def training_record(
+    extra_models: Sequence[Path] = (),
+) -> list[tuple[str, Path, int | None, int | None]]:
+    """(model, CTC path, first, last frame) of every CTC sequence a shipped model — or one
+    of ``extra_models`` (the model folders a run's settings name, e.g. fine-tuned ones) —
+    was trained, tuned or fine-tuned on, read from the models' ``config.json``."""
     from livetrack.models import MODELS_DIR
 
     out = []
-    for cfg in sorted(MODELS_DIR.glob("*/config.json")):
+    configs = [
+        *sorted(MODELS_DIR.glob("*/config.json")),
+        *(Path(m) / "config.json" for m in extra_models),
+    ]
+    for cfg in configs:
         try:
             meta = json.loads(cfg.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        for item in meta.get("train", {}).get("ctc", []) or []:
+        items = list(meta.get("train", {}).get("ctc", []) or [])
+        items += list((meta.get("finetune") or {}).get("data", []) or [])
+        for item in items:
             out.append((cfg.parent.name, Path(item["path"]), item.get("first"), item.get("last")))
     return out
 
 
-def provenance(images: Path) -> str:
-    """'held-out', or which shipped models trained on (part of) this CTC sequence. A
-    sequence is recognised by its last two path parts (dataset/sequence), wherever the
-    data lies on this machine."""
+def provenance(images: Path, extra_models: Sequence[Path] = ()) -> str:
+    """'held-out', or which models (shipped, or named in ``extra_models``) trained on (part
+    of) this CTC sequence. A sequence is recognised by its last two path parts
+    (dataset/sequence), wherever the data lies on this machine."""
     key = images.resolve().parts[-2:]
-    uses = [
-        f"{model} trained on frames {first}-{last}" if first is not None else f"{model} trained"
-        for model, path, first, last in training_record()
-        if path.parts[-2:] == key
-    ]
+    uses = []
+    for model, path, first, last in training_record(extra_models):
+        if path.parts[-2:] != key:
+            continue
+        if first is None or last is None or last >= 10**9:
+            uses.append(
+                f"{model} trained" if first in (None, 0) else f"{model} trained on frames {first}-"
+            )
+        else:
+            uses.append(f"{model} trained on frames {first}-{last}")
     return "; ".join(uses) if uses else "held-out"
+
+
+def settings_models(settings: Settings | None) -> list[Path]:
+    """The model folders a run's settings name (None: the shipped ones only)."""
+    if settings is None:
+        return []
+    named = [settings.segment.model_dir, settings.track.model_dir]
+    return [Path(m) for m in named if m is not None]
 
 
 # ---------------------------------------------------------------------------- running
 def sequences(
-    suite: Suite, ctc_dirs: Sequence[Path], data_dir: Path, *, on_progress: Callable[[str], None]
+    suite: Suite,
+    ctc_dirs: Sequence[Path],
+    data_dir: Path,
+    *,
+    on_progress: Callable[[str], None],
+    models: Sequence[Path] = (),
 ) -> Iterator[BenchSequence]:
     """The suite's movies written in CTC layout under ``data_dir`` (once), then the CTC
-    folders named on the command line."""
+    folders named on the command line (marked as training data when a shipped model or
+    one of ``models`` was trained or fine-tuned on them)."""
     from simulators.nuclei import write_ctc
 
     for movie in suite.movies:
@@ -245,7 +273,8 @@ def sequences(
                 f"{images}: a CTC sequence folder needs its ground truth beside it "
                 f"({gt.name}/TRA/man_track.txt)"
             )
-        yield BenchSequence(f"{images.parent.name}/{images.name}", images, gt, provenance(images))
+        training = provenance(images, models)
+        yield BenchSequence(f"{images.parent.name}/{images.name}", images, gt, training)
 
 
 def run_benchmark(
@@ -270,7 +299,15 @@ def run_benchmark(
     settings = settings or Settings()
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
-    seqs = list(sequences(suite, ctc_dirs, out_dir / "data", on_progress=on_progress))
+    seqs = list(
+        sequences(
+            suite,
+            ctc_dirs,
+            out_dir / "data",
+            on_progress=on_progress,
+            models=settings_models(settings),
+        )
+    )
     total = len(seqs) * len(pipelines)
     for seq in seqs:
         for pipeline in pipelines:

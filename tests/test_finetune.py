@@ -242,3 +242,18 @@ def test_tracker_recipe_v4_drops_appearance_but_keeps_shape() -> None:
     c, _ = _drop_appearance(crops, morph, np.random.default_rng(1), per_cell)
     dropped = ~c[:, 0].reshape(50, -1).any(axis=1)
     assert 5 < dropped.sum() < 45
+
+
+def test_benchmark_marks_sequences_a_fine_tuned_model_learned_from(tmp_path: Path) -> None:
+    from livetrack.benchmark import provenance
+
+    seq = tmp_path / "MyCells" / "01"
+    seq.mkdir(parents=True)
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps({"finetune": {"data": [{"path": str(seq), "first": 15, "last": 24}]}})
+    )
+    assert provenance(seq) == "held-out"
+    assert provenance(seq, [model]) == "my-model trained on frames 15-24"
+    assert provenance(tmp_path / "Other" / "01", [model]) == "held-out"
