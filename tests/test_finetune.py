@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from numpy.typing import NDArray
 
 from livetrack.cli import main
 from livetrack.errors import ConfigError
@@ -257,3 +258,34 @@ def test_benchmark_marks_sequences_a_fine_tuned_model_learned_from(tmp_path: Pat
     assert provenance(seq) == "held-out"
     assert provenance(seq, [model]) == "my-model trained on frames 15-24"
     assert provenance(tmp_path / "Other" / "01", [model]) == "held-out"
+
+
+def test_tracker_finetune_reads_a_gap_link_as_the_same_cell(tmp_path: Path) -> None:
+    """CTC spells "seen again after a gap" as a parent with one child (livetrack's export
+    does): that is the same track, never a division; two children are a division."""
+    seq = tmp_path / "c" / "01"
+    tra = seq.parent / "01_GT" / "TRA"
+    seq.mkdir(parents=True)
+    tra.mkdir(parents=True)
+    yy, xx = np.mgrid[:64, :64]
+
+    def disc(cy: float, cx: float) -> NDArray[np.bool_]:
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= 36
+
+    # cell 1 in frames 0-1, seen again as label 2 in frames 2-3 (gap link 1 -> 2);
+    # cell 3 in frames 0-1 divides into 4 and 5 in frames 2-3.
+    for t in range(4):
+        lab = np.zeros((64, 64), np.uint16)
+        lab[disc(15, 15 + t)] = 1 if t < 2 else 2
+        if t < 2:
+            lab[disc(45, 45)] = 3
+        else:
+            lab[disc(40, 45)] = 4
+            lab[disc(52, 45)] = 5
+        tifffile.imwrite(tra / f"man_track{t:03d}.tif", lab)
+        tifffile.imwrite(seq / f"t{t:03d}.tif", (lab > 0).astype(np.uint16) * 200 + 10)
+    (tra / "man_track.txt").write_text("1 0 1 0\n2 2 3 1\n3 0 1 0\n4 2 3 3\n5 2 3 3\n")
+    cfg = FinetuneConfig(ctc=(CtcSource(seq),))
+    (movie,) = corrected_track_movies(cfg, 7, load_tracknet(SHIPPED_TRACK_MODEL)[0].config)[0]
+    assert movie.parent == {4: 3, 5: 3}
+    assert sorted(np.unique(np.concatenate(movie.ids)).tolist()) == [1, 3, 4, 5]

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import tifffile
 import torch
+from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from livetrack.errors import ConfigError
@@ -258,6 +259,7 @@ def corrected_track_movies(
         if not table.is_file():
             raise ConfigError(f"{seq}: no lineage file {table} (the tracker needs TRA)")
         children = read_track_file(table).children()
+        same = _continuations(children)
         annotated = sorted(
             int(f.stem.removeprefix("man_track"))
             for f in tra.glob("man_track*.tif")
@@ -285,13 +287,45 @@ def corrected_track_movies(
                 if not image_file.is_file():
                     raise ConfigError(f"{seq}: TRA frame {idx} has no image {image_file}")
                 images.append(tifffile.imread(image_file))
-                masks.append(tifffile.imread(tra / f"man_track{name}.tif").astype(np.int32))
+                mask = tifffile.imread(tra / f"man_track{name}.tif").astype(np.int32)
+                masks.append(_relabel_continuations(mask, same))
             present = set(np.unique(np.concatenate([np.unique(m) for m in masks])).tolist())
             parent = {
-                d: m for m, ds in children.items() for d in ds if d in present and m in present
+                d: m
+                for m, ds in children.items()
+                if len(ds) >= 2
+                for d in ds
+                if d in present and same.get(m, m) in present
             }
+            parent = {d: same.get(m, m) for d, m in parent.items()}
             movies.append(movie_from_frames(images, masks, parent, model_cfg, window))
     return movies, used
+
+
+def _continuations(children: dict[int, list[int]]) -> dict[int, int]:
+    """Label → the label it continues. A parent with ONE child is how the CTC spells "the
+    same cell, seen again after a gap" (livetrack's CTC export cuts a track at each gap
+    that way), not a division: such a child is the same track as its parent's chain."""
+    single = {kids[0]: m for m, kids in children.items() if len(kids) == 1}
+    root: dict[int, int] = {}
+    for child in single:
+        r = child
+        seen = set()
+        while r in single and r not in seen:  # follow the chain up (a cycle would be corrupt)
+            seen.add(r)
+            r = single[r]
+        root[child] = r
+    return root
+
+
+def _relabel_continuations(mask: NDArray[np.int32], same: dict[int, int]) -> NDArray[np.int32]:
+    if not same or mask.max() <= 0:
+        return mask
+    lut = np.arange(int(mask.max()) + 1, dtype=np.int32)
+    for child, root in same.items():
+        if child < len(lut):
+            lut[child] = root
+    return lut[np.maximum(mask, 0)]
 
 
 def finetune_tracker(
