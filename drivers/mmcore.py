@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from livetrack.drivers.useq_plan import PlanShape, plan_shape
 
-from drivers.useq_plan import PlanShape, plan_shape
 from livetrack.errors import ConfigError, SourceError
 from livetrack.source import FrameMeta
 

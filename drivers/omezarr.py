@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from drivers.movie import (
+from livetrack.drivers.movie import (
     MovieSource,
     PlaneRef,
     ZChoice,
@@ -34,6 +33,7 @@ from drivers.movie import (
     _pick_z,
     normalise_axes,
 )
+
 from livetrack.errors import MissingExtra, SourceError
 
 log = logging.getLogger("livetrack.drivers.omezarr")

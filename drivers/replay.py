@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-
-from drivers.movie import (
+from livetrack.drivers.movie import (
     MovieSource,
     is_ndtiff,
     no_frames_read,
@@ -24,7 +23,8 @@ from drivers.movie import (
     open_tiff_movie,
     pixel_size_from_tiff,
 )
-from drivers.omezarr import is_ome_zarr, open_ome_zarr_movie
+from livetrack.drivers.omezarr import is_ome_zarr, open_ome_zarr_movie
+
 from livetrack.errors import SourceError
 from livetrack.source import FrameMeta
 

@@ -10,9 +10,9 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
 
 from livetrack.source import FrameMeta
-from simulators.nuclei import NucleiSimulator, SimulationConfig
 
 
 class SimulatorSource:

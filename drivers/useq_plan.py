@@ -17,8 +17,7 @@ from livetrack.errors import ConfigError, validation_message
 
 if TYPE_CHECKING:
     import useq
-
-    from drivers.micromanager import AcquisitionPlan
+    from livetrack.drivers.micromanager import AcquisitionPlan
 
 _MISSING_USEQ = (
     'useq-schema is not installed; pip install "livetrack[mmcore]" to use an MDA plan (--mda)'
@@ -142,7 +141,7 @@ def to_acquisition_plan(
     exposures, ``acquire_every``, ``do_stack: false``, channel z offsets, and a relative z
     plan for a position without z. The pycromanager driver acquires in t-p-c-z order and
     tracks every channel as its own series (POS-CHANNEL), as its own options do."""
-    from drivers.micromanager import AcquisitionPlan, StagePosition
+    from livetrack.drivers.micromanager import AcquisitionPlan, StagePosition
 
     def refuse(what: str) -> ConfigError:
         return ConfigError(

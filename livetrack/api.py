@@ -22,10 +22,8 @@ from livetrack.errors import ConfigError, EvaluationError, SourceError, StoreErr
 from livetrack.results import LineageBuilder, TrackingResult, read_position
 
 if TYPE_CHECKING:
-    from livetrack.config import Settings
-    from livetrack.segment.config import SegmentConfig
+    from livetrack.config import SegmentConfig, Settings, TrackConfig
     from livetrack.store import Store
-    from livetrack.track.config import TrackConfig
 
 logger = logging.getLogger("livetrack.api")
 

@@ -30,7 +30,7 @@ def _peak_rss_mb() -> float:
 
 SimulatorFactory = Callable[..., Any]
 """Makes the simulator's frame source from a ``SimulationConfig`` (``with_labels=`` for
-tracking only); the CLI hands in ``drivers.simulator.SimulatorSource`` — nothing below the
+tracking only); the CLI hands in ``livetrack.drivers.simulator.SimulatorSource`` — nothing below the
 CLI imports drivers."""
 
 
@@ -279,7 +279,7 @@ def run_track_bench(
     tracker does; segmentation excluded) at each cell count, for each method on the same
     frames; and, first, per method, RSS before and after ``memory_frames[0]`` and
     ``memory_frames[1]`` frames of one long movie (flat = nothing grows with its length)."""
-    from livetrack.track.config import TrackConfig
+    from livetrack.config import TrackConfig
     from livetrack.track.factory import make_tracker
 
     out: dict[str, Any] = {"cells": list(cells), "frames": frames, "timing_ms": {}, "memory": {}}

@@ -176,7 +176,7 @@ def simulation_config(movie: SuiteMovie) -> Any:
     from pydantic import ValidationError
 
     from livetrack.errors import validation_message
-    from simulators.nuclei import SimulationConfig
+    from livetrack.simulators.nuclei import SimulationConfig
 
     presets: dict[str, Callable[[], SimulationConfig]] = {
         "default": SimulationConfig,
@@ -256,7 +256,7 @@ def sequences(
     """The suite's movies written in CTC layout under ``data_dir`` (once), then the CTC
     folders named on the command line (marked as training data when a shipped model or
     one of ``models`` was trained or fine-tuned on them)."""
-    from simulators.nuclei import write_ctc
+    from livetrack.simulators.nuclei import write_ctc
 
     for movie in suite.movies:
         root = data_dir / movie.name

@@ -1,9 +1,14 @@
 """Settings: one pydantic section per stage, defaults in one place, env overrides.
 
-Each stage owns its section's model next to its code (``segment/config.py``,
-``track/config.py``, ``store.py``); this module assembles them into ``Settings``, which
-reads overrides from a TOML/JSON file and from ``LIVETRACK_<SECTION>__<FIELD>``
-environment variables (e.g. ``LIVETRACK_TRACK__MAX_GAP=3``).
+A leaf module: it imports nothing of livetrack but the error types, so any part of the
+package (and a notebook) can read or build settings without pulling in ZeroMQ, SQLite or
+torch. The sections — ``WorkerConfig``, ``SegmentConfig``, ``TrackConfig``, ``StoreConfig``
+— are assembled into ``Settings``, which reads overrides from a TOML/JSON file and from
+``LIVETRACK_<SECTION>__<FIELD>`` environment variables (e.g. ``LIVETRACK_TRACK__MAX_GAP=3``).
+
+Every length of the segmentation and tracking sections is in units of the nucleus diameter
+(costs in the same units), so one set of defaults carries over to other microscopes,
+magnifications and cell types.
 """
 
 from __future__ import annotations
@@ -14,16 +19,185 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from livetrack.errors import ConfigError, validation_message
-from livetrack.segment.config import SegmentConfig
-from livetrack.store import StoreConfig
-from livetrack.track.config import TrackConfig
-from livetrack.transport import DEFAULT_EVENTS_ENDPOINT, DEFAULT_FRAMES_ENDPOINT
+
+DEFAULT_FRAMES_ENDPOINT = "tcp://127.0.0.1:5557"
+"""Where a worker receives frames unless told otherwise (loopback only)."""
+DEFAULT_EVENTS_ENDPOINT = "tcp://127.0.0.1:5558"
+"""Where a worker publishes events and status unless told otherwise (loopback only)."""
+
+
+class SegmentConfig(BaseModel):
+    """How frames are turned into labelled nuclei."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    method: Literal["classical", "learned"] = "learned"
+    """Segmenter: 'learned' (a small U-Net predicting Caliban's three maps, then peaks +
+    watershed; falls back to classical when torch cannot be imported) or 'classical'
+    (smoothing, threshold, distance-transform watershed)."""
+    nucleus_diameter_px: float | None = Field(default=None, gt=2)
+    """Typical nucleus diameter in pixels. Takes precedence over everything else."""
+    nucleus_diameter_um: float | None = Field(default=None, gt=0)
+    """Typical nucleus diameter in micrometres, used with the frame's pixel size. Unset by
+    default because nuclei range from ~6 µm (HL60) to ~15 µm (mouse ES cells): the estimate
+    from the image is more reliable than a guess."""
+    auto_diameter_frames: int = Field(default=3, ge=1)
+    """When the diameter is estimated from the image, the median of this many estimates
+    (the first frames with nuclei, later the latest re-measurements) is the diameter used."""
+    rescale_every: int = Field(default=10, ge=0)
+    """When the diameter is estimated: after it settled, measure it again on every Nth
+    frame, so the scale follows nuclei that shrink as the population grows denser (a scale
+    fixed on the first frames then merges touching nuclei). 0: keep the first estimate."""
+    rescale_tolerance: float = Field(default=0.05, ge=0, lt=1)
+    """A re-measured diameter replaces the one in use only when it differs by more than
+    this fraction, so the labels do not flicker with the estimate's noise."""
+    canonical_diameter_px: float = Field(default=20.0, ge=8)
+    """Frames whose nuclei are much larger than this are downscaled so nuclei are about
+    this size before segmenting (speed); labels come back at the original resolution."""
+    smoothing: float = Field(default=0.08, ge=0)
+    """Gaussian sigma, in nucleus diameters, applied before thresholding."""
+    min_contrast: float = Field(default=3.0, gt=0)
+    """The foreground must exceed the background by this many background standard
+    deviations (after smoothing), else the frame is taken to hold no nuclei: Otsu's
+    threshold always splits an image, even pure noise."""
+    dim_nuclei_sigma: float = Field(default=8.0, ge=0)
+    """Isolated objects this many noise standard deviations above the background are kept
+    even when below the (Otsu) threshold: dim nuclei next to bright ones. 0 disables."""
+    marker_min_distance: float = Field(default=0.35, gt=0)
+    """Minimum distance between two nucleus centres, in diameters (peak separation)."""
+    marker_min_depth: float = Field(default=0.12, ge=0)
+    """A centre must be at least this deep inside the foreground, in diameters: ignores
+    thin protrusions and debris."""
+    min_area_fraction: float = Field(default=0.15, ge=0)
+    """Objects smaller than this fraction of the expected nucleus area are dropped."""
+    model_dir: Path | None = None
+    """(learned) Model folder with config.json + weights.pt; None = the shipped model."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """(learned) Where the model runs; 'auto' prefers CUDA (half precision), then Apple
+    MPS, then the CPU."""
+    tile_px: int = Field(default=1024, ge=64)
+    """(learned) Frames larger than this at the model's scale are processed in
+    overlapping tiles of this size, so memory stays bounded for any frame size."""
+    fg_threshold: float = Field(default=0.5, gt=0, lt=1)
+    """(learned) Foreground probability above which a pixel belongs to a nucleus."""
+    peak_threshold: float = Field(default=0.3, gt=0, lt=1)
+    """(learned) Minimum inner-distance value of a nucleus centre (1 = exact centre)."""
+    peak_prominence: float = Field(default=0.05, ge=0, lt=1)
+    """(learned) The inner-distance map must dip at least this much between a centre and
+    any higher centre within a diameter, else the lower one is dropped: separates two
+    touching nuclei (deep dip) from two lobes of one elongated nucleus (shallow dip).
+    0 keeps every local maximum."""
+
+
+class TrackConfig(BaseModel):
+    """Settings of the online tracker (one tracker instance per position)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    method: Literal["lstm", "lap"] = "lstm"
+    """Which tracker to build: "lstm" = Caliban's learned causal tracker (appearance,
+    neighbourhood and motion; needs the image; falls back to "lap" when torch cannot be
+    imported); "lap" = distance-based sparse linear assignment (the baseline)."""
+
+    model_dir: str | None = None
+    """Folder of the lstm tracker's model (config.json + weights.pt); None = the shipped one."""
+
+    link_threshold: float | None = Field(default=None, gt=0, lt=1)
+    """lstm: minimum p_same for a link; None = the value chosen on the model's validation
+    split (stored with the model)."""
+
+    lstm_division_threshold: float | None = Field(default=None, gt=0, le=1)
+    """lstm: minimum division score (p_parent→daughter; for a mother linked to one daughter,
+    ``lstm.division_posterior``); None = the model's validated value."""
+
+    division_cues: Literal["learned", "both", "geometry"] = "both"
+    """lstm: what decides a division. "both" (default): the sister pair decided jointly, the
+    mean of the learned division score and the lap tracker's geometric one, each scaled to
+    its own threshold (``lstm.combine_division_cues``: clear geometry carries a hesitant
+    model, an unfamiliar look falls back on geometry); "learned": the model's division
+    score alone (against ``lstm_division_threshold``; the default with the earlier model
+    track-lstm-v3); "geometry": the geometric cues alone (distance, daughters symmetric
+    about the mother, area; against ``division_threshold``). Chosen on the validation suite
+    together with the shipped model (docs/training.md)."""
+
+    nucleus_diameter_px: float | None = Field(default=None, gt=0)
+    """Typical nucleus diameter in pixels, the unit of every length below. None: estimate it
+    as the median equivalent diameter of the detections of the last ``max_gap + 2`` frames
+    (a window the tracker can rebuild exactly after a restart)."""
+
+    max_displacement: float = Field(default=1.5, gt=0)
+    """Gating radius: a track is only compared with detections within this many diameters of
+    its predicted position (per frame of motion)."""
+
+    gap_radius_growth: float = Field(default=0.5, ge=0)
+    """The gating radius of a track that missed k frames is
+    ``max_displacement * (1 + gap_radius_growth * k)`` diameters (the cell kept moving)."""
+
+    velocity_damping: float = Field(default=0.5, ge=0, le=1)
+    """Predicted position = last position + damping × last frame-to-frame velocity × frames
+    elapsed; 0 = no motion model, 1 = constant velocity."""
+
+    area_weight: float = Field(default=0.1, ge=0)
+    """Weight of |log(area ratio)| added to the link cost (a small shape-consistency cue)."""
+
+    max_gap: int = Field(default=2, ge=0)
+    """A track unmatched in a frame stays linkable for this many missed frames (gap closing);
+    after that it is closed."""
+
+    birth_cost: float = Field(default=1.0, gt=0)
+    """Cost of starting a new track for a detection (normalised units). A link is kept only
+    when its cost is below ``birth_cost + death_cost``."""
+
+    death_cost: float = Field(default=1.0, gt=0)
+    """Cost of leaving a track without a detection in this frame (normalised units)."""
+
+    gap_penalty: float = Field(default=0.2, ge=0)
+    """Added to the link cost per frame a track has missed, so a continuous track wins over a
+    track coming back from a gap."""
+
+    division_max_distance: float = Field(default=2.0, gt=0)
+    """A newborn detection can only be a daughter of a track whose last position is within
+    this many diameters."""
+
+    division_threshold: float = Field(default=0.5, ge=0, le=1)
+    """Minimum geometric division score in [0, 1] (distance, symmetry and area cues) to
+    accept a mother-daughter link: the lap tracker's threshold, and the geometric cue's in
+    the lstm tracker's joint decision (``division_cues``)."""
+
+    division_max_gap: int = Field(default=0, ge=0)
+    """An unmatched track may be the mother of newborns (both daughters far from it) only if
+    it missed at most this many frames before the current one (0: seen in the previous
+    frame)."""
+
+    border_margin: float = Field(default=0.5, ge=0)
+    """A track whose last detection's edge (centroid distance to the frame border minus the
+    detection's own radius) was within this many diameters of the border ends with fate
+    "left" (left the field of view) instead of "lost" (ended inside the field)."""
+
+
+class StoreConfig(BaseModel):
+    """Where and how the store writes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    path: Path = Path("livetrack.db")
+    """SQLite file. Readers (TUI, export) open the same file read-only while it is written."""
+    mask_codec: Literal["zlib"] = "zlib"
+    """Compression of label images; stored per mask (column ``codec``) so more can be added."""
+    zlib_level: int = Field(default=1, ge=0, le=9)
+    """zlib level: 1 is ~3x faster than 6 and label images (long runs) compress well anyway."""
+    busy_timeout_s: float = Field(default=30.0, ge=0.0)
+    """How long to wait for a lock held by another connection before giving up with StoreError."""
+    lease_timeout_s: float = Field(default=120.0, gt=0.0)
+    """A run's writer refreshes its lease with every frame and, when idle, every quarter of
+    this; a lease held from another host and not refreshed for this long no longer blocks a
+    resume (on this host a dead pid frees a lease at once)."""
 
 
 class WorkerConfig(BaseModel):

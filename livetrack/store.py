@@ -79,9 +79,9 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import sqlite_utils
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
 
 from livetrack import __version__
+from livetrack.config import StoreConfig
 from livetrack.errors import ResumeMismatch, RunInUse, SchemaMismatch, StoreError, StoreLost
 from livetrack.track.base import (
     LEGACY_EVENT_KINDS,
@@ -109,25 +109,6 @@ RunStatus = Literal["running", "finished", "aborted"]
 
 
 # --------------------------------------------------------------------------- configuration
-
-
-class StoreConfig(BaseModel):
-    """Where and how the store writes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    path: Path = Path("livetrack.db")
-    """SQLite file. Readers (TUI, export) open the same file read-only while it is written."""
-    mask_codec: Literal["zlib"] = "zlib"
-    """Compression of label images; stored per mask (column ``codec``) so more can be added."""
-    zlib_level: int = Field(default=1, ge=0, le=9)
-    """zlib level: 1 is ~3x faster than 6 and label images (long runs) compress well anyway."""
-    busy_timeout_s: float = Field(default=30.0, ge=0.0)
-    """How long to wait for a lock held by another connection before giving up with StoreError."""
-    lease_timeout_s: float = Field(default=120.0, gt=0.0)
-    """A run's writer refreshes its lease with every frame and, when idle, every quarter of
-    this; a lease held from another host and not refreshed for this long no longer blocks a
-    resume (on this host a dead pid frees a lease at once)."""
 
 
 # --------------------------------------------------------------------------- schema as data

@@ -13,17 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from livetrack.simulators.nuclei import SimulationConfig, write_ctc
 
 import livetrack
+from livetrack.config import TrackConfig
 from livetrack.errors import EvaluationError, StoreError
 from livetrack.evaluate import evaluate_ctc
 from livetrack.evaluate.napari import read_napari, write_napari
 from livetrack.evaluate.table import COLUMNS
 from livetrack.store import Store
-from livetrack.track.config import TrackConfig
 from livetrack.track.factory import make_tracker
 from livetrack.types import Detections
-from simulators.nuclei import SimulationConfig, write_ctc
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"segmenter": "classical", "tracker": "lap"}

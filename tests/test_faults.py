@@ -25,8 +25,7 @@ import numpy as np
 import pytest
 
 from livetrack.cli import main
-from livetrack.config import Settings
-from livetrack.segment.config import SegmentConfig
+from livetrack.config import SegmentConfig, Settings
 from livetrack.store import Store, StoreConfig
 from livetrack.worker import WorkerStopped
 
@@ -245,8 +244,8 @@ def test_kill_9_worker_twenty_times_lineage_equals_uninterrupted_run(tmp_path: P
 
 # ------------------------------------------------- acknowledgements, in-process
 def _stream(frames: int, seed: int = 3) -> list[tuple[np.ndarray, Any]]:
-    from drivers.simulator import SimulatorSource
-    from simulators.nuclei import SimulationConfig
+    from livetrack.drivers.simulator import SimulatorSource
+    from livetrack.simulators.nuclei import SimulationConfig
 
     cfg = SimulationConfig(
         seed=seed, n_frames=frames, height=96, width=96, n_cells=5, nucleus_diameter_px=14
@@ -649,10 +648,11 @@ def test_stop_after_the_driver_sent_every_frame_still_says_how_to_resume(
     frame to the socket (small frames, a slower worker). The run is unfinished, so the
     hint must be printed whatever the driver's own outcome was. Deterministic: the stop
     comes from the worker's third stored frame, once the driver has closed its source."""
-    from drivers.simulator import SimulatorSource
-    from livetrack.cli import _print_resume_hint
+    from livetrack.drivers.simulator import SimulatorSource
+    from livetrack.simulators.nuclei import SimulationConfig
+
+    from livetrack.cli.common import print_resume_hint
     from livetrack.runner import run_pipeline
-    from simulators.nuclei import SimulationConfig
 
     class Watched(SimulatorSource):
         def __init__(self, *a: Any, **kw: Any) -> None:
@@ -690,7 +690,7 @@ def test_stop_after_the_driver_sent_every_frame_still_says_how_to_resume(
     assert summary.frames_stored == 3
     assert summary.run_status == "aborted"
     assert summary.resumable
-    _print_resume_hint(summary)
+    print_resume_hint(summary)
     assert "run the same command again to resume" in capsys.readouterr().out
 
 
@@ -714,9 +714,10 @@ def test_interrupted_default_pipeline_resumes_with_the_same_scale_and_lineage(
     segment every frame with the diameter an uninterrupted run used, and end with the
     same lineage. Before the scale was stored, the resumed worker estimated it again on
     later frames."""
-    from drivers.simulator import SimulatorSource
+    from livetrack.drivers.simulator import SimulatorSource
+    from livetrack.simulators.nuclei import SimulationConfig
+
     from livetrack.runner import run_pipeline
-    from simulators.nuclei import SimulationConfig
 
     # Nuclei that shrink as the movie goes on: a re-estimate on later frames differs.
     cfg = SimulationConfig(

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from livetrack.drivers.simulator import SimulatorSource
+from livetrack.simulators.nuclei import SimulationConfig
 
-from drivers.simulator import SimulatorSource
 from livetrack.config import Settings
 from livetrack.messages import MAX_FRAMES, EndOfStream, FrameHeader
 from livetrack.pump import pump
 from livetrack.store import Store
 from livetrack.transport import MAX_HEADER_BYTES, EventPublisher, FramePuller, decode_driver_message
 from livetrack.worker import Worker
-from simulators.nuclei import SimulationConfig
 from tests.test_worker import drain, pusher_for
 
 CLEAN = SimulationConfig(

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
 
-from livetrack.segment.config import SegmentConfig
+from livetrack.config import SegmentConfig
 from livetrack.segment.factory import make_segmenter
 from livetrack.segment.learned import LearnedSegmenter
 from livetrack.segment.model import (
@@ -23,7 +24,6 @@ from livetrack.segment.model import (
 )
 from livetrack.segment.postprocess import PostprocessParams, labels_from_maps
 from livetrack.training.segment import CtcSource, TrainConfig, ctc_frames, train
-from simulators.nuclei import NucleiSimulator, SimulationConfig
 
 TINY = ModelConfig(width=4, depth=2, canonical_diameter_px=32.0)
 

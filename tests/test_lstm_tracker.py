@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from livetrack.config import TrackConfig
 from livetrack.errors import BadFrame, ConfigError
 from livetrack.store import Store
 from livetrack.track.base import FrameHistory, TrackStep
-from livetrack.track.config import TrackConfig
 from livetrack.track.factory import make_tracker
 from livetrack.track.features import CROP, frame_features, neighbour_edges
 from livetrack.track.fixed import fixed_tracker
@@ -424,9 +424,10 @@ def test_tiny_training_run_is_reproducible(tmp_path: Path) -> None:
 
 
 def test_ctc_sequence_becomes_a_training_movie_with_its_lineage(tmp_path: Path) -> None:
+    from livetrack.simulators.nuclei import SimulationConfig, write_ctc
+
     from livetrack.training.segment import CtcSource
     from livetrack.training.track import ctc_movie, simulate_movie
-    from simulators.nuclei import SimulationConfig, write_ctc
 
     sim = SimulationConfig(
         seed=3, n_frames=12, height=160, width=160, n_cells=8, cell_cycle_frames=6.0
@@ -449,9 +450,10 @@ def test_ctc_sequence_becomes_a_training_movie_with_its_lineage(tmp_path: Path) 
 
 
 def test_ctc_sequence_errors_name_the_problem(tmp_path: Path) -> None:
+    from livetrack.simulators.nuclei import SimulationConfig, write_ctc
+
     from livetrack.training.segment import CtcSource
     from livetrack.training.track import ctc_movie
-    from simulators.nuclei import SimulationConfig, write_ctc
 
     cfg = TrackNetConfig(embed_dim=8, hidden=8, disp_hidden=4)
     with pytest.raises(ConfigError, match="no lineage file"):
@@ -465,9 +467,10 @@ def test_ctc_sequence_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_tiny_training_with_a_ctc_sequence_records_it(tmp_path: Path) -> None:
+    from livetrack.simulators.nuclei import SimulationConfig, write_ctc
+
     from livetrack.training.segment import CtcSource
     from livetrack.training.track import TrackTrainConfig, train
-    from simulators.nuclei import SimulationConfig, write_ctc
 
     seq = write_ctc(
         SimulationConfig(seed=2, n_frames=8, height=128, width=128, n_cells=6), tmp_path / "c"

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from drivers.micromanager import (
+from livetrack.drivers.micromanager import (
     DEMO_CONFIG,
     AcquisitionPlan,
     FrameQueue,
@@ -29,6 +28,7 @@ from drivers.micromanager import (
     parse_position,
     parse_property,
 )
+
 from livetrack.config import Settings
 from livetrack.errors import ConfigError, HardwareTimeout, SourceError, SourceUnavailable
 from livetrack.runner import run_pipeline

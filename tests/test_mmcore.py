@@ -26,7 +26,7 @@ from livetrack.store import Store
 
 useq = pytest.importorskip("useq")
 
-from drivers.useq_plan import load_sequence, plan_shape, to_acquisition_plan  # noqa: E402
+from livetrack.drivers.useq_plan import load_sequence, plan_shape, to_acquisition_plan  # noqa: E402
 
 BEADS = (("Camera", "Mode", "Fluorescent Beads"),)
 TWO_POSITIONS = [{"name": "A1", "x": 0.0, "y": 0.0}, {"name": "B2", "x": 500.0, "y": 250.0}]
@@ -38,13 +38,13 @@ needs_mmcore = pytest.mark.micromanager
 def mmcore() -> Any:
     """The driver module; skips cleanly without pymmcore-plus or mm-test-adapters."""
     pytest.importorskip("mm_test_adapters")
-    import drivers.mmcore
+    import livetrack.drivers.mmcore
 
     try:  # imported through the driver, which undoes pymmcore-plus' import-time logging
-        drivers.mmcore._import_core()
+        livetrack.drivers.mmcore._import_core()
     except ConfigError as err:
         pytest.skip(str(err))
-    return drivers.mmcore
+    return livetrack.drivers.mmcore
 
 
 def _light(receive_hwm: int = 4) -> Settings:
@@ -166,7 +166,7 @@ def test_pymmcore_plus_logging_is_routed_through_livetrack(mmcore: Any) -> None:
     driver undoes the first and sends its warnings through livetrack's logger (fresh
     interpreter: the import happens once per process)."""
     code = (
-        "import logging; from drivers.mmcore import _import_core; _import_core(); "
+        "import logging; from livetrack.drivers.mmcore import _import_core; _import_core(); "
         "pmm = logging.getLogger('pymmcore-plus'); "
         "print(logging.getLogger().level, pmm.propagate, "
         "sorted(type(h).__name__ for h in pmm.handlers))"
@@ -405,7 +405,7 @@ def test_cli_exits_1_when_the_camera_takes_too_long(
 
 # ------------------------------------------- pycromanager takes the same useq plan
 def test_useq_plan_for_pycromanager() -> None:
-    from drivers.micromanager import StagePosition
+    from livetrack.drivers.micromanager import StagePosition
 
     plan = to_acquisition_plan(
         _seq(
@@ -456,7 +456,7 @@ def test_pycromanager_runs_the_same_plan_file(tmp_path: Path) -> None:
     its headless DemoCamera core: the same 2 positions × 3 time points are stored."""
     pytest.importorskip("pycromanager")
     pytest.importorskip("mm_test_adapters")
-    from drivers.micromanager import (
+    from livetrack.drivers.micromanager import (
         DEMO_CONFIG,
         MicroManagerSource,
         demo_adapter_path,

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+from livetrack.drivers.movie import MovieSource, open_ndtiff_movie, open_tiff_movie
+from livetrack.drivers.replay import CTCReplaySource, open_movie
 
-from drivers.movie import MovieSource, open_ndtiff_movie, open_tiff_movie
-from drivers.replay import CTCReplaySource, open_movie
 from livetrack.config import Settings
 from livetrack.errors import NoFramesRead, SourceError
 from livetrack.runner import run_pipeline

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from livetrack.drivers.omezarr import is_ome_zarr, open_ome_zarr_movie
+from livetrack.drivers.replay import open_movie
+from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
 
-from drivers.omezarr import is_ome_zarr, open_ome_zarr_movie
-from drivers.replay import open_movie
 from livetrack.cli import main
 from livetrack.errors import SourceError
 from livetrack.store import Store
-from simulators.nuclei import NucleiSimulator, SimulationConfig
 
 zarr = pytest.importorskip("zarr")
 

@@ -14,12 +14,12 @@ import networkx as nx
 import numpy as np
 import pytest
 import tifffile
+from livetrack.simulators.nuclei import SimulationConfig, write_ctc
 
 import livetrack
 from livetrack.cli import main
 from livetrack.plot import summary_counts
 from livetrack.store import Store
-from simulators.nuclei import SimulationConfig, write_ctc
 
 pytest.importorskip("matplotlib")
 from PIL import Image, ImageSequence

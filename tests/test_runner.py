@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from livetrack.drivers.simulator import SimulatorSource
+from livetrack.simulators.nuclei import SimulationConfig
 
-from drivers.simulator import SimulatorSource
 from livetrack.config import Settings
 from livetrack.errors import EndpointInUse
 from livetrack.runner import choose_run_id, open_publisher, run_pipeline
 from livetrack.store import Store
 from livetrack.timings import stage_medians
 from livetrack.transport import EventPublisher
-from simulators.nuclei import SimulationConfig
 
 SIM = SimulationConfig(
     seed=5, n_frames=6, height=96, width=96, n_cells=5, nucleus_diameter_px=14,

@@ -7,10 +7,10 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
+from livetrack.config import SegmentConfig
 from livetrack.errors import ConfigError
 from livetrack.segment.base import Segmenter
 from livetrack.segment.classical import ClassicalSegmenter, distance_inside
-from livetrack.segment.config import SegmentConfig
 from livetrack.segment.factory import make_segmenter
 from livetrack.segment.scale import estimate_diameter, resolve_diameter
 from tests.conftest import GOWT1, SIM_PLUS, needs_data

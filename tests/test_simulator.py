@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
-from simulators.nuclei import NucleiSimulator, SimulationConfig, write_ctc
+from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig, write_ctc
 
 CFG = SimulationConfig(
     seed=4,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
+from livetrack.config import TrackConfig
 from livetrack.errors import BadFrame, ConfigError, LineageError
 from livetrack.track.base import (
     FrameHistory,
@@ -20,7 +21,6 @@ from livetrack.track.base import (
     TrackStep,
     check_lineage,
 )
-from livetrack.track.config import TrackConfig
 from livetrack.track.factory import make_tracker
 from livetrack.track.lap import DistanceScorer, lap_tracker
 from livetrack.track.online import OnlineTracker, select_divisions
@@ -373,12 +373,12 @@ def test_synthetic_movie_links_mostly_correct() -> None:
     assert right > 0.97
 
 
-SIM_AVAILABLE = importlib.util.find_spec("simulators.nuclei") is not None
+SIM_AVAILABLE = importlib.util.find_spec("livetrack.simulators.nuclei") is not None
 
 
 @pytest.mark.skipif(not SIM_AVAILABLE, reason="simulators/nuclei.py is not importable yet")
 def test_tracks_simulator_ground_truth_labels() -> None:
-    from simulators.nuclei import NucleiSimulator, SimulationConfig
+    from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
 
     sim = NucleiSimulator(SimulationConfig())
     tracker: OnlineTracker | None = None

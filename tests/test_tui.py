@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from livetrack.drivers.simulator import SimulatorSource
+from livetrack.simulators.nuclei import SimulationConfig
 from rich.console import Console
 from textual.keys import format_key
 
-from drivers.simulator import SimulatorSource
 from livetrack.config import Settings
 from livetrack.messages import PositionStatus, TrackEvent, WorkerStatus
 from livetrack.runner import run_pipeline
@@ -36,7 +37,6 @@ from livetrack.tui import DashboardApp, make_app
 from livetrack.tui.data import build_lineage
 from livetrack.tui.widgets import HelpScreen, sparkline
 from livetrack.types import Detections
-from simulators.nuclei import SimulationConfig
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 PANELS = ("header", "positions", "sparks", "feed", "lineage")

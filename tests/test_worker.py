@@ -10,19 +10,18 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from livetrack.drivers.simulator import SimulatorSource
+from livetrack.simulators.nuclei import SimulationConfig
 
-from drivers.simulator import SimulatorSource
-from livetrack.config import Settings
+from livetrack.config import Settings, TrackConfig
 from livetrack.messages import EndOfStream, FrameHeader, TrackEvent
 from livetrack.pump import header_for, pump
 from livetrack.store import Store
 from livetrack.track.base import FrameHistory, TrackEnd, Tracker, TrackRecord, TrackStep
-from livetrack.track.config import TrackConfig
 from livetrack.track.factory import make_tracker
 from livetrack.transport import EventPublisher, EventSubscriber, FramePuller, FramePusher
 from livetrack.types import Detections
 from livetrack.worker import FrameResult, Worker
-from simulators.nuclei import SimulationConfig
 
 SIM = SimulationConfig(
     seed=3,
@@ -539,9 +538,8 @@ def test_status_names_what_really_runs_after_a_fallback(tmp_path, zmq_context, c
     """Configured learned + lstm, but the factories fall back (no torch, say) to classical
     and lap: the status (and so the dashboard header) must say classical / lap once a
     position runs, not what was asked for."""
+    from livetrack.config import SegmentConfig, TrackConfig
     from livetrack.segment.classical import ClassicalSegmenter
-    from livetrack.segment.config import SegmentConfig
-    from livetrack.track.config import TrackConfig
     from livetrack.track.lap import lap_tracker
 
     worker = make_worker(
@@ -591,8 +589,8 @@ class _BrokenOnFrame:
     name = "broken"
 
     def __init__(self, broken: int) -> None:
+        from livetrack.config import SegmentConfig
         from livetrack.segment.classical import ClassicalSegmenter
-        from livetrack.segment.config import SegmentConfig
 
         self.inner = ClassicalSegmenter(SegmentConfig(nucleus_diameter_px=16))
         self.calls = 0

@@ -10,7 +10,7 @@ laptrack is an optional dependency (``pip install -e '.[compare]'``) and is impo
 when :func:`track_with_laptrack` runs.
 
 Parameters are *not* tuned on any sequence: every distance is in nucleus diameters and
-follows the defaults of our own LAP tracker (:class:`livetrack.track.config.TrackConfig`):
+follows the defaults of our own LAP tracker (:class:`livetrack.config.TrackConfig`):
 
 * frame-to-frame links up to ``max_displacement`` (1.5) diameters;
 * gap closing over up to ``max_gap`` (2) missed frames, i.e. segments whose ends are at
@@ -45,6 +45,7 @@ import numpy as np
 import tifffile
 from numpy.typing import NDArray
 
+from livetrack.config import TrackConfig
 from livetrack.errors import EvaluationError
 from livetrack.evaluate.export import (
     CtcSegment,
@@ -57,7 +58,6 @@ from livetrack.evaluate.export import (
     _remove_old_results,
     _write_track_file,
 )
-from livetrack.track.config import TrackConfig
 from livetrack.track.lap import equivalent_diameter
 
 logger = logging.getLogger("livetrack.evaluate.baselines")

@@ -12,7 +12,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import relabel_sequential, watershed
 from skimage.transform import resize
 
-from livetrack.segment.config import SegmentConfig
+from livetrack.config import SegmentConfig
 from livetrack.segment.scale import NucleusScale, ScaledSegmenter, foreground, normalise
 from livetrack.types import LabelImage
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from livetrack.config import SegmentConfig
 from livetrack.errors import ConfigError
 from livetrack.segment.base import Segmenter
 from livetrack.segment.classical import ClassicalSegmenter
-from livetrack.segment.config import SegmentConfig
 
 log = logging.getLogger("livetrack.segment.factory")
 

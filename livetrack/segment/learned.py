@@ -11,8 +11,8 @@ from numpy.typing import NDArray
 from skimage.segmentation import relabel_sequential
 from skimage.transform import resize
 
+from livetrack.config import SegmentConfig
 from livetrack.models import SHIPPED_SEGMENT_MODEL
-from livetrack.segment.config import SegmentConfig
 from livetrack.segment.model import NucleusUNet, load_model
 from livetrack.segment.postprocess import PostprocessParams, labels_from_maps
 from livetrack.segment.scale import NucleusScale, ScaledSegmenter, normalise

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from livetrack.segment.config import SegmentConfig
+from livetrack.config import SegmentConfig
 from livetrack.types import Detections, LabelImage, ScaleState, Segmentation
 
 log = logging.getLogger("livetrack.segment.scale")

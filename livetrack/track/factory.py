@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from livetrack.config import TrackConfig
 from livetrack.errors import ConfigError
-from livetrack.track.config import TrackConfig
 from livetrack.track.lap import lap_tracker
 from livetrack.track.online import OnlineTracker
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from livetrack.config import TrackConfig
 from livetrack.track.base import FrameHistory
-from livetrack.track.config import TrackConfig
 from livetrack.track.lap import DistanceScorer
 from livetrack.track.lstm import LearnedFrame, gate_pairs, probability_frame
 from livetrack.track.online import FrameScores, OnlineTracker, OpenTracks

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from livetrack.config import TrackConfig
 from livetrack.track.assign import gate
 from livetrack.track.base import FrameHistory
-from livetrack.track.config import TrackConfig
 from livetrack.track.online import (
     DivisionScores,
     LinkCosts,

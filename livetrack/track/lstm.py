@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from livetrack.config import TrackConfig
 from livetrack.errors import BadFrame, ConfigError
 from livetrack.models import SHIPPED_TRACK_MODEL
 from livetrack.track.assign import Candidates, gate
 from livetrack.track.base import FrameHistory
-from livetrack.track.config import TrackConfig
 from livetrack.track.features import FrameFeatures, frame_features
 from livetrack.track.lap import DistanceScorer
 from livetrack.track.model import DIFF, PARENT, SAME, TrackNet, load_tracknet

@@ -37,6 +37,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from livetrack.config import TrackConfig
 from livetrack.errors import BadFrame
 from livetrack.track.assign import assign_sparse, select_parents
 from livetrack.track.base import (
@@ -50,7 +51,6 @@ from livetrack.track.base import (
     TrackStep,
     check_lineage,
 )
-from livetrack.track.config import TrackConfig
 from livetrack.types import Detections
 
 log = logging.getLogger("livetrack.track")

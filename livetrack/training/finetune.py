@@ -40,11 +40,11 @@ import torch
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from livetrack.config import TrackConfig
 from livetrack.errors import ConfigError
 from livetrack.evaluate.ctcfiles import read_track_file
 from livetrack.models import SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL, weights_digest
 from livetrack.segment.model import CONFIG_FILE, ModelConfig, load_model, save_model
-from livetrack.track.config import TrackConfig
 from livetrack.track.model import load_tracknet, save_tracknet
 from livetrack.training.segment import (
     CtcSource,

@@ -38,7 +38,7 @@ from livetrack.segment.model import (
     save_model,
 )
 from livetrack.segment.scale import normalise
-from simulators.nuclei import NucleiSimulator, SimulationConfig
+from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
 
 log = logging.getLogger("livetrack.training.segment")
 

@@ -33,9 +33,10 @@ import tifffile
 import torch
 from numpy.typing import NDArray
 
+from livetrack.config import TrackConfig
 from livetrack.errors import ConfigError
 from livetrack.evaluate.ctcfiles import read_track_file
-from livetrack.track.config import TrackConfig
+from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
 from livetrack.track.features import FrameFeatures, frame_features
 from livetrack.track.lap import equivalent_diameter
 from livetrack.track.lstm import (
@@ -49,7 +50,6 @@ from livetrack.track.model import DIFF, PARENT, SAME, TrackNet, TrackNetConfig, 
 from livetrack.track.online import OnlineTracker
 from livetrack.training.segment import CtcSource, jsonable
 from livetrack.types import Detections
-from simulators.nuclei import NucleiSimulator, SimulationConfig
 
 log = logging.getLogger("livetrack.training.track")
 

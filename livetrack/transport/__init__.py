@@ -36,6 +36,7 @@ its names are the public ones.
 
 from __future__ import annotations
 
+from livetrack.config import DEFAULT_EVENTS_ENDPOINT, DEFAULT_FRAMES_ENDPOINT
 from livetrack.errors import SendAborted, SendTimeout
 from livetrack.transport.codec import (
     MAX_HEADER_BYTES,
@@ -47,8 +48,6 @@ from livetrack.transport.codec import (
 )
 from livetrack.transport.delivery import AckedPusher, Overflow
 from livetrack.transport.endpoints import (
-    DEFAULT_EVENTS_ENDPOINT,
-    DEFAULT_FRAMES_ENDPOINT,
     check_endpoint,
 )
 from livetrack.transport.keys import (

@@ -1,4 +1,5 @@
-"""Endpoint policy: where livetrack may listen and connect, and the default endpoints.
+"""Endpoint policy: where livetrack may listen and connect (the default endpoints are in
+``livetrack.config``, a leaf).
 
 Sockets stay on loopback unless the user asked for more (``--allow-remote``), and a worker
 binds beyond loopback only with CURVE. Pure string checks: this module opens no socket.
@@ -13,9 +14,6 @@ from livetrack.errors import ConfigError
 
 if TYPE_CHECKING:
     from livetrack.transport.keys import CurveServer
-
-DEFAULT_FRAMES_ENDPOINT = "tcp://127.0.0.1:5557"
-DEFAULT_EVENTS_ENDPOINT = "tcp://127.0.0.1:5558"
 
 
 def check_endpoint(

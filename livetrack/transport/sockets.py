@@ -17,6 +17,7 @@ import numpy as np
 import zmq
 from numpy.typing import NDArray
 
+from livetrack.config import DEFAULT_EVENTS_ENDPOINT, DEFAULT_FRAMES_ENDPOINT
 from livetrack.errors import ConfigError, EndpointInUse, SendAborted, SendTimeout
 from livetrack.messages import (
     EndOfStream,
@@ -34,8 +35,6 @@ from livetrack.transport.codec import (
     encode_frame,
 )
 from livetrack.transport.endpoints import (
-    DEFAULT_EVENTS_ENDPOINT,
-    DEFAULT_FRAMES_ENDPOINT,
     check_endpoint,
     check_server_endpoint,
 )

@@ -1,0 +1,7 @@
+"""``python -m livetrack.cli``."""
+
+import sys
+
+from livetrack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,499 @@
+"""Commands that acquire or replay frames and track them: run, replay, worker, sim, keys,
+tui. The composition root: the only part of livetrack that imports the drivers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from livetrack.cli.args import (
+    command,
+    delivery_args,
+    mm_args,
+    mmcore_args,
+    non_negative,
+    pipeline_args,
+    positive,
+    sim_args,
+    source_args,
+)
+from livetrack.cli.common import (
+    run_source,
+    settings_of,
+    setup_logging,
+    sim_config,
+    sim_run_id,
+    stop_on_signals,
+    tui_logging,
+)
+from livetrack.errors import ConfigError, LivetrackError
+
+log = logging.getLogger("livetrack")
+
+
+def add_parsers(sub: Any) -> None:
+    p = command(
+        sub,
+        "run",
+        "track live: a simulated movie (default) or a Micro-Manager microscope "
+        "(--source micromanager) → worker → SQLite, in one process",
+        "Acquire frames and track them as they arrive: from the simulator (default) or "
+        "from Micro-Manager (--source micromanager: the DemoCamera, your install with "
+        "--mm-app-path, or a running Studio with --mm-java). Segmentation, tracking and "
+        "the SQLite store run in the same process.",
+    )
+    source_args(p)
+    g = sim_args(p, title="simulated movie (--source simulator)", frames=False)
+    g.add_argument(
+        "--track-only",
+        action="store_true",
+        help="send the simulator's ground-truth masks and only track them",
+    )
+    mm_args(p)
+    mmcore_args(p)
+    pipeline_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = command(
+        sub,
+        "replay",
+        "replay a recording through the worker: CTC folder, (OME-)TIFF stack, NDTiff, OME-Zarr",
+    )
+    p.add_argument(
+        "seq_dir",
+        type=Path,
+        metavar="MOVIE",
+        help="CTC folder (tNNN.tif), multi-page / OME-TIFF / ImageJ file, NDTiff folder, or "
+        "OME-Zarr (.ome.zarr, NGFF; needs livetrack[omezarr])",
+    )
+    g = p.add_argument_group("recording")
+    g.add_argument(
+        "--axes",
+        default=None,
+        help="axis order of a TIFF's pages, e.g. TCZYX (default: from its metadata; "
+        "required for a stack without axis metadata)",
+    )
+    g.add_argument(
+        "--channel",
+        default=None,
+        help="channel name or index to track (default: the first)",
+    )
+    g.add_argument(
+        "--z", default=None, help="z-plane index to track, or 'max' (default: max projection)"
+    )
+    g.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace frames at their recorded timestamps (OME-TIFF, ImageJ, NDTiff, OME-Zarr)",
+    )
+    g.add_argument(
+        "--masks",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="folder of label masks to track instead of segmenting (CTC folders)",
+    )
+    g.add_argument(
+        "--pixel-size",
+        type=positive,
+        default=None,
+        dest="pixel_size",
+        metavar="UM",
+        help="µm per pixel (default: from the TIFF tags or the OME-Zarr scale)",
+    )
+    g.add_argument(
+        "--fps",
+        type=positive,
+        default=None,
+        help="time points per second (default: as fast as possible)",
+    )
+    g.add_argument(
+        "--position", default=None, help="position name (default: from the folder or file)"
+    )
+    pipeline_args(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = command(sub, "worker", "run the worker alone (frames in, SQLite + events out)")
+    pipeline_args(p)
+    g = p.add_argument_group("network")
+    g.add_argument(
+        "--frames-endpoint",
+        default=None,
+        metavar="ENDPOINT",
+        help="PULL endpoint to bind for frames (default tcp://127.0.0.1:5557)",
+    )
+    g.add_argument("--exit-on-eos", action="store_true", help="stop after the stream ends")
+    g.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding beyond 127.0.0.1; needs --curve-secret and --curve-clients",
+    )
+    g.add_argument(
+        "--curve-secret",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the worker's CURVE secret key (livetrack keys): encrypt and authenticate",
+    )
+    g.add_argument(
+        "--curve-clients",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="public keys (files or folders of *.public) of the drivers/dashboards allowed in",
+    )
+    p.set_defaults(func=cmd_worker)
+
+    p = command(sub, "sim", "stream the simulator to a running worker")
+    sim_args(p)
+    g = p.add_argument_group("streaming")
+    g.add_argument(
+        "--connect",
+        default="tcp://127.0.0.1:5557",
+        metavar="ENDPOINT",
+        help="the worker's frames endpoint",
+    )
+    g.add_argument(
+        "--interval", type=non_negative, default=0.0, metavar="S", help="seconds between frames"
+    )
+    g.add_argument("--run-id", default=None, help="run id (default: from the seed and size)")
+    g.add_argument("--track-only", action="store_true", help="send ground-truth masks too")
+    delivery_args(p)
+    p.set_defaults(func=cmd_sim)
+
+    p = command(sub, "keys", "create a CURVE keypair for remote endpoints")
+    p.add_argument("out_dir", type=Path, help="folder to write the key files into")
+    p.add_argument("--name", default="livetrack", help="file names: NAME.public, NAME.secret")
+    p.set_defaults(func=cmd_keys)
+
+
+def add_tui_parser(sub: Any) -> None:
+    p = command(sub, "tui", "the monitoring dashboard for a running worker and/or a DB")
+    p.add_argument(
+        "--db", type=Path, default=Path("livetrack.db"), help="SQLite database (history)"
+    )
+    p.add_argument(
+        "--connect",
+        default="tcp://127.0.0.1:5558",
+        metavar="ENDPOINT",
+        help="worker events endpoint to subscribe to (live); 'none' for the DB only",
+    )
+    p.add_argument("--run-id", default=None, help="run to show (default: the live or newest run)")
+    p.set_defaults(func=cmd_tui)
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from livetrack.tui import make_app
+
+    endpoint = None if args.connect.lower() == "none" else args.connect
+    app = make_app(db_path=args.db, endpoint=endpoint, run_id=args.run_id)
+    tui_logging(args, app)
+    app.run()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from livetrack.drivers.simulator import SimulatorSource
+
+    if args.source == "mmcore":
+        return _run_mmcore(args)
+    if args.source == "micromanager":
+        return _run_micromanager(args)
+    if args.mda is not None:
+        raise ConfigError("--mda is a plan for --source mmcore or --source micromanager")
+    if args.frames == 0:
+        raise ConfigError(
+            "--frames 0 (acquire until Ctrl-C) is for --source micromanager; "
+            "a simulated movie needs --frames 1 or more"
+        )
+    cfg = sim_config(args)
+    source = SimulatorSource(cfg, interval_s=args.interval, with_labels=args.track_only)
+    return run_source(args, source, source.describe(), sim_run_id(cfg))
+
+
+def _run_micromanager(args: argparse.Namespace) -> int:
+    from livetrack.drivers.micromanager import (
+        DEMO_CONFIG,
+        AcquisitionPlan,
+        parse_position,
+        parse_property,
+    )
+
+    demo = not args.mm_java and args.mm_app_path is None
+    if demo:
+        log.info("no --mm-app-path: using the DemoCamera from mm-test-adapters (%s)", DEMO_CONFIG)
+    properties = [parse_property(t) for t in args.mm_property]
+    if demo and not properties:
+        properties = [("Camera", "Mode", "Fluorescent Beads")]
+    if args.mda is not None:
+        from livetrack.drivers.useq_plan import load_sequence, to_acquisition_plan
+
+        # The same useq plan as --source mmcore; what pycromanager's plan cannot express
+        # is refused by name.
+        return _acquire_micromanager(
+            args, to_acquisition_plan(load_sequence(args.mda), tuple(properties))
+        )
+    plan = AcquisitionPlan(
+        n_frames=args.frames or None,
+        interval_s=args.interval,
+        positions=tuple(parse_position(t, i) for i, t in enumerate(args.positions or [])),
+        channel_group=args.channel_group if args.channel else None,
+        channels=tuple(args.channel or ()),
+        exposure_ms=args.exposure,
+        z_um=tuple(args.z or ()),
+        properties=tuple(properties),
+    )
+    return _acquire_micromanager(args, plan)
+
+
+def _acquire_micromanager(args: argparse.Namespace, plan: Any) -> int:
+    from livetrack.drivers.micromanager import MicroManagerSource
+
+    source = MicroManagerSource(
+        plan,
+        backend="java" if args.mm_java else "python",
+        mm_app_path=args.mm_app_path,
+        config_file=args.mm_config,
+        port=args.mm_port,
+        queue_size=args.queue_size,
+        policy=args.overflow,
+        save_dir=args.save_dir,
+        hardware_timeout_s=args.hardware_timeout,
+    )
+    try:
+        code = run_source(args, source, source.describe(), "mm-java" if args.mm_java else "mm")
+    except LivetrackError:
+        if source.delivered:
+            print(f"  micromanager: {source.summary()}")
+        raise
+    print(f"  micromanager: {source.summary()}")
+    return code
+
+
+def _run_mmcore(args: argparse.Namespace) -> int:
+    """--source mmcore: a useq plan on pymmcore-plus. The config is loaded and the plan
+    checked against it before the run starts, so a bad channel or position fails here."""
+    from livetrack.drivers.micromanager import parse_property
+    from livetrack.drivers.mmcore import DEMO_CONFIG, MMCoreSource
+    from livetrack.drivers.useq_plan import load_sequence
+
+    if args.mda is None:
+        raise ConfigError("--source mmcore needs --mda PLAN (a useq MDASequence .yaml/.json)")
+    if args.overflow != "block":
+        raise ConfigError(
+            "--source mmcore pauses the MDA while the worker lags (nothing dropped); "
+            "--overflow drop-* is for --source micromanager"
+        )
+    demo = args.mm_app_path is None and args.mm_config is None
+    if demo:
+        log.info("no --mm-app-path: using the DemoCamera from mm-test-adapters (%s)", DEMO_CONFIG)
+    properties = [parse_property(t) for t in args.mm_property]
+    if demo and not properties:
+        properties = [("Camera", "Mode", "Fluorescent Beads")]
+    source = MMCoreSource(
+        load_sequence(args.mda),
+        mm_app_path=args.mm_app_path,
+        config_file=args.mm_config,
+        segment_channel=args.segment_channel,
+        queue_size=args.queue_size,
+        frame_timeout_s=args.frame_timeout,
+        properties=tuple(properties),
+        save_to=args.mda_save,
+    )
+    source.prepare()
+    try:
+        code = run_source(args, source, source.describe(), f"mmcore-{args.mda.stem}")
+    finally:
+        source.close()
+    print(f"  mmcore: {source.summary()}")
+    if source.error is not None:
+        print(f"livetrack run: error: {source.error}", file=sys.stderr)
+        return 1
+    return code
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from livetrack.drivers.replay import CTCReplaySource, open_movie
+
+    source = open_movie(
+        args.seq_dir,
+        masks_dir=args.masks,
+        axes=args.axes,
+        channel=args.channel,
+        z=args.z,
+        pixel_size_um=args.pixel_size,
+        position=args.position,
+        fps=args.fps,
+        realtime=args.realtime,
+    )
+    name = (source.position if isinstance(source, CTCReplaySource) else None) or (
+        args.seq_dir.name.split(".")[0]
+    )
+    base = f"replay-{name}" + ("-masks" if args.masks else "")
+    return run_source(args, source, source.describe(), base)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from livetrack.runner import open_publisher
+    from livetrack.store import Store
+    from livetrack.transport import FramePuller
+    from livetrack.worker import Worker
+
+    setup_logging(args)
+    settings = settings_of(args)
+    stop = threading.Event()
+    w = settings.worker
+    curve = _curve_server(args)
+    db = settings.store.path
+    store = Store(db, config=settings.store)  # first: a bad database stops nothing bound
+    try:
+        puller = FramePuller(
+            w.frames_endpoint, hwm=w.receive_hwm, allow_remote=w.allow_remote, curve=curve
+        )
+    except LivetrackError:
+        store.close()
+        raise
+    try:
+        publisher = open_publisher(w.events_endpoint, allow_remote=w.allow_remote, curve=curve)
+    except LivetrackError:
+        puller.close()
+        store.close()
+        raise
+
+    def report(result: Any) -> None:
+        if result.status == "stored":
+            log.info(
+                "%s frame %d: %d cells, %d events (%s)",
+                result.position,
+                result.frame_index,
+                result.n_cells,
+                result.n_events,
+                ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items()),
+            )
+
+    worker = Worker(settings, store, puller, publisher, on_frame=report)
+    log.info("worker ready: frames %s, events %s, db %s", puller.endpoint, publisher.endpoint, db)
+    try:
+        with stop_on_signals(stop):
+            worker.run(stop)
+    finally:
+        worker.abort_open_runs()
+        puller.close()
+        publisher.close(linger_s=1.0)  # let the last acknowledgement out
+        store.close()
+    print(
+        f"worker stopped: {worker.frames_processed} frames stored, "
+        f"{worker.frames_rejected} rejected"
+    )
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from livetrack.drivers.simulator import SimulatorSource
+    from livetrack.pump import pump
+    from livetrack.transport import AckedPusher
+
+    setup_logging(args)
+    cfg = sim_config(args)
+    source = SimulatorSource(cfg, interval_s=args.interval, with_labels=args.track_only)
+    stop = threading.Event()
+    pusher = _driver_pusher(args, stop)
+    run_id = args.run_id or sim_run_id(cfg)
+    log.info("streaming %s to %s as run %s", source.describe(), args.connect, run_id)
+    try:
+        with stop_on_signals(stop):
+            result = pump(source, pusher, run_id, description=source.describe(), stop=stop)
+    finally:
+        # Waits (up to the linger time) until the queued frames and the end-of-stream
+        # left: exiting earlier loses them.
+        flushed = pusher.close()
+    extra = f", {result.frames_dropped} dropped" if result.frames_dropped else ""
+    if isinstance(pusher, AckedPusher):
+        extra += f", {pusher.resent} re-sent after worker restarts"
+    delivery, delivered = _delivery_summary(result, pusher, flushed)
+    print(f"sent {result.frames_sent} frames ({result.reason}{extra}); {delivery}")
+    if result.reason == "error" or (result.reason == "complete" and not delivered):
+        return 1
+    return 0
+
+
+def _delivery_summary(result: Any, pusher: Any, flushed: bool | None) -> tuple[str, bool]:
+    """What the sender knows about delivery: frames the worker confirmed (--acks), or
+    only frames handed to the socket (plain); and whether everything is accounted for."""
+    from livetrack.transport import AckedPusher
+
+    if isinstance(pusher, AckedPusher):
+        missing = pusher.unconfirmed()
+        confirmed = f"the worker confirmed {pusher.frames_confirmed} of them"
+        if pusher.rejected:
+            shown = "; ".join(pusher.rejected[:5]) + (
+                f" (+{len(pusher.rejected) - 5} more)" if len(pusher.rejected) > 5 else ""
+            )
+            confirmed += f", rejected {len(pusher.rejected)} as bad input ({shown})"
+        if not missing:
+            return f"{confirmed} and the end-of-stream", True
+        shown = ", ".join(missing[:20]) + (
+            f" (+{len(missing) - 20} more)" if len(missing) > 20 else ""
+        )
+        return f"{confirmed}; NOT confirmed: {shown}", False
+    eos = "the end-of-stream" if pusher.eos_handed else "no end-of-stream"
+    if flushed is False:
+        return (
+            f"{pusher.frames_handed} frames and {eos} handed to the socket, but the last "
+            "queued ones never reached the worker (see the warning above)",
+            False,
+        )
+    return (
+        f"{pusher.frames_handed} frames and {eos} handed to the worker's connection; "
+        "not confirmed by the worker (use --acks for confirmed delivery)",
+        pusher.eos_handed,
+    )
+
+
+def _curve_server(args: argparse.Namespace) -> Any:
+    from livetrack.transport import curve_server
+
+    if (args.curve_secret is None) != (args.curve_clients is None):
+        raise LivetrackError("CURVE needs both --curve-secret and --curve-clients")
+    if args.curve_secret is None:
+        return None
+    return curve_server(args.curve_secret, args.curve_clients)
+
+
+def _driver_pusher(args: argparse.Namespace, stop: threading.Event) -> Any:
+    """A plain FramePusher, or with --acks an AckedPusher that survives worker restarts."""
+    from livetrack.transport import AckedPusher, EventSubscriber, FramePusher, curve_client
+
+    if (args.curve_secret is None) != (args.curve_server is None):
+        raise LivetrackError("CURVE needs both --curve-secret and --curve-server")
+    curve = None
+    if args.curve_secret is not None:
+        curve = curve_client(args.curve_secret, args.curve_server)
+    remote = curve is not None
+    pusher = FramePusher(args.connect, stop=stop, curve=curve, allow_remote=remote)
+    if args.acks is None:
+        return pusher
+    acks = EventSubscriber(
+        args.acks, topics=("committed", "status", "rejected"), curve=curve, allow_remote=remote
+    )
+    return AckedPusher(
+        pusher,
+        acks,
+        max_unacked=args.max_unacked,
+        overflow=args.when_full,
+        resend_after_s=args.resend_after,
+    )
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from livetrack.transport import write_keypair
+
+    setup_logging(args)
+    public, secret = write_keypair(args.out_dir, args.name)
+    print(f"wrote {public} (give it to the other side) and {secret} (keep it private; mode 0600)")
+    return 0
