@@ -95,12 +95,13 @@ from livetrack.types import Detections, LabelImage, ScaleState
 
 logger = logging.getLogger("livetrack.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Version of the schema in ``TABLES``; stored in ``PRAGMA user_version``.
 1: the first release. 2: adds the ``embeddings`` table (learned trackers). 3: adds the
 ``scale`` table (the nucleus diameter of each frame, so a resume is identical). 4: event
 kinds in biologists' words: 'birth' → 'new_track', 'death' → 'lost', and 'left' (left the
-field). 5: adds the ``leases`` table (one writer per run)."""
+field). 5: adds the ``leases`` table (one writer per run). 6: adds the indexes of the
+resume question (open tracks, divisions), so a resume stays fast in a long movie."""
 
 APPLICATION_ID = 0x4C545243  # "LTRC"
 """``PRAGMA application_id`` of a livetrack database (tells it apart from other SQLite files)."""
@@ -199,6 +200,13 @@ SCALE_TABLE = Table(
 """Added in schema version 3 (``MIGRATIONS[2]`` creates it). Frames segmented without a
 scale (given labels, frames with no nuclei) have no row."""
 
+_TRACKS_OPEN_INDEX = ("tracks_open", "run_id, position, fate, end_frame")
+"""Added in schema version 6: a resume asks for a position's tracks still open in the
+history window (and counts the stale ones) without reading its finished tracks."""
+_EVENTS_KIND_INDEX = ("events_kind", "run_id, position, kind")
+"""Added in schema version 6: a resume counts a position's divisions without reading its
+other events."""
+
 EVENTS_TABLE = Table(
     "events",
     "lineage events as published live; id only grows, so readers poll with id > last seen",
@@ -225,7 +233,7 @@ EVENTS_TABLE = Table(
         Column("created", "REAL NOT NULL", "when it was stored (unix seconds)"),
     ),
     (_POS_FK,),
-    indexes=(("events_frame", "run_id, position, frame"),),
+    indexes=(("events_frame", "run_id, position, frame"), _EVENTS_KIND_INDEX),
 )
 """As of schema version 4 (``MIGRATIONS[3]`` rebuilds the version-3 table into it; versions
 1–3 share the older shape). Changing it later needs a new migration, and ``MIGRATIONS[3]``
@@ -391,6 +399,7 @@ TABLES: tuple[Table, ...] = (
             "REFERENCES tracks (run_id, position, track_id)",
         ),
         without_rowid=True,
+        indexes=(_TRACKS_OPEN_INDEX,),
     ),
     EVENTS_TABLE,
     EMBEDDINGS_TABLE,
@@ -473,11 +482,20 @@ def _events_in_words(conn: sqlite3.Connection) -> None:
 _KIND_IN_WORDS = "CASE kind WHEN 'birth' THEN 'new_track' WHEN 'death' THEN 'lost' ELSE kind END"
 
 
+def _add_resume_indexes(conn: sqlite3.Connection) -> None:
+    """Version 5 → 6: the indexes of the resume question (``tracks_open``, ``events_kind``).
+    A file upgraded from version 3 or older already has ``events_kind``: ``MIGRATIONS[3]``
+    rebuilds the events table in today's shape, indexes included."""
+    for table, (name, columns) in (("tracks", _TRACKS_OPEN_INDEX), ("events", _EVENTS_KIND_INDEX)):
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})")
+
+
 MIGRATIONS: dict[int, Migration] = {
     1: _add_embeddings_table,
     2: _add_scale_table,
     3: _events_in_words,
     4: _add_leases_table,
+    5: _add_resume_indexes,
 }
 """from-version → migration."""
 
@@ -1597,9 +1615,12 @@ class Store:
             ).fetchone()
             history = self.history(run_id, position, window)
             since = history[0].frame if history else last + 1
+            # INDEXED BY: without statistics SQLite would walk the position's tracks in
+            # primary-key order to save the sort; the open ones in the window are few.
             open_rows = conn.execute(
-                f"SELECT {_TRACK_COLUMNS} FROM tracks WHERE run_id = ? AND position = ?"
-                " AND fate = 'active' AND end_frame >= ? ORDER BY track_id",
+                f"SELECT {_TRACK_COLUMNS} FROM tracks INDEXED BY tracks_open"
+                " WHERE run_id = ? AND position = ? AND fate = 'active' AND end_frame >= ?"
+                " ORDER BY track_id",
                 (*key, since),
             ).fetchall()
             newest = conn.execute(

@@ -31,6 +31,7 @@ from livetrack.store import (
     Store,
     StoreConfig,
     StoreWriter,
+    Table,
     decode_embeddings,
     decode_mask,
     encode_embeddings,
@@ -408,8 +409,19 @@ def _schema_sql(path: Path) -> dict[str, str]:
         conn.close()
 
 
+V6_INDEXES = ("tracks_open", "events_kind")
+"""Indexes schema version 6 added (the resume question)."""
+
+
+def _before_v6(table: Table) -> Table:
+    """``table`` as versions before 6 created it: without the version-6 indexes."""
+    return dataclasses.replace(
+        table, indexes=tuple(i for i in table.indexes if i[0] not in V6_INDEXES)
+    )
+
+
 V2_EVENTS_TABLE = dataclasses.replace(
-    EVENTS_TABLE,
+    _before_v6(EVENTS_TABLE),
     columns=tuple(
         Column(
             "kind",
@@ -432,7 +444,9 @@ def _create_v2_schema(conn: sqlite3.Connection) -> None:
     for table in TABLES:
         if table in (SCALE_TABLE, LEASES_TABLE):
             continue
-        for statement in render_ddl(V2_EVENTS_TABLE if table is EVENTS_TABLE else table):
+        for statement in render_ddl(
+            V2_EVENTS_TABLE if table is EVENTS_TABLE else _before_v6(table)
+        ):
             conn.execute(statement)
 
 
@@ -445,7 +459,9 @@ def _create_v1_schema(conn: sqlite3.Connection) -> None:
     """The schema of release 1: every table of today's but those added later."""
     for table in TABLES:
         if table not in ADDED_AFTER_V1:
-            for statement in render_ddl(V2_EVENTS_TABLE if table is EVENTS_TABLE else table):
+            for statement in render_ddl(
+                V2_EVENTS_TABLE if table is EVENTS_TABLE else _before_v6(table)
+            ):
                 conn.execute(statement)
 
 
@@ -487,7 +503,7 @@ def test_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) 
     assert [row[4] for row in before["events"]] == ["birth", "birth", "division", "birth", "death"]
 
     with Store(old) as s:  # the current Store migrates it in place
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert s.frame_indices(RUN, POS) == [0, 1, 2, 3]
         assert [h.embeddings for h in s.history(RUN, POS, 10)] == [None] * 4
     after = dump(old)
@@ -1192,6 +1208,72 @@ def test_resume_state_does_not_grow_with_the_number_of_finished_tracks(store: St
         assert [t.track_id for t in r.open_tracks] == [n]
         sizes[n] = (len(r.history), len(r.open_tracks), len(r.tracks))
     assert sizes[6] == sizes[121] == (3, 1, 1)
+
+
+def test_resume_state_reads_tracks_and_events_through_its_indexes(store: Store) -> None:
+    """The open tracks, the stale count and the division count are index searches
+    (``tracks_open``, ``events_kind``), not a walk over every track or event of the position:
+    the plan SQLite chooses for each statement resume_state runs."""
+    _chain(store, 30, "indexed")
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        store.resume_state("indexed", POS, window=3)
+    finally:
+        store.conn.set_trace_callback(None)
+    plans = {}
+    for sql in statements:
+        if sql.lstrip().upper().startswith("SELECT") and (
+            "FROM tracks" in sql or "FROM events" in sql
+        ):
+            rows = store.conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+            plans[sql] = " / ".join(str(r[-1]) for r in rows)
+    open_q = [p for s, p in plans.items() if "fate = 'active'" in s]
+    assert len(open_q) == 2  # the open tracks and the stale count
+    assert all(
+        "USING COVERING INDEX tracks_open" in p or "USING INDEX tracks_open" in p for p in open_q
+    )
+    division_q = [p for s, p in plans.items() if "kind = 'division'" in s]
+    assert len(division_q) == 1
+    assert "events_kind" in division_q[0]
+
+
+def test_version_5_file_gets_the_resume_indexes_and_keeps_its_data(tmp_path: Path) -> None:
+    """A version-5 file (today's tables without the version-6 indexes) is upgraded in place:
+    the two indexes appear, every row is kept, and the schema equals a fresh file's."""
+    old = tmp_path / "v5.db"
+    filled = tmp_path / "filled.db"
+    with Store(filled) as s:
+        s.begin_run(RUN, source="sim", config={})
+        write_lineage(s)
+
+    def create_v5(conn: sqlite3.Connection) -> None:
+        for table in TABLES:
+            for statement in render_ddl(_before_v6(table)):
+                conn.execute(statement)
+
+    conn = sqlite3.connect(old, isolation_level=None)
+    assert migrate(conn, target=5, migrations={}, create=create_v5) == 0
+    conn.execute("ATTACH ? AS src", (str(filled),))
+    conn.execute("PRAGMA foreign_keys = OFF")
+    for table in TABLES:
+        if table is not LEASES_TABLE:
+            conn.execute(f"INSERT INTO {table.name} SELECT * FROM src.{table.name}")
+    conn.execute("DETACH src")
+    conn.close()
+    assert not set(V6_INDEXES) & set(_schema_sql(old))
+    before = dump(old)
+    with Store(old) as s:
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == 6
+        r = s.resume_state(RUN, POS, window=2)
+        assert ([t.track_id for t in r.open_tracks], r.divisions) == ([3, 4, 5], 1)
+    after = dump(old)
+    after.pop("leases")
+    before.pop("leases")
+    assert after == before
+    Store(tmp_path / "fresh.db").close()
+    assert _schema_sql(old) == _schema_sql(tmp_path / "fresh.db")
+    assert set(V6_INDEXES) <= set(_schema_sql(old))
 
 
 def test_resume_state_counts_open_tracks_older_than_the_window(store: Store) -> None:
