@@ -156,6 +156,29 @@ def _read_2d(path: Path) -> np.ndarray:
     return arr
 
 
+def read_label_masks(folder: Path) -> tuple[list[np.ndarray], int]:
+    """Every label mask of a CTC-style folder (``man_trackNNN.tif``, ``maskNNN.tif``…),
+    frame 0 first, as int64 images — found the way ``replay --masks`` finds them — and the
+    zero padding of their numbers (so results can be written with the same names).
+    SourceError when the folder holds none, when frames are missing (they must be
+    0..N-1), or when a mask is not a label image (fractional values)."""
+    files = index_files(folder, _MASK_RE)
+    if not files:
+        raise SourceError(f"{folder} holds no label masks (e.g. man_track000.tif)")
+    if list(files) != list(range(len(files))):
+        missing = sorted(set(range(max(files) + 1)) - set(files))
+        raise SourceError(f"{folder}: frames must be 0..N-1; missing {missing[:5]}")
+    masks = []
+    for path in files.values():
+        arr = _read_2d(path)
+        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+            raise SourceError(f"{path.name} is not a label image (fractional values)")
+        masks.append(arr.astype(np.int64))
+    numbers = (_MASK_RE.match(path.name) for path in files.values())
+    digits = max(len(m.group(1)) for m in numbers if m is not None)
+    return masks, digits
+
+
 def open_movie(
     path: Path,
     *,

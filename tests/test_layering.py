@@ -191,3 +191,21 @@ def test_reading_settings_pulls_in_no_zmq_sqlite_or_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_cli_uses_only_public_names_of_the_library() -> None:
+    """The commands are thin: what they need from the library (reading a mask folder,
+    checking an export) is a public function there, not a private helper reached into."""
+    offenders = []
+    for path in sorted(CLI.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.startswith("livetrack.cli"):
+                    continue
+                offenders += [
+                    f"{path.name}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert offenders == []

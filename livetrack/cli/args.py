@@ -6,7 +6,10 @@ import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+"""What ``add_subparsers`` returns: each command module adds its parsers to it."""
 
 log = logging.getLogger("livetrack")
 
@@ -89,7 +92,7 @@ class TopHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
 
 
 def command(
-    sub: Any, name: str, summary: str, description: str | None = None
+    sub: Subcommands, name: str, summary: str, description: str | None = None
 ) -> argparse.ArgumentParser:
     """A subcommand whose ``--help`` starts with what it does and shows defaults."""
     parser: argparse.ArgumentParser = sub.add_parser(

@@ -12,9 +12,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from livetrack.errors import LivetrackError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from livetrack.config import Settings
+    from livetrack.runner import RunSummary
+    from livetrack.simulators.nuclei import SimulationConfig
+    from livetrack.source import FrameSource
+    from livetrack.tui.app import DashboardApp
+    from livetrack.worker import FrameResult
 
 log = logging.getLogger("livetrack")
 
@@ -31,7 +41,7 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(args: argparse.Namespace, console: Any | None = None) -> None:
+def setup_logging(args: argparse.Namespace, console: Console | None = None) -> None:
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     handler: logging.Handler
     if console is not None:
@@ -48,7 +58,7 @@ def setup_logging(args: argparse.Namespace, console: Any | None = None) -> None:
     root.propagate = False
 
 
-def sim_config(args: argparse.Namespace) -> Any:
+def sim_config(args: argparse.Namespace) -> SimulationConfig:
     from livetrack.simulators.nuclei import SimulationConfig
 
     presets: dict[str, Callable[[], SimulationConfig]] = {
@@ -67,11 +77,11 @@ def sim_config(args: argparse.Namespace) -> Any:
     return SimulationConfig(**{**base.model_dump(), **update})
 
 
-def sim_run_id(cfg: Any) -> str:
+def sim_run_id(cfg: SimulationConfig) -> str:
     return f"sim-s{cfg.seed}-{cfg.height}x{cfg.width}-c{cfg.n_cells}-f{cfg.n_frames}"
 
 
-def settings_of(args: argparse.Namespace) -> Any:
+def settings_of(args: argparse.Namespace) -> Settings:
     from livetrack.config import load_settings
 
     segment: dict[str, Any] = {
@@ -170,7 +180,7 @@ class Progress:
         if self._progress is not None:
             self._progress.stop()
 
-    def update(self, result: Any) -> None:
+    def update(self, result: FrameResult) -> None:
         if result.status == "stored":
             self.done += 1
             self.cells = result.n_cells
@@ -189,7 +199,7 @@ class Progress:
             print(f"{self.label}: frame {self.done}{total} · {info}", file=sys.stderr, flush=True)
 
 
-def print_summary(summary: Any, source: Any = None) -> None:
+def print_summary(summary: RunSummary, source: FrameSource | None = None) -> None:
     c = summary.counts
     print(
         f"run {summary.run_id}: {summary.frames_stored} frames stored"
@@ -204,7 +214,7 @@ def print_summary(summary: Any, source: Any = None) -> None:
         )
     from livetrack.source import Skipping
 
-    skipped = list(source.skipped) if isinstance(source, Skipping) else []
+    skipped: list[tuple[Any, ...]] = list(source.skipped) if isinstance(source, Skipping) else []
     if skipped:
         # CTC replay records (frame, why), movies (position, frame, why).
         where = [str(s[0]) if len(s) == 2 else f"{s[0]}/{s[1]}" for s in skipped]
@@ -212,7 +222,7 @@ def print_summary(summary: Any, source: Any = None) -> None:
         print(f"  {len(skipped)} frame(s) could not be read and were skipped: {shown} (see log)")
 
 
-def print_resume_hint(summary: Any) -> None:
+def print_resume_hint(summary: RunSummary) -> None:
     """The hint depends on what the store says, not on how far the driver got: a driver
     that handed every frame to the socket before Ctrl-C still leaves an unfinished run."""
     if summary.resumable:
@@ -223,7 +233,9 @@ def print_resume_hint(summary: Any) -> None:
         )
 
 
-def run_source(args: argparse.Namespace, source: Any, description: str, base_run_id: str) -> int:
+def run_source(
+    args: argparse.Namespace, source: FrameSource, description: str, base_run_id: str
+) -> int:
     from livetrack.runner import choose_run_id, run_pipeline
     from livetrack.store import Store
     from livetrack.worker import run_config
@@ -257,7 +269,7 @@ def run_source(args: argparse.Namespace, source: Any, description: str, base_run
     return 0
 
 
-def source_failure(summary: Any) -> LivetrackError | None:
+def source_failure(summary: RunSummary) -> LivetrackError | None:
     """The error that ended the source's stream, if one did (typed, from the driver)."""
     pump = summary.pump
     if pump is None or pump.reason != "error":
@@ -265,7 +277,7 @@ def source_failure(summary: Any) -> LivetrackError | None:
     return pump.error or LivetrackError(pump.message or "the frame source failed")
 
 
-def raise_if_nothing_stored(summary: Any) -> None:
+def raise_if_nothing_stored(summary: RunSummary) -> None:
     """A run that could not start, or ended without storing a frame, is a failure: its
     error alone, no summary of nothing and no resume hint (the same command would fail
     the same way). A run stopped by the user is not a failure."""
@@ -281,7 +293,7 @@ def raise_if_nothing_stored(summary: Any) -> None:
         )
 
 
-def raise_if_source_failed(summary: Any) -> None:
+def raise_if_source_failed(summary: RunSummary) -> None:
     """After the summary of what was stored: a source that failed mid-run still makes
     the command fail."""
     failure = source_failure(summary)
@@ -289,7 +301,7 @@ def raise_if_source_failed(summary: Any) -> None:
         raise failure
 
 
-def tui_logging(args: argparse.Namespace, app: Any) -> None:
+def tui_logging(args: argparse.Namespace, app: DashboardApp) -> None:
     """While Textual owns the terminal, log records go to the dashboard (warnings become
     notifications) instead of stderr."""
     from livetrack.tui import TuiLogHandler
@@ -299,7 +311,11 @@ def tui_logging(args: argparse.Namespace, app: Any) -> None:
 
 
 def run_with_tui(
-    args: argparse.Namespace, source: Any, description: str, run_id: str, settings: Any
+    args: argparse.Namespace,
+    source: FrameSource,
+    description: str,
+    run_id: str,
+    settings: Settings,
 ) -> int:
     """The dashboard owns the main thread; the pipeline runs beside it. Quitting the
     dashboard stops the pipeline; a pipeline that ends leaves the dashboard open."""
@@ -309,7 +325,7 @@ def run_with_tui(
     stop = threading.Event()
     outcome: dict[str, Any] = {}
 
-    def pipeline(app: Any) -> None:
+    def pipeline(app: DashboardApp) -> None:
         try:
             summary = run_pipeline(
                 source,
@@ -333,7 +349,7 @@ def run_with_tui(
             f"run {run_id} finished: {summary.frames_stored} frames stored; q quits"
         )
 
-    def start(app: Any) -> None:
+    def start(app: DashboardApp) -> None:
         thread = threading.Thread(target=pipeline, args=(app,), name="livetrack-pipeline")
         outcome["thread"] = thread
         thread.start()

@@ -8,9 +8,10 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from livetrack.cli.args import (
+    Subcommands,
     command,
     delivery_args,
     mm_args,
@@ -32,10 +33,16 @@ from livetrack.cli.common import (
 )
 from livetrack.errors import ConfigError, LivetrackError
 
+if TYPE_CHECKING:
+    from livetrack.drivers.micromanager import AcquisitionPlan
+    from livetrack.pump import PumpResult
+    from livetrack.transport import AckedPusher, CurveServer, FramePusher
+    from livetrack.worker import FrameResult
+
 log = logging.getLogger("livetrack")
 
 
-def add_parsers(sub: Any) -> None:
+def add_parsers(sub: Subcommands) -> None:
     p = command(
         sub,
         "run",
@@ -172,7 +179,7 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_keys)
 
 
-def add_tui_parser(sub: Any) -> None:
+def add_tui_parser(sub: Subcommands) -> None:
     p = command(sub, "tui", "the monitoring dashboard for a running worker and/or a DB")
     p.add_argument(
         "--db", type=Path, default=Path("livetrack.db"), help="SQLite database (history)"
@@ -251,7 +258,7 @@ def _run_micromanager(args: argparse.Namespace) -> int:
     return _acquire_micromanager(args, plan)
 
 
-def _acquire_micromanager(args: argparse.Namespace, plan: Any) -> int:
+def _acquire_micromanager(args: argparse.Namespace, plan: AcquisitionPlan | None) -> int:
     from livetrack.drivers.micromanager import MicroManagerSource
 
     source = MicroManagerSource(
@@ -365,7 +372,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         store.close()
         raise
 
-    def report(result: Any) -> None:
+    def report(result: FrameResult) -> None:
         if result.status == "stored":
             log.info(
                 "%s frame %d: %d cells, %d events (%s)",
@@ -422,7 +429,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delivery_summary(result: Any, pusher: Any, flushed: bool | None) -> tuple[str, bool]:
+def _delivery_summary(
+    result: PumpResult, pusher: FramePusher | AckedPusher, flushed: bool | None
+) -> tuple[str, bool]:
     """What the sender knows about delivery: frames the worker confirmed (--acks), or
     only frames handed to the socket (plain); and whether everything is accounted for."""
     from livetrack.transport import AckedPusher
@@ -455,7 +464,7 @@ def _delivery_summary(result: Any, pusher: Any, flushed: bool | None) -> tuple[s
     )
 
 
-def _curve_server(args: argparse.Namespace) -> Any:
+def _curve_server(args: argparse.Namespace) -> CurveServer | None:
     from livetrack.transport import curve_server
 
     if (args.curve_secret is None) != (args.curve_clients is None):
@@ -465,7 +474,7 @@ def _curve_server(args: argparse.Namespace) -> Any:
     return curve_server(args.curve_secret, args.curve_clients)
 
 
-def _driver_pusher(args: argparse.Namespace, stop: threading.Event) -> Any:
+def _driver_pusher(args: argparse.Namespace, stop: threading.Event) -> FramePusher | AckedPusher:
     """A plain FramePusher, or with --acks an AckedPusher that survives worker restarts."""
     from livetrack.transport import AckedPusher, EventSubscriber, FramePusher, curve_client
 

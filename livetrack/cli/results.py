@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from livetrack.cli.args import command, positive, sim_args
+from livetrack.cli.args import Subcommands, command, positive, sim_args
 from livetrack.cli.common import settings_of, setup_logging, sim_config
 from livetrack.errors import LivetrackError
 
 log = logging.getLogger("livetrack")
 
 
-def add_parsers(sub: Any) -> None:
+def add_parsers(sub: Subcommands) -> None:
     p = command(
         sub,
         "export",
@@ -209,7 +209,7 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_bench)
 
 
-def _plot_command(sub: Any) -> None:
+def _plot_command(sub: Subcommands) -> None:
     """``livetrack plot lineage|summary|overlay DB --out FILE`` (pictures: livetrack.plot)."""
     p = command(
         sub,
@@ -368,9 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_baseline_laptrack(args: argparse.Namespace) -> int:
     """Read label masks the way ``replay --masks`` does, track them with laptrack, write
     a CTC result with the masks' zero padding."""
-    import numpy as np
-
-    from livetrack.drivers.replay import _MASK_RE, _read_2d, index_files
+    from livetrack.drivers.replay import read_label_masks
     from livetrack.evaluate.baselines import (
         count_divisions,
         track_with_laptrack,
@@ -379,20 +377,7 @@ def cmd_baseline_laptrack(args: argparse.Namespace) -> int:
 
     setup_logging(args)
     started = time.perf_counter()
-    files = index_files(args.mask_dir, _MASK_RE)
-    if not files:
-        raise LivetrackError(f"{args.mask_dir} holds no label masks (e.g. man_track000.tif)")
-    if list(files) != list(range(len(files))):
-        missing = sorted(set(range(max(files) + 1)) - set(files))
-        raise LivetrackError(f"{args.mask_dir}: frames must be 0..N-1; missing {missing[:5]}")
-    masks = []
-    for path in files.values():
-        arr = _read_2d(path)
-        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-            raise LivetrackError(f"{path.name} is not a label image (fractional values)")
-        masks.append(arr.astype(np.int64))
-    numbers = (_MASK_RE.match(path.name) for path in files.values())
-    digits = max(len(m.group(1)) for m in numbers if m is not None)  # the GT's zero padding
+    masks, digits = read_label_masks(args.mask_dir)
     tracked = time.perf_counter()
     result, rows = track_with_laptrack(masks, diameter_px=args.diameter)
     track_s = time.perf_counter() - tracked

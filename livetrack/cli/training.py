@@ -7,16 +7,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from livetrack.cli.args import command, ctc_arg, sim_args
+from livetrack.cli.args import Subcommands, command, ctc_arg, sim_args
 from livetrack.cli.common import setup_logging, sim_config
 from livetrack.errors import LivetrackError
 
 log = logging.getLogger("livetrack")
 
 
-def add_parsers(sub: Any) -> None:
+def add_parsers(sub: Subcommands) -> None:
     p = command(sub, "simulate", "write a simulated movie with ground truth (CTC layout)")
     p.add_argument(
         "out_dir", type=Path, help="folder to write NN/ (frames) and NN_GT/ (ground truth) into"
