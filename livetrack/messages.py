@@ -165,7 +165,24 @@ class EndOfStream(_Message):
     """Frames the driver dropped on purpose (explicitly lossy mode only), also logged."""
 
 
-DriverMessage = Annotated[FrameHeader | EndOfStream, Field(discriminator="kind")]
+class UseModel(_Message):
+    """Asks a running worker to segment with another model from its next frame on — a
+    model fine-tuned on this run's corrected frames, say (``livetrack use-model``). Sent on
+    the frame channel, so it takes effect between two frames. The worker loads and checks
+    the model first: every position then switches to it (each keeps its nucleus scale), or,
+    when it cannot be loaded, the worker keeps the model it has. Either way it answers with
+    a ``ModelAnswer`` carrying ``request_id``. The switch lasts until the worker stops; a
+    resumed run segments with the model its settings name (the store records, per frame,
+    which model produced it)."""
+
+    kind: Literal["use_model"] = "use_model"
+    segment_model: str = Field(min_length=1, max_length=4096)
+    """Model folder (config.json + weights.pt) on the worker's machine."""
+    request_id: str = Field(default="", max_length=64)
+    """Echoed in the answer, so the requester recognises it."""
+
+
+DriverMessage = Annotated[FrameHeader | EndOfStream | UseModel, Field(discriminator="kind")]
 """What travels on the frame channel (PUSH → PULL)."""
 
 
@@ -240,6 +257,9 @@ class WorkerStatus(_Message):
     timestamp: float
     worker_id: str = ""
     """Random id of the worker process; a new one means the worker restarted."""
+    frames_endpoint: str = ""
+    """Where the worker receives frames (and ``UseModel`` requests): ``livetrack run`` and
+    ``replay`` bind a free loopback port, announced here."""
 
 
 class FrameCommitted(_Message):
@@ -276,12 +296,27 @@ class FrameRejected(_Message):
     refusal that a re-send cures (a frame whose predecessor never arrived)."""
 
 
-PublishedMessage = Annotated[
-    TrackEvent | WorkerStatus | FrameRejected | FrameCommitted, Field(discriminator="kind")
-]
+class ModelAnswer(_Message):
+    """The worker's answer to a ``UseModel`` request (topic ``model``)."""
+
+    kind: Literal["model"] = "model"
+    request_id: str = ""
+    ok: bool
+    """True: every position now segments with the requested model."""
+    segmenter: str
+    """What segments now: the new model's id when ``ok``, else the one kept."""
+    message: str = ""
+    """Why the request was refused (``ok`` False), in one line."""
+    timestamp: float
+
+
+DriverHeader = FrameHeader | EndOfStream | UseModel
+"""A validated header from the frame channel."""
+Published = TrackEvent | WorkerStatus | FrameRejected | FrameCommitted | ModelAnswer
+"""A validated message from the event channel."""
+
+PublishedMessage = Annotated[Published, Field(discriminator="kind")]
 """What travels on the event channel (PUB → SUB)."""
 
-DRIVER_ADAPTER: TypeAdapter[FrameHeader | EndOfStream] = TypeAdapter(DriverMessage)
-PUBLISHED_ADAPTER: TypeAdapter[TrackEvent | WorkerStatus | FrameRejected | FrameCommitted] = (
-    TypeAdapter(PublishedMessage)
-)
+DRIVER_ADAPTER: TypeAdapter[DriverHeader] = TypeAdapter(DriverMessage)
+PUBLISHED_ADAPTER: TypeAdapter[Published] = TypeAdapter(PublishedMessage)

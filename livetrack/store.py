@@ -95,13 +95,14 @@ from livetrack.types import Detections, LabelImage, ScaleState
 
 logger = logging.getLogger("livetrack.store")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Version of the schema in ``TABLES``; stored in ``PRAGMA user_version``.
 1: the first release. 2: adds the ``embeddings`` table (learned trackers). 3: adds the
 ``scale`` table (the nucleus diameter of each frame, so a resume is identical). 4: event
 kinds in biologists' words: 'birth' → 'new_track', 'death' → 'lost', and 'left' (left the
 field). 5: adds the ``leases`` table (one writer per run). 6: adds the indexes of the
-resume question (open tracks, divisions), so a resume stays fast in a long movie."""
+resume question (open tracks, divisions), so a resume stays fast in a long movie. 7: adds
+the ``frame_models`` table (which models produced each frame)."""
 
 APPLICATION_ID = 0x4C545243  # "LTRC"
 """``PRAGMA application_id`` of a livetrack database (tells it apart from other SQLite files)."""
@@ -199,6 +200,31 @@ SCALE_TABLE = Table(
 )
 """Added in schema version 3 (``MIGRATIONS[2]`` creates it). Frames segmented without a
 scale (given labels, frames with no nuclei) have no row."""
+
+FRAME_MODELS_TABLE = Table(
+    "frame_models",
+    "which segmenter and tracker produced each frame (a live worker can switch models)",
+    (
+        _RUN,
+        _POS,
+        _FRAME,
+        Column(
+            "segmenter",
+            "TEXT NOT NULL",
+            "what segmented the frame: 'learned <model folder> <sha256 of its weights, 12 "
+            "hex>', 'classical', or 'given labels' (tracking only)",
+        ),
+        Column(
+            "tracker",
+            "TEXT NOT NULL",
+            "what tracked it: 'lstm <model folder> <sha256, 12 hex>' or 'lap'",
+        ),
+    ),
+    ("PRIMARY KEY (run_id, position, frame)", _FRAME_FK),
+    without_rowid=True,
+)
+"""Added in schema version 7 (``MIGRATIONS[6]`` creates it). Frames written before have no
+row; their run's ``config`` says which models the run was started with."""
 
 _TRACKS_OPEN_INDEX = ("tracks_open", "run_id, position, fate, end_frame")
 """Added in schema version 6: a resume asks for a position's tracks still open in the
@@ -405,6 +431,7 @@ TABLES: tuple[Table, ...] = (
     EMBEDDINGS_TABLE,
     SCALE_TABLE,
     LEASES_TABLE,
+    FRAME_MODELS_TABLE,
 )
 
 SCHEMA_DOC: dict[str, dict[str, str]] = {t.name: {c.name: c.doc for c in t.columns} for t in TABLES}
@@ -490,12 +517,19 @@ def _add_resume_indexes(conn: sqlite3.Connection) -> None:
         conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})")
 
 
+def _add_frame_models_table(conn: sqlite3.Connection) -> None:
+    """Version 6 → 7: the ``frame_models`` table, empty (older frames have no record)."""
+    for statement in render_ddl(FRAME_MODELS_TABLE):
+        conn.execute(statement)
+
+
 MIGRATIONS: dict[int, Migration] = {
     1: _add_embeddings_table,
     2: _add_scale_table,
     3: _events_in_words,
     4: _add_leases_table,
     5: _add_resume_indexes,
+    6: _add_frame_models_table,
 }
 """from-version → migration."""
 
@@ -898,6 +932,7 @@ class StoreWriter(Protocol):
         pixel_size_um: float | None = None,
         diameter_px: float | None = None,
         diameter_estimate_px: float | None = None,
+        models: tuple[str, str] | None = None,
     ) -> bool: ...
 
     def write_track_ends(self, run_id: str, position: str, ends: list[TrackEnd]) -> None: ...
@@ -913,6 +948,8 @@ class StoreWriter(Protocol):
     def positions(self, run_id: str) -> list[str]: ...
 
     def position_info(self, run_id: str, position: str) -> dict[str, Any]: ...
+
+    def scale_state(self, run_id: str, position: str, window: int) -> ScaleState: ...
 
     def resume_state(
         self, run_id: str, position: str, window: int, *, scale_window: int = ...
@@ -1246,11 +1283,13 @@ class Store:
         pixel_size_um: float | None = None,
         diameter_px: float | None = None,
         diameter_estimate_px: float | None = None,
+        models: tuple[str, str] | None = None,
     ) -> bool:
         """Commit everything about one frame in ONE transaction; False if already stored.
 
         ``diameter_px`` / ``diameter_estimate_px``: the nucleus scale the segmenter used
         and the estimate it measured on this frame (table ``scale``), when it has one.
+        ``models``: (segmenter, tracker) that produced the frame (table ``frame_models``).
 
         A frame that is already committed is left untouched (a re-sent frame after a restart
         is harmless). Any failure rolls the whole frame back and raises StoreError.
@@ -1308,6 +1347,13 @@ class Store:
                             float(diameter_px),
                             None if diameter_estimate_px is None else float(diameter_estimate_px),
                         ),
+                    )
+                if models is not None:
+                    stage = "frame_models"
+                    conn.execute(
+                        "INSERT INTO frame_models (run_id, position, frame, segmenter, tracker)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (*key, *models),
                     )
                 if emb is not None:
                     stage = "embeddings"
@@ -1431,6 +1477,17 @@ class Store:
                 (run_id, position),
             ).fetchone()
         return None if row[0] is None else int(row[0])
+
+    def frame_models(self, run_id: str, position: str) -> list[tuple[int, str, str]]:
+        """``(frame, segmenter, tracker)`` of every frame of the position that has a record
+        (frames written by livetrack before schema version 7 have none), oldest first."""
+        with self._read("reading which models produced the frames") as conn:
+            rows = conn.execute(
+                "SELECT frame, segmenter, tracker FROM frame_models WHERE run_id = ?"
+                " AND position = ? ORDER BY frame",
+                (run_id, position),
+            ).fetchall()
+        return [(int(f), str(s), str(tr)) for f, s, tr in rows]
 
     def scale_state(self, run_id: str, position: str, window: int) -> ScaleState:
         """Where the position's nucleus scale stood after its last stored frame (table

@@ -49,8 +49,10 @@ from livetrack.messages import (
     FrameCommitted,
     FrameHeader,
     FrameRejected,
+    ModelAnswer,
     PositionStatus,
     TrackEvent,
+    UseModel,
     WorkerStatus,
 )
 from livetrack.segment.base import Segmenter
@@ -146,6 +148,12 @@ class Worker:
         self._make_segmenter = segmenter_factory or (
             lambda: make_segmenter(settings.segment, shared=self.shared_models)
         )
+        self._model_ids: dict[str, str] = {}
+        """Cache: the id of the learned segmenter / tracker model in use (its folder and the
+        start of its weights' sha256), recorded with every frame."""
+        self._segment_model_dir: Path | None = settings.segment.model_dir
+        """The learned segmenter's model folder in use (None: the shipped one); changed by
+        a ``UseModel`` request."""
         self._make_tracker = tracker_factory or (
             lambda shape: make_tracker(settings.track, shape, shared=self.shared_models)
         )
@@ -190,7 +198,7 @@ class Worker:
                 break
         self._publish_status("stopping" if stop.is_set() else "finished", force=True)
 
-    def poll_once(self, timeout_s: float = 0.2) -> FrameResult | EndOfStream | None:
+    def poll_once(self, timeout_s: float = 0.2) -> FrameResult | EndOfStream | ModelAnswer | None:
         """Receive and handle at most one message. Never raises for bad input."""
         try:
             msg = self.puller.recv(timeout_s=timeout_s)
@@ -205,6 +213,8 @@ class Worker:
         if isinstance(msg, EndOfStream):
             self.end_of_stream(msg)
             return msg
+        if isinstance(msg, UseModel):
+            return self.use_model(msg)
         result = self.handle_frame(msg, receive_ms=self.puller.last_receive_ms)
         self._publish_status("running")
         return result
@@ -297,6 +307,7 @@ class Worker:
                 pixel_size_um=h.pixel_size_um,
                 diameter_px=seg.info.get("diameter_px"),
                 diameter_estimate_px=seg.info.get("diameter_estimate"),
+                models=(self._segmenter_id(segmenter), self._tracker_id(tracker)),
             )
         except (StoreLost, RunInUse):
             raise  # the database is gone, or another process writes the run: stop now
@@ -598,6 +609,94 @@ class Worker:
         """Median ms per stage over the most recent committed frames (for the status)."""
         return stage_medians(self._recent)
 
+    # ------------------------------------------------------------ models
+    def _segmenter_id(self, segmenter: Segmenter) -> str:
+        """What the frame's record says segmented it: 'learned <folder> <sha256[:12]>',
+        'classical', 'given labels'."""
+        if isinstance(segmenter, GivenLabels):
+            return "given labels"
+        if segmenter.name != "learned":
+            return segmenter.name
+        return self._model_id("learned", self._segment_model_dir)
+
+    def _tracker_id(self, tracker: Tracker) -> str:
+        if tracker.name != "lstm":
+            return tracker.name
+        model_dir = self.settings.track.model_dir
+        return self._model_id("lstm", Path(model_dir) if model_dir else None)
+
+    def _model_id(self, kind: str, model_dir: Path | None) -> str:
+        from livetrack.models import SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL, weights_digest
+
+        shipped = SHIPPED_SEGMENT_MODEL if kind == "learned" else SHIPPED_TRACK_MODEL
+        folder = Path(model_dir) if model_dir is not None else shipped
+        key = f"{kind} {folder}"
+        if key not in self._model_ids:
+            digest = weights_digest(folder) or "unreadable"
+            self._model_ids[key] = f"{kind} {folder.name} {digest[:12]}"
+        return self._model_ids[key]
+
+    def use_model(self, request: UseModel) -> ModelAnswer:
+        """Switch every position to another learned segmentation model, between frames.
+
+        The model is loaded and checked before anything changes; when it cannot be (no such
+        folder, bad weights, no torch), the worker keeps its model and says why. Each
+        position keeps its nucleus scale (restored from the store, as after a restart), so
+        the switch changes how nuclei are outlined, not the scale they are looked for at."""
+        folder = Path(request.segment_model).expanduser()
+        config = self.settings.segment.model_copy(update={"method": "learned", "model_dir": folder})
+        shared: dict[str, Any] = {}
+        kept = (
+            self._model_id("learned", self._segment_model_dir)
+            if self.running_segmenter == "learned"
+            else self.running_segmenter
+        )
+        try:
+            first = make_segmenter(config, shared=shared)
+        except (LivetrackError, OSError) as err:
+            return self._answer(request, False, kept, f"{folder}: {err}")
+        if first.name != "learned":
+            return self._answer(
+                request, False, kept, f"{folder}: the learned segmenter cannot run here (torch)"
+            )
+        made = [first]
+
+        def factory() -> Segmenter:
+            return made.pop() if made else make_segmenter(config, shared=shared)
+
+        for (run_id, position), state in self.positions.items():
+            segmenter = factory()
+            if state.last_frame is not None:
+                segmenter.restore_scale(
+                    self.store.scale_state(
+                        run_id, position, self.settings.segment.auto_diameter_frames
+                    )
+                )
+            state.segmenter = segmenter
+        self._make_segmenter = factory
+        self.shared_models["segment"] = shared["segment"]
+        self._segment_model_dir = folder
+        self.running_segmenter = "learned"
+        now = self._model_id("learned", folder)
+        log.info("segmenting with %s from the next frame on (was %s)", now, kept)
+        return self._answer(request, True, now)
+
+    def _answer(
+        self, request: UseModel, ok: bool, segmenter: str, message: str = ""
+    ) -> ModelAnswer:
+        if not ok:
+            log.error("model switch refused, still segmenting with %s: %s", segmenter, message)
+        answer = ModelAnswer(
+            request_id=request.request_id,
+            ok=ok,
+            segmenter=segmenter,
+            message=message,
+            timestamp=time.time(),
+        )
+        if self.publisher is not None:
+            self.publisher.publish(answer)
+        return answer
+
     def fps(self) -> float:
         if len(self._commit_times) < 2:
             return 0.0
@@ -630,6 +729,7 @@ class Worker:
             db_path=str(self.store.path),
             timestamp=time.time(),
             worker_id=self.worker_id,
+            frames_endpoint=self.puller.endpoint,
         )
 
     def _publish_status(self, state: WorkerState, force: bool = False) -> None:

@@ -21,6 +21,7 @@ from livetrack.errors import RunInUse, SchemaMismatch, StoreError, StoreLost
 from livetrack.store import (
     EMBEDDINGS_TABLE,
     EVENTS_TABLE,
+    FRAME_MODELS_TABLE,
     LEASES_TABLE,
     MIGRATIONS,
     SCALE_TABLE,
@@ -442,7 +443,7 @@ def _create_v2_schema(conn: sqlite3.Connection) -> None:
     """The schema of version 2: today's tables but ``scale`` (version 3) and ``leases``
     (version 5), with the old events table (changed in version 4)."""
     for table in TABLES:
-        if table in (SCALE_TABLE, LEASES_TABLE):
+        if table in (SCALE_TABLE, LEASES_TABLE, FRAME_MODELS_TABLE):
             continue
         for statement in render_ddl(
             V2_EVENTS_TABLE if table is EVENTS_TABLE else _before_v6(table)
@@ -450,7 +451,7 @@ def _create_v2_schema(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
-ADDED_AFTER_V1 = (EMBEDDINGS_TABLE, SCALE_TABLE, LEASES_TABLE)
+ADDED_AFTER_V1 = (EMBEDDINGS_TABLE, SCALE_TABLE, LEASES_TABLE, FRAME_MODELS_TABLE)
 """Tables versions 2, 3 and 5 added; the others are as release 1 made them (events with its
 old kinds, changed in version 4)."""
 
@@ -503,13 +504,14 @@ def test_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) 
     assert [row[4] for row in before["events"]] == ["birth", "birth", "division", "birth", "death"]
 
     with Store(old) as s:  # the current Store migrates it in place
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         assert s.frame_indices(RUN, POS) == [0, 1, 2, 3]
         assert [h.embeddings for h in s.history(RUN, POS, 10)] == [None] * 4
     after = dump(old)
     assert after.pop("embeddings") == []
     assert after.pop("leases") == []  # the writer released its lease on close
     assert after.pop("scale") == []
+    assert after.pop("frame_models") == []
     # every row of every version-1 table kept as it was, events in today's words
     new_kind = {"birth": "new_track", "death": "lost", "division": "division"}
     assert after.pop("events") == [
@@ -578,7 +580,7 @@ def test_version_2_events_open_in_todays_words(tmp_path: Path) -> None:
     conn.execute("ATTACH ? AS src", (str(filled),))
     conn.execute("PRAGMA foreign_keys = OFF")
     for table in TABLES:
-        if table not in (SCALE_TABLE, LEASES_TABLE):  # added in versions 3 and 5
+        if table not in (SCALE_TABLE, LEASES_TABLE, FRAME_MODELS_TABLE):  # added later
             _copy_into_old(conn, table.name)
     conn.execute("DETACH src")
     conn.execute("DELETE FROM events WHERE id = 7")
@@ -1249,25 +1251,27 @@ def test_version_5_file_gets_the_resume_indexes_and_keeps_its_data(tmp_path: Pat
 
     def create_v5(conn: sqlite3.Connection) -> None:
         for table in TABLES:
-            for statement in render_ddl(_before_v6(table)):
-                conn.execute(statement)
+            if table is not FRAME_MODELS_TABLE:  # added in version 7
+                for statement in render_ddl(_before_v6(table)):
+                    conn.execute(statement)
 
     conn = sqlite3.connect(old, isolation_level=None)
     assert migrate(conn, target=5, migrations={}, create=create_v5) == 0
     conn.execute("ATTACH ? AS src", (str(filled),))
     conn.execute("PRAGMA foreign_keys = OFF")
     for table in TABLES:
-        if table is not LEASES_TABLE:
+        if table not in (LEASES_TABLE, FRAME_MODELS_TABLE):
             conn.execute(f"INSERT INTO {table.name} SELECT * FROM src.{table.name}")
     conn.execute("DETACH src")
     conn.close()
     assert not set(V6_INDEXES) & set(_schema_sql(old))
     before = dump(old)
     with Store(old) as s:
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         r = s.resume_state(RUN, POS, window=2)
         assert ([t.track_id for t in r.open_tracks], r.divisions) == ([3, 4, 5], 1)
     after = dump(old)
+    assert after.pop("frame_models") == []
     after.pop("leases")
     before.pop("leases")
     assert after == before

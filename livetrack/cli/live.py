@@ -35,8 +35,9 @@ from livetrack.errors import ConfigError, LivetrackError
 
 if TYPE_CHECKING:
     from livetrack.drivers.micromanager import AcquisitionPlan
+    from livetrack.messages import Published
     from livetrack.pump import PumpResult
-    from livetrack.transport import AckedPusher, CurveServer, FramePusher
+    from livetrack.transport import AckedPusher, CurveServer, EventSubscriber, FramePusher
     from livetrack.worker import FrameResult
 
 log = logging.getLogger("livetrack")
@@ -172,6 +173,53 @@ def add_parsers(sub: Subcommands) -> None:
     g.add_argument("--track-only", action="store_true", help="send ground-truth masks too")
     delivery_args(p)
     p.set_defaults(func=cmd_sim)
+
+    p = command(
+        sub,
+        "use-model",
+        "switch a running worker (run, replay or worker) to another segmentation model, "
+        "between two frames",
+        "Ask a running worker to segment with another model from its next frame on — one "
+        "fine-tuned on this run's corrected frames (livetrack finetune segment), say. The "
+        "worker loads and checks the model first and keeps its own when it cannot; this "
+        "command waits for its answer and exits 1 on a refusal or no answer. The database "
+        "records which model produced each frame (table frame_models). The switch lasts "
+        "until the worker stops: a resumed run segments with the model its settings name.",
+    )
+    p.add_argument(
+        "model_dir",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="model folder (config.json + weights.pt) as the worker's machine sees it",
+    )
+    g = p.add_argument_group("the worker")
+    g.add_argument(
+        "--connect",
+        default=None,
+        metavar="ENDPOINT",
+        help="the worker's frames endpoint, where the request travels between its frames "
+        "(default: the one the worker announces on its events endpoint)",
+    )
+    g.add_argument(
+        "--events",
+        default="tcp://127.0.0.1:5558",
+        metavar="ENDPOINT",
+        help="the worker's events endpoint (where its answer comes)",
+    )
+    g.add_argument(
+        "--timeout",
+        type=positive,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the worker and its answer (loading a model takes a moment)",
+    )
+    g.add_argument(
+        "--curve-secret", type=Path, default=None, metavar="FILE", help="this client's secret key"
+    )
+    g.add_argument(
+        "--curve-server", type=Path, default=None, metavar="FILE", help="the worker's public key"
+    )
+    p.set_defaults(func=cmd_use_model)
 
     p = command(sub, "keys", "create a CURVE keypair for remote endpoints")
     p.add_argument("out_dir", type=Path, help="folder to write the key files into")
@@ -497,6 +545,78 @@ def _driver_pusher(args: argparse.Namespace, stop: threading.Event) -> FramePush
         overflow=args.when_full,
         resend_after_s=args.resend_after,
     )
+
+
+def cmd_use_model(args: argparse.Namespace) -> int:
+    import time
+    import uuid
+
+    from livetrack.messages import ModelAnswer, UseModel, WorkerStatus
+    from livetrack.transport import EventSubscriber, FramePusher, curve_client
+
+    setup_logging(args)
+    if (args.curve_secret is None) != (args.curve_server is None):
+        raise LivetrackError("CURVE needs both --curve-secret and --curve-server")
+    curve = None
+    if args.curve_secret is not None:
+        curve = curve_client(args.curve_secret, args.curve_server)
+    remote = curve is not None
+    folder = args.model_dir.expanduser()
+    if folder.exists():  # on this machine: name it absolutely, the worker's cwd may differ
+        folder = folder.absolute()
+    request = UseModel(segment_model=str(folder), request_id=uuid.uuid4().hex[:12])
+    deadline = time.monotonic() + args.timeout
+    events = EventSubscriber(
+        args.events, topics=("model", "status"), curve=curve, allow_remote=remote
+    )
+    pusher: FramePusher | None = None
+    try:
+        # A subscription receives only once connected: wait for the worker's heartbeat
+        # first (it also says where the worker takes frames), so that its answer cannot
+        # be published before we listen.
+        status = _next_event(events, deadline)
+        while not isinstance(status, WorkerStatus):
+            if time.monotonic() >= deadline:
+                raise LivetrackError(
+                    f"no worker heard on {args.events} within {args.timeout:g} s "
+                    "(is livetrack run/replay/worker running there?)"
+                )
+            status = _next_event(events, deadline)
+        endpoint = args.connect or status.frames_endpoint
+        if not endpoint:
+            raise LivetrackError("the worker does not announce its frames endpoint: give --connect")
+        pusher = FramePusher(
+            endpoint, curve=curve, allow_remote=remote, send_timeout_s=args.timeout
+        )
+        pusher.send_use_model(request)
+        while True:
+            msg = _next_event(events, deadline)
+            if isinstance(msg, ModelAnswer) and msg.request_id == request.request_id:
+                break
+            if time.monotonic() >= deadline:
+                raise LivetrackError(
+                    f"the worker did not answer within {args.timeout:g} s; it may still "
+                    "switch (its log and the frame_models table will say)"
+                )
+    finally:
+        if pusher is not None:
+            pusher.close(linger_s=1.0)
+        events.close()
+    if not msg.ok:
+        raise LivetrackError(f"the worker kept {msg.segmenter}: {msg.message}")
+    print(f"the worker segments with {msg.segmenter} from its next frame on")
+    return 0
+
+
+def _next_event(events: EventSubscriber, deadline: float) -> Published | None:
+    import time
+
+    from livetrack.errors import BadMessage
+
+    try:
+        return events.recv(timeout_s=max(0.0, min(0.5, deadline - time.monotonic())))
+    except BadMessage:
+        return None  # another program's message on the channel: not ours
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

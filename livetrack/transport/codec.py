@@ -23,12 +23,11 @@ from livetrack.messages import (
     DRIVER_ADAPTER,
     PUBLISHED_ADAPTER,
     SCHEMA_VERSION,
+    DriverHeader,
     EndOfStream,
-    FrameCommitted,
     FrameHeader,
-    FrameRejected,
-    TrackEvent,
-    WorkerStatus,
+    Published,
+    UseModel,
 )
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -95,7 +94,7 @@ def bytes_view(a: NDArray[Any]) -> memoryview:
     return a.reshape(-1).view(np.uint8).data
 
 
-def _parse_header(raw: memoryview | bytes) -> FrameHeader | EndOfStream:
+def _parse_header(raw: memoryview | bytes) -> DriverHeader:
     if len(raw) > MAX_HEADER_BYTES:
         raise BadMessage(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
@@ -155,15 +154,16 @@ def _summarise(err: ValidationError) -> str:
 
 def decode_driver_message(
     parts: list[memoryview] | list[bytes],
-) -> ReceivedFrame | EndOfStream:
+) -> ReceivedFrame | EndOfStream | UseModel:
     """Validate a received multipart message (pure; used by FramePuller and fuzz tests)."""
     received = time.time()
     if not parts:
         raise BadMessage("empty message")
     msg = _parse_header(parts[0])
-    if isinstance(msg, EndOfStream):
+    if isinstance(msg, EndOfStream | UseModel):
         if len(parts) != 1:
-            raise BadMessage(f"end-of-stream must be 1 part, got {len(parts)}")
+            what = "end-of-stream" if isinstance(msg, EndOfStream) else "use-model request"
+            raise BadMessage(f"{what} must be 1 part, got {len(parts)}")
         return msg
     where = f"frame {msg.position}/{msg.frame_index}"
     expected = 2 if msg.labels_dtype is None else 3
@@ -199,7 +199,7 @@ def _view(
 
 def decode_event(
     parts: list[bytes],
-) -> TrackEvent | WorkerStatus | FrameRejected | FrameCommitted:
+) -> Published:
     """Validate a message from the event channel (``[topic, JSON]``)."""
     if len(parts) != 2:
         raise BadMessage(f"event message must be [topic, json], got {len(parts)} parts")

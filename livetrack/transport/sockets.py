@@ -21,11 +21,9 @@ from livetrack.config import DEFAULT_EVENTS_ENDPOINT, DEFAULT_FRAMES_ENDPOINT
 from livetrack.errors import ConfigError, EndpointInUse, SendAborted, SendTimeout
 from livetrack.messages import (
     EndOfStream,
-    FrameCommitted,
     FrameHeader,
-    FrameRejected,
-    TrackEvent,
-    WorkerStatus,
+    Published,
+    UseModel,
 )
 from livetrack.transport.codec import (
     MAX_HEADER_BYTES,
@@ -252,6 +250,12 @@ class FramePusher:
         self._sock.send(eos.model_dump_json().encode())
         self.eos_handed = True
 
+    def send_use_model(self, request: UseModel) -> None:
+        """Queue a request to switch the worker's segmentation model (one part, like the
+        end-of-stream); it is handled between two frames."""
+        self._wait_writable()
+        self._sock.send(request.model_dump_json().encode())
+
     def close(self, linger_s: float | None = None) -> bool | None:
         """Close, waiting up to ``linger_s`` (default: the constructor's) until every
         queued frame and the end-of-stream left for the worker — pass 0 when the worker
@@ -308,7 +312,7 @@ class FramePuller:
         else:
             self._sock.connect(endpoint)
 
-    def recv(self, timeout_s: float | None = None) -> ReceivedFrame | EndOfStream | None:
+    def recv(self, timeout_s: float | None = None) -> ReceivedFrame | EndOfStream | UseModel | None:
         """Wait for the next message. Returns None on timeout.
 
         Raises BadMessage / BadFrame / SchemaMismatch for anything invalid — the message
@@ -350,7 +354,7 @@ class EventPublisher:
         self.endpoint = endpoint
         self.endpoint = bind_endpoint(self._sock, endpoint)
 
-    def publish(self, msg: TrackEvent | WorkerStatus | FrameRejected | FrameCommitted) -> None:
+    def publish(self, msg: Published) -> None:
         # PUB never blocks: when a subscriber's queue is full it misses messages, by design.
         self._sock.send_multipart([msg.kind.encode(), msg.model_dump_json().encode()])
 
@@ -384,9 +388,7 @@ class EventSubscriber:
         self._sock.connect(endpoint)
         self.endpoint = endpoint
 
-    def recv(
-        self, timeout_s: float | None = None
-    ) -> TrackEvent | WorkerStatus | FrameRejected | FrameCommitted | None:
+    def recv(self, timeout_s: float | None = None) -> Published | None:
         """Next published message, or None on timeout. Raises BadMessage if invalid."""
         timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
         if not self._sock.poll(timeout_ms, zmq.POLLIN):

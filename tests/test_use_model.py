@@ -1,0 +1,206 @@
+"""Switching a live worker's segmentation model between frames (``UseModel``,
+``livetrack use-model``), and the per-frame record of which models produced each frame.
+Real sockets on 127.0.0.1, a real SQLite file, the shipped model and a second real one."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import zmq
+from livetrack.drivers.simulator import SimulatorSource
+from livetrack.simulators.nuclei import SimulationConfig
+
+from livetrack.cli import main
+from livetrack.config import Settings
+from livetrack.errors import BadMessage
+from livetrack.messages import EndOfStream, ModelAnswer, UseModel, WorkerStatus
+from livetrack.models import SHIPPED_SEGMENT_MODEL, weights_digest
+from livetrack.pump import header_for
+from livetrack.store import Store
+from livetrack.transport import (
+    EventPublisher,
+    FramePuller,
+    FramePusher,
+    decode_driver_message,
+    decode_event,
+)
+from livetrack.worker import FrameResult, Worker
+
+torch = pytest.importorskip("torch")
+
+SIM = SimulationConfig(seed=5, n_frames=6, height=96, width=96, n_cells=5, nucleus_diameter_px=16)
+SHIPPED_ID = f"learned seg-unet-v1 {weights_digest(SHIPPED_SEGMENT_MODEL)[:12]}"  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second real model: the shipped one with its last layer's bias nudged (other
+    weights, other sha256, same architecture)."""
+    from livetrack.segment.model import load_model, save_model
+
+    model = load_model(SHIPPED_SEGMENT_MODEL)
+    with torch.no_grad():
+        last = [p for name, p in model.named_parameters() if name.endswith("bias")][-1]
+        last.add_(0.25)
+    out = tmp_path_factory.mktemp("models") / "seg-finetuned"
+    save_model(model, out, {"provenance": "test"})
+    return out
+
+
+def _worker(db: Path, ctx: zmq.Context, closing) -> Worker:  # type: ignore[type-arg]
+    puller = closing(FramePuller("tcp://127.0.0.1:0", hwm=1000, context=ctx))
+    publisher = closing(EventPublisher("tcp://127.0.0.1:0", context=ctx))
+    settings = Settings().model_copy(
+        update={"worker": Settings().worker.model_copy(update={"exit_on_eos": True})}
+    )
+    return Worker(settings, closing(Store(db)), puller, publisher)
+
+
+def _send(pusher: FramePusher, frames: list, run: str = "live") -> None:  # type: ignore[type-arg]
+    for image, meta in frames:
+        pusher.send_frame(header_for(run, image, meta, source="t", total_frames=6), image)
+
+
+def _handle(worker: Worker, n: int) -> list[object]:
+    """Poll until ``n`` messages were handled (frames, requests)."""
+    got: list[object] = []
+    for _ in range(200):
+        msg = worker.poll_once(timeout_s=0.5)
+        if msg is not None:
+            got.append(msg)
+        if len(got) == n:
+            return got
+    raise AssertionError(f"handled {len(got)} of {n} messages")
+
+
+def test_use_model_round_trips_on_the_wire_as_one_part() -> None:
+    request = UseModel(segment_model="/models/seg-ft", request_id="abc")
+    assert decode_driver_message([request.model_dump_json().encode()]) == request
+    with pytest.raises(BadMessage, match="use-model request must be 1 part"):
+        decode_driver_message([request.model_dump_json().encode(), b"extra"])
+    with pytest.raises(BadMessage):
+        decode_driver_message([b'{"kind": "use_model", "segment_model": ""}'])
+    answer = ModelAnswer(request_id="abc", ok=False, segmenter="classical", timestamp=1.0)
+    assert decode_event([b"model", answer.model_dump_json().encode()]) == answer
+
+
+def test_a_live_worker_switches_models_between_frames_and_records_each_frame(
+    tmp_path, zmq_context, closing, other_model
+):
+    """Frames 0–2 with the shipped model, then the request, then frames 3–5 with the
+    other one: the frame_models table says so frame by frame, each position keeps its
+    nucleus scale, and the lineage goes on in the same run."""
+    worker = _worker(tmp_path / "live.db", zmq_context, closing)
+    pusher = closing(FramePusher(worker.puller.endpoint, hwm=1000, context=zmq_context))
+    frames = list(SimulatorSource(SIM).frames())
+    _send(pusher, frames[:3])
+    assert [r.status for r in _handle(worker, 3)] == ["stored"] * 3  # type: ignore[attr-defined]
+    state = worker.positions[("live", "sim")]
+
+    pusher.send_use_model(UseModel(segment_model=str(other_model), request_id="r1"))
+    (answer,) = _handle(worker, 1)
+    other_id = f"learned seg-finetuned {weights_digest(other_model)[:12]}"  # type: ignore[index]
+    assert answer == ModelAnswer(
+        request_id="r1",
+        ok=True,
+        segmenter=other_id,
+        timestamp=answer.timestamp,  # type: ignore[attr-defined]
+    )
+    assert worker.shared_models["segment"] is state.segmenter.model  # type: ignore[attr-defined]
+
+    _send(pusher, frames[3:])
+    pusher.send_eos(EndOfStream(run_id="live", positions=("sim",), frames_sent=6))
+    handled = _handle(worker, 4)
+    assert [r.status for r in handled if isinstance(r, FrameResult)] == ["stored"] * 3
+    with Store(tmp_path / "live.db", readonly=True) as store:
+        records = store.frame_models("live", "sim")
+        tracker_id = records[0][2]
+        assert tracker_id.startswith("lstm track-lstm-v4 ")
+        assert records == [
+            *[(f, SHIPPED_ID, tracker_id) for f in range(3)],
+            *[(f, other_id, tracker_id) for f in range(3, 6)],
+        ]
+        assert store.frame_indices("live", "sim") == list(range(6))
+        diameters = [
+            d for (d,) in store.conn.execute("SELECT diameter_px FROM scale ORDER BY frame")
+        ]
+    assert len(diameters) == 6
+    assert diameters[3] == diameters[2]  # the new model segments at the scale reached
+
+
+def test_a_model_that_cannot_load_is_refused_and_the_worker_keeps_its_own(
+    tmp_path, zmq_context, closing
+):
+    worker = _worker(tmp_path / "bad.db", zmq_context, closing)
+    pusher = closing(FramePusher(worker.puller.endpoint, hwm=1000, context=zmq_context))
+    frames = list(SimulatorSource(SIM.model_copy(update={"n_frames": 2})).frames())
+    _send(pusher, frames[:1])
+    _handle(worker, 1)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    (broken / "weights.pt").write_bytes(b"not a model")
+    for folder in (tmp_path / "no-such-model", broken):
+        pusher.send_use_model(UseModel(segment_model=str(folder), request_id=folder.name))
+        (answer,) = _handle(worker, 1)
+        assert isinstance(answer, ModelAnswer)
+        assert (answer.ok, answer.segmenter) == (False, SHIPPED_ID)
+        assert str(folder) in answer.message
+    _send(pusher, frames[1:])
+    _handle(worker, 1)
+    with Store(tmp_path / "bad.db", readonly=True) as store:
+        assert [s for _, s, _ in store.frame_models("live", "sim")] == [SHIPPED_ID] * 2
+
+
+def _serve(worker: Worker, stop: threading.Event) -> threading.Thread:
+    def loop() -> None:
+        while not stop.is_set():
+            worker.poll_once(timeout_s=0.1)
+
+    thread = threading.Thread(target=loop, name="test-worker")
+    thread.start()
+    return thread
+
+
+def test_the_command_switches_a_running_worker_and_says_so(
+    tmp_path, zmq_context, closing, other_model, capsys
+):
+    """``livetrack use-model`` finds the worker's frames endpoint in its heartbeat, sends
+    the request and waits for the answer: exit 0 naming the new model, exit 1 with the
+    worker's reason for a model it refuses."""
+    worker = _worker(tmp_path / "cmd.db", zmq_context, closing)
+    stop = threading.Event()
+    thread = _serve(worker, stop)
+    events = worker.publisher.endpoint  # type: ignore[union-attr]
+    try:
+        assert main(["use-model", str(other_model), "--events", events, "--timeout", "30"]) == 0
+        out = capsys.readouterr().out
+        assert "learned seg-finetuned" in out
+        code = main(["use-model", str(tmp_path / "nothing"), "--events", events])
+        assert code == 1
+        err = capsys.readouterr().err
+        assert "kept learned seg-finetuned" in err
+        assert "nothing" in err
+    finally:
+        stop.set()
+        thread.join()
+    assert worker._segment_model_dir == other_model
+
+
+def test_the_command_without_a_worker_fails_with_one_line(capsys) -> None:
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as sock:  # a port nobody publishes on
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        sock.close()
+        code = main(["use-model", "m", "--events", f"tcp://127.0.0.1:{port}", "--timeout", "1"])
+    assert code == 1
+    assert "no worker heard" in capsys.readouterr().err
+
+
+def test_the_heartbeat_announces_where_frames_go(tmp_path, zmq_context, closing) -> None:
+    worker = _worker(tmp_path / "hb.db", zmq_context, closing)
+    status = worker.status("idle")
+    assert isinstance(status, WorkerStatus)
+    assert status.frames_endpoint == worker.puller.endpoint
+    assert status.frames_endpoint.startswith("tcp://127.0.0.1:")
