@@ -649,3 +649,39 @@ def test_sparkline_scales_between_min_and_max() -> None:
     assert sparkline([0, 7], 10) == "▁█"
     assert sparkline([5, 5, 5], 10) == "▄▄▄"
     assert sparkline(list(range(100)), 4) == "▁▃▆█"
+
+
+def test_model_switch_answers_show_as_notifications(tmp_path: Path) -> None:
+    """A worker's answer to ``livetrack use-model`` reaches the dashboard: the new model
+    on success, the reason on a refusal, as the app's notifications (toasts)."""
+    from livetrack.messages import ModelAnswer
+
+    pub = EventPublisher("tcp://127.0.0.1:0")
+    ok = ModelAnswer(request_id="a", ok=True, segmenter="learned seg-ft 0123456789ab",
+                     timestamp=time.time())  # fmt: skip
+    refused = ModelAnswer(request_id="b", ok=False, segmenter="learned seg-unet-v1 2fc1",
+                          message="no such folder", timestamp=time.time())  # fmt: skip
+
+    async def drive() -> None:
+        app = make_app(db_path=tmp_path / "none.db", endpoint=pub.endpoint)
+        async with app.run_test(size=(160, 48)) as pilot:
+
+            def notes() -> list[tuple[str, str]]:
+                return [(n.severity, n.message) for n in app._notifications]
+
+            await publish_until(
+                pilot, pub, ok, lambda: any("seg-ft 0123456789ab" in m for _, m in notes())
+            )
+            await publish_until(
+                pilot, pub, refused, lambda: any("refused" in m for _, m in notes())
+            )
+            assert (
+                "error",
+                "model switch refused, still learned seg-unet-v1 2fc1: no such folder",
+            ) in notes()
+            assert all(s == "information" for s, m in notes() if "seg-ft" in m)
+
+    try:
+        asyncio.run(drive())
+    finally:
+        pub.close()

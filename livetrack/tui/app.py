@@ -346,6 +346,15 @@ class DashboardApp(App[None]):
             self.rejected.extend(batch.rejected)
             last = batch.rejected[-1]
             self.notify(f"frame rejected: {last.reason}", severity="warning", timeout=6)
+        for answer in batch.models:
+            if answer.ok:
+                self.notify(f"segmenting with {answer.segmenter} from the next frame", timeout=8)
+            else:
+                self.notify(
+                    f"model switch refused, still {answer.segmenter}: {answer.message}",
+                    severity="error",
+                    timeout=10,
+                )
         self._refresh_views()
 
     def _apply_status(self, status: WorkerStatus) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from livetrack.errors import BadMessage
-from livetrack.messages import FrameRejected, TrackEvent, WorkerStatus
+from livetrack.messages import FrameRejected, ModelAnswer, TrackEvent, WorkerStatus
 from livetrack.store import Store
 from livetrack.timings import stage_medians
 from livetrack.track.base import FATE_WORDS, TrackRecord
@@ -121,6 +121,8 @@ class LiveBatch:
     n_messages: int
     n_invalid: int
     received: float
+    models: tuple[ModelAnswer, ...] = ()
+    """Answers to model switches (``livetrack use-model``) seen in the window."""
 
 
 # --------------------------------------------------------------------------- live
@@ -139,6 +141,7 @@ class LiveListener:
         deadline = time.monotonic() + window_s
         divisions: list[Division] = []
         rejected: list[FrameRejected] = []
+        models: list[ModelAnswer] = []
         status: WorkerStatus | None = None
         n = n_invalid = 0
         while (left := deadline - time.monotonic()) > 0:
@@ -155,12 +158,20 @@ class LiveListener:
                 status = msg
             elif isinstance(msg, FrameRejected):
                 rejected.append(msg)
+            elif isinstance(msg, ModelAnswer):
+                models.append(msg)
             elif isinstance(msg, TrackEvent) and msg.event == "division":
                 divisions.append(division_from_event(msg))
         if n == 0 and n_invalid == 0:
             return None
         return LiveBatch(
-            tuple(divisions), status, tuple(rejected), n, n_invalid, received=time.time()
+            tuple(divisions),
+            status,
+            tuple(rejected),
+            n,
+            n_invalid,
+            received=time.time(),
+            models=tuple(models),
         )
 
     def close(self) -> None:
