@@ -33,8 +33,10 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
-"""Bump on any incompatible change of a message model."""
+SCHEMA_VERSION = 2
+"""Bump on any incompatible change of a message model. 2: ``UseModel``/``ModelAnswer`` and
+``WorkerStatus.frames_endpoint`` (a version-1 receiver would refuse them field by field;
+this way both sides are told to upgrade)."""
 
 MAX_FRAMES = 10_000_000
 """Most time points one position may have; frame indices are ``0 .. MAX_FRAMES - 1``.

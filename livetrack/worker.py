@@ -76,6 +76,15 @@ class WorkerStopped(LivetrackError):
     committed before stays, and the run is resumable."""
 
 
+def _weights_digest(folder: Path) -> str:
+    from livetrack.models import weights_digest
+
+    digest = weights_digest(folder)
+    if digest is None:
+        raise OSError(f"cannot read {folder / 'weights.pt'}")
+    return digest
+
+
 @dataclass
 class PositionState:
     """Live state of one position of one run."""
@@ -639,45 +648,64 @@ class Worker:
     def use_model(self, request: UseModel) -> ModelAnswer:
         """Switch every position to another learned segmentation model, between frames.
 
-        The model is loaded and checked before anything changes; when it cannot be (no such
-        folder, bad weights, no torch), the worker keeps its model and says why. Each
-        position keeps its nucleus scale (restored from the store, as after a restart), so
-        the switch changes how nuclei are outlined, not the scale they are looked for at."""
-        folder = Path(request.segment_model).expanduser()
-        config = self.settings.segment.model_copy(update={"method": "learned", "model_dir": folder})
-        shared: dict[str, Any] = {}
+        The request comes from the wire: the model is loaded and checked, and every
+        position's new segmenter made with its nucleus scale (restored from the store, as
+        after a restart), before anything changes. When any of that fails (no such folder,
+        bad weights, no torch, a path that cannot be read), the worker keeps its model and
+        says why; nothing raises. Runs the worker opens afterwards record the new model in
+        their settings; runs already open keep the settings they were started with (and so
+        resume with their original model), while ``frame_models`` says, frame by frame,
+        which model segmented."""
         kept = (
             self._model_id("learned", self._segment_model_dir)
             if self.running_segmenter == "learned"
             else self.running_segmenter
         )
+        folder_text = request.segment_model
+        shared: dict[str, Any] = {}
         try:
-            first = make_segmenter(config, shared=shared)
-        except (LivetrackError, OSError) as err:
-            return self._answer(request, False, kept, f"{folder}: {err}")
-        if first.name != "learned":
-            return self._answer(
-                request, False, kept, f"{folder}: the learned segmenter cannot run here (torch)"
+            folder = Path(folder_text).expanduser()
+            config = self.settings.segment.model_copy(
+                update={"method": "learned", "model_dir": folder}
             )
-        made = [first]
-
-        def factory() -> Segmenter:
-            return made.pop() if made else make_segmenter(config, shared=shared)
-
-        for (run_id, position), state in self.positions.items():
-            segmenter = factory()
-            if state.last_frame is not None:
-                segmenter.restore_scale(
-                    self.store.scale_state(
-                        run_id, position, self.settings.segment.auto_diameter_frames
+            made: dict[tuple[str, str], Segmenter] = {}
+            for key, state in self.positions.items():
+                segmenter = make_segmenter(config, shared=shared)
+                if segmenter.name != "learned":
+                    return self._answer(
+                        request,
+                        False,
+                        kept,
+                        f"{folder_text}: the learned segmenter cannot run here (torch)",
                     )
-                )
-            state.segmenter = segmenter
-        self._make_segmenter = factory
+                if state.last_frame is not None:
+                    segmenter.restore_scale(
+                        self.store.scale_state(
+                            key[0], key[1], self.settings.segment.auto_diameter_frames
+                        )
+                    )
+                made[key] = segmenter
+            if not made:  # no position yet: still load and check the model now
+                probe = make_segmenter(config, shared=shared)
+                if probe.name != "learned":
+                    return self._answer(
+                        request,
+                        False,
+                        kept,
+                        f"{folder_text}: the learned segmenter cannot run here (torch)",
+                    )
+            digest = _weights_digest(folder)
+        except Exception as err:  # untrusted input: any failure is a refusal, not a crash
+            return self._answer(request, False, kept, f"{folder_text}: {err}")
+        for key, segmenter in made.items():
+            self.positions[key].segmenter = segmenter
+        self._make_segmenter = lambda: make_segmenter(config, shared=shared)
         self.shared_models["segment"] = shared["segment"]
+        self.settings = self.settings.model_copy(update={"segment": config})
         self._segment_model_dir = folder
         self.running_segmenter = "learned"
-        now = self._model_id("learned", folder)
+        now = f"learned {folder.name} {digest[:12]}"
+        self._model_ids[f"learned {folder}"] = now  # the weights as loaded now
         log.info("segmenting with %s from the next frame on (was %s)", now, kept)
         return self._answer(request, True, now)
 

@@ -660,7 +660,8 @@ def test_model_switch_answers_show_as_notifications(tmp_path: Path) -> None:
     ok = ModelAnswer(request_id="a", ok=True, segmenter="learned seg-ft 0123456789ab",
                      timestamp=time.time())  # fmt: skip
     refused = ModelAnswer(request_id="b", ok=False, segmenter="learned seg-unet-v1 2fc1",
-                          message="no such folder", timestamp=time.time())  # fmt: skip
+                          message="[/] [Errno 2] no such folder [@click=quit]",
+                          timestamp=time.time())  # fmt: skip
 
     async def drive() -> None:
         app = make_app(db_path=tmp_path / "none.db", endpoint=pub.endpoint)
@@ -675,11 +676,14 @@ def test_model_switch_answers_show_as_notifications(tmp_path: Path) -> None:
             await publish_until(
                 pilot, pub, refused, lambda: any("refused" in m for _, m in notes())
             )
+            # shown as written: text from the wire is not Textual markup (it would not parse)
             assert (
                 "error",
-                "model switch refused, still learned seg-unet-v1 2fc1: no such folder",
+                "model switch refused, still learned seg-unet-v1 2fc1: "
+                "[/] [Errno 2] no such folder [@click=quit]",
             ) in notes()
             assert all(s == "information" for s, m in notes() if "seg-ft" in m)
+            assert all(n.markup is False for n in app._notifications)  # never parsed as markup
 
     try:
         asyncio.run(drive())

@@ -142,12 +142,14 @@ def test_a_model_that_cannot_load_is_refused_and_the_worker_keeps_its_own(
     broken.mkdir()
     (broken / "config.json").write_text("{}")
     (broken / "weights.pt").write_bytes(b"not a model")
-    for folder in (tmp_path / "no-such-model", broken):
-        pusher.send_use_model(UseModel(segment_model=str(folder), request_id=folder.name))
+    # a missing folder, broken weights, and paths that make Path.expanduser raise
+    # (no such user, a NUL byte): all refusals from the wire, never a crash of the worker
+    for folder in (str(tmp_path / "no-such-model"), str(broken), "~nosuchuser-lt/m", "~a\x00b"):
+        pusher.send_use_model(UseModel(segment_model=folder, request_id="x"))
         (answer,) = _handle(worker, 1)
         assert isinstance(answer, ModelAnswer)
         assert (answer.ok, answer.segmenter) == (False, SHIPPED_ID)
-        assert str(folder) in answer.message
+        assert folder in answer.message
     _send(pusher, frames[1:])
     _handle(worker, 1)
     with Store(tmp_path / "bad.db", readonly=True) as store:
@@ -204,3 +206,46 @@ def test_the_heartbeat_announces_where_frames_go(tmp_path, zmq_context, closing)
     assert isinstance(status, WorkerStatus)
     assert status.frames_endpoint == worker.puller.endpoint
     assert status.frames_endpoint.startswith("tcp://127.0.0.1:")
+
+
+def test_a_model_refitted_into_the_same_folder_is_recorded_by_its_new_weights(
+    tmp_path, zmq_context, closing, other_model
+):
+    """Fine-tune again into the same folder and switch to it again: the answer and the
+    frame record name the weights loaded now, not the ones first seen there."""
+    import shutil
+
+    from livetrack.segment.model import load_model, save_model
+
+    folder = tmp_path / "seg-mine"
+    shutil.copytree(other_model, folder)
+    worker = _worker(tmp_path / "refit.db", zmq_context, closing)
+    pusher = closing(FramePusher(worker.puller.endpoint, hwm=1000, context=zmq_context))
+    frames = list(SimulatorSource(SIM.model_copy(update={"n_frames": 2})).frames())
+    _send(pusher, frames[:1])
+    pusher.send_use_model(UseModel(segment_model=str(folder), request_id="1"))
+    _frame, first = _handle(worker, 2)
+    model = load_model(folder)
+    with torch.no_grad():
+        next(iter(model.parameters())).mul_(1.01)
+    save_model(model, folder, {"provenance": "refit"})
+    pusher.send_use_model(UseModel(segment_model=str(folder), request_id="2"))
+    (second,) = _handle(worker, 1)
+    new_id = f"learned seg-mine {weights_digest(folder)[:12]}"  # type: ignore[index]
+    assert first.segmenter != new_id  # type: ignore[attr-defined]
+    assert second.segmenter == new_id  # type: ignore[attr-defined]
+    _send(pusher, frames[1:])
+    _handle(worker, 1)
+    with Store(tmp_path / "refit.db", readonly=True) as store:
+        assert store.frame_models("live", "sim")[-1][1] == new_id
+        # a run the worker opens from now on records the model it will segment with
+    assert worker.settings.segment.model_dir == folder
+
+
+def test_a_wildcard_frames_endpoint_is_reached_on_the_events_host() -> None:
+    from livetrack.cli.live import _reachable
+
+    assert _reachable("tcp://0.0.0.0:5557", "tcp://10.0.0.7:5558") == "tcp://10.0.0.7:5557"
+    assert _reachable("tcp://*:5557", "tcp://scope-pc:5558") == "tcp://scope-pc:5557"
+    assert _reachable("tcp://127.0.0.1:40123", "tcp://127.0.0.1:5558") == "tcp://127.0.0.1:40123"
+    assert _reachable("", "tcp://127.0.0.1:5558") == ""

@@ -582,7 +582,7 @@ def cmd_use_model(args: argparse.Namespace) -> int:
                     "(is livetrack run/replay/worker running there?)"
                 )
             status = _next_event(events, deadline)
-        endpoint = args.connect or status.frames_endpoint
+        endpoint = args.connect or _reachable(status.frames_endpoint, args.events)
         if not endpoint:
             raise LivetrackError("the worker does not announce its frames endpoint: give --connect")
         pusher = FramePusher(
@@ -606,6 +606,17 @@ def cmd_use_model(args: argparse.Namespace) -> int:
         raise LivetrackError(f"the worker kept {msg.segmenter}: {msg.message}")
     print(f"the worker segments with {msg.segmenter} from its next frame on")
     return 0
+
+
+def _reachable(announced: str, events: str) -> str:
+    """The frames endpoint a worker announced, with a wildcard host (it bound every
+    interface: ``0.0.0.0``, ``*``, ``::``) replaced by the host its events were heard on."""
+    scheme, sep, rest = announced.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if not sep or not colon or host not in ("0.0.0.0", "*", "[::]", "::"):
+        return announced
+    events_host = events.partition("://")[2].rpartition(":")[0]
+    return f"{scheme}://{events_host}:{port}" if events_host else announced
 
 
 def _next_event(events: EventSubscriber, deadline: float) -> Published | None:

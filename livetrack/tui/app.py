@@ -345,15 +345,24 @@ class DashboardApp(App[None]):
         if batch.rejected:
             self.rejected.extend(batch.rejected)
             last = batch.rejected[-1]
-            self.notify(f"frame rejected: {last.reason}", severity="warning", timeout=6)
+            # markup=False: texts from the wire (a reason naming a path, say) are shown as
+            # written, never parsed as Textual markup or actions.
+            self.notify(
+                f"frame rejected: {last.reason}", severity="warning", timeout=6, markup=False
+            )
         for answer in batch.models:
             if answer.ok:
-                self.notify(f"segmenting with {answer.segmenter} from the next frame", timeout=8)
+                self.notify(
+                    f"segmenting with {answer.segmenter} from the next frame",
+                    timeout=8,
+                    markup=False,
+                )
             else:
                 self.notify(
                     f"model switch refused, still {answer.segmenter}: {answer.message}",
                     severity="error",
                     timeout=10,
+                    markup=False,
                 )
         self._refresh_views()
 
@@ -421,13 +430,17 @@ class DashboardApp(App[None]):
     def on_pipeline_done(self, message: PipelineDone) -> None:
         self.finished_text = message.text
         self.finished_error = message.error
-        self.notify(message.text, severity="error" if message.error else "information")
+        self.notify(
+            message.text, severity="error" if message.error else "information", markup=False
+        )
         self._render_header()
 
     def on_log_line(self, message: LogLine) -> None:
         if message.level >= logging.WARNING:
             error = message.level >= logging.ERROR
-            self.notify(message.text, severity="error" if error else "warning", timeout=8)
+            self.notify(
+                message.text, severity="error" if error else "warning", timeout=8, markup=False
+            )
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "feed":
