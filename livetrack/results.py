@@ -56,6 +56,9 @@ class PositionData:
         image_of: frame -> its raw image, when the images are at hand (else None).
         features: frame -> precomputed per-detection features (columns of
             :mod:`livetrack.evaluate.table`), filled while tracking in-process.
+        frame_models: (frame, segmenter, tracker) per stored frame: which models produced
+            it (a live worker can switch models); empty for results tracked in memory and
+            for frames stored before livetrack recorded it.
     """
 
     position: str
@@ -68,6 +71,7 @@ class PositionData:
     mask_of: Callable[[int], LabelImage]
     image_of: ImageReader | None = None
     features: dict[int, dict[str, NDArray[np.float64]]] = field(default_factory=dict)
+    frame_models: list[tuple[int, str, str]] = field(default_factory=list)
 
     def track_records(self) -> list[TrackRecord]:
         return [self.tracks[k] for k in sorted(self.tracks)]
@@ -182,6 +186,7 @@ def read_position(
         tracks = {t.track_id: t for t in store.tracks(run_id, position)}
         events = store.events(run_id, position)
         info = store.position_info(run_id, position)
+        models = store.frame_models(run_id, position)
     keep = ("frame", "kind", "track_id", "daughters", "y", "x", "confidence")
     return PositionData(
         position=position,
@@ -193,6 +198,7 @@ def read_position(
         events=[{k: e[k] for k in keep} for e in events],
         mask_of=lambda f: store.load_mask(run_id, position, f),
         image_of=image_of,
+        frame_models=models,
     )
 
 
@@ -289,6 +295,20 @@ class TrackingResult:
         rows = [{"position": p.position, **e} for p in self._positions.values() for e in p.events]
         cols = ["position", "frame", "kind", "track_id", "daughters", "y", "x", "confidence"]
         return pd.DataFrame(rows, columns=cols)
+
+    @property
+    def models(self) -> pd.DataFrame:
+        """Which models produced each stored frame: position, frame, segmenter, tracker
+        (e.g. ``learned seg-unet-v1 2fc185729276``, ``lstm track-lstm-v4 b45017fa…``). A
+        live switch (``livetrack use-model``) shows as a change of ``segmenter``."""
+        import pandas as pd
+
+        rows = [
+            (p.position, frame, segmenter, tracker)
+            for p in self._positions.values()
+            for frame, segmenter, tracker in p.frame_models
+        ]
+        return pd.DataFrame(rows, columns=["position", "frame", "segmenter", "tracker"])
 
     # ---------------------------------------------------------------- graphs
     @property

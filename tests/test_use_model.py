@@ -123,6 +123,15 @@ def test_a_live_worker_switches_models_between_frames_and_records_each_frame(
             *[(f, other_id, tracker_id) for f in range(3, 6)],
         ]
         assert store.frame_indices("live", "sim") == list(range(6))
+    # the notebook view of the same record
+    from livetrack import open_run
+
+    with open_run(tmp_path / "live.db") as result:
+        table = result.models
+    assert list(table.columns) == ["position", "frame", "segmenter", "tracker"]
+    assert table["segmenter"].tolist() == [SHIPPED_ID] * 3 + [other_id] * 3
+    assert table["frame"].tolist() == list(range(6))
+    with Store(tmp_path / "live.db", readonly=True) as store:
         diameters = [
             d for (d,) in store.conn.execute("SELECT diameter_px FROM scale ORDER BY frame")
         ]
