@@ -181,10 +181,11 @@ def open_run(
             names = [position]
         image_of = _image_reader(images, names)
         positions = [read_position(store, run_id, name, image_of) for name in names]
+        config = store.run_config(run_id)
     except BaseException:
         store.close()
         raise
-    return TrackingResult(positions, run_id=run_id, store=store)
+    return TrackingResult(positions, run_id=run_id, store=store, config=config)
 
 
 def export_stored(

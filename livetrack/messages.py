@@ -33,10 +33,11 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bump on any incompatible change of a message model. 2: ``UseModel``/``ModelAnswer`` and
 ``WorkerStatus.frames_endpoint`` (a version-1 receiver would refuse them field by field;
-this way both sides are told to upgrade)."""
+this way both sides are told to upgrade). 3: ``UseModel.track_model`` (a segment model
+optional), ``ModelAnswer.tracker``."""
 
 MAX_FRAMES = 10_000_000
 """Most time points one position may have; frame indices are ``0 .. MAX_FRAMES - 1``.
@@ -168,20 +169,28 @@ class EndOfStream(_Message):
 
 
 class UseModel(_Message):
-    """Asks a running worker to segment with another model from its next frame on — a
-    model fine-tuned on this run's corrected frames, say (``livetrack use-model``). Sent on
-    the frame channel, so it takes effect between two frames. The worker loads and checks
-    the model first: every position then switches to it (each keeps its nucleus scale), or,
-    when it cannot be loaded, the worker keeps the model it has. Either way it answers with
-    a ``ModelAnswer`` carrying ``request_id``. The switch lasts until the worker stops; a
-    resumed run segments with the model its settings name (the store records, per frame,
-    which model produced it)."""
+    """Asks a running worker to segment and/or track with other models from its next frame
+    on — models fine-tuned on this run's corrected frames, say (``livetrack use-model``).
+    Sent on the frame channel, so it takes effect between two frames. The worker loads and
+    checks every named model first: every position then switches (each keeps its nucleus
+    scale and its open tracks), or, when one cannot be loaded, the worker keeps the models
+    it has. Either way it answers with a ``ModelAnswer`` carrying ``request_id``. The runs
+    open at the switch record it, so a run resumed after a restart goes on with the models
+    it was switched to (the store also records, per frame, which models produced it)."""
 
     kind: Literal["use_model"] = "use_model"
-    segment_model: str = Field(min_length=1, max_length=4096)
-    """Model folder (config.json + weights.pt) on the worker's machine."""
+    segment_model: str | None = Field(default=None, min_length=1, max_length=4096)
+    """Segmentation model folder (config.json + weights.pt) on the worker's machine."""
+    track_model: str | None = Field(default=None, min_length=1, max_length=4096)
+    """Tracking (LSTM) model folder on the worker's machine."""
     request_id: str = Field(default="", max_length=64)
     """Echoed in the answer, so the requester recognises it."""
+
+    @model_validator(mode="after")
+    def _names_a_model(self) -> UseModel:
+        if self.segment_model is None and self.track_model is None:
+            raise ValueError("a use-model request names a segment_model, a track_model or both")
+        return self
 
 
 DriverMessage = Annotated[FrameHeader | EndOfStream | UseModel, Field(discriminator="kind")]
@@ -304,9 +313,12 @@ class ModelAnswer(_Message):
     kind: Literal["model"] = "model"
     request_id: str = ""
     ok: bool
-    """True: every position now segments with the requested model."""
+    """True: every position now segments / tracks with the requested models."""
     segmenter: str
-    """What segments now: the new model's id when ``ok``, else the one kept."""
+    """What segments now: the new model's id when ``ok`` and one was asked for, else the
+    one kept."""
+    tracker: str = ""
+    """What tracks now (as ``segmenter``)."""
     message: str = ""
     """Why the request was refused (``ok`` False), in one line."""
     timestamp: float

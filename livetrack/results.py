@@ -217,10 +217,16 @@ class TrackingResult:
         *,
         run_id: str | None = None,
         store: Store | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self._positions = {p.position: p for p in positions}
         self.run_id = run_id
         """The stored run this came from (or was saved as); None when only in memory."""
+        self.config: dict[str, Any] = dict(config or {})
+        """The stored run's settings as it was begun (``segment``, ``track``, …, ``models``:
+        the sha256 of the weights), updated by each live model switch, which ``switches``
+        lists (when, after which frame of each position, which models); empty when only
+        in memory."""
         self._store = store
         self._tables: dict[str, pd.DataFrame] = {}
 
@@ -254,7 +260,9 @@ class TrackingResult:
         """The result of one position (shares this result's store; close either one)."""
         if name not in self._positions:
             raise EvaluationError(f"no position {name!r} (has {self.positions})")
-        return TrackingResult([self._positions[name]], run_id=self.run_id)  # no store: ours
+        return TrackingResult(  # no store: ours
+            [self._positions[name]], run_id=self.run_id, config=self.config
+        )
 
     @property
     def data(self) -> PositionData:

@@ -943,6 +943,16 @@ class StoreWriter(Protocol):
 
     def has_run(self, run_id: str) -> bool: ...
 
+    def run_config(self, run_id: str) -> dict[str, Any] | None: ...
+
+    def record_model_switch(
+        self, sections: dict[str, Any], switches: dict[str, dict[str, Any]]
+    ) -> None: ...
+
+    def frame_models(
+        self, run_id: str, position: str, since: int | None = None
+    ) -> list[tuple[int, str, str]]: ...
+
     def has_frame(self, run_id: str, position: str, frame: int) -> bool: ...
 
     def positions(self, run_id: str) -> list[str]: ...
@@ -1414,6 +1424,37 @@ class Store:
             row["config"] = json.loads(row["config"])
         return rows
 
+    def run_config(self, run_id: str) -> dict[str, Any] | None:
+        """The run's stored config (decoded), or None for a run never begun here."""
+        with self._read("reading a run's config"):
+            row = self.conn.execute(
+                "SELECT config FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def record_model_switch(
+        self, sections: dict[str, Any], switches: dict[str, dict[str, Any]]
+    ) -> None:
+        """A live worker switched models (``UseModel``): the stored config of each run in
+        ``switches`` takes the new ``sections`` (``segment``/``track``/``models``: what a
+        resume is checked against) and appends the run's record to its ``switches`` list,
+        all runs in one transaction. A worker restarted on such a run goes on with the
+        switched models."""
+        what = f"recording a model switch for {len(switches)} runs"
+        with self._write(what) as conn:
+            for run_id, switch in switches.items():
+                self._hold(conn, run_id, what)
+                row = conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                if row is None:
+                    raise StoreError(f"{what}: no run {run_id!r}")
+                config = json.loads(row[0])
+                config.update(sections)
+                config["switches"] = [*config.get("switches", []), switch]
+                conn.execute(
+                    "UPDATE runs SET config = ? WHERE run_id = ?",
+                    (json.dumps(config, sort_keys=True), run_id),
+                )
+
     def has_run(self, run_id: str) -> bool:
         """Whether ``run_id`` was ever begun in this store."""
         with self._read("looking up a run"):
@@ -1478,14 +1519,17 @@ class Store:
             ).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def frame_models(self, run_id: str, position: str) -> list[tuple[int, str, str]]:
+    def frame_models(
+        self, run_id: str, position: str, since: int | None = None
+    ) -> list[tuple[int, str, str]]:
         """``(frame, segmenter, tracker)`` of every frame of the position that has a record
-        (frames written by livetrack before schema version 7 have none), oldest first."""
+        (frames written by livetrack before schema version 7 have none), oldest first;
+        ``since``: only frames from that one on."""
         with self._read("reading which models produced the frames") as conn:
             rows = conn.execute(
                 "SELECT frame, segmenter, tracker FROM frame_models WHERE run_id = ?"
-                " AND position = ? ORDER BY frame",
-                (run_id, position),
+                " AND position = ? AND frame >= ? ORDER BY frame",
+                (run_id, position, -1 if since is None else since),
             ).fetchall()
         return [(int(f), str(s), str(tr)) for f, s, tr in rows]
 

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -57,7 +57,7 @@ from livetrack.messages import (
 )
 from livetrack.segment.base import Segmenter
 from livetrack.segment.factory import make_segmenter
-from livetrack.store import ResumeState, StoreWriter
+from livetrack.store import RESUME_SECTIONS, ResumeState, StoreWriter
 from livetrack.timings import stage_medians
 from livetrack.track.base import Tracker, TrackStep
 from livetrack.track.factory import make_tracker
@@ -83,6 +83,23 @@ def _weights_digest(folder: Path) -> str:
     if digest is None:
         raise OSError(f"cannot read {folder / 'weights.pt'}")
     return digest
+
+
+class _Refused(Exception):
+    """A model switch that cannot happen; the message says why (one line)."""
+
+
+@dataclass
+class _Prepared:
+    """A model loaded and checked for a switch, with every live position's new part built
+    (nothing in use changed yet)."""
+
+    folder: Path
+    config: Any
+    """The ``SegmentConfig`` / ``TrackConfig`` naming the model."""
+    shared: dict[str, Any]
+    made: dict[tuple[str, str], Any]
+    model_id: str
 
 
 @dataclass
@@ -163,6 +180,11 @@ class Worker:
         self._segment_model_dir: Path | None = settings.segment.model_dir
         """The learned segmenter's model folder in use (None: the shipped one); changed by
         a ``UseModel`` request."""
+        self._track_model_dir: Path | None = (
+            Path(settings.track.model_dir) if settings.track.model_dir else None
+        )
+        """The learned tracker's model folder in use (None: the shipped one); changed by a
+        ``UseModel`` request."""
         self._make_tracker = tracker_factory or (
             lambda shape: make_tracker(settings.track, shape, shared=self.shared_models)
         )
@@ -479,6 +501,9 @@ class Worker:
         return tracker
 
     def _open_run(self, h: FrameHeader) -> None:
+        stored = self.store.run_config(h.run_id)
+        if stored is not None:  # resuming: first the models the run was switched to, if any
+            self._follow_switches(h.run_id, stored)
         is_new = self.store.begin_run(
             h.run_id, source=h.source or "stream", config=run_config(self.settings)
         )
@@ -488,10 +513,35 @@ class Worker:
         log.info("%s run %s (%s)", "started" if is_new else "resuming", h.run_id, h.source)
 
     def _restore(
-        self, key: tuple[str, str], state: PositionState, tracker: Tracker, resume: ResumeState
+        self,
+        key: tuple[str, str],
+        state: PositionState,
+        tracker: Tracker,
+        resume: ResumeState,
+        *,
+        tracker_id: str | None = None,
+        why: str = "resuming",
     ) -> None:
+        """Rebuild ``tracker`` from the store. Embeddings of frames that another tracking
+        model made (before a ``UseModel`` switch; table ``frame_models``) mean nothing to
+        this one: they are left out, so those frames count by position and motion only —
+        the same whether the switch happened in this process or before a restart, so a
+        resumed run goes on exactly as an uninterrupted one."""
         run_id, position = key
-        tracker.restore(resume.history, resume.tracks)
+        history = resume.history
+        if history and any(h.embeddings is not None for h in history):
+            current = tracker_id or self._tracker_id(tracker)
+            made_by = {
+                f: t
+                for f, _, t in self.store.frame_models(run_id, position, since=history[0].frame)
+            }
+            history = [
+                replace(h, embeddings=None)
+                if h.embeddings is not None and made_by.get(h.frame, current) != current
+                else h
+                for h in history
+            ]
+        tracker.restore(history, resume.tracks)
         state.divisions = resume.divisions
         if resume.stale_open_tracks:
             log.warning(
@@ -503,9 +553,10 @@ class Worker:
                 tracker.history_window,
             )
         log.info(
-            "position %s of run %s: resuming after frame %s (%d open tracks restored)",
+            "position %s of run %s: %s after frame %s (%d open tracks restored)",
             position,
             run_id,
+            why,
             state.last_frame,
             len(resume.open_tracks),
         )
@@ -631,8 +682,7 @@ class Worker:
     def _tracker_id(self, tracker: Tracker) -> str:
         if tracker.name != "lstm":
             return tracker.name
-        model_dir = self.settings.track.model_dir
-        return self._model_id("lstm", Path(model_dir) if model_dir else None)
+        return self._model_id("lstm", self._track_model_dir)
 
     def _model_id(self, kind: str, model_dir: Path | None) -> str:
         from livetrack.models import SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL, weights_digest
@@ -646,78 +696,219 @@ class Worker:
         return self._model_ids[key]
 
     def use_model(self, request: UseModel) -> ModelAnswer:
-        """Switch every position to another learned segmentation model, between frames.
+        """Switch every position to other learned models, between frames: a segmentation
+        model (``segment_model``), a tracking model (``track_model``) or both.
 
-        The request comes from the wire: the model is loaded and checked, and every
-        position's new segmenter made with its nucleus scale (restored from the store, as
-        after a restart), before anything changes. When any of that fails (no such folder,
-        bad weights, no torch, a path that cannot be read), the worker keeps its model and
-        says why; nothing raises. Runs the worker opens afterwards record the new model in
-        their settings; runs already open keep the settings they were started with (and so
-        resume with their original model), while ``frame_models`` says, frame by frame,
-        which model segmented."""
-        kept = (
+        The request comes from the wire: each model is loaded and checked, every position's
+        new segmenter made with its nucleus scale and every live position's new tracker
+        rebuilt from the store (its open tracks where they stand, as after a restart),
+        before anything changes. When any of that fails (no such folder, bad weights, no
+        torch, a path that cannot be read) the worker keeps its models and says why;
+        nothing raises but a lost store. The switch is recorded in the stored config of
+        every open run (``Store.record_model_switch``), so a worker restarted on one of them
+        goes on with the switched models; runs opened later record them in their settings;
+        ``frame_models`` says, frame by frame, which models produced it.
+
+        A new tracking model cannot read the old one's embeddings: for the next
+        ``window`` frames its open tracks are followed on position and motion only for the
+        frames before the switch (the blank tracks it was trained with)."""
+        kept_segmenter, kept_tracker = self._running_ids()
+        try:
+            seg = track = None
+            if request.segment_model is not None:
+                seg = self._prepare_segmenter(request.segment_model)
+            if request.track_model is not None:
+                track = self._prepare_tracker(request.track_model)
+            settings = self.settings.model_copy(
+                update={
+                    **({"segment": seg.config} if seg else {}),
+                    **({"track": track.config} if track else {}),
+                }
+            )
+            self._record_switch(settings, seg, track)
+        except (StoreLost, RunInUse):
+            raise  # the database is gone, or another process took the run: stop
+        except Exception as err:  # untrusted input: any failure is a refusal, not a crash
+            return self._answer(request, False, kept_segmenter, kept_tracker, str(err))
+        self.settings = settings
+        if seg is not None:
+            for key, segmenter in seg.made.items():
+                self.positions[key].segmenter = segmenter
+            seg_config, seg_shared = seg.config, seg.shared
+            self._make_segmenter = lambda: make_segmenter(seg_config, shared=seg_shared)
+            self.shared_models["segment"] = seg.shared["segment"]
+            self._segment_model_dir = seg.folder
+            self.running_segmenter = "learned"
+            self._model_ids[f"learned {seg.folder}"] = seg.model_id  # the weights as loaded
+        if track is not None:
+            for key, tracker in track.made.items():
+                self.positions[key].tracker = tracker
+            track_config, track_shared = track.config, track.shared
+            self._make_tracker = lambda shape: make_tracker(
+                track_config, shape, shared=track_shared
+            )
+            self.shared_models["track"] = track.shared["track"]
+            self._track_model_dir = track.folder
+            self.running_tracker = "lstm"
+            self._model_ids[f"lstm {track.folder}"] = track.model_id
+        segmenter, tracker = self._running_ids()
+        log.info(
+            "from the next frame on: segmenting with %s (was %s), tracking with %s (was %s)",
+            segmenter,
+            kept_segmenter,
+            tracker,
+            kept_tracker,
+        )
+        return self._answer(request, True, segmenter, tracker)
+
+    def _running_ids(self) -> tuple[str, str]:
+        segmenter = (
             self._model_id("learned", self._segment_model_dir)
             if self.running_segmenter == "learned"
             else self.running_segmenter
         )
-        folder_text = request.segment_model
-        shared: dict[str, Any] = {}
+        tracker = (
+            self._model_id("lstm", self._track_model_dir)
+            if self.running_tracker == "lstm"
+            else self.running_tracker
+        )
+        return segmenter, tracker
+
+    def _prepare_segmenter(self, folder_text: str) -> _Prepared:
         try:
-            folder = Path(folder_text).expanduser()
-            config = self.settings.segment.model_copy(
-                update={"method": "learned", "model_dir": folder}
+            return self._load_segmenter(folder_text)
+        except _Refused:
+            raise
+        except Exception as err:  # from the wire: any failure is a refusal naming the folder
+            raise _Refused(f"{folder_text}: {err}") from err
+
+    def _prepare_tracker(self, folder_text: str) -> _Prepared:
+        try:
+            return self._load_tracker(folder_text)
+        except (_Refused, StoreLost, RunInUse):
+            raise
+        except Exception as err:
+            raise _Refused(f"{folder_text}: {err}") from err
+
+    def _load_segmenter(self, folder_text: str) -> _Prepared:
+        folder = Path(folder_text).expanduser()
+        config = self.settings.segment.model_copy(update={"method": "learned", "model_dir": folder})
+        shared: dict[str, Any] = {}
+        probe = make_segmenter(config, shared=shared)  # loads and checks the network once
+        if probe.name != "learned":
+            raise _Refused(f"{folder_text}: the learned segmenter cannot run here (torch)")
+        made: dict[tuple[str, str], Any] = {}
+        for key, state in self.positions.items():
+            segmenter = make_segmenter(config, shared=shared)
+            if state.last_frame is not None:
+                segmenter.restore_scale(
+                    self.store.scale_state(
+                        key[0], key[1], self.settings.segment.auto_diameter_frames
+                    )
+                )
+            made[key] = segmenter
+        digest = _weights_digest(folder)
+        return _Prepared(folder, config, shared, made, f"learned {folder.name} {digest[:12]}")
+
+    def _load_tracker(self, folder_text: str) -> _Prepared:
+        folder = Path(folder_text).expanduser()
+        config = self.settings.track.model_copy(
+            update={"method": "lstm", "model_dir": str(folder)}  # TrackConfig keeps a str
+        )
+        shared: dict[str, Any] = {}
+        probe = make_tracker(config, (8, 8), shared=shared)  # loads and checks the network
+        if probe.name != "lstm":
+            raise _Refused(f"{folder_text}: the lstm tracker cannot run here (torch)")
+        digest = _weights_digest(folder)
+        model_id = f"lstm {folder.name} {digest[:12]}"
+        made: dict[tuple[str, str], Any] = {}
+        for key, state in self.positions.items():
+            if state.tracker is None:
+                continue  # out of memory: rebuilt from the store when its next frame comes
+            tracker = make_tracker(config, state.shape, shared=shared)
+            if state.last_frame is not None:
+                resume = self._resume_state(key, tracker)
+                probe_state = replace(state)  # _restore sets counters: not on the live state
+                self._restore(
+                    key, probe_state, tracker, resume, tracker_id=model_id, why="new tracker"
+                )
+            made[key] = tracker
+        return _Prepared(folder, config, shared, made, model_id)
+
+    def _record_switch(
+        self, settings: Settings, seg: _Prepared | None, track: _Prepared | None
+    ) -> None:
+        """Write the switch into the stored config of every open run (one transaction)."""
+        if not self.open_runs:
+            return
+        sections = {k: v for k, v in run_config(settings).items() if k in RESUME_SECTIONS}
+        now = time.time()
+        switches = {
+            run_id: {
+                "timestamp": now,
+                "after_frames": {
+                    pos: state.last_frame
+                    for (run, pos), state in sorted(self.positions.items())
+                    if run == run_id
+                },
+                "segment_model": None if seg is None else str(seg.folder),
+                "segmenter": None if seg is None else seg.model_id,
+                "track_model": None if track is None else str(track.folder),
+                "tracker": None if track is None else track.model_id,
+            }
+            for run_id in sorted(self.open_runs)
+        }
+        self.store.record_model_switch(sections, switches)
+
+    def _follow_switches(self, run_id: str, stored: dict[str, Any]) -> None:
+        """A run being resumed that was switched to other models while it ran (its stored
+        ``switches``) goes on with them: the worker switches before the run's next frame,
+        or refuses to resume it (ResumeMismatch) when they cannot be loaded any more."""
+        switches = [s for s in stored.get("switches") or [] if isinstance(s, dict)]
+        want: dict[str, str] = {}
+        for s in switches:
+            for kind in ("segment_model", "track_model"):
+                if isinstance(s.get(kind), str):
+                    want[kind] = s[kind]
+        segment = want.get("segment_model")
+        track = want.get("track_model")
+        if segment is not None and (
+            self.running_segmenter == "learned" and self._segment_model_dir == Path(segment)
+        ):
+            segment = None
+        if track is not None and (
+            self.running_tracker == "lstm" and self._track_model_dir == Path(track)
+        ):
+            track = None
+        if segment is None and track is None:
+            return
+        log.info("run %s was switched to other models while it ran; resuming with them", run_id)
+        answer = self.use_model(
+            UseModel(segment_model=segment, track_model=track, request_id="resume")
+        )
+        if not answer.ok:
+            named = " and ".join(m for m in (segment, track) if m)
+            raise ResumeMismatch(
+                f"run {run_id!r} was switched to {named} while it ran, and this worker "
+                f"cannot load it now ({answer.message}): put the model folder back, or "
+                "start a new run"
             )
-            made: dict[tuple[str, str], Segmenter] = {}
-            for key, state in self.positions.items():
-                segmenter = make_segmenter(config, shared=shared)
-                if segmenter.name != "learned":
-                    return self._answer(
-                        request,
-                        False,
-                        kept,
-                        f"{folder_text}: the learned segmenter cannot run here (torch)",
-                    )
-                if state.last_frame is not None:
-                    segmenter.restore_scale(
-                        self.store.scale_state(
-                            key[0], key[1], self.settings.segment.auto_diameter_frames
-                        )
-                    )
-                made[key] = segmenter
-            if not made:  # no position yet: still load and check the model now
-                probe = make_segmenter(config, shared=shared)
-                if probe.name != "learned":
-                    return self._answer(
-                        request,
-                        False,
-                        kept,
-                        f"{folder_text}: the learned segmenter cannot run here (torch)",
-                    )
-            digest = _weights_digest(folder)
-        except Exception as err:  # untrusted input: any failure is a refusal, not a crash
-            return self._answer(request, False, kept, f"{folder_text}: {err}")
-        for key, segmenter in made.items():
-            self.positions[key].segmenter = segmenter
-        self._make_segmenter = lambda: make_segmenter(config, shared=shared)
-        self.shared_models["segment"] = shared["segment"]
-        self.settings = self.settings.model_copy(update={"segment": config})
-        self._segment_model_dir = folder
-        self.running_segmenter = "learned"
-        now = f"learned {folder.name} {digest[:12]}"
-        self._model_ids[f"learned {folder}"] = now  # the weights as loaded now
-        log.info("segmenting with %s from the next frame on (was %s)", now, kept)
-        return self._answer(request, True, now)
 
     def _answer(
-        self, request: UseModel, ok: bool, segmenter: str, message: str = ""
+        self, request: UseModel, ok: bool, segmenter: str, tracker: str, message: str = ""
     ) -> ModelAnswer:
         if not ok:
-            log.error("model switch refused, still segmenting with %s: %s", segmenter, message)
+            log.error(
+                "model switch refused, still segmenting with %s and tracking with %s: %s",
+                segmenter,
+                tracker,
+                message,
+            )
         answer = ModelAnswer(
             request_id=request.request_id,
             ok=ok,
             segmenter=segmenter,
+            tracker=tracker,
             message=message,
             timestamp=time.time(),
         )

@@ -84,6 +84,12 @@ def test_use_model_round_trips_on_the_wire_as_one_part() -> None:
         decode_driver_message([b'{"kind": "use_model", "segment_model": ""}'])
     answer = ModelAnswer(request_id="abc", ok=False, segmenter="classical", timestamp=1.0)
     assert decode_event([b"model", answer.model_dump_json().encode()]) == answer
+    both = UseModel(segment_model="/m/seg", track_model="/m/track", request_id="b")
+    assert decode_driver_message([both.model_dump_json().encode()]) == both
+    track_only = UseModel(track_model="/m/track")
+    assert decode_driver_message([track_only.model_dump_json().encode()]) == track_only
+    with pytest.raises(BadMessage, match="segment_model, a track_model or both"):
+        decode_driver_message([b'{"kind": "use_model", "request_id": "none"}'])
 
 
 def test_a_live_worker_switches_models_between_frames_and_records_each_frame(
@@ -106,8 +112,10 @@ def test_a_live_worker_switches_models_between_frames_and_records_each_frame(
         request_id="r1",
         ok=True,
         segmenter=other_id,
+        tracker=answer.tracker,  # type: ignore[attr-defined]
         timestamp=answer.timestamp,  # type: ignore[attr-defined]
     )
+    assert answer.tracker.startswith("lstm track-lstm-v4 ")  # type: ignore[attr-defined]
     assert worker.shared_models["segment"] is state.segmenter.model  # type: ignore[attr-defined]
 
     _send(pusher, frames[3:])
@@ -258,3 +266,204 @@ def test_a_wildcard_frames_endpoint_is_reached_on_the_events_host() -> None:
     assert _reachable("tcp://*:5557", "tcp://scope-pc:5558") == "tcp://scope-pc:5557"
     assert _reachable("tcp://127.0.0.1:40123", "tcp://127.0.0.1:5558") == "tcp://127.0.0.1:40123"
     assert _reachable("", "tcp://127.0.0.1:5558") == ""
+
+
+# ---------------------------------------------------------------- the tracking model
+
+TRACK_SIM = SimulationConfig(
+    seed=11, n_frames=12, height=128, width=128, n_cells=9, nucleus_diameter_px=14
+)
+SWITCH_AFTER = 4
+"""Frames 0..4 tracked with the shipped (v4) model, 5.. with the other one."""
+
+
+@pytest.fixture(scope="module")
+def gt_movie() -> list:  # type: ignore[type-arg]
+    return list(SimulatorSource(TRACK_SIM).frames())
+
+
+def _send_labelled(pusher: FramePusher, frames: list, run: str = "live") -> None:  # type: ignore[type-arg]
+    for image, meta in frames:
+        header = header_for(
+            run, image, meta, source="t", total_frames=len(frames), labels=meta.labels
+        )
+        pusher.send_frame(header, image, meta.labels)
+
+
+def _track_worker(db: Path, ctx: zmq.Context, closing) -> Worker:  # type: ignore[type-arg]
+    """The shipped settings (lstm tracker); frames carry their true labels."""
+    return _worker(db, ctx, closing)
+
+
+def _lineage(db: Path) -> tuple[object, ...]:
+    with Store(db, readonly=True) as store:
+        frames = store.frame_indices("live", "sim")
+        rows = []
+        for f in frames:
+            det, track_ids = store.frame_detections("live", "sim", f)
+            rows.append((f, det.labels.tolist(), track_ids.tolist()))
+        return (
+            frames,
+            sorted(map(repr, store.tracks("live", "sim"))),
+            rows,
+            store.frame_models("live", "sim"),
+        )
+
+
+def _other_tracker(tmp_path: Path) -> Path:
+    """A second real tracking model: the shipped v3, copied (its own folder)."""
+    import shutil
+
+    from livetrack.models import SHIPPED_TRACK_MODEL
+
+    folder = tmp_path / "track-mine"
+    shutil.copytree(SHIPPED_TRACK_MODEL.parent / "track-lstm-v3", folder)
+    return folder
+
+
+def test_a_live_worker_switches_its_tracker_between_frames_and_open_tracks_go_on(
+    tmp_path, zmq_context, closing, gt_movie
+):
+    """After the switch every live position has a tracker on the new network, rebuilt
+    from the store: the open tracks where they stood, the frames before the switch without
+    the old model's embeddings (positions kept); the frames after it are recorded with the
+    new model, and no track is cut at the switch."""
+    folder = _other_tracker(tmp_path)
+    db = tmp_path / "switch.db"
+    worker = _track_worker(db, zmq_context, closing)
+    pusher = closing(FramePusher(worker.puller.endpoint, hwm=1000, context=zmq_context))
+    _send_labelled(pusher, gt_movie[: SWITCH_AFTER + 1])
+    _handle(worker, SWITCH_AFTER + 1)
+    old_tracker = worker.positions[("live", "sim")].tracker
+    open_before = set(old_tracker.open_tracks.ids.tolist())  # type: ignore[union-attr]
+
+    pusher.send_use_model(UseModel(track_model=str(folder), request_id="t1"))
+    (answer,) = _handle(worker, 1)
+    new_id = f"lstm track-mine {weights_digest(folder)[:12]}"  # type: ignore[index]
+    assert (answer.ok, answer.tracker) == (True, new_id)  # type: ignore[attr-defined]
+    assert answer.segmenter == "given labels" or answer.segmenter.startswith("learned")  # type: ignore[attr-defined]
+    tracker = worker.positions[("live", "sim")].tracker
+    assert tracker is not old_tracker
+    assert tracker.scorer.model is worker.shared_models["track"][0]  # type: ignore[union-attr]
+    assert set(tracker.open_tracks.ids.tolist()) == open_before  # type: ignore[union-attr]
+    rings = tracker.scorer._rings  # type: ignore[union-attr]
+    assert len(rings.slot) == len(open_before)
+    assert (rings.frame[list(rings.slot.values())] == SWITCH_AFTER).any(axis=1).all()
+    assert not rings.emb.any()  # the old model's embeddings are not the new one's
+
+    _send_labelled(pusher, gt_movie[SWITCH_AFTER + 1 :])
+    _handle(worker, len(gt_movie) - SWITCH_AFTER - 1)
+    assert rings.emb.any()  # written by the new model since
+    pusher.send_eos(EndOfStream(run_id="live", positions=("sim",), frames_sent=len(gt_movie)))
+    _handle(worker, 1)
+    with Store(db, readonly=True) as store:
+        trackers = [t for _, _, t in store.frame_models("live", "sim")]
+        assert trackers[SWITCH_AFTER + 1 :] == [new_id] * (len(gt_movie) - SWITCH_AFTER - 1)
+        assert trackers[0].startswith("lstm track-lstm-v4 ")
+        assert set(trackers[: SWITCH_AFTER + 1]) == {trackers[0]}
+        # tracks open at the switch continue past it: none ends at the switch frame
+        # unless its cell really left (the true lineage has no end there)
+        ended_at_switch = [
+            t
+            for t in store.tracks("live", "sim")
+            if t.end_frame == SWITCH_AFTER and t.track_id in open_before
+        ]
+        assert not ended_at_switch
+        (run,) = store.runs()
+    (switch,) = run["config"]["switches"]
+    assert switch["track_model"] == str(folder)
+    assert switch["tracker"] == new_id
+    assert switch["after_frames"] == {"sim": SWITCH_AFTER}
+    assert run["config"]["track"]["model_dir"] == str(folder)
+    from livetrack import open_run
+
+    with open_run(db) as result:  # the notebook view of the same record
+        assert result.config["switches"] == [switch]
+        assert result.position("sim").config["models"] == run["config"]["models"]
+
+
+def test_a_restarted_worker_goes_on_with_the_switched_tracker_exactly(
+    tmp_path, zmq_context, closing, gt_movie
+):
+    """Switch after frame 4, lose the worker after frame 7, restart it with the ORIGINAL
+    settings: it follows the run's recorded switch (no option needed) and the lineage and
+    per-frame model record equal an uninterrupted run's, frame for frame."""
+    folder = _other_tracker(tmp_path)
+    crash_after = 7
+
+    straight = _track_worker(tmp_path / "straight.db", zmq_context, closing)
+    pusher = closing(FramePusher(straight.puller.endpoint, hwm=1000, context=zmq_context))
+    _send_labelled(pusher, gt_movie[: SWITCH_AFTER + 1])
+    pusher.send_use_model(UseModel(track_model=str(folder)))
+    _send_labelled(pusher, gt_movie[SWITCH_AFTER + 1 :])
+    pusher.send_eos(EndOfStream(run_id="live", positions=("sim",), frames_sent=len(gt_movie)))
+    _handle(straight, len(gt_movie) + 2)
+
+    first = _track_worker(tmp_path / "crash.db", zmq_context, closing)
+    pusher = closing(FramePusher(first.puller.endpoint, hwm=1000, context=zmq_context))
+    _send_labelled(pusher, gt_movie[: SWITCH_AFTER + 1])
+    pusher.send_use_model(UseModel(track_model=str(folder)))
+    _send_labelled(pusher, gt_movie[SWITCH_AFTER + 1 : crash_after + 1])
+    _handle(first, crash_after + 2)
+    first.store.close()  # the worker is gone; its run was never ended
+
+    second = _track_worker(tmp_path / "crash.db", zmq_context, closing)
+    assert second._track_model_dir is None  # started with the shipped model, as the first
+    pusher = closing(FramePusher(second.puller.endpoint, hwm=1000, context=zmq_context))
+    _send_labelled(pusher, gt_movie[crash_after + 1 :])
+    pusher.send_eos(EndOfStream(run_id="live", positions=("sim",), frames_sent=len(gt_movie)))
+    results = _handle(second, len(gt_movie) - crash_after)
+    assert [r.status for r in results if isinstance(r, FrameResult)] == ["stored"] * (
+        len(gt_movie) - crash_after - 1
+    )
+    assert second._track_model_dir == folder
+    assert _lineage(tmp_path / "crash.db") == _lineage(tmp_path / "straight.db")
+
+
+def test_a_run_switched_to_a_model_that_is_gone_is_not_resumed_without_it(
+    tmp_path, zmq_context, closing, gt_movie
+):
+    """The folder the run was switched to was deleted before the restart: the worker
+    refuses the run's frames with a reason that says so (nothing is tracked with another
+    model behind the user's back), and keeps what was stored."""
+    import shutil
+
+    folder = _other_tracker(tmp_path)
+    first = _track_worker(tmp_path / "gone.db", zmq_context, closing)
+    pusher = closing(FramePusher(first.puller.endpoint, hwm=1000, context=zmq_context))
+    _send_labelled(pusher, gt_movie[:2])
+    pusher.send_use_model(UseModel(track_model=str(folder)))
+    _handle(first, 3)
+    first.store.close()
+    shutil.rmtree(folder)
+
+    second = _track_worker(tmp_path / "gone.db", zmq_context, closing)
+    pusher = closing(FramePusher(second.puller.endpoint, hwm=1000, context=zmq_context))
+    _send_labelled(pusher, gt_movie[2:3])
+    (result,) = _handle(second, 1)
+    assert result.status == "rejected"  # type: ignore[attr-defined]
+    assert "was switched to" in result.message  # type: ignore[attr-defined]
+    assert str(folder) in result.message  # type: ignore[attr-defined]
+    with Store(tmp_path / "gone.db", readonly=True) as store:
+        assert store.frame_indices("live", "sim") == [0, 1]
+
+
+def test_the_command_switches_the_tracker_and_needs_a_model(tmp_path, zmq_context, closing, capsys):
+    folder = _other_tracker(tmp_path)
+    worker = _worker(tmp_path / "cmdt.db", zmq_context, closing)
+    stop = threading.Event()
+    thread = _serve(worker, stop)
+    events = worker.publisher.endpoint  # type: ignore[union-attr]
+    try:
+        code = main(
+            ["use-model", "--track-model", str(folder), "--events", events, "--timeout", "30"]
+        )
+        assert code == 0
+        assert "tracks with lstm track-mine" in capsys.readouterr().out
+        assert main(["use-model", "--events", events]) == 1
+        assert "MODEL_DIR, a --track-model DIR or both" in capsys.readouterr().err
+    finally:
+        stop.set()
+        thread.join()
+    assert worker._track_model_dir == folder
+    assert worker.settings.track.model_dir == str(folder)

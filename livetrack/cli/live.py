@@ -177,20 +177,31 @@ def add_parsers(sub: Subcommands) -> None:
     p = command(
         sub,
         "use-model",
-        "switch a running worker (run, replay or worker) to another segmentation model, "
-        "between two frames",
-        "Ask a running worker to segment with another model from its next frame on — one "
-        "fine-tuned on this run's corrected frames (livetrack finetune segment), say. The "
-        "worker loads and checks the model first and keeps its own when it cannot; this "
-        "command waits for its answer and exits 1 on a refusal or no answer. The database "
-        "records which model produced each frame (table frame_models). The switch lasts "
-        "until the worker stops: a resumed run segments with the model its settings name.",
+        "switch a running worker (run, replay or worker) to another segmentation and/or "
+        "tracking model, between two frames",
+        "Ask a running worker to segment (MODEL_DIR) and/or track (--track-model) with other "
+        "models from its next frame on — ones fine-tuned on this run's corrected frames "
+        "(livetrack finetune), say. The worker loads and checks the models first and keeps "
+        "its own when it cannot; this command waits for its answer and exits 1 on a refusal "
+        "or no answer. Open tracks go on across the switch. The database records which "
+        "models produced each frame (table frame_models), and the runs open at the switch "
+        "record it: a worker restarted on such a run goes on with the switched models.",
     )
     p.add_argument(
         "model_dir",
         type=Path,
+        nargs="?",
+        default=None,
         metavar="MODEL_DIR",
-        help="model folder (config.json + weights.pt) as the worker's machine sees it",
+        help="segmentation model folder (config.json + weights.pt) as the worker's machine sees it",
+    )
+    p.add_argument(
+        "--track-model",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="tracking (lstm) model folder, as the worker's machine sees it (livetrack "
+        "finetune track writes one)",
     )
     g = p.add_argument_group("the worker")
     g.add_argument(
@@ -561,10 +572,22 @@ def cmd_use_model(args: argparse.Namespace) -> int:
     if args.curve_secret is not None:
         curve = curve_client(args.curve_secret, args.curve_server)
     remote = curve is not None
-    folder = args.model_dir.expanduser()
-    if folder.exists():  # on this machine: name it absolutely, the worker's cwd may differ
-        folder = folder.absolute()
-    request = UseModel(segment_model=str(folder), request_id=uuid.uuid4().hex[:12])
+    if args.model_dir is None and args.track_model is None:
+        raise LivetrackError("name a segmentation MODEL_DIR, a --track-model DIR or both")
+
+    def named(folder: Path | None) -> str | None:
+        if folder is None:
+            return None
+        folder = folder.expanduser()
+        if folder.exists():  # on this machine: name it absolutely, the worker's cwd may differ
+            folder = folder.absolute()
+        return str(folder)
+
+    request = UseModel(
+        segment_model=named(args.model_dir),
+        track_model=named(args.track_model),
+        request_id=uuid.uuid4().hex[:12],
+    )
     deadline = time.monotonic() + args.timeout
     events = EventSubscriber(
         args.events, topics=("model", "status"), curve=curve, allow_remote=remote
@@ -603,8 +626,10 @@ def cmd_use_model(args: argparse.Namespace) -> int:
             pusher.close(linger_s=1.0)
         events.close()
     if not msg.ok:
-        raise LivetrackError(f"the worker kept {msg.segmenter}: {msg.message}")
-    print(f"the worker segments with {msg.segmenter} from its next frame on")
+        kept = f"{msg.segmenter} and {msg.tracker}" if msg.tracker else msg.segmenter
+        raise LivetrackError(f"the worker kept {kept}: {msg.message}")
+    tracking = f" and tracks with {msg.tracker}" if msg.tracker else ""
+    print(f"the worker segments with {msg.segmenter}{tracking} from its next frame on")
     return 0
 
 

@@ -551,9 +551,10 @@ class LearnedScorer:
                 h.detections.centroids[keep],
             )
         if missing:
-            log.warning(
-                "%d restored frames have no stored embeddings (a store written before "
-                "schema v2?); their tracks continue on positions and motion only",
+            log.info(
+                "%d restored frames have no embeddings from this model (made by another "
+                "tracking model before a switch, or by a store before schema v2); their "
+                "tracks continue on positions and motion only",
                 missing,
             )
 

@@ -352,8 +352,9 @@ class DashboardApp(App[None]):
             )
         for answer in batch.models:
             if answer.ok:
+                tracker = f", tracking with {answer.tracker}" if answer.tracker else ""
                 self.notify(
-                    f"segmenting with {answer.segmenter} from the next frame",
+                    f"segmenting with {answer.segmenter}{tracker} from the next frame",
                     timeout=8,
                     markup=False,
                 )
