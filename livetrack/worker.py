@@ -57,7 +57,7 @@ from livetrack.messages import (
 )
 from livetrack.segment.base import Segmenter
 from livetrack.segment.factory import make_segmenter
-from livetrack.store import RESUME_SECTIONS, ResumeState, StoreWriter
+from livetrack.store import RESUME_SECTIONS, ResumeState, StoreWriter, resume_mismatch
 from livetrack.timings import stage_medians
 from livetrack.track.base import Tracker, TrackStep
 from livetrack.track.factory import make_tracker
@@ -150,6 +150,41 @@ def run_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+_PART_NAMES = {"segment_model": "segmentation", "track_model": "tracking"}
+
+
+def resume_settings(run_id: str, settings: Settings, stored: dict[str, Any]) -> Settings:
+    """The settings to resume ``run_id`` with: ``settings`` with the models the run was
+    switched to while it ran (``livetrack use-model``; its stored ``switches``, the latest
+    per part), so that a restart with the run's original command goes on as the run did.
+    ResumeMismatch when a switched model's folder holds no readable weights any more."""
+    from livetrack.models import weights_digest
+
+    want: dict[str, str] = {}
+    for switch in stored.get("switches") or []:
+        if isinstance(switch, dict):
+            for part in ("segment_model", "track_model"):
+                if isinstance(switch.get(part), str):
+                    want[part] = switch[part]
+    for part, folder in want.items():
+        if weights_digest(Path(folder)) is None:
+            raise ResumeMismatch(
+                f"run {run_id!r} was switched to the {_PART_NAMES[part]} model "
+                f"{folder} while it ran, and {Path(folder) / 'weights.pt'} cannot be read "
+                "now: put the model folder back (or start a new run)"
+            )
+    update: dict[str, Any] = {}
+    if "segment_model" in want:
+        update["segment"] = settings.segment.model_copy(
+            update={"method": "learned", "model_dir": Path(want["segment_model"])}
+        )
+    if "track_model" in want:
+        update["track"] = settings.track.model_copy(
+            update={"method": "lstm", "model_dir": want["track_model"]}
+        )
+    return settings.model_copy(update=update) if update else settings
+
+
 class Worker:
     """Processes frames from a FramePuller until stopped (or end-of-stream)."""
 
@@ -185,6 +220,12 @@ class Worker:
         )
         """The learned tracker's model folder in use (None: the shipped one); changed by a
         ``UseModel`` request."""
+        self._switched: dict[str, str | None] = {}
+        """The models this worker was switched to since it started (``UseModel``), as a
+        run's ``switches`` record holds them: a run begun afterwards records them too."""
+        self._refused_resume: dict[str, str] = {}
+        """Runs whose resume was refused because their switched models cannot be loaded
+        (not retried on every frame; restart the worker once the folder is back)."""
         self._make_tracker = tracker_factory or (
             lambda shape: make_tracker(settings.track, shape, shared=self.shared_models)
         )
@@ -507,6 +548,10 @@ class Worker:
         is_new = self.store.begin_run(
             h.run_id, source=h.source or "stream", config=run_config(self.settings)
         )
+        if is_new and self._switched:  # begun on switched models: a restart must know
+            self.store.record_model_switch(
+                {}, {h.run_id: {"timestamp": time.time(), "after_frames": {}, **self._switched}}
+            )
         self.open_runs.add(h.run_id)
         self.finished_runs.discard(h.run_id)
         self._current_run = h.run_id
@@ -751,6 +796,10 @@ class Worker:
             self._track_model_dir = track.folder
             self.running_tracker = "lstm"
             self._model_ids[f"lstm {track.folder}"] = track.model_id
+        if seg is not None:
+            self._switched.update(segment_model=str(seg.folder), segmenter=seg.model_id)
+        if track is not None:
+            self._switched.update(track_model=str(track.folder), tracker=track.model_id)
         segmenter, tracker = self._running_ids()
         log.info(
             "from the next frame on: segmenting with %s (was %s), tracking with %s (was %s)",
@@ -777,7 +826,7 @@ class Worker:
     def _prepare_segmenter(self, folder_text: str) -> _Prepared:
         try:
             return self._load_segmenter(folder_text)
-        except _Refused:
+        except (_Refused, StoreLost, RunInUse):
             raise
         except Exception as err:  # from the wire: any failure is a refusal naming the folder
             raise _Refused(f"{folder_text}: {err}") from err
@@ -791,7 +840,7 @@ class Worker:
             raise _Refused(f"{folder_text}: {err}") from err
 
     def _load_segmenter(self, folder_text: str) -> _Prepared:
-        folder = Path(folder_text).expanduser()
+        folder = Path(folder_text).expanduser().absolute()  # recorded: cwd-independent
         config = self.settings.segment.model_copy(update={"method": "learned", "model_dir": folder})
         shared: dict[str, Any] = {}
         probe = make_segmenter(config, shared=shared)  # loads and checks the network once
@@ -811,7 +860,7 @@ class Worker:
         return _Prepared(folder, config, shared, made, f"learned {folder.name} {digest[:12]}")
 
     def _load_tracker(self, folder_text: str) -> _Prepared:
-        folder = Path(folder_text).expanduser()
+        folder = Path(folder_text).expanduser().absolute()
         config = self.settings.track.model_copy(
             update={"method": "lstm", "model_dir": str(folder)}  # TrackConfig keeps a str
         )
@@ -862,37 +911,38 @@ class Worker:
 
     def _follow_switches(self, run_id: str, stored: dict[str, Any]) -> None:
         """A run being resumed that was switched to other models while it ran (its stored
-        ``switches``) goes on with them: the worker switches before the run's next frame,
-        or refuses to resume it (ResumeMismatch) when they cannot be loaded any more."""
-        switches = [s for s in stored.get("switches") or [] if isinstance(s, dict)]
-        want: dict[str, str] = {}
-        for s in switches:
-            for kind in ("segment_model", "track_model"):
-                if isinstance(s.get(kind), str):
-                    want[kind] = s[kind]
-        segment = want.get("segment_model")
-        track = want.get("track_model")
-        if segment is not None and (
-            self.running_segmenter == "learned" and self._segment_model_dir == Path(segment)
-        ):
-            segment = None
-        if track is not None and (
-            self.running_tracker == "lstm" and self._track_model_dir == Path(track)
-        ):
-            track = None
-        if segment is None and track is None:
-            return
-        log.info("run %s was switched to other models while it ran; resuming with them", run_id)
-        answer = self.use_model(
-            UseModel(segment_model=segment, track_model=track, request_id="resume")
-        )
-        if not answer.ok:
-            named = " and ".join(m for m in (segment, track) if m)
-            raise ResumeMismatch(
-                f"run {run_id!r} was switched to {named} while it ran, and this worker "
-                f"cannot load it now ({answer.message}): put the model folder back, or "
-                "start a new run"
+        ``switches``) goes on with them. The resume is checked first (settings, lease), so
+        nothing changes for a run that will be refused anyway; then the worker switches —
+        all its positions, as any ``UseModel`` — or refuses the run (ResumeMismatch) when
+        the models cannot be loaded any more."""
+        if run_id in self._refused_resume:
+            raise ResumeMismatch(self._refused_resume[run_id])
+        try:
+            wanted = resume_settings(run_id, self.settings, stored)
+            segment = (
+                str(wanted.segment.model_dir)
+                if wanted.segment != self.settings.segment and wanted.segment.model_dir
+                else None
             )
+            track = wanted.track.model_dir if wanted.track != self.settings.track else None
+            if segment is None and track is None:
+                return
+            resume_mismatch(run_id, stored, run_config(wanted))  # would begin_run accept it?
+            self.store.check_run_free(run_id)
+            log.info("run %s was switched to other models while it ran; resuming with them", run_id)
+            answer = self.use_model(
+                UseModel(segment_model=segment, track_model=track, request_id="resume")
+            )
+            if not answer.ok:
+                named = " and ".join(m for m in (segment, track) if m)
+                raise ResumeMismatch(
+                    f"run {run_id!r} was switched to {named} while it ran, and this worker "
+                    f"cannot load it now ({answer.message}): put the model folder back and "
+                    "restart the worker, or start a new run"
+                )
+        except ResumeMismatch as err:
+            self._refused_resume[run_id] = str(err)
+            raise
 
     def _answer(
         self, request: UseModel, ok: bool, segmenter: str, tracker: str, message: str = ""

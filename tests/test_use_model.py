@@ -467,3 +467,82 @@ def test_the_command_switches_the_tracker_and_needs_a_model(tmp_path, zmq_contex
         thread.join()
     assert worker._track_model_dir == folder
     assert worker.settings.track.model_dir == str(folder)
+
+
+def _switch_recorded(db: Path, run_id: str, folder: Path) -> None:
+    """What a live ``use-model --track-model`` leaves in the store of a run that then
+    stopped: its config names the tracker and lists the switch."""
+    from livetrack.worker import run_config
+
+    with Store(db) as store:
+        stored = store.run_config(run_id)
+        assert stored is not None
+        settings = Settings().model_validate({k: stored[k] for k in ("segment", "track")})
+        switched = settings.model_copy(
+            update={"track": settings.track.model_copy(update={"model_dir": str(folder)})}
+        )
+        sections = {k: run_config(switched)[k] for k in ("segment", "track", "models")}
+        record = {"timestamp": 0.0, "after_frames": {"sim": 5}, "track_model": str(folder)}
+        store.record_model_switch(sections, {run_id: record})
+
+
+CLI_SIM = ["--seed", "5", "--size", "128", "128", "--cells", "8", "--diameter", "16"]
+
+
+def test_the_same_command_resumes_a_switched_run_with_the_switched_tracker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``livetrack run`` checks a resume against the run's settings before it starts the
+    source: a run switched to another tracker while it ran is resumed by its original
+    command, on the switched tracker; when that model is gone, the command exits 1 saying
+    so and stores nothing."""
+    import shutil
+
+    folder = _other_tracker(tmp_path)
+    db = tmp_path / "cli.db"
+    common = [*CLI_SIM, "--db", str(db), "--no-tui", "--events", "tcp://127.0.0.1:0"]
+    assert main(["run", "--frames", "6", *common, "--run-id", "r1"]) == 0
+    _switch_recorded(db, "r1", folder)
+    capsys.readouterr()
+
+    assert main(["run", "--frames", "9", *common, "--run-id", "r1"]) == 0
+    assert "resuming with them" in capsys.readouterr().err
+    with Store(db, readonly=True) as store:
+        trackers = [t for _, _, t in store.frame_models("r1", "sim")]
+    new_id = f"lstm track-mine {weights_digest(folder)[:12]}"  # type: ignore[index]
+    assert trackers[6:] == [new_id] * 3
+    assert trackers[0].startswith("lstm track-lstm-v4 ")
+
+    shutil.rmtree(folder)
+    assert main(["run", "--frames", "12", *common, "--run-id", "r1"]) == 1
+    err = capsys.readouterr().err
+    assert "was switched to the tracking model" in err
+    assert str(folder) in err
+    with Store(db, readonly=True) as store:
+        assert store.frame_indices("r1", "sim") == list(range(9))
+
+
+def test_a_run_begun_after_a_switch_resumes_with_the_switched_models(
+    tmp_path, zmq_context, closing, gt_movie
+):
+    """The switch came before the run's first frame: the run records it when it begins,
+    so a worker restarted with the original settings goes on with the switched tracker."""
+    folder = _other_tracker(tmp_path)
+    db = tmp_path / "later.db"
+    first = _track_worker(db, zmq_context, closing)
+    pusher = closing(FramePusher(first.puller.endpoint, hwm=1000, context=zmq_context))
+    pusher.send_use_model(UseModel(track_model=str(folder)))
+    _send_labelled(pusher, gt_movie[:3])
+    _handle(first, 4)
+    first.store.close()
+
+    second = _track_worker(db, zmq_context, closing)
+    pusher = closing(FramePusher(second.puller.endpoint, hwm=1000, context=zmq_context))
+    _send_labelled(pusher, gt_movie[3:5])
+    results = _handle(second, 2)
+    assert [r.status for r in results] == ["stored"] * 2  # type: ignore[attr-defined]
+    with Store(db, readonly=True) as store:
+        trackers = {t for _, _, t in store.frame_models("live", "sim")}
+        (run,) = store.runs()
+    assert trackers == {f"lstm track-mine {weights_digest(folder)[:12]}"}  # type: ignore[index]
+    assert run["config"]["switches"][0]["after_frames"] == {}

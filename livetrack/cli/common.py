@@ -238,13 +238,22 @@ def run_source(
 ) -> int:
     from livetrack.runner import choose_run_id, run_pipeline
     from livetrack.store import Store
-    from livetrack.worker import run_config
+    from livetrack.worker import resume_settings, run_config
 
     settings = settings_of(args)
     db = settings.store.path
     with Store(db, config=settings.store) as store:
         run_id = args.run_id or choose_run_id(store, base_run_id)
         store.check_run_free(run_id)  # before the source starts (a microscope, say)
+        stored = store.run_config(run_id)
+        if stored is not None:  # resuming: with the models it was switched to, if any
+            resumed = resume_settings(run_id, settings, stored)
+            if resumed != settings:  # said before the logging is set up
+                print(
+                    f"run {run_id} was switched to other models while it ran; resuming with them",
+                    file=sys.stderr,
+                )
+            settings = resumed
         store.check_resume(run_id, run_config(settings))
     if not args.no_tui and sys.stdout.isatty() and sys.stderr.isatty():
         return run_with_tui(args, source, description, run_id, settings)
