@@ -26,6 +26,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from livetrack.errors import ConfigError
+from livetrack.torch_ops import max_pool2
 from livetrack.weights import load_weights
 
 WEIGHTS_FILE = "weights.pt"
@@ -98,7 +99,7 @@ class NucleusUNet(nn.Module):
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.down):
             if i > 0:
-                x = nn.functional.max_pool2d(x, 2)
+                x = max_pool2(x)  # max_pool2d(x, 2), faster on a CPU
             x = block(x)
             skips.append(x)
         skips.pop()

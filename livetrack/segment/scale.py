@@ -131,8 +131,13 @@ def _estimate(img: NDArray[np.float32], sigma: float, min_contrast: float) -> fl
     if n < MIN_ESTIMATE_OBJECTS:
         return None
     dist = ndi.distance_transform_edt(mask)
-    index = np.arange(1, n + 1)
-    radii = np.asarray(ndi.maximum(dist, labels, index), dtype=np.float64)
+    # The largest inscribed radius of each component: ndi.maximum's values, without its
+    # sort of the whole frame (~0.1 s at 1024²); distances are >= 0, so 0 starts the max.
+    flat = labels.ravel()
+    fg = np.flatnonzero(flat)
+    radii = np.zeros(n + 1)
+    np.maximum.at(radii, flat[fg], dist.ravel()[fg])
+    radii = radii[1:]
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
     real = radii >= 2.0  # specks of noise
     radii, areas = radii[real], areas[real]

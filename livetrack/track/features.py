@@ -178,14 +178,17 @@ def _morphology(
     l2 = np.maximum((myy + mxx) / 2.0 - root, 0.0)
     ecc = np.sqrt(np.clip(1.0 - l2 / np.maximum(l1, 1e-9), 0.0, 1.0))
     # Perimeter: pixels of the object with a 4-neighbour outside it (or on the frame edge).
-    pad = np.pad(lab, 1, constant_values=0)
-    core = pad[1:-1, 1:-1]
-    edge = (
-        (pad[:-2, 1:-1] != core)
-        | (pad[2:, 1:-1] != core)
-        | (pad[1:-1, :-2] != core)
-        | (pad[1:-1, 2:] != core)
-    )
+    # Each neighbouring pair is compared once and marks both of its pixels; frame-edge
+    # pixels are all marked (those of the background, label 0, are not counted).
+    edge = np.zeros(lab.shape, bool)
+    edge[[0, -1], :] = True
+    edge[:, [0, -1]] = True
+    rows = lab[1:] != lab[:-1]
+    edge[1:] |= rows
+    edge[:-1] |= rows
+    cols = lab[:, 1:] != lab[:, :-1]
+    edge[:, 1:] |= cols
+    edge[:, :-1] |= cols
     perim = np.bincount(lab.ravel()[edge.ravel()], minlength=size)[labels].astype(np.float64)
     d = max(float(diameter), 1.0)
     return np.stack([area / d**2, perim / d, ecc], axis=1).astype(np.float32)
