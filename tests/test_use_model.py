@@ -31,7 +31,7 @@ from livetrack.worker import FrameResult, Worker
 torch = pytest.importorskip("torch")
 
 SIM = SimulationConfig(seed=5, n_frames=6, height=96, width=96, n_cells=5, nucleus_diameter_px=16)
-SHIPPED_ID = f"learned seg-unet-v1 {weights_digest(SHIPPED_SEGMENT_MODEL)[:12]}"  # type: ignore[index]
+SHIPPED_ID = f"learned {SHIPPED_SEGMENT_MODEL.name} {weights_digest(SHIPPED_SEGMENT_MODEL)[:12]}"  # type: ignore[index]
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,9 @@ def add_parsers(sub: Subcommands) -> None:
         "--recipe",
         choices=("v1", "v2"),
         default="v1",
-        help="simulated-data recipe (v1: the shipped model's; v2: crowded late frames, "
-        "frames right after divisions, nucleoli, haze, mitotic shapes — no shipped model "
-        "uses it yet; see docs/training.md)",
+        help="simulated-data recipe (v1: seg-unet-v1's; v2: the shipped seg-unet-v2's — "
+        "crowded late frames, frames right after divisions, nucleoli, haze, mitotic "
+        "shapes; see docs/training.md)",
     )
     ctc_arg(p, "NN_GT/SEG masks")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -62,9 +62,9 @@ def add_parsers(sub: Subcommands) -> None:
         "--recipe",
         choices=("v3", "v4"),
         default="v3",
-        help="training recipe (v3: the shipped model's; v4: shapes up to 3:1, nucleoli, "
-        "haze and appearance dropout so an unfamiliar look falls back on geometry; see "
-        "docs/training.md)",
+        help="training recipe (v3: track-lstm-v3's; v4: the shipped track-lstm-v4's — "
+        "shapes up to 3:1, nucleoli, haze and appearance dropout so an unfamiliar look "
+        "falls back on geometry; see docs/training.md)",
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_train_track)

@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent
-SHIPPED_SEGMENT_MODEL = MODELS_DIR / "seg-unet-v1"
+SHIPPED_SEGMENT_MODEL = MODELS_DIR / "seg-unet-v2"
 """The segmentation model trained here and shipped inside the package (see docs)."""
 SHIPPED_TRACK_MODEL = MODELS_DIR / "track-lstm-v4"
 """The shipped tracking model (weights + the thresholds chosen on a validation split)."""
