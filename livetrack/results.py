@@ -307,7 +307,7 @@ class TrackingResult:
     @property
     def models(self) -> pd.DataFrame:
         """Which models produced each stored frame: position, frame, segmenter, tracker
-        (e.g. ``learned seg-unet-v1 2fc185729276``, ``lstm track-lstm-v4 b45017fa…``). A
+        (e.g. ``learned seg-unet-v2 921bb4a26434``, ``lstm track-lstm-v4 b45017fa…``). A
         live switch (``livetrack use-model``) shows as a change of ``segmenter``."""
         import pandas as pd
 
