@@ -100,7 +100,9 @@ def track(
             else:
                 assert seg is not None
                 result = seg.predict(image, pixel_size)
-            step = trk.step(t, result.detections, image=image, mask=result.mask)
+            step = trk.step(
+                t, result.detections, image=image, mask=result.mask, labels_given=seg is None
+            )
             builder.add_frame(result.mask, result.detections, step)
             dets = builder.detections[t][0]
             builder.features[t] = measure(result.mask, dets.labels, image)

@@ -1855,6 +1855,12 @@ RESUME_SECTIONS = ("segment", "track", "models")
 tracking settings (thresholds included) and the identity of the model weights. The
 worker's endpoints, the store's path and other operational settings may change."""
 
+IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {("track", "division_geometry_weight"): 0.5}
+"""Settings added after runs were stored: the value a run stored without the key ran with
+(the behaviour before the setting existed). A resume compares against it, so a run begun
+by an older version resumes when the setting still has that value and is refused, naming
+it, when it does not."""
+
 
 def resume_mismatch(run_id: str, stored: dict[str, Any], new: dict[str, Any]) -> None:
     """Raise ResumeMismatch naming every setting in ``RESUME_SECTIONS`` where ``new``
@@ -1865,10 +1871,9 @@ def resume_mismatch(run_id: str, stored: dict[str, Any], new: dict[str, Any]) ->
         if not isinstance(old_part, dict) or not isinstance(new_part, dict):
             continue
         for key in sorted(set(old_part) | set(new_part)):
-            if old_part.get(key) != new_part.get(key):
-                diffs.append(
-                    f"{section}.{key}: begun with {old_part.get(key)!r}, now {new_part.get(key)!r}"
-                )
+            old = old_part.get(key, IMPLIED_SETTINGS.get((section, key)))
+            if old != new_part.get(key):
+                diffs.append(f"{section}.{key}: begun with {old!r}, now {new_part.get(key)!r}")
     if diffs:
         shown = "; ".join(diffs[:5]) + (f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else "")
         raise ResumeMismatch(

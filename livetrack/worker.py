@@ -362,7 +362,13 @@ class Worker:
                 "so far are kept and the run is resumable"
             ) from err
         t = time.perf_counter()
-        step = tracker.step(h.frame_index, seg.detections, image=rf.image, mask=seg.mask)
+        step = tracker.step(
+            h.frame_index,
+            seg.detections,
+            image=rf.image,
+            mask=seg.mask,
+            labels_given=rf.labels is not None,
+        )
         timings["track"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         try:

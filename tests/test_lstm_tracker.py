@@ -52,9 +52,9 @@ def render(cells: list[Cell]) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), mask
 
 
-def step(tr: OnlineTracker, t: int, cells: list[Cell]) -> TrackStep:
+def step(tr: OnlineTracker, t: int, cells: list[Cell], *, labels_given: bool = False) -> TrackStep:
     image, mask = render(cells)
-    return tr.step(t, Detections.from_labels(mask), image, mask)
+    return tr.step(t, Detections.from_labels(mask), image, mask, labels_given=labels_given)
 
 
 # ---------------------------------------------------------------------- features
@@ -284,6 +284,48 @@ def test_combined_division_score_is_the_mean_on_each_cues_own_scale() -> None:
             (2, 5): 0.375,  # geometry alone (0.75 on its scale) does not
         }
     )
+
+
+def test_the_geometry_weight_shifts_the_joint_decision_towards_geometry() -> None:
+    learned = DivisionScores(np.array([0, 1]), np.array([3, 3]), np.array([0.1, 0.9]))
+    geometric = DivisionScores(np.array([0, 1]), np.array([3, 3]), np.array([0.9, 0.1]))
+    for weight, expected in [(0.5, [0.5, 0.5]), (0.7, [0.66, 0.34]), (1.0, [0.9, 0.1])]:
+        both = combine_division_cues(learned, geometric, weight)
+        assert both.score == pytest.approx(expected)
+    # A pair only one cue scored keeps that cue's share alone.
+    lone = combine_division_cues(learned, DivisionScores.none(), 0.7)
+    assert lone.score == pytest.approx([0.03, 0.27])
+
+
+def test_a_geometry_weight_lets_clear_geometry_overrule_a_hesitant_model() -> None:
+    # The model sees nothing of a division (p_parent 0.05 for both daughters, which sit
+    # symmetrically about the mother at half her size): the plain mean leaves the mother
+    # continuing, a geometry weight of 0.8 divides her.
+    probs = {1: (0.5, 0.45, 0.05), 2: (0.3, 0.65, 0.05)}
+    outcomes = []
+    for weight in (0.5, 0.8):
+        cfg = TrackConfig(division_cues="both", division_geometry_weight=weight)
+        tr = fixed_tracker(cfg, SHAPE, probs, link_threshold=0.1, division_threshold=0.6)
+        step(tr, 0, [(80.0, 80.0, 9.0)])
+        s = step(tr, 1, [(80.0, 73.0, 6.5), (80.0, 87.0, 6.5)])
+        outcomes.append(sum(e.kind == "division" for e in s.events))
+    assert outcomes == [0, 1]
+
+
+@pytest.mark.parametrize("labels_given", [False, True])
+def test_by_default_clear_geometry_carries_a_division_only_on_given_labels(
+    labels_given: bool,
+) -> None:
+    # Same scene as above with the default weight: on frames livetrack segmented, the
+    # model's doubt keeps the mother (a split nucleus looks just as symmetric); on given
+    # label images (tracking only) the geometry decides.
+    probs = {1: (0.5, 0.45, 0.05), 2: (0.3, 0.65, 0.05)}
+    cfg = TrackConfig(division_cues="both")
+    assert cfg.geometry_weight(labels_given) == (0.7 if labels_given else 0.5)
+    tr = fixed_tracker(cfg, SHAPE, probs, link_threshold=0.1, division_threshold=0.6)
+    step(tr, 0, [(80.0, 80.0, 9.0)], labels_given=labels_given)
+    s = step(tr, 1, [(80.0, 73.0, 6.5), (80.0, 87.0, 6.5)], labels_given=labels_given)
+    assert sum(e.kind == "division" for e in s.events) == int(labels_given)
 
 
 def test_a_mother_with_one_daughter_in_sight_continues() -> None:

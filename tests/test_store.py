@@ -17,7 +17,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from livetrack.errors import RunInUse, SchemaMismatch, StoreError, StoreLost
+from livetrack.errors import ResumeMismatch, RunInUse, SchemaMismatch, StoreError, StoreLost
 from livetrack.store import (
     EMBEDDINGS_TABLE,
     EVENTS_TABLE,
@@ -39,6 +39,7 @@ from livetrack.store import (
     encode_mask,
     migrate,
     render_ddl,
+    resume_mismatch,
 )
 from livetrack.track.base import LineageEvent, TrackEnd, TrackRecord, TrackStart, TrackStep
 from livetrack.types import Detections
@@ -1313,3 +1314,17 @@ def test_store_meets_the_worker_protocol() -> None:
     }
     assert {"resume_state", "write_frame", "begin_run", "end_run"} <= declared
     assert all(callable(getattr(Store, name, None)) for name in declared)
+
+
+def test_a_setting_added_after_a_run_began_is_compared_with_the_value_it_ran_with() -> None:
+    """A run stored before ``track.division_geometry_weight`` existed ran with the plain mean
+    (0.5): it resumes at 0.5 and is refused, naming the setting, at any other weight."""
+    stored = {"track": {"method": "lstm", "division_cues": "both"}}
+    same = {"track": {"method": "lstm", "division_cues": "both", "division_geometry_weight": 0.5}}
+    resume_mismatch("r1", stored, same)
+    other = {"track": {**same["track"], "division_geometry_weight": 0.7}}
+    with pytest.raises(ResumeMismatch, match=r"division_geometry_weight: begun with 0\.5, now 0\.7"):
+        resume_mismatch("r1", stored, other)
+    # A setting nobody declared keeps the strict comparison: absent is not a value.
+    with pytest.raises(ResumeMismatch, match=r"track\.new_thing: begun with None, now 1"):
+        resume_mismatch("r1", stored, {"track": {**same["track"], "new_thing": 1}})

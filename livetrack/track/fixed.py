@@ -47,6 +47,8 @@ class FixedScorer:
         image: NDArray[np.generic] | None = None,
         mask: NDArray[np.integer] | None = None,
         features: object | None = None,
+        *,
+        labels_given: bool = False,
     ) -> LearnedFrame:
         cand, link = gate_pairs(frame, tracks, detections, diameter, self.config)
         prob = np.array(
@@ -67,6 +69,7 @@ class FixedScorer:
             self.division_threshold,
             geometry,
             self.config.division_cues,
+            self.config.geometry_weight(labels_given),
         )
 
     def commit(self, *args: object) -> None:

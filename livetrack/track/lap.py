@@ -91,6 +91,8 @@ class DistanceScorer:
         image: NDArray[np.generic] | None = None,
         mask: NDArray[np.integer] | None = None,
         features: object | None = None,
+        *,
+        labels_given: bool = False,
     ) -> _DistanceFrame:
         """Gate and cost the frame's pairs; ``image``, ``mask`` and ``features`` are not
         used (distance and area only)."""

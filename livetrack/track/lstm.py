@@ -292,6 +292,9 @@ class LearnedFrame:
 
     cues: str = "learned"
     """``TrackConfig.division_cues``: which cues decide a division, and how."""
+    geometry_weight: float = 0.5
+    """``TrackConfig.division_geometry_weight``: the geometric cue's share of the joint
+    decision ("both")."""
 
     @property
     def division_threshold(self) -> float:
@@ -326,6 +329,7 @@ class LearnedFrame:
         return combine_division_cues(
             rescaled(learned, self.learned_threshold),
             rescaled(geometric, self.geometry.division_threshold),
+            self.geometry_weight,
         )
 
     def learned_divisions(
@@ -359,10 +363,13 @@ def rescaled(scores: DivisionScores, threshold: float) -> DivisionScores:
     return DivisionScores(scores.mother, scores.child, y)
 
 
-def combine_division_cues(learned: DivisionScores, geometric: DivisionScores) -> DivisionScores:
-    """The sister pair decided jointly by both cues: per (mother, newborn) pair, the mean of
-    the learned posterior and the geometric score, each ``rescaled`` so that 0.5 is its own
-    threshold (a pair one cue did not score counts 0 for it).
+def combine_division_cues(
+    learned: DivisionScores, geometric: DivisionScores, geometry_weight: float = 0.5
+) -> DivisionScores:
+    """The sister pair decided jointly by both cues: per (mother, newborn) pair, the weighted
+    mean of the learned posterior and the geometric score (``geometry_weight`` the geometric
+    one's share), each ``rescaled`` so that 0.5 is its own threshold (a pair one cue did not
+    score counts 0 for it).
 
     The geometry (the newborn near the mother, the two daughters symmetric about her last
     position, each smaller than her but not a fragment) is what a model cannot unlearn: a
@@ -372,16 +379,17 @@ def combine_division_cues(learned: DivisionScores, geometric: DivisionScores) ->
     take: a nucleus split in two by the segmentation is as symmetric as a division, but it
     does not look like one. Chosen on the validation suite over "either cue alone" (more
     false divisions end to end) and a stricter geometric threshold (no better)."""
+    w = float(geometry_weight)
     if len(geometric.mother) == 0:
-        return DivisionScores(learned.mother, learned.child, 0.5 * learned.score)
+        return DivisionScores(learned.mother, learned.child, (1.0 - w) * learned.score)
     if len(learned.mother) == 0:
-        return DivisionScores(geometric.mother, geometric.child, 0.5 * geometric.score)
+        return DivisionScores(geometric.mother, geometric.child, w * geometric.score)
     m = np.concatenate([learned.mother, geometric.mother])
     c = np.concatenate([learned.child, geometric.child])
-    s = np.concatenate([learned.score, geometric.score])
+    s = np.concatenate([(1.0 - w) * learned.score, w * geometric.score])
     n = int(c.max()) + 1
     uniq, inv = np.unique(m.astype(np.int64) * n + c, return_inverse=True)
-    mean = np.asarray(0.5 * np.bincount(inv, weights=s, minlength=len(uniq)), np.float64)
+    mean = np.asarray(np.bincount(inv, weights=s, minlength=len(uniq)), np.float64)
     um, uc = np.divmod(uniq, n)
     return DivisionScores(um.astype(np.intp), uc.astype(np.intp), mean)
 
@@ -411,6 +419,7 @@ def probability_frame(
     division_threshold: float,
     geometry: FrameScores | None,
     cues: str = "learned",
+    geometry_weight: float = 0.5,
 ) -> LearnedFrame:
     """A frame's ``FrameScores`` from pair probabilities: link cost ``1 − p_same`` in
     Caliban's layout (birth and death each half of ``1 − link_threshold``, so a link needs
@@ -426,6 +435,7 @@ def probability_frame(
         len(embeddings),
         geometry,
         cues=cues,
+        geometry_weight=geometry_weight,
     )
 
 
@@ -490,9 +500,13 @@ class LearnedScorer:
         image: NDArray[np.generic] | None = None,
         mask: NDArray[np.integer] | None = None,
         features: object | None = None,
+        *,
+        labels_given: bool = False,
     ) -> LearnedFrame:
         """Embed the frame, gate with the larger of the link and division radii, classify
-        every gated pair; links need p_same above ``link_threshold``."""
+        every gated pair; links need p_same above ``link_threshold``; ``labels_given``
+        picks the geometric cue's share of the division decision
+        (``TrackConfig.geometry_weight``)."""
         emb = self._embed(detections, diameter, image, mask, features)
         cand, link = gate_pairs(frame, tracks, detections, diameter, self.config)
         prob = self._classify(frame, tracks, detections, emb, cand, diameter)
@@ -510,6 +524,7 @@ class LearnedScorer:
             self.division_threshold,
             geometry,
             self.config.division_cues,
+            self.config.geometry_weight(labels_given),
         )
 
     def commit(

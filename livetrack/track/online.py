@@ -190,9 +190,12 @@ class LinkScorer(Protocol):
         image: NDArray[np.generic] | None,
         mask: NDArray[np.integer] | None,
         features: object | None,
+        *,
+        labels_given: bool = False,
     ) -> FrameScores:
         """Gate and score this frame's pairs (``features``: precomputed per-detection
-        inputs a learned scorer accepts instead of ``image``/``mask``)."""
+        inputs a learned scorer accepts instead of ``image``/``mask``; ``labels_given``:
+        the frame's labels came with it instead of from livetrack's segmentation)."""
         ...
 
     def commit(
@@ -318,10 +321,13 @@ class OnlineTracker:
         mask: NDArray[np.integer] | None = None,
         *,
         features: object | None = None,
+        labels_given: bool = False,
     ) -> TrackStep:
         """Link ``detections`` of ``frame`` to the open tracks; see the module docstring.
         ``image`` and ``mask`` go to the scorer (the distance scorer ignores them);
-        ``features``: the learned scorer's per-detection inputs, when already computed."""
+        ``features``: the learned scorer's per-detection inputs, when already computed;
+        ``labels_given``: the detections come from a given label image (tracking only), not
+        from livetrack's segmentation (``TrackConfig.geometry_weight``)."""
         if self._last_frame is not None and frame <= self._last_frame:
             raise BadFrame(f"frame {frame} arrived after frame {self._last_frame}")
         self._diameters.append((frame, equivalent_diameter(detections.areas)))
@@ -334,7 +340,15 @@ class OnlineTracker:
         self._tracks = tracks = self._tracks.take(~stale)
 
         scores = self.scorer.score(
-            frame, tracks, detections, diam, self.frame_shape, image, mask, features
+            frame,
+            tracks,
+            detections,
+            diam,
+            self.frame_shape,
+            image,
+            mask,
+            features,
+            labels_given=labels_given,
         )
         lc = scores.links
         res = assign_sparse(
