@@ -1323,7 +1323,8 @@ def test_a_setting_added_after_a_run_began_is_compared_with_the_value_it_ran_wit
     same = {"track": {"method": "lstm", "division_cues": "both", "division_geometry_weight": 0.5}}
     resume_mismatch("r1", stored, same)
     other = {"track": {**same["track"], "division_geometry_weight": 0.7}}
-    with pytest.raises(ResumeMismatch, match=r"division_geometry_weight: begun with 0\.5, now 0\.7"):
+    begun = r"division_geometry_weight: begun with 0\.5, now 0\.7"
+    with pytest.raises(ResumeMismatch, match=begun):
         resume_mismatch("r1", stored, other)
     # A setting nobody declared keeps the strict comparison: absent is not a value.
     with pytest.raises(ResumeMismatch, match=r"track\.new_thing: begun with None, now 1"):

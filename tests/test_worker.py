@@ -246,6 +246,7 @@ class RecordingTracker:
     name: str = "recording"
     steps: list[tuple[int, Detections, Any, Any]] = field(default_factory=list)
     restored: list[FrameHistory] = field(default_factory=list)
+    labels_given: list[bool] = field(default_factory=list)
 
     @property
     def history_window(self) -> int:
@@ -257,9 +258,12 @@ class RecordingTracker:
         detections: Detections,
         image: np.ndarray | None = None,
         mask: np.ndarray | None = None,
+        *,
+        labels_given: bool = False,
     ) -> TrackStep:
         self.steps.append((frame, detections, image, mask))
-        step = self.inner.step(frame, detections, image=image, mask=mask)
+        self.labels_given.append(labels_given)
+        step = self.inner.step(frame, detections, image=image, mask=mask, labels_given=labels_given)
         return replace(step, embeddings=embedding_of(frame, detections))
 
     def finish(self, last_frame: int) -> list[TrackEnd]:
@@ -297,6 +301,9 @@ def test_tracker_gets_image_and_mask_and_its_embeddings_survive_a_restart(
     send(first, 0, 6)
     send(first, 0, 2, labels=False, pos="segmented")  # the segmenter's own label image
     assert len(trackers) == 2
+    # the tracker is told whose label image it tracks (given ones weigh geometry more)
+    assert trackers[0].labels_given == [True] * 6
+    assert trackers[1].labels_given == [False] * 2
     for tracker, pos, sent in (
         (trackers[0], "sim", frames[:6]),
         (trackers[1], "segmented", frames[:2]),

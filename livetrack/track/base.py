@@ -143,12 +143,15 @@ class Tracker(Protocol):
         detections: Detections,
         image: NDArray[np.generic] | None = None,
         mask: NDArray[np.integer] | None = None,
+        *,
+        labels_given: bool = False,
     ) -> TrackStep:
         """Link ``detections`` of ``frame`` to the active tracks and return the decisions.
 
         ``image`` (the raw 2-D frame) and ``mask`` (its label image, whose values are
         ``detections.labels``) are given by the worker; trackers that look at appearance need
-        them, distance-only trackers ignore them."""
+        them, distance-only trackers ignore them. ``labels_given``: the label image came with
+        the frame (tracking only) instead of from livetrack's segmentation."""
         ...
 
     def finish(self, last_frame: int) -> list[TrackEnd]:
