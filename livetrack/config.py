@@ -95,10 +95,6 @@ class SegmentConfig(BaseModel):
     0 keeps every local maximum."""
 
 
-GIVEN_LABELS_GEOMETRY_WEIGHT = 0.7
-"""``TrackConfig.division_geometry_weight`` on given label images when not set."""
-
-
 class TrackConfig(BaseModel):
     """Settings of the online tracker (one tracker instance per position)."""
 
@@ -122,29 +118,33 @@ class TrackConfig(BaseModel):
 
     division_cues: Literal["learned", "both", "geometry"] = "both"
     """lstm: what decides a division. "both" (default): the sister pair decided jointly, the
-    mean of the learned division score and the lap tracker's geometric one, each scaled to
-    its own threshold (``lstm.combine_division_cues``: clear geometry carries a hesitant
+    weighted mean of the learned division score and the lap tracker's geometric one
+    (``division_geometry_weight``, ``division_geometry_weight_given``), each scaled to its
+    own threshold (``lstm.combine_division_cues``: clear geometry carries a hesitant
     model, an unfamiliar look falls back on geometry); "learned": the model's division
     score alone (against ``lstm_division_threshold``; the default with the earlier model
     track-lstm-v3); "geometry": the geometric cues alone (distance, daughters symmetric
     about the mother, area; against ``division_threshold``). Chosen on the validation suite
     together with the shipped model (docs/training.md)."""
 
-    division_geometry_weight: float | None = Field(default=None, ge=0, le=1)
-    """lstm, ``division_cues = "both"``: the geometric cue's share of the joint decision (the
-    learned one has the rest; 0.5 = the plain mean). None (default): 0.5 on frames livetrack
-    segmented itself, where the learned cue keeps out nuclei the segmentation split in two,
-    and 0.7 on frames whose label images were given (tracking only), where there is no such
-    split to keep out and clear geometry should carry a division the model does not
-    recognise (rods, cells unlike the training data). Chosen on the validation suite
-    (docs/training.md)."""
+    division_geometry_weight: float = Field(default=0.5, ge=0, le=1)
+    """lstm, ``division_cues = "both"``, on frames livetrack segmented itself: the geometric
+    cue's share of the joint division decision (the learned one has the rest; 0.5 = the
+    plain mean). The learned cue keeps out nuclei the segmentation split in two, which
+    geometry alone takes for divisions. Chosen on the validation suite (docs/training.md)."""
+
+    division_geometry_weight_given: float = Field(default=0.7, ge=0, le=1)
+    """The same share on frames whose label images were given with them (tracking only:
+    ``replay --masks``, ``track(masks=...)``): there is no split nucleus to keep out, and
+    clear geometry should carry a division the model does not recognise (rods, cells unlike
+    the training data). Chosen on the validation suite (docs/training.md)."""
 
     def geometry_weight(self, labels_given: bool) -> float:
         """The geometric cue's share of the joint division decision on a frame whose labels
         were given (``labels_given``) or segmented here."""
-        if self.division_geometry_weight is not None:
-            return self.division_geometry_weight
-        return GIVEN_LABELS_GEOMETRY_WEIGHT if labels_given else 0.5
+        if labels_given:
+            return self.division_geometry_weight_given
+        return self.division_geometry_weight
 
     nucleus_diameter_px: float | None = Field(default=None, gt=0)
     """Typical nucleus diameter in pixels, the unit of every length below. None: estimate it

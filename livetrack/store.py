@@ -1855,16 +1855,35 @@ RESUME_SECTIONS = ("segment", "track", "models")
 tracking settings (thresholds included) and the identity of the model weights. The
 worker's endpoints, the store's path and other operational settings may change."""
 
-IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {("track", "division_geometry_weight"): 0.5}
+IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {
+    ("track", "division_geometry_weight"): 0.5,
+    ("track", "division_geometry_weight_given"): 0.5,
+}
 """Settings added after runs were stored: the value a run stored without the key ran with
-(the behaviour before the setting existed). A resume compares against it, so a run begun
-by an older version resumes when the setting still has that value and is refused, naming
-it, when it does not."""
+(the behaviour before the setting existed: the plain mean of the two division cues, on
+any masks). A resume compares against it, so a run begun by an older version resumes
+when the setting has that value (``worker.resume_settings`` gives it that value when the
+setting was left at its default) and is refused, naming it, when it does not."""
+
+
+def stored_equivalent(stored: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` with settings an older version wrote in another form rewritten as this
+    version writes them. The one so far: ``track.division_geometry_weight = None`` (one
+    setting meaning "0.5 on livetrack's segmentation, 0.7 on given label images") is now
+    two: ``division_geometry_weight`` 0.5 and ``division_geometry_weight_given`` 0.7."""
+    track = stored.get("track")
+    if not isinstance(track, dict) or track.get("division_geometry_weight", 0.5) is not None:
+        return stored
+    if "division_geometry_weight_given" in track:
+        return stored
+    track = {**track, "division_geometry_weight": 0.5, "division_geometry_weight_given": 0.7}
+    return {**stored, "track": track}
 
 
 def resume_mismatch(run_id: str, stored: dict[str, Any], new: dict[str, Any]) -> None:
     """Raise ResumeMismatch naming every setting in ``RESUME_SECTIONS`` where ``new``
     differs from ``stored`` (sections a run stored before they existed are not checked)."""
+    stored = stored_equivalent(stored)
     diffs: list[str] = []
     for section in RESUME_SECTIONS:
         old_part, new_part = stored.get(section), new.get(section)

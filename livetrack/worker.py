@@ -57,7 +57,14 @@ from livetrack.messages import (
 )
 from livetrack.segment.base import Segmenter
 from livetrack.segment.factory import make_segmenter
-from livetrack.store import RESUME_SECTIONS, ResumeState, StoreWriter, resume_mismatch
+from livetrack.store import (
+    IMPLIED_SETTINGS,
+    RESUME_SECTIONS,
+    ResumeState,
+    StoreWriter,
+    resume_mismatch,
+    stored_equivalent,
+)
 from livetrack.timings import stage_medians
 from livetrack.track.base import Tracker, TrackStep
 from livetrack.track.factory import make_tracker
@@ -153,10 +160,30 @@ def run_config(settings: Settings) -> dict[str, Any]:
 _PART_NAMES = {"segment_model": "segmentation", "track_model": "tracking"}
 
 
-def resume_settings(run_id: str, settings: Settings, stored: dict[str, Any]) -> Settings:
+def implied_settings(settings: Settings, stored: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """Settings added after ``stored``'s run began (``store.IMPLIED_SETTINGS``) that
+    ``settings`` leaves at their default: the value the run ran with, by (section, key)."""
+    stored = stored_equivalent(stored)
+    out: dict[tuple[str, str], Any] = {}
+    for (section, key), value in IMPLIED_SETTINGS.items():
+        part = stored.get(section)
+        if not isinstance(part, dict) or key in part:
+            continue
+        current = getattr(settings, section)
+        field = type(current).model_fields[key]
+        if getattr(current, key) == field.default and value != field.default:
+            out[(section, key)] = value
+    return out
+
+
+def resume_settings(
+    run_id: str, settings: Settings, stored: dict[str, Any], *, implied: bool = True
+) -> Settings:
     """The settings to resume ``run_id`` with: ``settings`` with the models the run was
     switched to while it ran (``livetrack use-model``; its stored ``switches``, the latest
-    per part), so that a restart with the run's original command goes on as the run did.
+    per part), so that a restart with the run's original command goes on as the run did,
+    and (``implied``) with the value it ran with for each setting added since it began and
+    left at its default here (``implied_settings``).
     ResumeMismatch when a switched model's folder holds no readable weights any more."""
     from livetrack.models import weights_digest
 
@@ -174,12 +201,18 @@ def resume_settings(run_id: str, settings: Settings, stored: dict[str, Any]) -> 
                 "now: put the model folder back (or start a new run)"
             )
     update: dict[str, Any] = {}
+    if implied:
+        fill: dict[str, dict[str, Any]] = {}
+        for (section, key), value in implied_settings(settings, stored).items():
+            fill.setdefault(section, {})[key] = value
+        for section, values in fill.items():
+            update[section] = getattr(settings, section).model_copy(update=values)
     if "segment_model" in want:
         update["segment"] = settings.segment.model_copy(
             update={"method": "learned", "model_dir": Path(want["segment_model"])}
         )
     if "track_model" in want:
-        update["track"] = settings.track.model_copy(
+        update["track"] = update.get("track", settings.track).model_copy(
             update={"method": "lstm", "model_dir": want["track_model"]}
         )
     return settings.model_copy(update=update) if update else settings
@@ -924,7 +957,7 @@ class Worker:
         if run_id in self._refused_resume:
             raise ResumeMismatch(self._refused_resume[run_id])
         try:
-            wanted = resume_settings(run_id, self.settings, stored)
+            wanted = resume_settings(run_id, self.settings, stored, implied=False)
             segment = (
                 str(wanted.segment.model_dir)
                 if wanted.segment != self.settings.segment and wanted.segment.model_dir

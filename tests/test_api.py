@@ -139,6 +139,34 @@ def test_track_with_given_masks_tracks_those_labels(movie: dict[str, object]) ->
         assert set(df.loc[df.t == t, "label"]) == want
 
 
+@pytest.mark.parametrize("given", [True, False])
+def test_track_tells_the_tracker_whose_labels_it_tracks(
+    movie: dict[str, object], monkeypatch: pytest.MonkeyPatch, given: bool
+) -> None:
+    """Given masks are tracked with the given-labels weight of the joint division decision
+    (labels_given=True on every frame); livetrack's own segmentation with the other."""
+    import livetrack.track.factory as factory
+
+    seen: list[bool] = []
+    real = factory.make_tracker
+
+    def spying(cfg: TrackConfig, shape: tuple[int, int], **kw: object) -> object:
+        trk = real(cfg, shape, **kw)  # type: ignore[arg-type]
+        step = trk.step
+
+        def recorded(*a: object, labels_given: bool = False, **k: object) -> object:
+            seen.append(labels_given)
+            return step(*a, labels_given=labels_given, **k)  # type: ignore[arg-type]
+
+        trk.step = recorded  # type: ignore[method-assign]
+        return trk
+
+    monkeypatch.setattr(factory, "make_tracker", spying)
+    masks = movie["masks"] if given else None
+    livetrack.track(movie["images"], masks, tracker="lstm", segmenter="classical")
+    assert seen == [given] * SIM.n_frames
+
+
 def test_track_refuses_bad_input(movie: dict[str, object]) -> None:
     from livetrack.errors import ConfigError, SourceError
 

@@ -368,6 +368,31 @@ def test_resuming_a_run_with_other_settings_is_refused_and_changes_nothing(
         assert (store.runs(), store.frame_indices("r1", "sim")) == before
 
 
+def test_a_run_begun_before_a_setting_existed_resumes_with_the_value_it_ran_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run stored by a version without the division cues' weights (its config lacks
+    them) goes on with the default command: the run says which value it resumes with."""
+    import sqlite3
+
+    db = tmp_path / "run.db"
+    common = ["--seed", "5", "--db", db, "--no-tui", "--events", "tcp://127.0.0.1:0"]
+    fast = ["--run-id", "r1", "--segmenter", "classical"]
+    code, _, err = run_cli(capsys, "run", "--frames", "2", *common, *fast)
+    assert code == 0, err
+    with sqlite3.connect(db) as conn:  # as an older version stored it
+        conn.execute(
+            "UPDATE runs SET config = json_remove(config, '$.track.division_geometry_weight',"
+            " '$.track.division_geometry_weight_given')"
+        )
+    code, _, err = run_cli(capsys, "run", "--frames", "4", *common, *fast)
+    assert code == 0, err
+    assert "begun before the setting track.division_geometry_weight_given existed" in err
+    assert "resuming with the value it ran with, 0.5" in err
+    with Store(db, readonly=True) as store:
+        assert store.frame_indices("r1", "sim") == [0, 1, 2, 3]
+
+
 def test_run_records_which_model_weights_it_used(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1317,15 +1317,56 @@ def test_store_meets_the_worker_protocol() -> None:
 
 
 def test_a_setting_added_after_a_run_began_is_compared_with_the_value_it_ran_with() -> None:
-    """A run stored before ``track.division_geometry_weight`` existed ran with the plain mean
-    (0.5): it resumes at 0.5 and is refused, naming the setting, at any other weight."""
+    """A run stored before the division-cue weights existed ran with the plain mean (0.5)
+    on any masks: it resumes at 0.5 and is refused, naming the setting, at any other
+    weight. A run stored by the version with one setting (None: 0.5 / 0.7) is the same as
+    the two settings' defaults."""
     stored = {"track": {"method": "lstm", "division_cues": "both"}}
-    same = {"track": {"method": "lstm", "division_cues": "both", "division_geometry_weight": 0.5}}
+    same = {
+        "track": {
+            **stored["track"],
+            "division_geometry_weight": 0.5,
+            "division_geometry_weight_given": 0.5,
+        }
+    }
     resume_mismatch("r1", stored, same)
-    other = {"track": {**same["track"], "division_geometry_weight": 0.7}}
-    begun = r"division_geometry_weight: begun with 0\.5, now 0\.7"
+    other = {"track": {**same["track"], "division_geometry_weight_given": 0.7}}
+    begun = r"division_geometry_weight_given: begun with 0\.5, now 0\.7"
     with pytest.raises(ResumeMismatch, match=begun):
         resume_mismatch("r1", stored, other)
+    one_setting = {"track": {**stored["track"], "division_geometry_weight": None}}
+    resume_mismatch("r1", one_setting, other)  # None meant 0.5 and 0.7
+    with pytest.raises(ResumeMismatch, match=r"division_geometry_weight_given: begun with 0\.7"):
+        resume_mismatch("r1", one_setting, same)
     # A setting nobody declared keeps the strict comparison: absent is not a value.
     with pytest.raises(ResumeMismatch, match=r"track\.new_thing: begun with None, now 1"):
         resume_mismatch("r1", stored, {"track": {**same["track"], "new_thing": 1}})
+
+
+def test_a_run_begun_before_a_setting_existed_resumes_with_default_settings(
+    tmp_path: Path,
+) -> None:
+    """Resumed with the default settings (the setting left at its default), a run stored
+    without the key takes the value it ran with and passes the check of a real store; set
+    to another value by the user, it is refused, naming the setting."""
+    from livetrack.config import Settings
+    from livetrack.worker import implied_settings, resume_settings, run_config
+
+    old = run_config(Settings())
+    for key in ("division_geometry_weight", "division_geometry_weight_given"):
+        del old["track"][key]
+    with Store(tmp_path / "old.db") as s:
+        assert s.begin_run("r1", source="sim", config=old) is True
+        defaults = Settings()
+        implied = implied_settings(defaults, old)
+        assert implied == {("track", "division_geometry_weight_given"): 0.5}
+        resumed = resume_settings("r1", defaults, old)
+        assert resumed.track.geometry_weight(labels_given=True) == 0.5
+        assert resumed.track.geometry_weight(labels_given=False) == 0.5
+        s.check_resume("r1", run_config(resumed))
+        with pytest.raises(ResumeMismatch, match="division_geometry_weight_given"):
+            s.check_resume("r1", run_config(defaults))
+        chosen = Settings.model_validate({"track": {"division_geometry_weight_given": 0.9}})
+        assert implied_settings(chosen, old) == {}
+        with pytest.raises(ResumeMismatch, match=r"begun with 0\.5, now 0\.9"):
+            s.check_resume("r1", run_config(resume_settings("r1", chosen, old)))

@@ -238,7 +238,7 @@ def run_source(
 ) -> int:
     from livetrack.runner import choose_run_id, run_pipeline
     from livetrack.store import Store
-    from livetrack.worker import resume_settings, run_config
+    from livetrack.worker import implied_settings, resume_settings, run_config
 
     settings = settings_of(args)
     db = settings.store.path
@@ -248,7 +248,14 @@ def run_source(
         stored = store.run_config(run_id)
         if stored is not None:  # resuming: with the models it was switched to, if any
             resumed = resume_settings(run_id, settings, stored)
-            if resumed != settings:  # said before the logging is set up
+            implied = implied_settings(settings, stored)
+            for (section, key), value in implied.items():  # said before the logging is set up
+                print(
+                    f"run {run_id} was begun before the setting {section}.{key} existed; "
+                    f"resuming with the value it ran with, {value!r}",
+                    file=sys.stderr,
+                )
+            if resume_settings(run_id, settings, stored, implied=False) != settings:
                 print(
                     f"run {run_id} was switched to other models while it ran; resuming with them",
                     file=sys.stderr,

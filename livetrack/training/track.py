@@ -696,7 +696,10 @@ def run_on_movie(tracker: OnlineTracker, movie: Movie, scores: _Scores) -> None:
             areas=movie.areas[t].astype(np.int64),
             bboxes=np.zeros((len(gt), 4), np.int32),
         )
-        step = tracker.step(t, det, features=ff)
+        # labels_given=False on purpose: the thresholds are chosen for livetrack's own
+        # segmentation (and the shipped models' choice stays reproducible); on given label
+        # images the joint decision only weighs geometry more (division_geometry_weight_given).
+        step = tracker.step(t, det, features=ff, labels_given=False)
         cur = {int(g): int(i) for g, i in zip(gt, step.track_ids, strict=True)}
         for g, tid in cur.items():
             if g in prev:
