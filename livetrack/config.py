@@ -146,6 +146,15 @@ class TrackConfig(BaseModel):
             return self.division_geometry_weight_given
         return self.division_geometry_weight
 
+    feature_max_diameter_px: float = Field(default=0.0, ge=0)
+    """lstm, for speed: nuclei wider than this (px) have their appearance and shape
+    features computed on the frame reduced by the smallest integer factor that brings them
+    to at most this width (block means; ``features.reduce_frame``): a quarter of the pixel
+    work or less for large nuclei, which the 16 × 16 crops sample coarsely anyway. 0
+    (default): always at full resolution, as in training; 28 made the tracker ~2× faster
+    on 1024² frames of 30 px nuclei, with one more false division on one validation movie
+    (docs/benchmarks.md), so it is not the default."""
+
     nucleus_diameter_px: float | None = Field(default=None, gt=0)
     """Typical nucleus diameter in pixels, the unit of every length below. None: estimate it
     as the median equivalent diameter of the detections of the last ``max_gap + 2`` frames

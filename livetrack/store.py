@@ -1858,6 +1858,7 @@ worker's endpoints, the store's path and other operational settings may change."
 IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {
     ("track", "division_geometry_weight"): 0.5,
     ("track", "division_geometry_weight_given"): 0.5,
+    ("track", "feature_max_diameter_px"): 0.0,
 }
 """Settings added after runs were stored: the value a run stored without the key ran with
 (the behaviour before the setting existed: the plain mean of the two division cues, on

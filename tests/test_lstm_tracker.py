@@ -13,7 +13,14 @@ from livetrack.errors import BadFrame, ConfigError
 from livetrack.store import Store
 from livetrack.track.base import FrameHistory, TrackStep
 from livetrack.track.factory import make_tracker
-from livetrack.track.features import CROP, frame_features, neighbour_edges
+from livetrack.track.features import (
+    CROP,
+    background_level,
+    frame_features,
+    neighbour_edges,
+    reduce_frame,
+    reduction_factor,
+)
 from livetrack.track.fixed import fixed_tracker
 from livetrack.track.lstm import (
     DEFAULT_MODEL,
@@ -89,6 +96,73 @@ def test_neighbour_edges_respect_the_radius() -> None:
     e = neighbour_edges(pts, 5.0)
     assert {tuple(p) for p in e.T.tolist()} == {(0, 1), (1, 0)}
     assert neighbour_edges(pts[:1], 5.0).shape == (2, 0)
+
+
+def test_the_background_level_is_numpys_percentile_to_the_last_bit() -> None:
+    """The histogram shortcut for integer frames gives what ``np.percentile(frame as
+    float32, 5)`` gives, on every kind of integer frame and size (and floats pass through)."""
+    rng = np.random.default_rng(4)
+    for k in range(300):
+        h, w = (int(v) for v in rng.integers(1, 120, 2))
+        dtype = (np.uint16, np.uint8, np.int16)[k % 3]
+        high = {np.uint16: 65535, np.uint8: 255, np.int16: 300}[dtype]
+        frame = rng.integers(0, high, (h, w)).astype(dtype)
+        if dtype is np.int16:
+            frame -= 150
+        assert background_level(frame) == float(np.percentile(frame.astype(np.float32), 5))
+    floats = rng.normal(100, 10, (50, 60))
+    assert background_level(floats) == float(np.percentile(floats.astype(np.float32), 5))
+
+
+def test_a_frame_is_reduced_by_block_means_and_block_centre_labels() -> None:
+    assert [reduction_factor(d, 28.0) for d in (20, 28, 29, 56, 57)] == [1, 1, 2, 2, 3]
+    assert reduction_factor(200.0, None) == reduction_factor(200.0, 0.0) == 1
+    image = np.arange(7 * 9, dtype=np.uint16).reshape(7, 9)
+    mask = np.arange(7 * 9, dtype=np.int32).reshape(7, 9)
+    small, lab = reduce_frame(image, mask, 3)
+    assert small.shape == lab.shape == (2, 3)  # the partial block at the edges left out
+    assert small[1, 2] == pytest.approx(image[3:6, 6:9].mean())
+    assert lab[1, 2] == mask[4, 7]  # the centre of that block
+
+
+def test_features_of_large_nuclei_on_the_reduced_frame_match_the_full_frame() -> None:
+    """Discs of 40 px: reduced by 2, the shape numbers and crops are close to the full
+    frame's, the centroids and neighbour pairs identical; small nuclei are untouched."""
+    yy, xx = np.mgrid[:240, :240]
+    mask = np.zeros((240, 240), np.int32)
+    for k, (y, x) in enumerate([(50, 50), (60, 130), (150, 80), (170, 180)], start=1):
+        mask[(yy - y) ** 2 + ((xx - x) / (1 + 0.2 * k)) ** 2 <= 20**2] = k
+    rng = np.random.default_rng(0)
+    image = np.where(mask > 0, 300.0 + 2 * (xx % 17), 40.0) + rng.normal(0, 5, mask.shape)
+    image = image.astype(np.uint16)
+    det = Detections.from_labels(mask)
+    full = frame_features(image, mask, det, 40.0)
+    reduced = frame_features(image, mask, det, 40.0, max_diameter_px=28.0)
+    np.testing.assert_array_equal(reduced.centroids, full.centroids)
+    np.testing.assert_array_equal(reduced.edges, full.edges)
+    np.testing.assert_allclose(reduced.morph[:, [0, 2, 3]], full.morph[:, [0, 2, 3]], atol=0.03)
+    np.testing.assert_allclose(reduced.morph[:, 1], full.morph[:, 1], rtol=0.08)  # perimeter
+    assert (reduced.crops[:, 1] == full.crops[:, 1]).mean() > 0.95
+    assert np.abs(reduced.crops[:, 0] - full.crops[:, 0]).mean() < 0.3
+    small = frame_features(image, mask, det, 20.0, max_diameter_px=28.0)
+    same = frame_features(image, mask, det, 20.0)
+    np.testing.assert_array_equal(small.crops, same.crops)
+    np.testing.assert_array_equal(small.morph, same.morph)
+
+
+def test_the_tracker_computes_features_on_the_reduced_frame_when_told() -> None:
+    """``feature_max_diameter_px``: large nuclei get other embeddings (the reduced frame's),
+    small ones the same as at full resolution."""
+    cells_small: list[Cell] = [(40, 40, R), (100, 60, R), (60, 120, R)]
+    cells_large: list[Cell] = [(45, 45, 20.0), (110, 110, 22.0)]
+    for cells, differ in ((cells_small, False), (cells_large, True)):
+        out = []
+        for limit in (0.0, 28.0):
+            tr = make_tracker(TrackConfig(feature_max_diameter_px=limit), SHAPE)
+            out.append(step(tr, 0, cells).embeddings)
+        assert out[0] is not None
+        assert out[1] is not None
+        assert (not np.array_equal(out[0], out[1])) is differ
 
 
 def test_features_reject_mismatched_shapes() -> None:

@@ -604,6 +604,7 @@ class LearnedScorer:
             diameter,
             crop_diameters=cfg.crop_diameters,
             neighbour_diameters=cfg.neighbour_diameters,
+            max_diameter_px=self.config.feature_max_diameter_px,
         )
         return encode_frame(self.model, feats)
 
