@@ -78,10 +78,11 @@ class TrainConfig:
     """Nuclei are rescaled to canonical × a factor in [1/jitter, jitter]."""
     threads: int = 2
     recipe: str = "v1"
-    """Simulated-data recipe: "v1" (the shipped model's: two frames of short movies) or
-    "v2" (longer movies whose late frames are crowded, a frame right after a division
-    from each, and wider appearance: mitotic shapes, shrinking daughters, nucleoli,
-    out-of-focus haze, strongly elongated nuclei)."""
+    """Simulated-data recipe: "v1" (seg-unet-v1's: two frames of short movies), "v2"
+    (seg-unet-v2's: longer movies whose late frames are crowded, a frame right after a
+    division from each, and wider appearance: mitotic shapes, shrinking daughters,
+    nucleoli, out-of-focus haze, strongly elongated nuclei) or "v3" (v2's, with a quarter
+    of the movies dense colonies of small rods that divide end to end, ``ROD_SHARE``)."""
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -132,6 +133,10 @@ def make_sample(
     return Sample(img, targets)
 
 
+ROD_SHARE = 0.25
+"""Recipe v3: the share of simulated training movies that are rod colonies."""
+
+
 def random_sim_config(
     rng: np.random.Generator, canonical: float, recipe: str = "v1"
 ) -> SimulationConfig:
@@ -166,7 +171,7 @@ def random_sim_config(
         "psf_sigma_px": rng.uniform(0.0, 0.05 * diameter),
         "vignetting": rng.uniform(0.0, 0.5),
     }
-    if recipe == "v2":
+    if recipe in ("v2", "v3"):
         over.update(
             {
                 "n_frames": int(rng.integers(1, 61)),
@@ -183,7 +188,35 @@ def random_sim_config(
             }
         )
     elif recipe != "v1":
-        raise ConfigError(f"unknown training recipe {recipe!r} (v1 or v2)")
+        raise ConfigError(f"unknown training recipe {recipe!r} (v1, v2 or v3)")
+    if recipe == "v3" and rng.random() < ROD_SHARE:
+        # A dense colony of small rods (bacteria-like) dividing end to end with no mitotic
+        # look, packed towards confluence: cells the nuclear presets never show.
+        diameter = float(np.exp(rng.uniform(np.log(6.0), np.log(16.0))))
+        size = int(np.clip(round(rng.uniform(150, 230) * diameter / canonical), 96, 1100))
+        axis = rng.uniform(1.8, 4.0)
+        over.update(
+            {
+                "n_frames": int(rng.integers(15, 51)),
+                "height": size,
+                "width": size,
+                "n_cells": max(4, round(rng.uniform(0.15, 0.5) * size * size / diameter**2)),
+                "nucleus_diameter_px": diameter,
+                "diameter_cv": rng.uniform(0.05, 0.15),
+                "max_axis_ratio": axis,
+                "mitotic_axis_ratio": min(axis, 3.0),
+                "mitotic_brightness": 1.0,
+                "mitotic_area_factor": 1.0,
+                "texture_amplitude": rng.uniform(0.0, 0.15),
+                "mean_spots": 0.0,
+                "cell_cycle_frames": rng.uniform(6.0, 14.0),
+                "cell_cycle_cv": 0.15,
+                "max_confluence": rng.uniform(0.85, 1.0),
+                "speed_diam_per_frame": rng.uniform(0.01, 0.1),
+                "nucleoli_fraction": 0.0,
+            }
+        )
+        return SimulationConfig.model_validate(over)
     if preset == 1:
         return SimulationConfig.like_sim_plus(**over)
     if preset == 2:
@@ -200,7 +233,7 @@ def simulated_samples(cfg: TrainConfig, rng: np.random.Generator) -> list[Sample
         sim = NucleiSimulator(sim_cfg)
         take = {0, sim_cfg.n_frames - 1}
         frames = list(sim.frames())
-        if cfg.recipe == "v2" and sim.divisions():
+        if cfg.recipe in ("v2", "v3") and sim.divisions():
             take.add(min(d.frame for d in sim.divisions()))
         for frame in frames:
             if frame.index in take and frame.labels.max() > 0:
