@@ -54,6 +54,14 @@ class SegmentConfig(BaseModel):
     """When the diameter is estimated: after it settled, measure it again on every Nth
     frame, so the scale follows nuclei that shrink as the population grows denser (a scale
     fixed on the first frames then merges touching nuclei). 0: keep the first estimate."""
+    scale_source: Literal["detections", "image"] | None = None
+    """When the diameter is estimated, what each measurement is: "detections" — the median
+    equivalent diameter of the nuclei segmented in the measured frame (the image estimate
+    starts the first frame and bounds each measurement); "image" — the estimate from the
+    image alone (the behaviour before this setting; it reads nuclei with soft edges or
+    touching neighbours as larger than they are). None (default): "detections" for the
+    learned segmenter, whose outlines follow the annotations it was trained on; "image"
+    for the classical one, whose outlines run wide of the nuclei."""
     rescale_tolerance: float = Field(default=0.05, ge=0, lt=1)
     """A re-measured diameter replaces the one in use only when it differs by more than
     this fraction, so the labels do not flicker with the estimate's noise."""
@@ -84,6 +92,12 @@ class SegmentConfig(BaseModel):
     tile_px: int = Field(default=1024, ge=64)
     """(learned) Frames larger than this at the model's scale are processed in
     overlapping tiles of this size, so memory stays bounded for any frame size."""
+    zoom: float = Field(default=1.0, ge=0.5, le=3.0)
+    """(learned) The frame is resized so its nuclei are ``zoom`` × the model's canonical
+    diameter when the model sees them (post-processing lengths stay in canonical
+    diameters). Above 1: more pixels per nucleus — touching nuclei separate better, at a
+    cost in time that grows with zoom². 1.15 helps crowded simulated nuclei a lot but cost
+    divisions on the real SIM+ sequence, so the default stays 1 (docs/training.md)."""
     fg_threshold: float = Field(default=0.5, gt=0, lt=1)
     """(learned) Foreground probability above which a pixel belongs to a nucleus."""
     peak_threshold: float = Field(default=0.3, gt=0, lt=1)

@@ -1859,6 +1859,8 @@ IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {
     ("track", "division_geometry_weight"): 0.5,
     ("track", "division_geometry_weight_given"): 0.5,
     ("track", "feature_max_diameter_px"): 0.0,
+    ("segment", "scale_source"): "image",
+    ("segment", "zoom"): 1.0,
 }
 """Settings added after runs were stored: the value a run stored without the key ran with
 (the behaviour before the setting existed: the plain mean of the two division cues, on

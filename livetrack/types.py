@@ -74,10 +74,16 @@ class Detections:
         labels = np.flatnonzero(counts[1:]).astype(np.int32) + 1
         if labels.size == 0:
             return cls.empty()
-        h, w = mask_i.shape
+        w = mask_i.shape[1]
         areas = counts[labels].astype(np.int64)
-        cy = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w))[labels]
-        cx = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h))[labels]
+        # Sums over the labelled pixels only: each label's pixels are added in the same
+        # (raster) order as over the whole frame, so the centroids are the same to the bit.
+        fg = np.flatnonzero(flat)
+        lab = flat[fg]
+        size = counts.size
+        rows, cols = np.divmod(fg, w)
+        cy = np.bincount(lab, weights=rows.astype(np.float64), minlength=size)[labels]
+        cx = np.bincount(lab, weights=cols.astype(np.float64), minlength=size)[labels]
         centroids = np.stack([cy / areas, cx / areas], axis=1)
         slices = ndi.find_objects(mask_i)
         bboxes = np.array(

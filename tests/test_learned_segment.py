@@ -255,4 +255,50 @@ def test_training_recipe_v2_draws_wider_movies_and_v1_is_unchanged() -> None:
     assert all(c.haze == 0 and c.nucleoli_fraction == 0 for c in v1)
     assert [c.nucleus_diameter_px for c in v1] == [c.nucleus_diameter_px for c in v2]
     with pytest.raises(ConfigError, match="unknown training recipe"):
-        random_sim_config(np.random.default_rng(0), 24.0, "v3")
+        random_sim_config(np.random.default_rng(0), 24.0, "v9")
+
+
+def test_training_recipe_v3_adds_rod_colonies_and_keeps_v2_otherwise() -> None:
+    from livetrack.training.segment import ROD_SHARE, random_sim_config
+
+    v2 = [random_sim_config(np.random.default_rng(s), 16.0, "v2") for s in range(200)]
+    v3 = [random_sim_config(np.random.default_rng(s), 16.0, "v3") for s in range(200)]
+    rods = [c for c in v3 if c.mitotic_brightness == 1.0 and c.nucleoli_fraction == 0]
+    # about a quarter of the movies are rod colonies: small, elongated, no mitotic look
+    assert 0.5 * ROD_SHARE * 200 < len(rods) < 1.5 * ROD_SHARE * 200
+    assert all(6.0 <= c.nucleus_diameter_px <= 16.0 for c in rods)
+    assert all(c.max_axis_ratio >= 1.8 and c.mitotic_area_factor == 1.0 for c in rods)
+    assert all(c.mean_spots == 0 for c in rods)
+    # every other movie is exactly the one recipe v2 draws from the same generator state
+    others = [(a, b) for a, b in zip(v2, v3, strict=True) if b not in rods]
+    assert len(others) == 200 - len(rods)
+    assert all(a == b for a, b in others)
+
+
+def test_zoom_shows_the_model_larger_nuclei_and_labels_come_back_full_size(
+    shipped: LearnedSegmenter,
+) -> None:
+    """``zoom``: the frame is resized so nuclei are zoom × the canonical diameter when the
+    model sees them; the labels are at the frame's resolution either way."""
+    sim = NucleiSimulator(
+        SimulationConfig(height=160, width=160, n_cells=12, nucleus_diameter_px=20, seed=3)
+    )
+    frame = next(iter(sim.frames()))
+    seen: dict[float, tuple[int, ...]] = {}
+    for zoom in (1.0, 1.5):
+        seg = LearnedSegmenter(
+            SegmentConfig(device="cpu", zoom=zoom, nucleus_diameter_px=20.0), model=shipped.model
+        )
+        inner = seg.predict_maps
+
+        def spy(img: np.ndarray, _zoom: float = zoom, _inner=inner) -> np.ndarray:  # type: ignore[no-untyped-def]
+            seen[_zoom] = img.shape
+            return _inner(img)
+
+        seg.predict_maps = spy  # type: ignore[method-assign]
+        out = seg.predict(frame.image)
+        assert out.mask.shape == frame.image.shape
+        assert len(out.detections) >= 10
+    canonical = shipped.canonical_diameter_px
+    assert seen[1.0] == (round(160 * canonical / 20), round(160 * canonical / 20))
+    assert seen[1.5] == (round(160 * 1.5 * canonical / 20), round(160 * 1.5 * canonical / 20))

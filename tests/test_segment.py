@@ -12,7 +12,13 @@ from livetrack.errors import ConfigError
 from livetrack.segment.base import Segmenter
 from livetrack.segment.classical import ClassicalSegmenter, distance_inside
 from livetrack.segment.factory import make_segmenter
-from livetrack.segment.scale import estimate_diameter, resolve_diameter
+from livetrack.segment.scale import (
+    DETECTION_SCALE_LIMIT,
+    NucleusScale,
+    estimate_diameter,
+    resolve_diameter,
+)
+from livetrack.types import Detections
 from tests.conftest import GOWT1, SIM_PLUS, needs_data
 
 
@@ -238,3 +244,110 @@ def test_object_f1_on_ctc_sequences() -> None:
         a, b, _ = _object_recall_precision(tifffile.imread(f), seg.predict(img).mask)
         found, annotated = found + a, annotated + b
     assert found / annotated > 0.8  # sparse SEG: recall of annotated nuclei; measured 0.94
+
+
+def _disc_detections(diameter: float, n: int = 9) -> Detections:
+    """Detections of ``n`` discs of ``diameter`` (what a segmenter found)."""
+    size = int(diameter * 2.5 * (n**0.5 + 1))
+    img = discs((size, size), grid_centres(int(n**0.5), diameter * 2.5, diameter * 2), diameter)
+    labels, _ = ndi.label(img > 500)
+    return Detections.from_labels(labels)
+
+
+def test_scale_from_detections_measures_what_the_segmenter_found() -> None:
+    """scale_source "detections": the first frame is segmented at the image estimate, and
+    every measurement is the median equivalent diameter of the frame's detections, within
+    DETECTION_SCALE_LIMIT of the image estimate; with too few detections, the image
+    estimate itself. The learned segmenter measures this way by default, the classical one
+    from the image."""
+    img = discs((240, 240), grid_centres(3, 70, 50), 24, noise=20)
+    image_estimate = estimate_diameter(img)
+    assert image_estimate is not None
+    scale = NucleusScale(SegmentConfig(scale_source="detections", auto_diameter_frames=3))
+    used = []
+    for found in (20.0, 20.0, 20.0):
+        used.append(scale.for_frame(img, None))
+        scale.observe(_disc_detections(found))
+        assert scale.last_estimate == pytest.approx(20.0, rel=0.03)
+    assert used[0] == image_estimate  # nothing segmented yet: the image estimate
+    assert used[1] == pytest.approx(20.0, rel=0.03)  # then the detections' measurements
+    assert scale.for_frame(img, None) == pytest.approx(20.0, rel=0.03)  # settled
+
+    bounded = NucleusScale(SegmentConfig(scale_source="detections", auto_diameter_frames=1))
+    bounded.for_frame(img, None)
+    bounded.observe(_disc_detections(60.0))  # merged or wrong: held near the image
+    assert bounded.last_estimate == pytest.approx(image_estimate * DETECTION_SCALE_LIMIT)
+    few = NucleusScale(SegmentConfig(scale_source="detections", auto_diameter_frames=1))
+    few.for_frame(img, None)
+    few.observe(_disc_detections(20.0, n=1))
+    assert few.last_estimate == image_estimate
+
+    image = NucleusScale(SegmentConfig(scale_source="image", auto_diameter_frames=1))
+    assert image.for_frame(img, None) == image_estimate
+    image.observe(_disc_detections(20.0))  # ignored
+    assert image.last_estimate == image_estimate
+    assert image.for_frame(img, None) == image_estimate
+
+    assert not ClassicalSegmenter(SegmentConfig())._scale.from_detections
+    assert ClassicalSegmenter(SegmentConfig(scale_source="detections"))._scale.from_detections
+
+
+def test_scale_from_detections_follows_a_movie_and_resumes_exactly() -> None:
+    """Re-measured every ``rescale_every`` frames from the detections; a scale restored from
+    the stored measurements goes on exactly as the uninterrupted one."""
+    from livetrack.types import ScaleState
+
+    cfg = SegmentConfig(scale_source="detections", auto_diameter_frames=2, rescale_every=2)
+    img = discs((240, 240), grid_centres(3, 70, 50), 24, noise=20)
+    found = [22.0, 22.0, 22.0, 22.0, 19.0, 19.0, 19.0, 19.0, 19.0, 19.0]
+    whole = NucleusScale(cfg)
+    diameters, measured = [], []
+    for d in found:
+        diameters.append(whole.for_frame(img, None))
+        whole.observe(_disc_detections(d))
+        measured.append(whole.last_estimate)
+    assert diameters[-1] == pytest.approx(19.0, rel=0.03)  # followed the shrinking nuclei
+    assert measured[2] is None  # measured every second frame
+    assert measured[3] is not None
+    cut = 5
+    resumed = NucleusScale(cfg)
+    state = ScaleState(
+        estimates=tuple(m for m in measured[:cut] if m is not None),
+        frames_since=cut - 1 - max(i for i in range(cut) if measured[i] is not None),
+        last_diameter=diameters[cut - 1],
+    )
+    resumed.restore(state)
+    again = []
+    for d in found[cut:]:
+        again.append(resumed.for_frame(img, None))
+        resumed.observe(_disc_detections(d))
+    assert again == diameters[cut:]
+
+
+def test_normalise_is_numpys_percentile_normalisation_to_the_last_bit() -> None:
+    """``normalise`` takes its percentiles from a histogram for integer frames
+    (``frame_percentiles``): the result is the same array as with ``np.percentile``."""
+    from livetrack.percentile import frame_percentiles
+    from livetrack.segment.scale import normalise
+
+    rng = np.random.default_rng(7)
+    for k in range(200):
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        dtype = (np.uint16, np.uint8, np.int16)[k % 3]
+        high = {np.uint16: 65535, np.uint8: 255, np.int16: 300}[dtype]
+        frame = rng.integers(0, high, (h, w)).astype(dtype)
+        if dtype is np.int16:
+            frame -= 150
+        img = frame.astype(np.float32)
+        qs = (1.0, 99.8, float(rng.uniform(0, 100)))
+        assert frame_percentiles(frame, qs) == tuple(float(np.percentile(img, q)) for q in qs)
+        listed = frame_percentiles(frame, qs, as_list=True)
+        assert listed == tuple(float(v) for v in np.percentile(img, list(qs)))
+        lo, hi = np.percentile(img, [1.0, 99.8])
+        expected = np.zeros_like(img) if hi - lo <= 1e-12 else (img - lo) / (hi - lo)
+        out = normalise(frame)
+        assert out.dtype == expected.dtype
+        assert np.array_equal(out, expected)
+    floats = rng.normal(100, 10, (50, 60)).astype(np.float32)
+    lo, hi = np.percentile(floats, [1.0, 99.8])
+    assert np.array_equal(normalise(floats), (floats - lo) / (hi - lo))

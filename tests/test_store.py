@@ -1370,3 +1370,33 @@ def test_a_run_begun_before_a_setting_existed_resumes_with_default_settings(
         assert implied_settings(chosen, old) == {}
         with pytest.raises(ResumeMismatch, match=r"begun with 0\.5, now 0\.9"):
             s.check_resume("r1", run_config(resume_settings("r1", chosen, old)))
+
+
+def test_a_run_begun_before_the_scale_settings_resumes_as_it_ran(tmp_path: Path) -> None:
+    """segment.scale_source and segment.zoom came later: a run stored without them ran with
+    the image estimate at zoom 1 and resumes so with the default command; a new run stores
+    the defaults (None: from the learned segmenter's detections; zoom as chosen)."""
+    from livetrack.config import SegmentConfig, Settings
+    from livetrack.worker import implied_settings, resume_settings, run_config
+
+    old = run_config(Settings())
+    assert old["segment"]["scale_source"] is None
+    for key in ("scale_source", "zoom"):
+        del old["segment"][key]
+    with Store(tmp_path / "old.db") as s:
+        assert s.begin_run("r1", source="sim", config=old) is True
+        defaults = Settings()
+        assert implied_settings(defaults, old) == {
+            ("segment", "scale_source"): "image",
+            **(
+                {("segment", "zoom"): 1.0}
+                if SegmentConfig.model_fields["zoom"].default != 1.0
+                else {}
+            ),
+        }
+        resumed = resume_settings("r1", defaults, old)
+        assert resumed.segment.scale_source == "image"
+        assert resumed.segment.zoom == 1.0
+        s.check_resume("r1", run_config(resumed))
+        with pytest.raises(ResumeMismatch, match="scale_source"):
+            s.check_resume("r1", run_config(defaults))

@@ -62,7 +62,7 @@ class LearnedSegmenter(ScaledSegmenter):
         if self.torch_device.type == "cpu" and torch.get_num_threads() > MAX_CPU_THREADS:
             torch.set_num_threads(MAX_CPU_THREADS)
         self.device = str(self.torch_device)
-        self._scale = NucleusScale(self.config)
+        self._scale = NucleusScale(self.config, detections_by_default=True)
 
     @property
     def canonical_diameter_px(self) -> float:
@@ -70,7 +70,7 @@ class LearnedSegmenter(ScaledSegmenter):
 
     def segment(self, image: NDArray[np.generic], diameter_px: float) -> LabelImage:
         """Labels at the frame's resolution for nuclei of ``diameter_px``."""
-        factor = self.canonical_diameter_px / diameter_px
+        factor = self.canonical_diameter_px * self.config.zoom / diameter_px
         img = normalise(image)
         shape = (max(16, round(img.shape[0] * factor)), max(16, round(img.shape[1] * factor)))
         if shape != img.shape:
@@ -99,7 +99,9 @@ class LearnedSegmenter(ScaledSegmenter):
         ``TILE_MARGIN_DIAMETERS`` nucleus diameters."""
         h, w = img.shape
         mult = self.model.multiple
-        margin = _round_up(round(TILE_MARGIN_DIAMETERS * self.canonical_diameter_px), mult)
+        margin = _round_up(
+            round(TILE_MARGIN_DIAMETERS * self.canonical_diameter_px * self.config.zoom), mult
+        )
         tile = max(_round_up(self.config.tile_px, mult), 2 * margin + mult)
         if h <= tile and w <= tile:
             ph, pw = _round_up(h, mult), _round_up(w, mult)

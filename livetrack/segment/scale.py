@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -14,12 +15,16 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from livetrack.config import SegmentConfig
+from livetrack.percentile import frame_percentiles
 from livetrack.types import Detections, LabelImage, ScaleState, Segmentation
 
 log = logging.getLogger("livetrack.segment.scale")
 
 MIN_ESTIMATE_OBJECTS = 3
 """Fewer foreground objects than this and the estimate is not trusted."""
+DETECTION_SCALE_LIMIT = 1.5
+"""A scale measured from a frame's detections stays within this factor of the frame's image
+estimate (either way): a bound on how far merged or split nuclei can move the scale."""
 SINGLE_NUCLEUS_RATIO = 1.8
 """Components with area below this × π r² (r: largest inscribed radius) count as single
 nuclei when estimating the diameter."""
@@ -27,10 +32,13 @@ nuclei when estimating the diameter."""
 
 def normalise(
     image: NDArray[np.generic], low: float = 1.0, high: float = 99.8
-) -> NDArray[np.float32]:
-    """Percentile normalisation to ~[0, 1] (float32). A flat image maps to zeros."""
+) -> NDArray[np.floating[Any]]:
+    """Percentile normalisation to ~[0, 1] (float64: the percentiles are float64; float32
+    for a flat image, which maps to zeros)."""
     img = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(img, [low, high])
+    # np.percentile(img, [low, high]); from a histogram for integer frames (same values)
+    fast = frame_percentiles(image, (low, high), as_list=True)
+    lo, hi = np.percentile(img, [low, high]) if fast is None else map(np.float64, fast)
     if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo <= 1e-12:
         return np.zeros_like(img)
     return (img - lo) / (hi - lo)
@@ -180,25 +188,41 @@ class NucleusScale:
     nuclei were seen; their median is then used. Every ``rescale_every`` frames after
     that it is measured again and the median of the latest ``auto_diameter_frames``
     measurements replaces the diameter in use when it moved by more than
-    ``rescale_tolerance``: nuclei shrink as a population grows denser. Measurements come
-    from the image alone, never from the segmentation, so a merge cannot feed itself.
+    ``rescale_tolerance``: nuclei shrink as a population grows denser.
+
+    What a measurement is (``SegmentConfig.scale_source``): "detections" — the
+    median equivalent diameter of the nuclei the segmenter found in the measured frame,
+    the quantity its model was trained to see at its canonical size; the image estimate
+    (``estimate_diameter``) only starts the first frame and bounds each measurement to
+    within ``DETECTION_SCALE_LIMIT`` of itself, so merges cannot feed on themselves without
+    limit. "image" — the image estimate alone (before that setting existed): it reads
+    nuclei larger than they are where their edges are soft or they touch, and the model
+    then sees them smaller than it was trained on. The learned segmenter measures from
+    its detections by default, the classical one from the image.
     """
 
-    def __init__(self, config: SegmentConfig) -> None:
+    def __init__(self, config: SegmentConfig, *, detections_by_default: bool = False) -> None:
         self.config = config
+        source = config.scale_source
+        self.from_detections = source == "detections" or (source is None and detections_by_default)
+        """Measurements from the detections (else from the image alone)."""
         self._estimates: list[float] = []
         self._settled: float | None = None
         self._since_estimate = 0
         self.last: float | None = None
         """The diameter used for the last frame with nuclei (None before any)."""
         self.last_estimate: float | None = None
-        """The estimate measured on the last frame's image (None when that frame was not
-        measured). Stored with the frame so a resumed run rebuilds the same scale."""
+        """The measurement made on the last frame (None when that frame was not measured).
+        Stored with the frame so a resumed run rebuilds the same scale."""
+        self._pending: float | None = None
+        """scale_source "detections": this frame is measured from its detections once they
+        are known (``observe``); the frame's image estimate, which bounds the measurement."""
 
     def for_frame(self, image: NDArray[np.generic], pixel_size_um: float | None) -> float | None:
         """Diameter in px for this frame, or None when it shows nothing like nuclei."""
         c = self.config
         self.last_estimate = None
+        self._pending = None
         diameter = resolve_diameter(c.nucleus_diameter_px, c.nucleus_diameter_um, pixel_size_um)
         if diameter is None:
             diameter = self._estimate(image) if self._settled is None else self._follow(image)
@@ -210,6 +234,11 @@ class NucleusScale:
         estimate = estimate_diameter(image, self.config.min_contrast)
         if estimate is None:
             return None
+        if self.from_detections:
+            # Until the scale settles: the median of the detections' measurements so far
+            # (the image estimate for the very first frame); this frame is measured next.
+            self._pending = estimate
+            return float(statistics.median(self._estimates)) if self._estimates else estimate
         self.last_estimate = estimate
         return self._add(estimate, announce=True)
 
@@ -220,10 +249,30 @@ class NucleusScale:
         every = self.config.rescale_every
         if every and self._since_estimate >= every:
             estimate = estimate_diameter(image, self.config.min_contrast)
-            if estimate is not None:
+            if estimate is not None and self.from_detections:
+                self._pending = estimate
+            elif estimate is not None:
                 self.last_estimate = estimate
                 self._add(estimate, announce=True)
         return self._settled
+
+    def observe(self, detections: Detections) -> None:
+        """After segmenting a frame that ``for_frame`` chose to measure (scale_source
+        "detections"): its measurement is the median equivalent diameter of the detections,
+        kept within ``DETECTION_SCALE_LIMIT`` of the frame's image estimate (the image
+        estimate itself when fewer than ``MIN_ESTIMATE_OBJECTS`` nuclei were found)."""
+        bound, self._pending = self._pending, None
+        if bound is None:
+            return
+        areas = np.asarray(detections.areas, np.float64)
+        measured = bound
+        if areas.size >= MIN_ESTIMATE_OBJECTS:
+            found = float(2.0 * np.sqrt(np.median(areas) / np.pi))
+            measured = float(
+                np.clip(found, bound / DETECTION_SCALE_LIMIT, bound * DETECTION_SCALE_LIMIT)
+            )
+        self.last_estimate = measured
+        self._add(measured, announce=True)
 
     def _add(self, estimate: float, *, announce: bool) -> float:
         c = self.config
@@ -279,10 +328,12 @@ class ScaledSegmenter:
         if diameter is None:  # nothing that looks like nuclei
             return Segmentation.empty(image.shape)
         mask = self.segment(image, diameter)
+        detections = Detections.from_labels(mask)
+        self._scale.observe(detections)
         info = {"diameter_px": diameter}
         if self._scale.last_estimate is not None:
             info["diameter_estimate"] = self._scale.last_estimate
-        return Segmentation(mask=mask, detections=Detections.from_labels(mask), info=info)
+        return Segmentation(mask=mask, detections=detections, info=info)
 
     def segment(self, image: NDArray[np.generic], diameter_px: float) -> LabelImage:
         """Labels at the frame's resolution for nuclei of ``diameter_px``."""

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from livetrack.percentile import frame_percentiles
 from livetrack.types import Detections
 
 CROP = 16
@@ -95,21 +96,10 @@ def reduce_frame(
 def background_level(image: NDArray[np.generic]) -> float:
     """The 5th percentile of the frame's pixels as float32 (``np.percentile``'s linear
     method), from a histogram for integer images (the same value, several times faster)."""
-    arr = np.asarray(image)
-    if arr.dtype.kind not in "ui" or arr.size == 0 or arr.dtype.itemsize > 2:
-        return float(np.percentile(arr.astype(np.float32, copy=False), 5))
-    flat = arr.ravel()
-    low = int(flat.min()) if arr.dtype.kind == "i" else 0
-    counts = np.cumsum(np.bincount((flat.astype(np.int64) - low) if low else flat))
-    pos = 0.05 * (flat.size - 1)
-    below, above = math.floor(pos), math.ceil(pos)
-    v_below = int(np.searchsorted(counts, below + 1)) + low
-    v_above = int(np.searchsorted(counts, above + 1)) + low
-    # numpy's lerp on the frame as float32 (how the value was computed before), term for
-    # term, so that it is the same to the last bit
-    a, b, t = np.float32(v_below), np.float32(v_above), np.float32(pos - below)
-    diff = b - a
-    return float(b - diff * (np.float32(1.0) - t)) if t >= 0.5 else float(a + diff * t)
+    fast = frame_percentiles(image, (5.0,))
+    if fast is None:
+        return float(np.percentile(np.asarray(image).astype(np.float32, copy=False), 5))
+    return fast[0]
 
 
 def frame_features(

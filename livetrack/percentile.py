@@ -1,0 +1,51 @@
+"""Percentiles of a whole frame, the same to the last bit as ``np.percentile``, fast.
+
+``np.percentile`` partitions a float copy of the frame (~13 ms for 1024² on this CPU, on
+every frame, for the segmenter's normalisation and the tracker's background level). For
+integer frames (up to 16 bits) a histogram gives the same order statistics; numpy's linear
+interpolation between them is then repeated term for term on float32, so the value is
+identical to ``np.percentile(frame.astype(np.float32), q)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+def frame_percentiles(
+    image: NDArray[np.generic], qs: tuple[float, ...], *, as_list: bool = False
+) -> tuple[float, ...] | None:
+    """``np.percentile(image.astype(np.float32), q)`` (the linear method) for each q, from a
+    histogram — or, ``as_list``, ``np.percentile(image.astype(np.float32), list(qs))``,
+    which interpolates in float64 instead of float32. None unless the frame holds integers
+    of at most 16 bits (the caller then calls ``np.percentile`` itself)."""
+    arr = np.asarray(image)
+    if arr.dtype.kind not in "ui" or arr.size == 0 or arr.dtype.itemsize > 2:
+        return None
+    flat = arr.ravel()
+    low = int(flat.min()) if arr.dtype.kind == "i" else 0
+    counts = np.cumsum(np.bincount((flat.astype(np.int64) - low) if low else flat))
+    out = []
+    for q in qs:
+        pos = (q / 100.0) * (flat.size - 1)
+        below = math.floor(pos)
+        above = min(below + 1, flat.size - 1)
+        v_below = int(np.searchsorted(counts, below + 1)) + low
+        v_above = int(np.searchsorted(counts, above + 1)) + low
+        # numpy's _lerp, term for term: the weight t = pos - floor(pos) is float64; with one
+        # q it is a Python float, so numpy computes on float32 with t (and 1 - t, taken in
+        # float64) rounded to float32; with a list of q, on float64.
+        a32, b32 = np.float32(v_below), np.float32(v_above)
+        diff32 = b32 - a32
+        t = pos - below
+        if as_list:
+            a, b, diff = np.float64(a32), np.float64(b32), np.float64(diff32)
+            out.append(float(b - diff * (1.0 - t) if t >= 0.5 else a + diff * t))
+        elif t >= 0.5:
+            out.append(float(b32 - diff32 * np.float32(1.0 - t)))
+        else:
+            out.append(float(a32 + diff32 * np.float32(t)))
+    return tuple(out)
