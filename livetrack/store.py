@@ -1300,7 +1300,8 @@ class Store:
         """Commit everything about one frame in ONE transaction; False if already stored.
 
         ``diameter_px`` / ``diameter_estimate_px``: the nucleus scale the segmenter used
-        and the estimate it measured on this frame (table ``scale``), when it has one.
+        and the scale measurement it made on this frame (from the image or from the
+        detections; table ``scale``), when it has one.
         ``models``: (segmenter, tracker) that produced the frame (table ``frame_models``).
 
         A frame that is already committed is left untouched (a re-sent frame after a restart

@@ -126,8 +126,9 @@ class ScaleState:
     (read from the store's ``scale`` table; see ``segment.scale.NucleusScale``)."""
 
     estimates: tuple[float, ...] = ()
-    """The latest per-frame diameter measurements, oldest first (at most as many as the
-    segmenter's window; fewer only when fewer were ever made)."""
+    """The latest per-frame diameter measurements, oldest first: the segmenter's window
+    plus one (so a restore can tell whether the scale had settled before the last
+    measurement); fewer only when fewer were ever made."""
     frames_since: int = 0
     """Frames with a scale after the last measurement."""
     last_diameter: float | None = None

@@ -208,7 +208,7 @@ def resume_settings(
         for section, values in fill.items():
             update[section] = getattr(settings, section).model_copy(update=values)
     if "segment_model" in want:
-        update["segment"] = settings.segment.model_copy(
+        update["segment"] = update.get("segment", settings.segment).model_copy(
             update={"method": "learned", "model_dir": Path(want["segment_model"])}
         )
     if "track_model" in want:
@@ -555,7 +555,7 @@ class Worker:
             key[0],
             key[1],
             tracker.history_window,
-            scale_window=self.settings.segment.auto_diameter_frames,
+            scale_window=self.settings.segment.auto_diameter_frames + 1,  # see ScaleState
         )
 
     def _live_tracker(self, h: FrameHeader | tuple[str, str], state: PositionState) -> Tracker:
@@ -891,7 +891,7 @@ class Worker:
             if state.last_frame is not None:
                 segmenter.restore_scale(
                     self.store.scale_state(
-                        key[0], key[1], self.settings.segment.auto_diameter_frames
+                        key[0], key[1], self.settings.segment.auto_diameter_frames + 1
                     )
                 )
             made[key] = segmenter

@@ -18,7 +18,7 @@ from livetrack.segment.scale import (
     estimate_diameter,
     resolve_diameter,
 )
-from livetrack.types import Detections
+from livetrack.types import Detections, ScaleState
 from tests.conftest import GOWT1, SIM_PLUS, needs_data
 
 
@@ -292,36 +292,49 @@ def test_scale_from_detections_measures_what_the_segmenter_found() -> None:
     assert ClassicalSegmenter(SegmentConfig(scale_source="detections"))._scale.from_detections
 
 
-def test_scale_from_detections_follows_a_movie_and_resumes_exactly() -> None:
-    """Re-measured every ``rescale_every`` frames from the detections; a scale restored from
-    the stored measurements goes on exactly as the uninterrupted one."""
-    from livetrack.types import ScaleState
-
-    cfg = SegmentConfig(scale_source="detections", auto_diameter_frames=2, rescale_every=2)
-    img = discs((240, 240), grid_centres(3, 70, 50), 24, noise=20)
-    found = [22.0, 22.0, 22.0, 22.0, 19.0, 19.0, 19.0, 19.0, 19.0, 19.0]
-    whole = NucleusScale(cfg)
-    diameters, measured = [], []
-    for d in found:
-        diameters.append(whole.for_frame(img, None))
-        whole.observe(_disc_detections(d))
-        measured.append(whole.last_estimate)
-    assert diameters[-1] == pytest.approx(19.0, rel=0.03)  # followed the shrinking nuclei
-    assert measured[2] is None  # measured every second frame
-    assert measured[3] is not None
-    cut = 5
-    resumed = NucleusScale(cfg)
-    state = ScaleState(
-        estimates=tuple(m for m in measured[:cut] if m is not None),
-        frames_since=cut - 1 - max(i for i in range(cut) if measured[i] is not None),
-        last_diameter=diameters[cut - 1],
+def _stored_state(used: list[float], measured: list[float | None], window: int) -> ScaleState:
+    """The ScaleState the store gives after these frames (``Store.scale_state``: the latest
+    ``window`` measurements, the frames after the last one, the last frame's diameter)."""
+    taken = [i for i, m in enumerate(measured) if m is not None]
+    return ScaleState(
+        estimates=tuple(float(measured[i]) for i in taken[-window:]),  # type: ignore[arg-type]
+        frames_since=len(used) - 1 - taken[-1] if taken else len(used),
+        last_diameter=used[-1] if used else None,
     )
-    resumed.restore(state)
-    again = []
-    for d in found[cut:]:
-        again.append(resumed.for_frame(img, None))
-        resumed.observe(_disc_detections(d))
-    assert again == diameters[cut:]
+
+
+@pytest.mark.parametrize("source", ["detections", "image"])
+def test_a_restored_scale_goes_on_exactly_wherever_the_run_stopped(source: str) -> None:
+    """Cut after every frame — before the scale settles, on the frame it settles, on a
+    re-measured frame that moves it and on one that does not: a scale restored from the
+    stored state (window + 1 measurements, as the worker asks for) goes on with exactly
+    the diameters of the uninterrupted one. Detections shrink during the movie, so the
+    scale follows them (measured from the detections, it moves after a frame was already
+    segmented: the restore has to replay that step)."""
+    cfg = SegmentConfig(scale_source=source, auto_diameter_frames=3, rescale_every=2)  # type: ignore[arg-type]
+    small = discs((240, 240), grid_centres(4, 50, 40), 18, noise=20)
+    large = discs((240, 240), grid_centres(3, 70, 50), 26, noise=20)
+    movie = [large] * 6 + [small] * 8
+    found = [26.0] * 6 + [21.0] * 8
+
+    def run(scale: NucleusScale, frames: range) -> tuple[list[float], list[float | None]]:
+        used, measured = [], []
+        for i in frames:
+            d = scale.for_frame(movie[i], None)
+            assert d is not None
+            scale.observe(_disc_detections(found[i]))
+            used.append(d)
+            measured.append(scale.last_estimate)
+        return used, measured
+
+    used, measured = run(NucleusScale(cfg), range(len(movie)))
+    assert len(set(used[4:])) > 1  # the scale moved after it settled
+    n = cfg.auto_diameter_frames
+    for cut in range(1, len(movie)):
+        resumed = NucleusScale(cfg)
+        resumed.restore(_stored_state(used[:cut], measured[:cut], n + 1))
+        again, _ = run(resumed, range(cut, len(movie)))
+        assert again == used[cut:], f"cut after frame {cut - 1}"
 
 
 def test_normalise_is_numpys_percentile_normalisation_to_the_last_bit() -> None:

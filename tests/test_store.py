@@ -1400,3 +1400,25 @@ def test_a_run_begun_before_the_scale_settings_resumes_as_it_ran(tmp_path: Path)
         s.check_resume("r1", run_config(resumed))
         with pytest.raises(ResumeMismatch, match="scale_source"):
             s.check_resume("r1", run_config(defaults))
+
+
+def test_a_switched_run_begun_before_the_scale_settings_keeps_them(tmp_path: Path) -> None:
+    """A run switched to another segmenter while it ran (``livetrack use-model``) and begun
+    before segment.scale_source existed resumes with the switched model AND the image
+    estimate it ran with (the switch must not drop the implied setting)."""
+    from livetrack.config import Settings
+    from livetrack.models import SHIPPED_SEGMENT_MODEL
+    from livetrack.worker import resume_settings, run_config
+
+    old = run_config(Settings())
+    for key in ("scale_source", "zoom"):
+        del old["segment"][key]
+    old["segment"]["model_dir"] = str(SHIPPED_SEGMENT_MODEL)  # a switch records its model
+    old["switches"] = [{"segment_model": str(SHIPPED_SEGMENT_MODEL)}]
+    resumed = resume_settings("r1", Settings(), old)
+    assert resumed.segment.model_dir == SHIPPED_SEGMENT_MODEL
+    assert resumed.segment.scale_source == "image"
+    assert resumed.segment.zoom == 1.0
+    with Store(tmp_path / "old.db") as s:
+        assert s.begin_run("r1", source="sim", config=old) is True
+        s.check_resume("r1", run_config(resumed))

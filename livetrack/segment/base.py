@@ -27,7 +27,8 @@ class Segmenter(Protocol):
         size when the source knows it, else None. Returns labels at the frame's resolution.
 
         ``Segmentation.info`` may carry ``diameter_px`` (the nucleus diameter used) and
-        ``diameter_estimate`` (measured on this frame's image); the worker stores both."""
+        ``diameter_estimate`` (the scale measurement made on this frame: from its image, or
+        from its detections — ``SegmentConfig.scale_source``); the worker stores both."""
         ...
 
     def restore_scale(self, state: ScaleState) -> None:

@@ -298,6 +298,15 @@ class NucleusScale:
         self._estimates = [float(e) for e in state.estimates[-n:]]
         last = state.last_diameter
         self._settled = float(last) if last is not None and len(state.estimates) >= n else None
+        if self.from_detections and state.frames_since == 0 and len(state.estimates) >= n:
+            # The last stored frame was measured after it was segmented (``observe``): its
+            # measurement may have moved the scale, which its stored diameter does not show.
+            # Replay that step: the scale settled on it (exactly n measurements ever made;
+            # the state holds up to n + 1) or moved from the diameter it was segmented with.
+            current = float(statistics.median(self._estimates))
+            tolerance = self.config.rescale_tolerance
+            if last is None or len(state.estimates) == n or abs(current / last - 1) > tolerance:
+                self._settled = current
         self.last = state.last_diameter
         self._since_estimate = state.frames_since
         if self._settled is not None:
