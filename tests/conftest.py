@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 
@@ -43,3 +44,17 @@ def zmq_context(closing: _Closer) -> Iterator[zmq.Context]:  # type: ignore[type
         obj.close()
     closing.clear()
     ctx.destroy(linger=0)
+
+
+def integer_frames(seed: int, count: int, max_side: int) -> Iterator[np.ndarray]:
+    """Random integer frames of every kind livetrack reads (uint16, uint8, signed int16 with
+    negative values) and random sizes: for checks against numpy, value for value."""
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        h, w = (int(v) for v in rng.integers(1, max_side, 2))
+        dtype = (np.uint16, np.uint8, np.int16)[k % 3]
+        high = {np.uint16: 65535, np.uint8: 255, np.int16: 300}[dtype]
+        frame = rng.integers(0, high, (h, w)).astype(dtype)
+        if dtype is np.int16:
+            frame -= 150
+        yield frame

@@ -35,6 +35,7 @@ from livetrack.track.lstm import (
 from livetrack.track.model import TrackNet, TrackNetConfig, load_tracknet, save_tracknet
 from livetrack.track.online import DivisionScores, OnlineTracker
 from livetrack.types import Detections
+from tests.conftest import integer_frames
 from tests.test_tracker import _records  # the track table a store would hold after some steps
 
 SHAPE = (160, 160)
@@ -101,16 +102,9 @@ def test_neighbour_edges_respect_the_radius() -> None:
 def test_the_background_level_is_numpys_percentile_to_the_last_bit() -> None:
     """The histogram shortcut for integer frames gives what ``np.percentile(frame as
     float32, 5)`` gives, on every kind of integer frame and size (and floats pass through)."""
-    rng = np.random.default_rng(4)
-    for k in range(300):
-        h, w = (int(v) for v in rng.integers(1, 120, 2))
-        dtype = (np.uint16, np.uint8, np.int16)[k % 3]
-        high = {np.uint16: 65535, np.uint8: 255, np.int16: 300}[dtype]
-        frame = rng.integers(0, high, (h, w)).astype(dtype)
-        if dtype is np.int16:
-            frame -= 150
+    for frame in integer_frames(4, 300, 120):
         assert background_level(frame) == float(np.percentile(frame.astype(np.float32), 5))
-    floats = rng.normal(100, 10, (50, 60))
+    floats = np.random.default_rng(4).normal(100, 10, (50, 60))
     assert background_level(floats) == float(np.percentile(floats.astype(np.float32), 5))
 
 

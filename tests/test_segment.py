@@ -19,7 +19,7 @@ from livetrack.segment.scale import (
     resolve_diameter,
 )
 from livetrack.types import Detections, ScaleState
-from tests.conftest import GOWT1, SIM_PLUS, needs_data
+from tests.conftest import GOWT1, SIM_PLUS, integer_frames, needs_data
 
 
 def discs(
@@ -344,13 +344,7 @@ def test_normalise_is_numpys_percentile_normalisation_to_the_last_bit() -> None:
     from livetrack.segment.scale import normalise
 
     rng = np.random.default_rng(7)
-    for k in range(200):
-        h, w = (int(v) for v in rng.integers(1, 90, 2))
-        dtype = (np.uint16, np.uint8, np.int16)[k % 3]
-        high = {np.uint16: 65535, np.uint8: 255, np.int16: 300}[dtype]
-        frame = rng.integers(0, high, (h, w)).astype(dtype)
-        if dtype is np.int16:
-            frame -= 150
+    for frame in integer_frames(7, 200, 90):
         img = frame.astype(np.float32)
         qs = (1.0, 99.8, float(rng.uniform(0, 100)))
         assert frame_percentiles(frame, qs) == tuple(float(np.percentile(img, q)) for q in qs)
