@@ -104,6 +104,11 @@ def test_a_live_worker_switches_models_between_frames_and_records_each_frame(
     _send(pusher, frames[:3])
     assert [r.status for r in _handle(worker, 3)] == ["stored"] * 3  # type: ignore[attr-defined]
     state = worker.positions[("live", "sim")]
+    old_segmenter = state.segmenter
+    # The scale the next frame would get without a switch: measured from the detections, it
+    # can settle on frame 2's measurement after frame 2 was segmented.
+    reached = old_segmenter._scale._settled  # type: ignore[union-attr]
+    assert reached is not None
 
     pusher.send_use_model(UseModel(segment_model=str(other_model), request_id="r1"))
     (answer,) = _handle(worker, 1)
@@ -144,7 +149,8 @@ def test_a_live_worker_switches_models_between_frames_and_records_each_frame(
             d for (d,) in store.conn.execute("SELECT diameter_px FROM scale ORDER BY frame")
         ]
     assert len(diameters) == 6
-    assert diameters[3] == diameters[2]  # the new model segments at the scale reached
+    assert state.segmenter is not old_segmenter  # rebuilt for the new model, from the store
+    assert diameters[3] == reached  # the new model segments at the scale reached
 
 
 def test_a_model_that_cannot_load_is_refused_and_the_worker_keeps_its_own(
