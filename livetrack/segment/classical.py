@@ -9,10 +9,12 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 from skimage.transform import resize
 
+from livetrack.blur import gaussian_filter
 from livetrack.config import SegmentConfig
+from livetrack.segment.postprocess import relabel
 from livetrack.segment.scale import NucleusScale, ScaledSegmenter, foreground, normalise
 from livetrack.types import LabelImage
 
@@ -43,7 +45,7 @@ class ClassicalSegmenter(ScaledSegmenter):
                 np.float32
             )
         d = diameter_px * scale
-        smoothed = ndi.gaussian_filter(img, max(c.smoothing * d, 0.5))
+        smoothed = gaussian_filter(img, max(c.smoothing * d, 0.5))
         fg = foreground(smoothed, c.min_contrast, dim_sigma=c.dim_nuclei_sigma)
         if fg is None:
             return np.zeros(image.shape, np.int32)
@@ -52,7 +54,7 @@ class ClassicalSegmenter(ScaledSegmenter):
         dist = distance_inside(comps)
         # Nuclei are blobs: smoothing the distance map merges the ridge maxima of elongated
         # shapes into one centre per nucleus.
-        dist_s = ndi.gaussian_filter(dist, max(0.1 * d, 0.5))
+        dist_s = gaussian_filter(dist, max(0.1 * d, 0.5))
         peaks = peak_local_max(
             dist_s,
             min_distance=max(1, round(c.marker_min_distance * d)),
@@ -64,16 +66,14 @@ class ClassicalSegmenter(ScaledSegmenter):
         markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
         labels = watershed(-dist_s, markers, mask=fg).astype(np.int32)
         min_area = c.min_area_fraction * np.pi * d * d / 4.0
+        keep = None
         if labels.max() > 0:
-            areas = np.bincount(labels.ravel())
-            small = np.flatnonzero(areas < min_area)
-            labels[np.isin(labels, small[small > 0])] = 0
+            keep = np.bincount(labels.ravel()) >= min_area
         if scale < 1.0:
             labels = resize(
                 labels, image.shape, order=0, anti_aliasing=False, preserve_range=True
             ).astype(np.int32)
-        out, _, _ = relabel_sequential(labels)
-        return np.asarray(out, dtype=np.int32)
+        return relabel(labels, keep=keep)
 
 
 def distance_inside(components: NDArray[np.int32]) -> NDArray[np.float32]:

@@ -8,13 +8,12 @@ import logging
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from skimage.segmentation import relabel_sequential
 from skimage.transform import resize
 
 from livetrack.config import SegmentConfig
 from livetrack.models import SHIPPED_SEGMENT_MODEL
 from livetrack.segment.model import NucleusUNet, load_model
-from livetrack.segment.postprocess import PostprocessParams, labels_from_maps
+from livetrack.segment.postprocess import PostprocessParams, labels_from_maps, relabel
 from livetrack.segment.scale import NucleusScale, ScaledSegmenter, normalise
 from livetrack.types import LabelImage
 
@@ -89,7 +88,7 @@ class LearnedSegmenter(ScaledSegmenter):
             labels = resize(
                 labels, image.shape, order=0, anti_aliasing=False, preserve_range=True
             ).astype(np.int32)
-            labels, _, _ = relabel_sequential(labels)  # tiny objects can vanish upscaling
+            labels = relabel(labels)  # tiny objects can vanish upscaling
         return np.asarray(labels, dtype=np.int32)
 
     def predict_maps(self, img: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -13,8 +13,9 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
+from livetrack.blur import gaussian_filter
 from livetrack.types import LabelImage
 
 
@@ -54,7 +55,7 @@ def labels_from_maps(
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
     fg = ndi.binary_fill_holes(fg)
-    smooth_inner = ndi.gaussian_filter(np.asarray(inner, np.float32), max(0.05 * diameter_px, 0.5))
+    smooth_inner = gaussian_filter(np.asarray(inner, np.float32), max(0.05 * diameter_px, 0.5))
     relief_in = np.where(fg, smooth_inner, 0.0).astype(np.float32)
     peaks = peak_local_max(
         relief_in,
@@ -73,12 +74,28 @@ def labels_from_maps(
         labels = np.where(orphans > 0, orphans + int(labels.max()), labels).astype(np.int32)
     min_area = p.min_area_fraction * np.pi * diameter_px**2 / 4.0
     areas = np.bincount(labels.ravel())
-    small = np.flatnonzero(areas < min_area)
-    small = small[small > 0]
-    if small.size:
-        labels[np.isin(labels, small)] = 0
-    out, _, _ = relabel_sequential(labels)
-    return np.asarray(out, dtype=np.int32)
+    return relabel(labels, keep=areas >= min_area)
+
+
+def relabel(labels: NDArray[np.integer], keep: NDArray[np.bool_] | None = None) -> LabelImage:
+    """``labels`` (non-negative integers) renumbered 1, 2, … in the order of their values,
+    background 0, as int32 — ``skimage.segmentation.relabel_sequential``'s labels, from a
+    lookup table instead of ``np.unique`` over the frame (several times faster).
+    ``keep``: per label value, whether the object stays (the others become background;
+    values past its end stay)."""
+    lab = np.asarray(labels)
+    if lab.size == 0:
+        return np.zeros(lab.shape, np.int32)
+    if lab.dtype.kind not in "iu" or int(lab.min()) < 0:
+        raise ValueError("relabel takes a label image of non-negative integers")
+    present = np.bincount(lab.ravel()) > 0
+    present[0] = False
+    if keep is not None:
+        k = np.asarray(keep, bool)[: len(present)]
+        present[: len(k)] &= k
+    lut = np.zeros(len(present), np.int32)
+    lut[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
+    return lut[lab]
 
 
 def _drop_shallow_peaks(

@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from livetrack.blur import gaussian_filter
 from livetrack.config import SegmentConfig
 from livetrack.percentile import frame_percentiles
 from livetrack.types import Detections, LabelImage, ScaleState, Segmentation
@@ -130,7 +131,7 @@ def estimate_diameter(image: NDArray[np.generic], min_contrast: float = 3.0) -> 
 
 
 def _estimate(img: NDArray[np.float32], sigma: float, min_contrast: float) -> float | None:
-    smoothed = ndi.gaussian_filter(img, sigma)
+    smoothed = gaussian_filter(img, sigma)
     mask = foreground(smoothed, min_contrast)
     if mask is None:
         return None

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from livetrack.blur import gaussian_filter
 from livetrack.percentile import frame_percentiles
 from livetrack.types import Detections
 
@@ -130,7 +131,9 @@ def frame_features(
     factor = reduction_factor(diameter, max_diameter_px)
     if factor == 1:
         img = np.asarray(image, np.float32)
-        lab = np.maximum(np.asarray(mask), 0).astype(np.int64, copy=False)
+        lab = np.maximum(np.asarray(mask), 0)  # any integer type bincount takes, as is
+        if lab.dtype.kind not in "iu" or lab.dtype == np.uint64:
+            lab = lab.astype(np.int64)
         area = detections.areas.astype(np.float64)
         cen_f, unit = cen, float(diameter)
     else:
@@ -142,7 +145,7 @@ def frame_features(
         cen_f, unit = (cen - (factor - 1) / 2.0) / factor, float(diameter) / factor
         if np.any(area > 0):
             cen_f = np.where((area > 0)[:, None], _moments(lab, labels, area), cen_f)
-    fg = np.flatnonzero(lab)
+    fg = np.flatnonzero(lab > 0)  # (the same indices as of ``lab``, ~4x faster)
     crops, mean = _crops(img, lab, labels, cen_f, area, crop_diameters * unit, fg)
     morph = _morphology(lab, labels, cen_f, area, unit, fg)
     bg = background_level(image)  # background level, so the ratio is offset-free
@@ -168,7 +171,7 @@ def _moments(
 ) -> NDArray[np.float64]:
     """(N, 2) centroids (y, x) of the labelled objects in ``lab``."""
     w = lab.shape[1]
-    fg = np.flatnonzero(lab)
+    fg = np.flatnonzero(lab > 0)
     flat = lab.ravel()[fg]
     size = int(labels.max()) + 1
     ys = np.bincount(flat, weights=(fg // w).astype(np.float64), minlength=size)[labels]
@@ -192,7 +195,8 @@ def _crops(
     if step > 1.5:
         # Anti-aliasing: large nuclei are sampled sparsely, so low-pass the frame first
         # (the crop then looks the same whatever the magnification).
-        img = ndi.gaussian_filter(img, sigma=0.5 * step, truncate=2.5)
+        # (Bands in threads: the same values as one ``ndi.gaussian_filter`` call.)
+        img = gaussian_filter(img, 0.5 * step, truncate=2.5)
     offs = (np.arange(CROP, dtype=np.float64) - (CROP - 1) / 2.0) * step
     yy = cen[:, 0, None, None] + offs[None, :, None]
     xx = cen[:, 1, None, None] + offs[None, None, :]
@@ -231,12 +235,15 @@ def _morphology(
     diameter: float,
     fg: NDArray[np.intp],
 ) -> FloatArray:
-    w = lab.shape[1]
+    h, w = lab.shape
     size = int(labels.max()) + 1
     # Second moments over the foreground pixels only (background sums are not needed).
-    flat_fg = lab.ravel()[fg]
-    ys = (fg // w).astype(np.float64)
-    xs = (fg % w).astype(np.float64)
+    flat = lab.ravel()
+    flat_fg = flat[fg]
+    row = fg // w
+    col = fg - row * w
+    ys = row.astype(np.float64)
+    xs = col.astype(np.float64)
     syy = np.bincount(flat_fg, weights=ys * ys, minlength=size)[labels] / np.maximum(area, 1)
     sxx = np.bincount(flat_fg, weights=xs * xs, minlength=size)[labels] / np.maximum(area, 1)
     sxy = np.bincount(flat_fg, weights=xs * ys, minlength=size)[labels] / np.maximum(area, 1)
@@ -247,18 +254,18 @@ def _morphology(
     l1 = (myy + mxx) / 2.0 + root
     l2 = np.maximum((myy + mxx) / 2.0 - root, 0.0)
     ecc = np.sqrt(np.clip(1.0 - l2 / np.maximum(l1, 1e-9), 0.0, 1.0))
-    # Perimeter: pixels of the object with a 4-neighbour outside it (or on the frame edge).
-    # Each neighbouring pair is compared once and marks both of its pixels; frame-edge
-    # pixels are all marked (those of the background, label 0, are not counted).
-    edge = np.zeros(lab.shape, bool)
-    edge[[0, -1], :] = True
-    edge[:, [0, -1]] = True
-    rows = lab[1:] != lab[:-1]
-    edge[1:] |= rows
-    edge[:-1] |= rows
-    cols = lab[:, 1:] != lab[:, :-1]
-    edge[:, 1:] |= cols
-    edge[:, :-1] |= cols
-    perim = np.bincount(lab.ravel()[edge.ravel()], minlength=size)[labels].astype(np.float64)
+    # Perimeter: pixels of the object with a 4-neighbour outside it (or on the frame edge),
+    # looked up for the foreground pixels only.
+    on_edge = (row == 0) | (row == h - 1) | (col == 0) | (col == w - 1)
+    inner = fg[~on_edge]
+    own = flat_fg[~on_edge]
+    differs = flat[inner - w] != own
+    differs |= flat[inner + w] != own
+    differs |= flat[inner - 1] != own
+    differs |= flat[inner + 1] != own
+    perim = np.bincount(own[differs], minlength=size) + np.bincount(
+        flat_fg[on_edge], minlength=size
+    )
+    perim = perim[labels].astype(np.float64)
     d = max(float(diameter), 1.0)
     return np.stack([area / d**2, perim / d, ecc], axis=1).astype(np.float32)

@@ -1,0 +1,100 @@
+"""A Gaussian blur of a large 2-D frame on horizontal bands in threads, the same values to
+the last bit as one ``scipy.ndimage.gaussian_filter`` call.
+
+``gaussian_filter`` filters along axis 0 and then along axis 1, each output pixel from the
+pixels within the kernel's radius along that axis, with the same arithmetic wherever it
+is. A band of rows extended by the radius on each side (except at the frame's own edges,
+where the ``reflect`` boundary is the frame's) therefore gives exactly the full call's
+values on the band's own rows. SciPy's filters release the GIL, so the bands run in
+parallel (a 1024² frame: ~18 → ~9 ms on two cores); small frames take the single call.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+MIN_BAND_ROWS = 128
+"""No band is cut thinner than this."""
+MIN_BAND_PIXELS = 400_000
+"""Nor smaller than this: a frame under ~800² is blurred in one call (measured here: no
+faster in bands), 1024² in two bands (~18 → ~9 ms)."""
+MAX_THREADS = 4
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def blur_threads() -> int:
+    """Threads the bands run on: the cores this process may use, at most ``MAX_THREADS``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_THREADS))
+
+
+def _forget_pool() -> None:
+    """In a forked child the parent's threads do not exist: start a new pool there."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(blur_threads(), thread_name_prefix="livetrack-blur")
+        return _pool
+
+
+def band_cuts(shape: tuple[int, ...], radius: int, bands: int) -> list[int]:
+    """Row boundaries of the bands a frame of ``shape`` is blurred in: at most ``bands``,
+    none thinner than ``MIN_BAND_ROWS`` rows or twice the kernel ``radius``, none smaller
+    than ``MIN_BAND_PIXELS`` ([0, rows]: one call)."""
+    h = int(shape[0])
+    size = h * int(np.prod(shape[1:]))
+    n = min(int(bands), h // max(MIN_BAND_ROWS, 2 * radius + 1), size // MIN_BAND_PIXELS)
+    n = max(n, 1)
+    return [round(i * h / n) for i in range(n + 1)]
+
+
+def gaussian_filter(
+    image: NDArray[np.floating],
+    sigma: float,
+    *,
+    truncate: float = 4.0,
+    bands: int | None = None,
+) -> NDArray[np.floating]:
+    """``scipy.ndimage.gaussian_filter(image, sigma, truncate=truncate)`` (mode ``reflect``,
+    output in the image's dtype) of a 2-D ``image``, bit for bit, computed on up to
+    ``bands`` horizontal bands at once (default: ``blur_threads()``)."""
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"gaussian_filter takes a 2-D image, got shape {img.shape}")
+    radius = int(truncate * float(sigma) + 0.5)  # scipy's kernel radius
+    cuts = band_cuts(img.shape, radius, blur_threads() if bands is None else int(bands))
+    if len(cuts) == 2:
+        return ndi.gaussian_filter(img, sigma, truncate=truncate)
+    out = np.empty_like(img)
+    h = img.shape[0]
+    n = len(cuts) - 1
+
+    def band(i: int) -> None:
+        a, b = cuts[i], cuts[i + 1]
+        lo, hi = max(a - radius, 0), min(b + radius, h)
+        res = ndi.gaussian_filter(img[lo:hi], sigma, truncate=truncate)
+        out[a:b] = res[a - lo : b - lo]
+
+    for done in [_executor().submit(band, i) for i in range(n)]:
+        done.result()
+    return out

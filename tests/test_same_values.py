@@ -1,0 +1,156 @@
+"""Faster versions of library calls on the per-frame path give the library's values to the
+last bit: the banded Gaussian blur, the lookup-table relabelling, and the tracker's
+features built with them (checked against the plain computation they replaced)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.segmentation import relabel_sequential
+
+import livetrack.blur
+from livetrack.blur import MIN_BAND_ROWS, band_cuts, blur_threads, gaussian_filter
+from livetrack.segment.postprocess import relabel
+from livetrack.track import features as F
+from livetrack.types import Detections
+
+
+@pytest.fixture
+def small_bands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bands on small test frames too (by default frames under ~800² take one call)."""
+    monkeypatch.setattr(livetrack.blur, "MIN_BAND_PIXELS", 1)
+
+
+@pytest.mark.usefixtures("small_bands")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
+def test_banded_blur_is_scipys_blur_bit_for_bit(dtype: type) -> None:
+    assert len(band_cuts((5 * MIN_BAND_ROWS + 3, 97), 2, 7)) == 6  # five bands
+    rng = np.random.default_rng(3)
+    for h, w in [(5 * MIN_BAND_ROWS + 3, 97), (2 * MIN_BAND_ROWS, 40), (MIN_BAND_ROWS - 1, 33)]:
+        img = (rng.random((h, w)) * 4000).astype(dtype)
+        for sigma, truncate in [(0.6, 2.5), (1.7, 2.5), (3.0, 4.0), (12.0, 4.0)]:
+            expected = ndi.gaussian_filter(img, sigma, truncate=truncate)
+            for bands in (None, 1, 2, 3, 7):
+                out = gaussian_filter(img, sigma, truncate=truncate, bands=bands)
+                assert out.dtype == expected.dtype
+                assert np.array_equal(out, expected), (h, w, sigma, bands)
+    view = (rng.random((900, 300)) * 100).astype(np.float32)[::2, ::3]  # strided view
+    assert np.array_equal(gaussian_filter(view, 1.3, bands=4), ndi.gaussian_filter(view, 1.3))
+
+
+def test_banded_blur_cuts_bands_only_where_they_pay() -> None:
+    """Frames under ~800² or with too few rows for two bands (or a kernel wider than a
+    band): one plain call; 1024² on two cores: two bands; a 3-D image is refused rather
+    than blurred along the wrong axes."""
+    assert band_cuts((1024, 1024), 3, 2) == [0, 512, 1024]
+    assert band_cuts((2048, 2048), 3, 4) == [0, 512, 1024, 1536, 2048]
+    assert band_cuts((700, 700), 3, 4) == [0, 700]
+    assert band_cuts((1024, 1024), 300, 4) == [0, 1024]
+    img = np.random.default_rng(0).random((2 * MIN_BAND_ROWS, 50)).astype(np.float32)
+    # A kernel radius of 200 rows makes every band mostly margin: still the same values.
+    assert np.array_equal(gaussian_filter(img, 50.0, bands=4), ndi.gaussian_filter(img, 50.0))
+    assert 1 <= blur_threads() <= 4
+    with pytest.raises(ValueError, match="2-D"):
+        gaussian_filter(np.zeros((4, 4, 4), np.float32), 1.0)
+
+
+def test_relabel_is_relabel_sequential() -> None:
+    rng = np.random.default_rng(5)
+    for dtype in (np.int32, np.int64, np.uint16, np.uint8):
+        lab = rng.choice(np.array([0, 0, 0, 3, 7, 8, 40, 41, 200], dtype), size=(60, 70))
+        expected, _, _ = relabel_sequential(lab)
+        out = relabel(lab)
+        assert out.dtype == np.int32
+        assert np.array_equal(out, expected)
+    assert np.array_equal(relabel(np.zeros((4, 5), np.int32)), np.zeros((4, 5), np.int32))
+    assert relabel(np.zeros((0, 3), np.int32)).shape == (0, 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        relabel(np.array([[-1, 2]]))
+
+
+def test_relabel_drops_the_labels_not_kept() -> None:
+    """``keep``: the removed objects become background and the rest are renumbered, as
+    zeroing them before ``relabel_sequential`` did (labels past ``keep``'s end stay)."""
+    lab = np.array([[0, 2, 2, 5], [5, 9, 9, 9], [1, 1, 0, 12]], np.int32)
+    keep = np.bincount(lab.ravel()) >= 2  # label 12 (one pixel) is dropped
+    before = lab.copy()
+    before[np.isin(before, np.flatnonzero(~keep))] = 0
+    assert np.array_equal(relabel(lab, keep=keep), relabel_sequential(before)[0])
+    short = np.array([True, True, False])  # label 2 dropped; 5, 9, 12 beyond: kept
+    assert np.array_equal(
+        relabel(lab, keep=short),
+        np.array([[0, 0, 0, 2], [2, 3, 3, 3], [1, 1, 0, 4]], np.int32),
+    )
+
+
+def _perimeter_by_full_frame_comparison(mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Pixels of each object with a 4-neighbour of another label or on the frame's edge,
+    found by comparing every pair of neighbouring pixels of the frame (the code before)."""
+    lab = np.maximum(mask, 0).astype(np.int64)
+    edge = np.zeros(lab.shape, bool)
+    edge[[0, -1], :] = True
+    edge[:, [0, -1]] = True
+    rows = lab[1:] != lab[:-1]
+    edge[1:] |= rows
+    edge[:-1] |= rows
+    cols = lab[:, 1:] != lab[:, :-1]
+    edge[:, 1:] |= cols
+    edge[:, :-1] |= cols
+    return np.bincount(lab.ravel()[edge.ravel()], minlength=int(labels.max()) + 1)[labels]
+
+
+@pytest.mark.usefixtures("small_bands")
+def test_tracker_features_are_those_of_the_plain_computation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Label images of several integer types, objects on the frame's edges, large nuclei
+    (the blurred path) and small ones: crops and morphology equal to the last bit to those
+    with one plain ``ndi.gaussian_filter`` call and int64 labels; the perimeter equal to
+    the full-frame comparison's."""
+    from simulators.nuclei import NucleiSimulator, SimulationConfig
+
+    cfg = SimulationConfig(
+        seed=4,
+        n_frames=2,
+        height=2 * MIN_BAND_ROWS + 40,
+        width=190,
+        n_cells=30,
+        nucleus_diameter_px=26,
+    )
+    for f in NucleiSimulator(cfg).frames():
+        det = Detections.from_labels(f.labels)
+        assert len(det) > 10
+        border = np.concatenate([f.labels[[0, -1]].ravel(), f.labels[:, [0, -1]].ravel()])
+        assert (border > 0).any()
+        perimeter = _perimeter_by_full_frame_comparison(f.labels, det.labels)
+        for diameter in (26.0, 14.0):  # crops blurred (step > 1.5 px) and not
+            with monkeypatch.context() as m:
+                m.setattr(F, "gaussian_filter", ndi.gaussian_filter)
+                plain = F.frame_features(f.image, f.labels.astype(np.int64), det, diameter)
+            assert np.array_equal(plain.morph[:, 1], (perimeter / diameter).astype(np.float32))
+            for mask in (f.labels, f.labels.astype(np.int64), f.labels.astype(np.uint16)):
+                got = F.frame_features(f.image, mask, det, diameter)
+                assert np.array_equal(got.morph, plain.morph)
+                assert np.array_equal(got.crops, plain.crops)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.usefixtures("small_bands")
+def test_banded_blur_works_in_a_forked_child() -> None:
+    """The thread pool started in the parent does not survive a fork: the child starts
+    its own (without that, the child's first banded blur would wait forever)."""
+    img = np.random.default_rng(1).random((3 * MIN_BAND_ROWS, 64)).astype(np.float32)
+    expected = ndi.gaussian_filter(img, 1.0)
+    assert np.array_equal(gaussian_filter(img, 1.0, bands=2), expected)  # pool started
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_blur_in_child, (img,))
+        assert np.array_equal(result.get(timeout=60), expected)
+
+
+def _blur_in_child(img: np.ndarray) -> np.ndarray:
+    return gaussian_filter(img, 1.0, bands=2)
