@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -69,22 +71,28 @@ def band_cuts(shape: tuple[int, ...], radius: int, bands: int) -> list[int]:
 
 
 def gaussian_filter(
-    image: NDArray[np.floating],
-    sigma: float,
+    image: NDArray[Any],
+    sigma: float | Sequence[float],
     *,
     truncate: float = 4.0,
+    mode: str = "reflect",
     bands: int | None = None,
-) -> NDArray[np.floating]:
-    """``scipy.ndimage.gaussian_filter(image, sigma, truncate=truncate)`` (mode ``reflect``,
-    output in the image's dtype) of a 2-D ``image``, bit for bit, computed on up to
-    ``bands`` horizontal bands at once (default: ``blur_threads()``)."""
+) -> NDArray[Any]:
+    """``scipy.ndimage.gaussian_filter(image, sigma, truncate=truncate, mode=mode)`` (output
+    in the image's dtype) of a 2-D ``image``, bit for bit, computed on up to ``bands``
+    horizontal bands at once (default: ``blur_threads()``). ``sigma``: one for both axes
+    or (rows, columns). Any boundary mode but the wrapping ones (a band cannot see the
+    frame's other end)."""
     img = np.asarray(image)
     if img.ndim != 2:
         raise ValueError(f"gaussian_filter takes a 2-D image, got shape {img.shape}")
-    radius = int(truncate * float(sigma) + 0.5)  # scipy's kernel radius
+    if "wrap" in mode:
+        raise ValueError(f"mode {mode!r} is not supported in bands; use scipy.ndimage")
+    rows_sigma = float(np.ravel(np.asarray(sigma, np.float64))[0])
+    radius = int(truncate * rows_sigma + 0.5)  # scipy's kernel radius along the rows
     cuts = band_cuts(img.shape, radius, blur_threads() if bands is None else int(bands))
     if len(cuts) == 2:
-        return ndi.gaussian_filter(img, sigma, truncate=truncate)
+        return ndi.gaussian_filter(img, sigma, truncate=truncate, mode=mode)
     out = np.empty_like(img)
     h = img.shape[0]
     n = len(cuts) - 1
@@ -92,9 +100,30 @@ def gaussian_filter(
     def band(i: int) -> None:
         a, b = cuts[i], cuts[i + 1]
         lo, hi = max(a - radius, 0), min(b + radius, h)
-        res = ndi.gaussian_filter(img[lo:hi], sigma, truncate=truncate)
+        res = ndi.gaussian_filter(img[lo:hi], sigma, truncate=truncate, mode=mode)
         out[a:b] = res[a - lo : b - lo]
 
     for done in [_executor().submit(band, i) for i in range(n)]:
         done.result()
+    return out
+
+
+def downscale(image: NDArray[np.floating], shape: tuple[int, int]) -> NDArray[np.floating]:
+    """``skimage.transform.resize(image, shape, order=1, anti_aliasing=True,
+    preserve_range=True)`` of a 2-D float32 or float64 frame, value for value, with the
+    anti-aliasing blur in bands (the same steps: a Gaussian of sigma (factor − 1) / 2 per
+    axis, mode ``mirror``; ``ndimage.zoom`` with ``grid_mode``; clipped to the input's
+    range)."""
+    img = np.asarray(image)
+    if img.ndim != 2 or img.dtype not in (np.float32, np.float64):
+        raise ValueError(f"downscale takes a 2-D float frame, got {img.dtype} {img.shape}")
+    factors = np.divide(img.shape, shape)
+    sigma = np.maximum(0, (factors - 1) / 2)
+    filtered = gaussian_filter(img, tuple(float(s) for s in sigma), mode="mirror")
+    out = ndi.zoom(
+        filtered, [1 / f for f in factors], order=1, mode="mirror", cval=0, grid_mode=True
+    )
+    lo = np.min(img)
+    low, high = (np.nanmin(img), np.nanmax(img)) if np.isnan(lo) else (lo, np.max(img))
+    np.clip(out, np.asarray(low), np.asarray(high), out=out)
     return out

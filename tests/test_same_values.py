@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential
+from skimage.transform import resize
 
 import livetrack.blur
-from livetrack.blur import MIN_BAND_ROWS, band_cuts, blur_threads, gaussian_filter
+from livetrack.blur import MIN_BAND_ROWS, band_cuts, blur_threads, downscale, gaussian_filter
 from livetrack.segment.postprocess import relabel
 from livetrack.track import features as F
 from livetrack.types import Detections
@@ -40,6 +41,42 @@ def test_banded_blur_is_scipys_blur_bit_for_bit(dtype: type) -> None:
                 assert np.array_equal(out, expected), (h, w, sigma, bands)
     view = (rng.random((900, 300)) * 100).astype(np.float32)[::2, ::3]  # strided view
     assert np.array_equal(gaussian_filter(view, 1.3, bands=4), ndi.gaussian_filter(view, 1.3))
+
+
+@pytest.mark.usefixtures("small_bands")
+def test_banded_blur_per_axis_sigma_and_boundary_modes() -> None:
+    img = np.random.default_rng(2).random((3 * MIN_BAND_ROWS + 1, 80))
+    for mode in ("reflect", "mirror", "nearest", "constant"):
+        for sigma in ((2.0, 0.7), (0.0, 1.5), 1.1):
+            expected = ndi.gaussian_filter(img, sigma, mode=mode)
+            assert np.array_equal(gaussian_filter(img, sigma, mode=mode, bands=3), expected)
+    with pytest.raises(ValueError, match="wrap"):
+        gaussian_filter(img, 1.0, mode="grid-wrap")
+
+
+@pytest.mark.usefixtures("small_bands")
+def test_downscale_is_skimages_resize_value_for_value() -> None:
+    """The segmenters' anti-aliased downscaling (blur in bands) equals
+    ``skimage.transform.resize(..., order=1, anti_aliasing=True, preserve_range=True)``."""
+    rng = np.random.default_rng(9)
+    for dtype in (np.float32, np.float64):
+        for (h, w), shape in [
+            ((400, 310), (271, 200)),
+            ((300, 300), (299, 150)),
+            ((257, 90), (40, 89)),
+        ]:
+            img = (rng.random((h, w)) * 3 - 1).astype(dtype)
+            expected = resize(img, shape, order=1, anti_aliasing=True, preserve_range=True)
+            out = downscale(img, shape)
+            assert out.dtype == expected.dtype
+            assert out.shape == shape
+            assert np.array_equal(out, expected), (dtype, h, w, shape)
+    with_nan = rng.random((300, 200))
+    with_nan[5, 7] = np.nan
+    expected = resize(with_nan, (150, 100), order=1, anti_aliasing=True, preserve_range=True)
+    assert np.array_equal(downscale(with_nan, (150, 100)), expected, equal_nan=True)
+    with pytest.raises(ValueError, match="float"):
+        downscale(np.zeros((10, 10), np.uint16), (5, 5))
 
 
 def test_banded_blur_cuts_bands_only_where_they_pay() -> None:

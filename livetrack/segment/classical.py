@@ -12,7 +12,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 from skimage.transform import resize
 
-from livetrack.blur import gaussian_filter
+from livetrack.blur import downscale, gaussian_filter
 from livetrack.config import SegmentConfig
 from livetrack.segment.postprocess import relabel
 from livetrack.segment.scale import NucleusScale, ScaledSegmenter, foreground, normalise
@@ -41,9 +41,7 @@ class ClassicalSegmenter(ScaledSegmenter):
         img = normalise(image)
         if scale < 1.0:
             shape = (max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale)))
-            img = resize(img, shape, order=1, anti_aliasing=True, preserve_range=True).astype(
-                np.float32
-            )
+            img = downscale(img, shape).astype(np.float32)  # skimage's resize, banded blur
         d = diameter_px * scale
         smoothed = gaussian_filter(img, max(c.smoothing * d, 0.5))
         fg = foreground(smoothed, c.min_contrast, dim_sigma=c.dim_nuclei_sigma)

@@ -10,6 +10,7 @@ import torch
 from numpy.typing import NDArray
 from skimage.transform import resize
 
+from livetrack.blur import downscale
 from livetrack.config import SegmentConfig
 from livetrack.models import SHIPPED_SEGMENT_MODEL
 from livetrack.segment.model import NucleusUNet, load_model
@@ -72,8 +73,10 @@ class LearnedSegmenter(ScaledSegmenter):
         factor = self.canonical_diameter_px * self.config.zoom / diameter_px
         img = normalise(image)
         shape = (max(16, round(img.shape[0] * factor)), max(16, round(img.shape[1] * factor)))
-        if shape != img.shape:
-            img = resize(img, shape, order=1, anti_aliasing=factor < 1, preserve_range=True)
+        if shape != img.shape and factor < 1:
+            img = downscale(img, shape)  # skimage's resize, the blur in bands
+        elif shape != img.shape:
+            img = resize(img, shape, order=1, anti_aliasing=False, preserve_range=True)
         maps = self.predict_maps(img.astype(np.float32))
         params = PostprocessParams(
             fg_threshold=self.config.fg_threshold,
