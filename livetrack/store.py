@@ -1538,8 +1538,9 @@ class Store:
 
     def scale_state(self, run_id: str, position: str, window: int) -> ScaleState:
         """Where the position's nucleus scale stood after its last stored frame (table
-        ``scale``): the latest ``window`` measurements, the frames since the last one and
-        the diameter last used. Three bounded queries, whatever the movie's length."""
+        ``scale``): the latest ``window`` measurements, the frames since the last one, the
+        diameter last used and the smallest used. Four queries on the table's key (the
+        smallest reads one number per stored frame)."""
         where = "run_id = ? AND position = ?"
         with self._read("reading the nucleus scale"):
             tail = self.conn.execute(
@@ -1555,10 +1556,14 @@ class Store:
                 f"SELECT count(*) FROM scale WHERE {where} AND frame > ?",
                 (run_id, position, tail[0][0] if tail else -1),
             ).fetchone()
+            smallest = self.conn.execute(
+                f"SELECT min(diameter_px) FROM scale WHERE {where}", (run_id, position)
+            ).fetchone()
         return ScaleState(
             estimates=tuple(float(r[1]) for r in reversed(tail)),
             frames_since=int(since[0]),
             last_diameter=None if last is None else float(last[0]),
+            smallest_diameter=None if smallest[0] is None else float(smallest[0]),
         )
 
     def load_mask(self, run_id: str, position: str, frame: int) -> LabelImage:
@@ -1862,12 +1867,21 @@ IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {
     ("track", "feature_max_diameter_px"): 0.0,
     ("segment", "scale_source"): "image",
     ("segment", "zoom"): 1.0,
+    ("segment", "max_scale_rise"): None,
 }
 """Settings added after runs were stored: the value a run stored without the key ran with
 (the behaviour before the setting existed: the plain mean of the two division cues, on
 any masks). A resume compares against it, so a run begun by an older version resumes
 when the setting has that value (``worker.resume_settings`` gives it that value when the
 setting was left at its default) and is refused, naming it, when it does not."""
+
+
+CHANGED_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("segment", "rescale_every"): 10,
+}
+"""Settings whose default changed, with the default before. A run stored with that value
+resumes with it when the setting is left at its (new) default (``worker.implied_settings``),
+so upgrading livetrack does not stop a run from resuming as it ran."""
 
 
 def stored_equivalent(stored: dict[str, Any]) -> dict[str, Any]:

@@ -133,3 +133,6 @@ class ScaleState:
     """Frames with a scale after the last measurement."""
     last_diameter: float | None = None
     """The diameter the last stored frame was segmented with."""
+    smallest_diameter: float | None = None
+    """The smallest diameter any stored frame was segmented with (the floor that
+    ``SegmentConfig.max_scale_rise`` counts from)."""

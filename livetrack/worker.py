@@ -58,6 +58,7 @@ from livetrack.messages import (
 from livetrack.segment.base import Segmenter
 from livetrack.segment.factory import make_segmenter
 from livetrack.store import (
+    CHANGED_DEFAULTS,
     IMPLIED_SETTINGS,
     RESUME_SECTIONS,
     ResumeState,
@@ -161,7 +162,8 @@ _PART_NAMES = {"segment_model": "segmentation", "track_model": "tracking"}
 
 
 def implied_settings(settings: Settings, stored: dict[str, Any]) -> dict[tuple[str, str], Any]:
-    """Settings added after ``stored``'s run began (``store.IMPLIED_SETTINGS``) that
+    """Settings added after ``stored``'s run began (``store.IMPLIED_SETTINGS``), or whose
+    default changed since (``store.CHANGED_DEFAULTS``, stored with the old default), that
     ``settings`` leaves at their default: the value the run ran with, by (section, key)."""
     stored = stored_equivalent(stored)
     out: dict[tuple[str, str], Any] = {}
@@ -173,6 +175,15 @@ def implied_settings(settings: Settings, stored: dict[str, Any]) -> dict[tuple[s
         field = type(current).model_fields[key]
         if getattr(current, key) == field.default and value != field.default:
             out[(section, key)] = value
+    # Defaults that changed: a run stored with the old default keeps it (CHANGED_DEFAULTS).
+    for (section, key), old_default in CHANGED_DEFAULTS.items():
+        part = stored.get(section)
+        if not isinstance(part, dict) or part.get(key) != old_default:
+            continue
+        current = getattr(settings, section)
+        field = type(current).model_fields[key]
+        if getattr(current, key) == field.default and old_default != field.default:
+            out[(section, key)] = old_default
     return out
 
 

@@ -300,6 +300,7 @@ def _stored_state(used: list[float], measured: list[float | None], window: int) 
         estimates=tuple(float(measured[i]) for i in taken[-window:]),  # type: ignore[arg-type]
         frames_since=len(used) - 1 - taken[-1] if taken else len(used),
         last_diameter=used[-1] if used else None,
+        smallest_diameter=min(used) if used else None,
     )
 
 
@@ -310,12 +311,13 @@ def test_a_restored_scale_goes_on_exactly_wherever_the_run_stopped(source: str) 
     stored state (window + 1 measurements, as the worker asks for) goes on with exactly
     the diameters of the uninterrupted one. Detections shrink during the movie, so the
     scale follows them (measured from the detections, it moves after a frame was already
-    segmented: the restore has to replay that step)."""
+    segmented: the restore has to replay that step); then they read large again (merged
+    nuclei), and the scale stops at ``max_scale_rise`` above the smallest it used."""
     cfg = SegmentConfig(scale_source=source, auto_diameter_frames=3, rescale_every=2)  # type: ignore[arg-type]
     small = discs((240, 240), grid_centres(4, 50, 40), 18, noise=20)
     large = discs((240, 240), grid_centres(3, 70, 50), 26, noise=20)
-    movie = [large] * 6 + [small] * 8
-    found = [26.0] * 6 + [21.0] * 8
+    movie = [large] * 6 + [small] * 8 + [large] * 8
+    found = [26.0] * 6 + [21.0] * 8 + [40.0] * 8
 
     def run(scale: NucleusScale, frames: range) -> tuple[list[float], list[float | None]]:
         used, measured = [], []
@@ -328,7 +330,13 @@ def test_a_restored_scale_goes_on_exactly_wherever_the_run_stopped(source: str) 
         return used, measured
 
     used, measured = run(NucleusScale(cfg), range(len(movie)))
-    assert len(set(used[4:])) > 1  # the scale moved after it settled
+    assert len(set(used[4:14])) > 1  # the scale moved after it settled
+    assert cfg.max_scale_rise is not None
+    cap = min(used) * cfg.max_scale_rise
+    assert max(used[14:]) == pytest.approx(cap)  # it rose again, up to the limit
+    assert max(m for m in measured[14:] if m is not None) > cap * 1.02  # measured above it
+    unlimited, _ = run(NucleusScale(cfg.model_copy(update={"max_scale_rise": None})), range(22))
+    assert max(unlimited[14:]) > cap * 1.02  # before the limit existed: it followed
     n = cfg.auto_diameter_frames
     for cut in range(1, len(movie)):
         resumed = NucleusScale(cfg)

@@ -1373,21 +1373,23 @@ def test_a_run_begun_before_a_setting_existed_resumes_with_default_settings(
 
 
 def test_a_run_begun_before_the_scale_settings_resumes_as_it_ran(tmp_path: Path) -> None:
-    """segment.scale_source and segment.zoom came later: a run stored without them ran with
-    the image estimate at zoom 1 and resumes so with the default command; a new run stores
+    """segment.scale_source, segment.zoom and segment.max_scale_rise came later: a run
+    stored without them ran with the image estimate at zoom 1 and no limit on the scale's
+    rise, and resumes so with the default command; a new run stores
     the defaults (None: from the learned segmenter's detections; zoom as chosen)."""
     from livetrack.config import SegmentConfig, Settings
     from livetrack.worker import implied_settings, resume_settings, run_config
 
     old = run_config(Settings())
     assert old["segment"]["scale_source"] is None
-    for key in ("scale_source", "zoom"):
+    for key in ("scale_source", "zoom", "max_scale_rise"):
         del old["segment"][key]
     with Store(tmp_path / "old.db") as s:
         assert s.begin_run("r1", source="sim", config=old) is True
         defaults = Settings()
         assert implied_settings(defaults, old) == {
             ("segment", "scale_source"): "image",
+            ("segment", "max_scale_rise"): None,
             **(
                 {("segment", "zoom"): 1.0}
                 if SegmentConfig.model_fields["zoom"].default != 1.0
@@ -1397,6 +1399,7 @@ def test_a_run_begun_before_the_scale_settings_resumes_as_it_ran(tmp_path: Path)
         resumed = resume_settings("r1", defaults, old)
         assert resumed.segment.scale_source == "image"
         assert resumed.segment.zoom == 1.0
+        assert resumed.segment.max_scale_rise is None  # no limit: as it ran
         s.check_resume("r1", run_config(resumed))
         with pytest.raises(ResumeMismatch, match="scale_source"):
             s.check_resume("r1", run_config(defaults))
@@ -1422,3 +1425,53 @@ def test_a_switched_run_begun_before_the_scale_settings_keeps_them(tmp_path: Pat
     with Store(tmp_path / "old.db") as s:
         assert s.begin_run("r1", source="sim", config=old) is True
         s.check_resume("r1", run_config(resumed))
+
+
+def test_a_run_begun_with_an_earlier_default_resumes_as_it_ran(tmp_path: Path) -> None:
+    """segment.rescale_every's default changed (10 → 2): a run stored with 10 resumes with
+    10 under the default command (not refused, not silently re-scaled every other frame);
+    a run stored with another value is still refused when the command differs."""
+    from livetrack.config import SegmentConfig, Settings
+    from livetrack.store import CHANGED_DEFAULTS
+    from livetrack.worker import implied_settings, resume_settings, run_config
+
+    old_default = CHANGED_DEFAULTS[("segment", "rescale_every")]
+    assert SegmentConfig.model_fields["rescale_every"].default != old_default
+    old = run_config(Settings())
+    old["segment"]["rescale_every"] = old_default
+    with Store(tmp_path / "old.db") as s:
+        assert s.begin_run("r1", source="sim", config=old) is True
+        defaults = Settings()
+        assert implied_settings(defaults, old) == {("segment", "rescale_every"): old_default}
+        resumed = resume_settings("r1", defaults, old)
+        assert resumed.segment.rescale_every == old_default
+        s.check_resume("r1", run_config(resumed))
+        with pytest.raises(ResumeMismatch, match="rescale_every"):
+            s.check_resume("r1", run_config(defaults))
+        other = {**old, "segment": {**old["segment"], "rescale_every": 5}}
+        assert implied_settings(defaults, other) == {}
+        assert s.begin_run("r2", source="sim", config=other) is True
+        with pytest.raises(ResumeMismatch, match=r"begun with 5, now 2"):
+            s.check_resume("r2", run_config(resume_settings("r2", defaults, other)))
+
+
+def test_scale_state_gives_back_what_the_scale_needs(store: Store) -> None:
+    """The latest measurements (window), the frames since the last one, the diameter last
+    used and the smallest used (the floor of ``max_scale_rise``), from frames stored with
+    and without a measurement."""
+    store.begin_run("sc", source="test", config={})
+    used = [30.0, 29.0, 24.0, 26.0, 27.0, 27.0]
+    measured = [30.5, None, 23.5, None, 28.0, None]
+    for f, (d, e) in enumerate(zip(used, measured, strict=True)):
+        m, det = frame_data([1])
+        store.write_frame(
+            "sc", POS, f, timestamp=float(f), mask=m, detections=det,
+            step=step_for(f, det, {1: 1}, started=[TrackStart(1, 0)] if f == 0 else []),
+            diameter_px=d, diameter_estimate_px=e,
+        )  # fmt: skip
+    state = store.scale_state("sc", POS, window=2)
+    assert state.estimates == (23.5, 28.0)
+    assert state.frames_since == 1
+    assert state.last_diameter == 27.0
+    assert state.smallest_diameter == 24.0
+    assert store.scale_state("none", POS, window=2).smallest_diameter is None

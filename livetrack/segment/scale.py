@@ -218,6 +218,9 @@ class NucleusScale:
         self._pending: float | None = None
         """scale_source "detections": this frame is measured from its detections once they
         are known (``observe``); the frame's image estimate, which bounds the measurement."""
+        self._smallest: float | None = None
+        """The smallest diameter a frame was segmented with: the scale never rises more
+        than ``max_scale_rise`` above it (restored from the store)."""
 
     def for_frame(self, image: NDArray[np.generic], pixel_size_um: float | None) -> float | None:
         """Diameter in px for this frame, or None when it shows nothing like nuclei."""
@@ -229,7 +232,15 @@ class NucleusScale:
             diameter = self._estimate(image) if self._settled is None else self._follow(image)
         if diameter is not None:
             self.last = diameter
+            self._smallest = diameter if self._smallest is None else min(self._smallest, diameter)
         return diameter
+
+    def _capped(self, diameter: float) -> float:
+        """``diameter``, at most ``max_scale_rise`` above the smallest used so far."""
+        rise = self.config.max_scale_rise
+        if self._smallest is None or rise is None:
+            return diameter
+        return min(diameter, self._smallest * rise)
 
     def _estimate(self, image: NDArray[np.generic]) -> float | None:
         estimate = estimate_diameter(image, self.config.min_contrast)
@@ -239,7 +250,9 @@ class NucleusScale:
             # Until the scale settles: the median of the detections' measurements so far
             # (the image estimate for the very first frame); this frame is measured next.
             self._pending = estimate
-            return float(statistics.median(self._estimates)) if self._estimates else estimate
+            if not self._estimates:
+                return estimate
+            return self._capped(float(statistics.median(self._estimates)))
         self.last_estimate = estimate
         return self._add(estimate, announce=True)
 
@@ -279,7 +292,8 @@ class NucleusScale:
         c = self.config
         self._since_estimate = 0
         self._estimates = [*self._estimates, estimate][-c.auto_diameter_frames :]
-        current = float(statistics.median(self._estimates))
+        measured = float(statistics.median(self._estimates))
+        current = self._capped(measured)
         if len(self._estimates) < c.auto_diameter_frames:
             return current
         if self._settled is None:
@@ -288,7 +302,8 @@ class NucleusScale:
                 log.info("nucleus diameter estimated at %.1f px", current)
         elif abs(current / self._settled - 1.0) > c.rescale_tolerance:
             if announce:
-                log.info("nucleus diameter now %.1f px (was %.1f)", current, self._settled)
+                held = "" if current == measured else f", held from {measured:.1f}: max_scale_rise"
+                log.info("nucleus diameter now %.1f px (was %.1f%s)", current, self._settled, held)
             self._settled = current
         return self._settled
 
@@ -297,6 +312,7 @@ class NucleusScale:
         diameters an uninterrupted run would have used, instead of estimating again."""
         n = self.config.auto_diameter_frames
         self._estimates = [float(e) for e in state.estimates[-n:]]
+        self._smallest = state.smallest_diameter
         last = state.last_diameter
         self._settled = float(last) if last is not None and len(state.estimates) >= n else None
         if self.from_detections and state.frames_since == 0 and len(state.estimates) >= n:
@@ -304,7 +320,7 @@ class NucleusScale:
             # measurement may have moved the scale, which its stored diameter does not show.
             # Replay that step: the scale settled on it (exactly n measurements ever made;
             # the state holds up to n + 1) or moved from the diameter it was segmented with.
-            current = float(statistics.median(self._estimates))
+            current = self._capped(float(statistics.median(self._estimates)))
             tolerance = self.config.rescale_tolerance
             if last is None or len(state.estimates) == n or abs(current / last - 1) > tolerance:
                 self._settled = current
