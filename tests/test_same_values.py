@@ -148,7 +148,7 @@ def test_tracker_features_are_those_of_the_plain_computation(
     (the blurred path) and small ones: crops and morphology equal to the last bit to those
     with one plain ``ndi.gaussian_filter`` call and int64 labels; the perimeter equal to
     the full-frame comparison's."""
-    from simulators.nuclei import NucleiSimulator, SimulationConfig
+    from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
 
     cfg = SimulationConfig(
         seed=4,
