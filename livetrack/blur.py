@@ -103,7 +103,11 @@ def gaussian_filter(
         res = ndi.gaussian_filter(img[lo:hi], sigma, truncate=truncate, mode=mode)
         out[a:b] = res[a - lo : b - lo]
 
-    for done in [_executor().submit(band, i) for i in range(n)]:
+    try:
+        futures = [_executor().submit(band, i) for i in range(n)]
+    except RuntimeError:  # the interpreter is shutting down: no new threads; one call
+        return ndi.gaussian_filter(img, sigma, truncate=truncate, mode=mode)
+    for done in futures:
         done.result()
     return out
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from livetrack.errors import ConfigError, validation_message
@@ -57,14 +57,24 @@ class SegmentConfig(BaseModel):
     With the median of ``auto_diameter_frames`` measurements the scale lags the nuclei by
     about N frames; 2 was chosen on the validation suite over 10 (the default before: the
     scale then lagged shrinking nuclei by up to 30 %) and 1 (docs/training.md)."""
-    max_scale_rise: float | None = Field(default=1.25, ge=1.0)
+    max_scale_rise: float | None = Field(default=1.25)
     """When the diameter is estimated: it never rises more than this factor above the
-    smallest diameter the position was segmented with. Nuclei merged at confluence measure
-    larger, and shown smaller the segmenter merges more of them: left alone that loop can
-    run away (a simulated bacterial colony went from 9 to 17 px in 20 frames). A growing
-    population's nuclei shrink or stay; they do not grow by a quarter. Raise it (None: no
-    limit, the behaviour before it existed), or give the diameter, for a movie whose nuclei
-    really do grow."""
+    smallest diameter the position was segmented with once the scale had settled. Nuclei
+    merged at confluence measure larger, and shown smaller the segmenter merges more of
+    them: left alone that loop can run away (a simulated bacterial colony went from 9 to
+    17 px in 20 frames). A growing population's nuclei shrink or stay; they do not grow by
+    a quarter. Raise it (0, inf or None: no limit, the behaviour before it existed), or
+    give the diameter, for a movie whose nuclei really do grow."""
+
+    @field_validator("max_scale_rise")
+    @classmethod
+    def _rise_or_no_limit(cls, value: float | None) -> float | None:
+        if value is None or value == 0 or value == float("inf"):
+            return None  # no limit (TOML and environment variables cannot say None)
+        if not value >= 1.0:
+            raise ValueError("must be at least 1 (or 0 for no limit)")
+        return float(value)
+
     scale_source: Literal["detections", "image"] | None = None
     """When the diameter is estimated, what each measurement is: "detections" — the median
     equivalent diameter of the nuclei segmented in the measured frame (the image estimate

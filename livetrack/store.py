@@ -1538,9 +1538,10 @@ class Store:
 
     def scale_state(self, run_id: str, position: str, window: int) -> ScaleState:
         """Where the position's nucleus scale stood after its last stored frame (table
-        ``scale``): the latest ``window`` measurements, the frames since the last one, the
-        diameter last used and the smallest used. Four queries on the table's key (the
-        smallest reads one number per stored frame)."""
+        ``scale``): the latest ``window`` measurements (the segmenter's window plus one),
+        the frames since the last one, the diameter last used and the smallest used after
+        the scale settled (frames after the ``window - 1``-th measurement). Four queries on
+        the table's key (the smallest reads one number per stored frame)."""
         where = "run_id = ? AND position = ?"
         with self._read("reading the nucleus scale"):
             tail = self.conn.execute(
@@ -1557,7 +1558,10 @@ class Store:
                 (run_id, position, tail[0][0] if tail else -1),
             ).fetchone()
             smallest = self.conn.execute(
-                f"SELECT min(diameter_px) FROM scale WHERE {where}", (run_id, position)
+                f"SELECT min(diameter_px) FROM scale WHERE {where} AND frame > ("
+                f"SELECT frame FROM scale WHERE {where} AND estimate_px IS NOT NULL"
+                " ORDER BY frame LIMIT 1 OFFSET ?)",
+                (run_id, position, run_id, position, max(window - 2, 0)),
             ).fetchone()
         return ScaleState(
             estimates=tuple(float(r[1]) for r in reversed(tail)),

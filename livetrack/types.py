@@ -134,5 +134,6 @@ class ScaleState:
     last_diameter: float | None = None
     """The diameter the last stored frame was segmented with."""
     smallest_diameter: float | None = None
-    """The smallest diameter any stored frame was segmented with (the floor that
-    ``SegmentConfig.max_scale_rise`` counts from)."""
+    """The smallest diameter a stored frame after the window's first measurements (the
+    ``len(estimates) - 1``-th, i.e. once the scale had settled) was segmented with: the
+    floor ``SegmentConfig.max_scale_rise`` counts from; None before."""

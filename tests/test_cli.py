@@ -391,6 +391,12 @@ def test_a_run_begun_before_a_setting_existed_resumes_with_the_value_it_ran_with
     assert "resuming with the value it ran with, 0.5" in err
     with Store(db, readonly=True) as store:
         assert store.frame_indices("r1", "sim") == [0, 1, 2, 3]
+    with sqlite3.connect(db) as conn:  # begun when segment.rescale_every defaulted to 10
+        conn.execute("UPDATE runs SET config = json_set(config, '$.segment.rescale_every', 10)")
+    code, _, err = run_cli(capsys, "run", "--frames", "5", *common, *fast)
+    assert code == 0, err
+    assert "begun with the earlier default of segment.rescale_every" in err
+    assert "resuming with the value it ran with, 10" in err
 
 
 def test_run_records_which_model_weights_it_used(

@@ -117,3 +117,24 @@ def test_settings_are_frozen() -> None:
         s.worker.receive_hwm = 9  # type: ignore[misc]
     with pytest.raises(pydantic.ValidationError):
         WorkerConfig(max_live_trackers=0)
+
+
+def test_no_limit_on_the_scale_rise_can_be_written_in_toml_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """segment.max_scale_rise: 0 or inf mean no limit (None), which TOML and environment
+    variables cannot write; below 1 (other than 0) is refused."""
+    path = tmp_path / "s.toml"
+    path.write_text("[segment]\nmax_scale_rise = 0\n")
+    assert load_settings(path).segment.max_scale_rise is None
+    path.write_text("[segment]\nmax_scale_rise = inf\n")
+    assert load_settings(path).segment.max_scale_rise is None
+    monkeypatch.setenv("LIVETRACK_SEGMENT__MAX_SCALE_RISE", "1.5")
+    assert load_settings().segment.max_scale_rise == 1.5
+    monkeypatch.setenv("LIVETRACK_SEGMENT__MAX_SCALE_RISE", "0")
+    assert load_settings().segment.max_scale_rise is None
+    monkeypatch.delenv("LIVETRACK_SEGMENT__MAX_SCALE_RISE")
+    assert Settings().segment.max_scale_rise == 1.25
+    path.write_text("[segment]\nmax_scale_rise = 0.8\n")
+    with pytest.raises(ConfigError, match="max_scale_rise"):
+        load_settings(path)

@@ -300,8 +300,15 @@ def _stored_state(used: list[float], measured: list[float | None], window: int) 
         estimates=tuple(float(measured[i]) for i in taken[-window:]),  # type: ignore[arg-type]
         frames_since=len(used) - 1 - taken[-1] if taken else len(used),
         last_diameter=used[-1] if used else None,
-        smallest_diameter=min(used) if used else None,
+        smallest_diameter=_settled_floor(used, measured, window - 1),
     )
+
+
+def _settled_floor(used: list[float], measured: list[float | None], n: int) -> float | None:
+    """The smallest diameter used on a frame after the n-th measurement (None before)."""
+    taken = [i for i, m in enumerate(measured) if m is not None]
+    after = used[taken[n - 1] + 1 :] if len(taken) >= n else []
+    return min(after) if after else None
 
 
 @pytest.mark.parametrize("source", ["detections", "image"])
@@ -332,7 +339,9 @@ def test_a_restored_scale_goes_on_exactly_wherever_the_run_stopped(source: str) 
     used, measured = run(NucleusScale(cfg), range(len(movie)))
     assert len(set(used[4:14])) > 1  # the scale moved after it settled
     assert cfg.max_scale_rise is not None
-    cap = min(used) * cfg.max_scale_rise
+    floor = _settled_floor(used, measured, cfg.auto_diameter_frames)
+    assert floor is not None
+    cap = floor * cfg.max_scale_rise
     assert max(used[14:]) == pytest.approx(cap)  # it rose again, up to the limit
     assert max(m for m in measured[14:] if m is not None) > cap * 1.02  # measured above it
     unlimited, _ = run(NucleusScale(cfg.model_copy(update={"max_scale_rise": None})), range(22))
@@ -343,6 +352,24 @@ def test_a_restored_scale_goes_on_exactly_wherever_the_run_stopped(source: str) 
         resumed.restore(_stored_state(used[:cut], measured[:cut], n + 1))
         again, _ = run(resumed, range(cut, len(movie)))
         assert again == used[cut:], f"cut after frame {cut - 1}"
+
+
+def test_the_rise_limit_counts_from_the_settled_scale_not_the_first_guess() -> None:
+    """The first frame is segmented at the image estimate; when that guess is far too small
+    it must not cap the run: the limit counts only frames after the scale settled."""
+    small = discs((240, 240), grid_centres(4, 50, 40), 14, noise=20)
+    large = discs((240, 240), grid_centres(3, 70, 50), 26, noise=20)
+    cfg = SegmentConfig(scale_source="detections", auto_diameter_frames=3, rescale_every=1)
+    scale = NucleusScale(cfg)
+    used = []
+    for image, found in [(small, 26.0)] + [(large, 26.0)] * 5 + [(large, 31.0)] * 6:
+        d = scale.for_frame(image, None)
+        assert d is not None
+        used.append(d)
+        scale.observe(_disc_detections(found))
+    assert cfg.max_scale_rise is not None
+    assert used[0] * cfg.max_scale_rise < 30.0  # the first guess would have capped it
+    assert used[-1] == pytest.approx(31.0, rel=0.03)  # followed: 31 < 1.25 x 26
 
 
 def test_normalise_is_numpys_percentile_normalisation_to_the_last_bit() -> None:

@@ -1457,8 +1457,9 @@ def test_a_run_begun_with_an_earlier_default_resumes_as_it_ran(tmp_path: Path) -
 
 def test_scale_state_gives_back_what_the_scale_needs(store: Store) -> None:
     """The latest measurements (window), the frames since the last one, the diameter last
-    used and the smallest used (the floor of ``max_scale_rise``), from frames stored with
-    and without a measurement."""
+    used and the smallest used after the scale settled (frames after the window - 1-th
+    measurement: the floor of ``max_scale_rise``), from frames stored with and without a
+    measurement."""
     store.begin_run("sc", source="test", config={})
     used = [30.0, 29.0, 24.0, 26.0, 27.0, 27.0]
     measured = [30.5, None, 23.5, None, 28.0, None]
@@ -1469,9 +1470,11 @@ def test_scale_state_gives_back_what_the_scale_needs(store: Store) -> None:
             step=step_for(f, det, {1: 1}, started=[TrackStart(1, 0)] if f == 0 else []),
             diameter_px=d, diameter_estimate_px=e,
         )  # fmt: skip
-    state = store.scale_state("sc", POS, window=2)
-    assert state.estimates == (23.5, 28.0)
+    state = store.scale_state("sc", POS, window=3)  # settled after 2 measurements (frame 2)
+    assert state.estimates == (30.5, 23.5, 28.0)
     assert state.frames_since == 1
     assert state.last_diameter == 27.0
-    assert state.smallest_diameter == 24.0
+    assert state.smallest_diameter == 26.0  # frames 3-5; frame 2 (24) was before
+    assert store.scale_state("sc", POS, window=2).smallest_diameter == 24.0  # frames 1-5
+    assert store.scale_state("sc", POS, window=5).smallest_diameter is None  # never settled
     assert store.scale_state("none", POS, window=2).smallest_diameter is None

@@ -237,7 +237,7 @@ def run_source(
     args: argparse.Namespace, source: FrameSource, description: str, base_run_id: str
 ) -> int:
     from livetrack.runner import choose_run_id, run_pipeline
-    from livetrack.store import Store
+    from livetrack.store import CHANGED_DEFAULTS, Store
     from livetrack.worker import implied_settings, resume_settings, run_config
 
     settings = settings_of(args)
@@ -250,9 +250,14 @@ def run_source(
             resumed = resume_settings(run_id, settings, stored)
             implied = implied_settings(settings, stored)
             for (section, key), value in implied.items():  # said before the logging is set up
+                began = (
+                    f"with the earlier default of {section}.{key}"
+                    if (section, key) in CHANGED_DEFAULTS
+                    else f"before the setting {section}.{key} existed"
+                )
                 print(
-                    f"run {run_id} was begun before the setting {section}.{key} existed; "
-                    f"resuming with the value it ran with, {value!r}",
+                    f"run {run_id} was begun {began}; resuming with the value it ran with, "
+                    f"{value!r}",
                     file=sys.stderr,
                 )
             if resume_settings(run_id, settings, stored, implied=False) != settings:

@@ -219,8 +219,12 @@ class NucleusScale:
         """scale_source "detections": this frame is measured from its detections once they
         are known (``observe``); the frame's image estimate, which bounds the measurement."""
         self._smallest: float | None = None
-        """The smallest diameter a frame was segmented with: the scale never rises more
-        than ``max_scale_rise`` above it (restored from the store)."""
+        """The smallest diameter a frame was segmented with once the scale had settled
+        (frames after the ``auto_diameter_frames``-th measurement): the scale never rises
+        more than ``max_scale_rise`` above it. Frames before do not count: an early
+        estimate off by much would cap the whole run (restored from the store)."""
+        self._measured = 0
+        """Measurements made so far (the restore needs only whether it reached the window)."""
 
     def for_frame(self, image: NDArray[np.generic], pixel_size_um: float | None) -> float | None:
         """Diameter in px for this frame, or None when it shows nothing like nuclei."""
@@ -228,11 +232,14 @@ class NucleusScale:
         self.last_estimate = None
         self._pending = None
         diameter = resolve_diameter(c.nucleus_diameter_px, c.nucleus_diameter_um, pixel_size_um)
+        settled_before = self._measured >= c.auto_diameter_frames
         if diameter is None:
             diameter = self._estimate(image) if self._settled is None else self._follow(image)
         if diameter is not None:
             self.last = diameter
-            self._smallest = diameter if self._smallest is None else min(self._smallest, diameter)
+            if settled_before:  # a frame after the window's last first measurement
+                low = self._smallest
+                self._smallest = diameter if low is None else min(low, diameter)
         return diameter
 
     def _capped(self, diameter: float) -> float:
@@ -291,6 +298,7 @@ class NucleusScale:
     def _add(self, estimate: float, *, announce: bool) -> float:
         c = self.config
         self._since_estimate = 0
+        self._measured += 1
         self._estimates = [*self._estimates, estimate][-c.auto_diameter_frames :]
         measured = float(statistics.median(self._estimates))
         current = self._capped(measured)
@@ -312,6 +320,7 @@ class NucleusScale:
         diameters an uninterrupted run would have used, instead of estimating again."""
         n = self.config.auto_diameter_frames
         self._estimates = [float(e) for e in state.estimates[-n:]]
+        self._measured = len(state.estimates)
         self._smallest = state.smallest_diameter
         last = state.last_diameter
         self._settled = float(last) if last is not None and len(state.estimates) >= n else None
