@@ -194,12 +194,14 @@ class NucleusScale:
     What a measurement is (``SegmentConfig.scale_source``): "detections" — the
     median equivalent diameter of the nuclei the segmenter found in the measured frame,
     the quantity its model was trained to see at its canonical size; the image estimate
-    (``estimate_diameter``) only starts the first frame and bounds each measurement to
-    within ``DETECTION_SCALE_LIMIT`` of itself, so merges cannot feed on themselves without
-    limit. "image" — the image estimate alone (before that setting existed): it reads
-    nuclei larger than they are where their edges are soft or they touch, and the model
-    then sees them smaller than it was trained on. The learned segmenter measures from
-    its detections by default, the classical one from the image.
+    (``estimate_diameter``) starts the first frame and bounds the first measurements to
+    within ``DETECTION_SCALE_LIMIT`` of itself; once settled, each re-measurement is
+    bounded so around the scale in use (no image estimate: it costs ~0.3 s at 1024²), and
+    ``max_scale_rise`` stops merges feeding on themselves. "image" — the image estimate
+    alone (before that setting existed): it reads nuclei larger than they are where their
+    edges are soft or they touch, and the model then sees them smaller than it was trained
+    on. The learned segmenter measures from its detections by default, the classical one
+    from the image.
     """
 
     def __init__(self, config: SegmentConfig, *, detections_by_default: bool = False) -> None:
@@ -269,10 +271,13 @@ class NucleusScale:
         self._since_estimate += 1
         every = self.config.rescale_every
         if every and self._since_estimate >= every:
+            if self.from_detections:
+                # Measured from this frame's detections (``observe``), bounded by the scale
+                # in use: no image estimate (~0.3 s at 1024²) on every re-measured frame.
+                self._pending = self._settled
+                return self._settled
             estimate = estimate_diameter(image, self.config.min_contrast)
-            if estimate is not None and self.from_detections:
-                self._pending = estimate
-            elif estimate is not None:
+            if estimate is not None:
                 self.last_estimate = estimate
                 self._add(estimate, announce=True)
         return self._settled
@@ -280,8 +285,9 @@ class NucleusScale:
     def observe(self, detections: Detections) -> None:
         """After segmenting a frame that ``for_frame`` chose to measure (scale_source
         "detections"): its measurement is the median equivalent diameter of the detections,
-        kept within ``DETECTION_SCALE_LIMIT`` of the frame's image estimate (the image
-        estimate itself when fewer than ``MIN_ESTIMATE_OBJECTS`` nuclei were found)."""
+        kept within ``DETECTION_SCALE_LIMIT`` of the bound — the frame's image estimate
+        until the scale settled, then the scale in use — and the bound itself when fewer
+        than ``MIN_ESTIMATE_OBJECTS`` nuclei were found."""
         bound, self._pending = self._pending, None
         if bound is None:
             return
