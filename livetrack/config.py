@@ -174,12 +174,25 @@ class TrackConfig(BaseModel):
     clear geometry should carry a division the model does not recognise (rods, cells unlike
     the training data). Chosen on the validation suite (docs/training.md)."""
 
-    def geometry_weight(self, labels_given: bool) -> float:
+    division_geometry_weight_small: float | None = Field(default=0.7, ge=0, le=1)
+    """The least share of the geometric cue while the length unit is below the nucleus
+    diameters the tracking model was trained on (its config.json's ``train.diameters_px``;
+    12–70 px for the shipped models), on any masks: a crop of a few pixels across is
+    upsampled into a blur unlike anything in training, so the learned division score is not
+    to be trusted there (small rods, bacteria, a low magnification). None: the shares above
+    whatever the size. Chosen on the validation suite's rod colonies (docs/training.md)."""
+
+    def geometry_weight(self, labels_given: bool, smaller_than_trained: bool = False) -> float:
         """The geometric cue's share of the joint division decision on a frame whose labels
-        were given (``labels_given``) or segmented here."""
-        if labels_given:
-            return self.division_geometry_weight_given
-        return self.division_geometry_weight
+        were given (``labels_given``) or segmented here; ``smaller_than_trained``: the
+        length unit is below the tracking model's training sizes
+        (``division_geometry_weight_small``)."""
+        weight = (
+            self.division_geometry_weight_given if labels_given else self.division_geometry_weight
+        )
+        if smaller_than_trained and self.division_geometry_weight_small is not None:
+            return max(weight, self.division_geometry_weight_small)
+        return weight
 
     feature_max_diameter_px: float = Field(default=0.0, ge=0)
     """lstm, for speed: nuclei wider than this (px) have their appearance and shape

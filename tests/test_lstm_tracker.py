@@ -31,9 +31,16 @@ from livetrack.track.lstm import (
     encode_frame,
     lstm_tracker,
     rescaled,
+    trained_min_diameter,
 )
-from livetrack.track.model import TrackNet, TrackNetConfig, load_tracknet, save_tracknet
-from livetrack.track.online import DivisionScores, OnlineTracker
+from livetrack.track.model import (
+    TRAINED_DIAMETERS_PX,
+    TrackNet,
+    TrackNetConfig,
+    load_tracknet,
+    save_tracknet,
+)
+from livetrack.track.online import DivisionScores, OnlineTracker, OpenTracks
 from livetrack.types import Detections
 from tests.conftest import integer_frames
 from tests.test_tracker import _records  # the track table a store would hold after some steps
@@ -394,6 +401,47 @@ def test_by_default_clear_geometry_carries_a_division_only_on_given_labels(
     step(tr, 0, [(80.0, 80.0, 9.0)], labels_given=labels_given)
     s = step(tr, 1, [(80.0, 73.0, 6.5), (80.0, 87.0, 6.5)], labels_given=labels_given)
     assert sum(e.kind == "division" for e in s.events) == int(labels_given)
+
+
+@pytest.mark.parametrize("small_weight", [0.7, None])
+def test_below_the_trained_sizes_clear_geometry_carries_a_division_on_own_masks(
+    small_weight: float | None,
+) -> None:
+    # The scene above at half the size (a length unit of ~7 px, below the 12 px the model
+    # was trained on): the model's doubt no longer keeps the mother on livetrack's own
+    # segmentation, unless the rule is switched off (None).
+    probs = {1: (0.5, 0.45, 0.05), 2: (0.3, 0.65, 0.05)}
+    cfg = TrackConfig(division_cues="both", division_geometry_weight_small=small_weight)
+    tr = fixed_tracker(cfg, SHAPE, probs, link_threshold=0.1, division_threshold=0.6)
+    step(tr, 0, [(80.0, 80.0, 4.5)])
+    s = step(tr, 1, [(80.0, 76.5, 3.25), (80.0, 83.5, 3.25)])
+    assert sum(e.kind == "division" for e in s.events) == int(small_weight is not None)
+
+
+def test_the_small_share_only_ever_raises_the_geometric_share() -> None:
+    cfg = TrackConfig(division_geometry_weight=0.5, division_geometry_weight_given=0.9)
+    assert cfg.geometry_weight(False, smaller_than_trained=True) == 0.7
+    assert cfg.geometry_weight(True, smaller_than_trained=True) == 0.9
+    assert cfg.geometry_weight(False, smaller_than_trained=False) == 0.5
+    off = TrackConfig(division_geometry_weight_small=None)
+    assert off.geometry_weight(False, smaller_than_trained=True) == 0.5
+
+
+def test_the_learned_scorer_knows_the_sizes_its_model_was_trained_on() -> None:
+    scorer = fresh().scorer
+    assert isinstance(scorer, LearnedScorer)
+    # The shipped model's config.json predates train.diameters_px: the training range.
+    assert scorer.min_trained_diameter_px == TRAINED_DIAMETERS_PX[0] == 12.0
+    assert trained_min_diameter({"train": {"diameters_px": [20, 80]}}) == 20.0
+    with pytest.raises(ConfigError, match="diameters_px"):
+        trained_min_diameter({"train": {"diameters_px": "small"}})
+    # The share reaches the joint decision: scored at a unit of 8 px and of 20 px.
+    tracks = OpenTracks.empty()
+    image, mask = render([(80.0, 80.0, 4.0)])
+    det = Detections.from_labels(mask)
+    for unit, weight in ((8.0, 0.7), (20.0, 0.5)):
+        frame = scorer.score(0, tracks, det, unit, SHAPE, image, mask)
+        assert frame.geometry_weight == weight
 
 
 def test_a_mother_with_one_daughter_in_sight_continues() -> None:

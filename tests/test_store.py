@@ -1478,3 +1478,31 @@ def test_scale_state_gives_back_what_the_scale_needs(store: Store) -> None:
     assert store.scale_state("sc", POS, window=2).smallest_diameter == 24.0  # frames 1-5
     assert store.scale_state("sc", POS, window=5).smallest_diameter is None  # never settled
     assert store.scale_state("none", POS, window=2).smallest_diameter is None
+
+
+def test_a_run_begun_before_the_small_size_rule_resumes_without_it(tmp_path: Path) -> None:
+    """track.division_geometry_weight_small came later: a run stored without it ran with
+    the shares alone whatever the size (None), and resumes so with the default command;
+    with the rule asked for explicitly it is refused, naming the setting."""
+    from livetrack.config import Settings
+    from livetrack.worker import implied_settings, resume_settings, run_config
+
+    old = run_config(Settings())
+    del old["track"]["division_geometry_weight_small"]
+    with Store(tmp_path / "old.db") as s:
+        assert s.begin_run("r1", source="sim", config=old) is True
+        defaults = Settings()
+        assert defaults.track.division_geometry_weight_small == 0.7
+        assert implied_settings(defaults, old) == {
+            ("track", "division_geometry_weight_small"): None
+        }
+        resumed = resume_settings("r1", defaults, old)
+        assert resumed.track.division_geometry_weight_small is None
+        assert resumed.track.geometry_weight(False, smaller_than_trained=True) == 0.5
+        s.check_resume("r1", run_config(resumed))
+        with pytest.raises(ResumeMismatch, match="division_geometry_weight_small"):
+            s.check_resume("r1", run_config(defaults))
+        # A new run stores the rule, and resumes with it.
+        new = run_config(defaults)
+        assert new["track"]["division_geometry_weight_small"] == 0.7
+        assert implied_settings(defaults, new) == {}

@@ -19,6 +19,7 @@ from livetrack.config import TrackConfig
 from livetrack.track.base import FrameHistory
 from livetrack.track.lap import DistanceScorer
 from livetrack.track.lstm import LearnedFrame, gate_pairs, probability_frame
+from livetrack.track.model import TRAINED_DIAMETERS_PX
 from livetrack.track.online import FrameScores, OnlineTracker, OpenTracks
 from livetrack.types import Detections
 
@@ -36,6 +37,9 @@ class FixedScorer:
     division_threshold: float = 0.5
     name: str = "fixed"
     history_window: int = 0
+    min_trained_diameter_px: float = TRAINED_DIAMETERS_PX[0]
+    """As the learned scorer's: below this length unit the geometric share is at least
+    ``TrackConfig.division_geometry_weight_small``."""
 
     def score(
         self,
@@ -69,7 +73,7 @@ class FixedScorer:
             self.division_threshold,
             geometry,
             self.config.division_cues,
-            self.config.geometry_weight(labels_given),
+            self.config.geometry_weight(labels_given, diameter < self.min_trained_diameter_px),
         )
 
     def commit(self, *args: object) -> None:

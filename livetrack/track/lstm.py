@@ -31,6 +31,7 @@ exactly as an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,14 @@ from livetrack.track.assign import Candidates, gate
 from livetrack.track.base import FrameHistory
 from livetrack.track.features import FrameFeatures, frame_features
 from livetrack.track.lap import DistanceScorer
-from livetrack.track.model import DIFF, PARENT, SAME, TrackNet, load_tracknet
+from livetrack.track.model import (
+    DIFF,
+    PARENT,
+    SAME,
+    TRAINED_DIAMETERS_PX,
+    TrackNet,
+    load_tracknet,
+)
 from livetrack.track.online import DivisionScores, FrameScores, LinkCosts, OnlineTracker, OpenTracks
 from livetrack.types import Detections
 
@@ -354,6 +362,24 @@ class LearnedFrame:
         return DivisionScores(m, c, np.where(linked, joint, score))
 
 
+def trained_min_diameter(meta: dict[str, Any]) -> float:
+    """The smallest nucleus diameter (px) a tracking model was trained on: its config.json's
+    ``train.diameters_px`` (low, high), else ``model.TRAINED_DIAMETERS_PX``."""
+    train = meta.get("train", {})
+    sizes = train.get("diameters_px") if isinstance(train, dict) else None
+    if sizes is None:
+        return float(TRAINED_DIAMETERS_PX[0])
+    try:
+        low = float(sizes[0])
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        raise ConfigError(
+            f"tracking model config.json: 'train.diameters_px' must be [low, high], got {sizes!r}"
+        ) from exc
+    if not math.isfinite(low) or low < 0:
+        raise ConfigError(f"tracking model config.json: 'train.diameters_px' low {low} invalid")
+    return low
+
+
 def rescaled(scores: DivisionScores, threshold: float) -> DivisionScores:
     """Scores in [0, 1] mapped piecewise linearly so that ``threshold`` becomes 0.5 (0 and 1
     stay): cues with different thresholds become comparable."""
@@ -482,6 +508,9 @@ class LearnedScorer:
                 f"link threshold {self.link_threshold} and division threshold "
                 f"{self.division_threshold} must lie in (0, 1)"
             )
+        self.min_trained_diameter_px = trained_min_diameter(meta)
+        """Below this length unit (px) the frame's nuclei are smaller than any the model was
+        trained on (``TrackConfig.division_geometry_weight_small``)."""
         cfg = model.config
         self._rings = _Rings(cfg.window, cfg.embed_dim)
         self._geometry = DistanceScorer(config)
@@ -524,7 +553,7 @@ class LearnedScorer:
             self.division_threshold,
             geometry,
             self.config.division_cues,
-            self.config.geometry_weight(labels_given),
+            self.config.geometry_weight(labels_given, diameter < self.min_trained_diameter_px),
         )
 
     def commit(

@@ -34,6 +34,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 SAME, DIFF, PARENT = 0, 1, 2
 """Class order of ``pair_logits``."""
+TRAINED_DIAMETERS_PX = (12.0, 70.0)
+"""Nucleus diameters (px) of the simulated training movies (``training.track``), the range a
+model folder states as ``train.diameters_px``; models whose config.json does not (the
+shipped ones, trained before it was written) were trained on this one."""
 N_GEOM = 8
 """Pair geometry inputs: dy, dx, distance (diameters, from the predicted position), missed
 frames, log area ratio; then the sister cue (``lstm.partner_features``)."""

@@ -46,7 +46,15 @@ from livetrack.track.lstm import (
     relative_geometry,
     window_inputs,
 )
-from livetrack.track.model import DIFF, PARENT, SAME, TrackNet, TrackNetConfig, save_tracknet
+from livetrack.track.model import (
+    DIFF,
+    PARENT,
+    SAME,
+    TRAINED_DIAMETERS_PX,
+    TrackNet,
+    TrackNetConfig,
+    save_tracknet,
+)
 from livetrack.track.online import OnlineTracker
 from livetrack.training.segment import CtcSource, jsonable
 from livetrack.types import Detections
@@ -127,7 +135,8 @@ class Movie:
 def random_track_sim(rng: np.random.Generator, frames: int, recipe: str = "v3") -> SimulationConfig:
     """A simulated movie with motion, density and appearance drawn wide (recipe "v4":
     wider still, drawn after the v3 draws so that v3 stays reproducible)."""
-    diameter = float(np.exp(rng.uniform(np.log(12.0), np.log(70.0))))
+    low, high = TRAINED_DIAMETERS_PX
+    diameter = float(np.exp(rng.uniform(np.log(low), np.log(high))))
     size = int(np.clip(round(rng.uniform(9, 15) * diameter), 128, 640))
     density = rng.uniform(0.1, 0.55)
     n_cells = max(4, round(density * size * size / (np.pi * diameter**2 / 4)))
@@ -647,7 +656,9 @@ def train(cfg: TrackTrainConfig, out_dir: Path) -> dict[str, object]:
     info: dict[str, object] = {
         "thresholds": thresholds,
         "validation": table,
-        "train": jsonable({**asdict(cfg), "model": cfg.model.to_dict()}),
+        "train": jsonable(
+            {**asdict(cfg), "model": cfg.model.to_dict(), "diameters_px": TRAINED_DIAMETERS_PX}
+        ),
         "frames": n_frames,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
