@@ -105,6 +105,10 @@ class SegmentConfig(BaseModel):
     thin protrusions and debris."""
     min_area_fraction: float = Field(default=0.15, ge=0)
     """Objects smaller than this fraction of the expected nucleus area are dropped."""
+    border_min_area_fraction: float = Field(default=0.02, ge=0)
+    """(learned) The same for objects touching the frame's edge: a nucleus cut by the edge
+    shows any part of itself, and a sliver is still that nucleus (used when smaller than
+    ``min_area_fraction``). Chosen on the validation suite (docs/training.md)."""
     model_dir: Path | None = None
     """(learned) Model folder with config.json + weights.pt; None = the shipped model."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

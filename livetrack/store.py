@@ -1873,6 +1873,7 @@ IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {
     ("segment", "scale_source"): "image",
     ("segment", "zoom"): 1.0,
     ("segment", "max_scale_rise"): None,
+    ("segment", "border_min_area_fraction"): 0.15,
 }
 """Settings added after runs were stored: the value a run stored without the key ran with
 (the behaviour before the setting existed: the plain mean of the two division cues, on

@@ -125,6 +125,31 @@ def test_postprocess_empty_and_markerless_foreground() -> None:
     assert _recall(gt, labels) == 1.0
 
 
+def test_a_sliver_cut_by_the_frame_edge_is_kept_and_a_speck_inside_is_not() -> None:
+    # Nuclei of 16 px (nominal area ~201 px²): a nucleus cut by the left edge shows a sliver
+    # of 3 × 6 = 18 px² (9%), a speck of the same size lies inside the frame.
+    lab = np.zeros((48, 48), np.int32)
+    lab[20:26, 0:3] = 1  # sliver at the edge
+    lab[20:26, 30:33] = 2  # speck inside
+    fg = (lab > 0).astype(np.float32)
+    inner = inner_distance(lab, 4.0)
+    outer = outer_distance(lab, 8.0)
+    default = PostprocessParams(border_min_area_fraction=0.02)
+    got = labels_from_maps(inner, outer, fg, 16.0, default)
+    assert got.max() == 1
+    assert np.array_equal(got > 0, lab == 1)
+    # Equal fractions: one rule for both (what runs begun before the setting had).
+    same = PostprocessParams(border_min_area_fraction=0.15)
+    assert labels_from_maps(inner, outer, fg, 16.0, same).max() == 0
+    # Below the edge's own fraction a sliver goes too.
+    assert (
+        labels_from_maps(
+            inner, outer, fg, 16.0, PostprocessParams(border_min_area_fraction=0.1)
+        ).max()
+        == 0
+    )
+
+
 def test_tiled_maps_equal_whole_frame_maps_away_from_the_border() -> None:
     model = _tiny_model(3)
     rng = np.random.default_rng(0)

@@ -1506,3 +1506,22 @@ def test_a_run_begun_before_the_small_size_rule_resumes_without_it(tmp_path: Pat
         new = run_config(defaults)
         assert new["track"]["division_geometry_weight_small"] == 0.7
         assert implied_settings(defaults, new) == {}
+
+
+def test_a_run_begun_before_edge_slivers_were_kept_resumes_as_it_ran(tmp_path: Path) -> None:
+    """segment.border_min_area_fraction came later: a run stored without it dropped objects
+    at the frame's edge like any other (0.15), and resumes so with the default command."""
+    from livetrack.config import Settings
+    from livetrack.worker import implied_settings, resume_settings, run_config
+
+    old = run_config(Settings())
+    del old["segment"]["border_min_area_fraction"]
+    with Store(tmp_path / "old.db") as s:
+        assert s.begin_run("r1", source="sim", config=old) is True
+        defaults = Settings()
+        assert implied_settings(defaults, old) == {("segment", "border_min_area_fraction"): 0.15}
+        resumed = resume_settings("r1", defaults, old)
+        assert resumed.segment.border_min_area_fraction == 0.15
+        s.check_resume("r1", run_config(resumed))
+        with pytest.raises(ResumeMismatch, match="border_min_area_fraction"):
+            s.check_resume("r1", run_config(defaults))

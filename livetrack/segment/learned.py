@@ -83,6 +83,7 @@ class LearnedSegmenter(ScaledSegmenter):
             peak_threshold=self.config.peak_threshold,
             peak_prominence=self.config.peak_prominence,
             min_area_fraction=self.config.min_area_fraction,
+            border_min_area_fraction=self.config.border_min_area_fraction,
         )
         labels = labels_from_maps(
             maps[0], maps[1], maps[2], self.canonical_diameter_px, params=params

@@ -36,6 +36,9 @@ class PostprocessParams:
     """Minimum distance between two markers, in diameters."""
     min_area_fraction: float = 0.15
     """Objects smaller than this fraction of a typical nucleus' area are dropped."""
+    border_min_area_fraction: float = 0.15
+    """The same for objects touching the frame's edge (a nucleus cut by it); used when
+    smaller than ``min_area_fraction``."""
 
 
 def labels_from_maps(
@@ -72,9 +75,16 @@ def labels_from_maps(
     orphans, n_orphans = ndi.label(fg & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + int(labels.max()), labels).astype(np.int32)
-    min_area = p.min_area_fraction * np.pi * diameter_px**2 / 4.0
+    nominal = np.pi * diameter_px**2 / 4.0
     areas = np.bincount(labels.ravel())
-    return relabel(labels, keep=areas >= min_area)
+    keep = areas >= p.min_area_fraction * nominal
+    if p.border_min_area_fraction < p.min_area_fraction:
+        # A nucleus cut by the frame's edge can show any part of itself.
+        edge = np.zeros(len(areas), bool)
+        for line in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+            edge[line] = True
+        keep |= edge & (areas >= p.border_min_area_fraction * nominal)
+    return relabel(labels, keep=keep)
 
 
 def relabel(labels: NDArray[np.integer], keep: NDArray[np.bool_] | None = None) -> LabelImage:
