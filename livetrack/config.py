@@ -181,10 +181,18 @@ class TrackConfig(BaseModel):
     division_geometry_weight_small: float | None = Field(default=0.7, ge=0, le=1)
     """The least share of the geometric cue while the length unit is below the nucleus
     diameters the tracking model was trained on (its config.json's ``train.diameters_px``;
-    12–70 px for the shipped models), on any masks: a crop of a few pixels across is
-    upsampled into a blur unlike anything in training, so the learned division score is not
-    to be trusted there (small rods, bacteria, a low magnification). None: the shares above
-    whatever the size. Chosen on the validation suite's rod colonies (docs/training.md)."""
+    drawn from 12–70 px for the shipped models, which with the training's ±15 % jitter of
+    the unit saw a few units down to ~10 px), on any masks: the 16 × 16 crop over 1.25
+    diameters then samples finer than the pixels (below 12.8 px), an interpolated blur
+    unlike nearly all of training, so the learned division score is not to be trusted
+    there (small rods, bacteria, a low magnification). 0 or None: the shares above whatever
+    the size (TOML and environment variables cannot say None). Chosen on the validation
+    suite's rod colonies (docs/training.md)."""
+
+    @field_validator("division_geometry_weight_small")
+    @classmethod
+    def _small_share_or_none(cls, value: float | None) -> float | None:
+        return None if value is None or value == 0 else float(value)
 
     def geometry_weight(self, labels_given: bool, smaller_than_trained: bool = False) -> float:
         """The geometric cue's share of the joint division decision on a frame whose labels

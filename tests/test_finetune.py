@@ -196,6 +196,12 @@ def test_finetune_tracker_on_consecutive_tra_frames(tmp_path: Path, movie: Path)
     _base, base_meta = load_tracknet(SHIPPED_TRACK_MODEL)
     assert meta["thresholds"] == base_meta["thresholds"]
     assert meta["finetune"]["base_model"]["weights_sha256"] == weights_digest(SHIPPED_TRACK_MODEL)
+    # The corrected cells' sizes join the range the model knows: the smallest unit among
+    # them, or the base's smallest training size when that is smaller.
+    units = [f.diameter for m in movies for f in m.frames]
+    low, high = meta["train"]["diameters_px"]
+    assert low == pytest.approx(min(12.0, min(units)), abs=0.01)
+    assert high == pytest.approx(max(70.0, max(units)), abs=0.01)
 
 
 def test_finetune_bad_input_is_a_clear_error(tmp_path: Path, movie: Path) -> None:

@@ -233,6 +233,27 @@ def test_shipped_model_segments_a_simulated_frame(shipped: LearnedSegmenter) -> 
     assert _recall(gt, seg.mask) >= 0.8  # small fragments at the frame edge included
 
 
+def test_the_segmenter_keeps_a_nucleus_cut_by_the_frame_edge(shipped: LearnedSegmenter) -> None:
+    # A nucleus of 16 px (197 px²) whose centre lies outside the left edge: 19 px² show
+    # (10%, below the 15% any object inside the frame needs). Kept with the default edge
+    # rule, dropped with the rule the segmenter had before (0.15 at the edge too).
+    yy, xx = np.mgrid[:96, :96]
+    gt = np.zeros((96, 96), np.int32)
+    gt[(yy - 48) ** 2 + (xx - 48) ** 2 <= 64] = 1
+    gt[(yy - 30) ** 2 + (xx + 6) ** 2 <= 64] = 2
+    rng = np.random.default_rng(0)
+    image = (gt > 0) * 400.0 + 100.0 + rng.normal(0, 10, gt.shape)
+    found = []
+    for cfg in (
+        SegmentConfig(method="learned", nucleus_diameter_px=16.0),
+        SegmentConfig(method="learned", nucleus_diameter_px=16.0, border_min_area_fraction=0.15),
+    ):
+        mask = LearnedSegmenter(cfg, model=shipped.model).predict(image).mask
+        assert np.count_nonzero(mask[gt == 1]) == np.count_nonzero(gt == 1)
+        found.append(bool(np.any(mask[gt == 2] > 0)))
+    assert found == [True, False]
+
+
 def test_labels_come_back_at_the_original_resolution(shipped: LearnedSegmenter) -> None:
     image, gt = _sim_frame(44.0, (250, 330), 20, seed=102)
     cfg = SegmentConfig(method="learned", nucleus_diameter_um=22.0)

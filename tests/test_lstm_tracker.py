@@ -423,8 +423,10 @@ def test_the_small_share_only_ever_raises_the_geometric_share() -> None:
     assert cfg.geometry_weight(False, smaller_than_trained=True) == 0.7
     assert cfg.geometry_weight(True, smaller_than_trained=True) == 0.9
     assert cfg.geometry_weight(False, smaller_than_trained=False) == 0.5
-    off = TrackConfig(division_geometry_weight_small=None)
-    assert off.geometry_weight(False, smaller_than_trained=True) == 0.5
+    for off_value in (None, 0, 0.0):  # 0: how TOML and environment variables say None
+        off = TrackConfig(division_geometry_weight_small=off_value)
+        assert off.division_geometry_weight_small is None
+        assert off.geometry_weight(False, smaller_than_trained=True) == 0.5
 
 
 def test_the_learned_scorer_knows_the_sizes_its_model_was_trained_on() -> None:
@@ -433,8 +435,9 @@ def test_the_learned_scorer_knows_the_sizes_its_model_was_trained_on() -> None:
     # The shipped model's config.json predates train.diameters_px: the training range.
     assert scorer.min_trained_diameter_px == TRAINED_DIAMETERS_PX[0] == 12.0
     assert trained_min_diameter({"train": {"diameters_px": [20, 80]}}) == 20.0
-    with pytest.raises(ConfigError, match="diameters_px"):
-        trained_min_diameter({"train": {"diameters_px": "small"}})
+    for bad in ("small", "20", [30, 20], [10], [float("nan"), 20], [True, 20]):
+        with pytest.raises(ConfigError, match="diameters_px"):
+            trained_min_diameter({"train": {"diameters_px": bad}})
     # The share reaches the joint decision: scored at a unit of 8 px and of 20 px.
     tracks = OpenTracks.empty()
     image, mask = render([(80.0, 80.0, 4.0)])

@@ -1483,7 +1483,8 @@ def test_scale_state_gives_back_what_the_scale_needs(store: Store) -> None:
 def test_a_run_begun_before_the_small_size_rule_resumes_without_it(tmp_path: Path) -> None:
     """track.division_geometry_weight_small came later: a run stored without it ran with
     the shares alone whatever the size (None), and resumes so with the default command;
-    with the rule asked for explicitly it is refused, naming the setting."""
+    checked against the rule (the defaults as they are), it is refused, naming the
+    setting."""
     from livetrack.config import Settings
     from livetrack.worker import implied_settings, resume_settings, run_config
 

@@ -36,7 +36,7 @@ class PostprocessParams:
     """Minimum distance between two markers, in diameters."""
     min_area_fraction: float = 0.15
     """Objects smaller than this fraction of a typical nucleus' area are dropped."""
-    border_min_area_fraction: float = 0.15
+    border_min_area_fraction: float = 0.02
     """The same for objects touching the frame's edge (a nucleus cut by it); used when
     smaller than ``min_area_fraction``."""
 

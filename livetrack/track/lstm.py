@@ -362,22 +362,32 @@ class LearnedFrame:
         return DivisionScores(m, c, np.where(linked, joint, score))
 
 
-def trained_min_diameter(meta: dict[str, Any]) -> float:
-    """The smallest nucleus diameter (px) a tracking model was trained on: its config.json's
-    ``train.diameters_px`` (low, high), else ``model.TRAINED_DIAMETERS_PX``."""
+def trained_diameter_range(meta: dict[str, Any]) -> tuple[float, float]:
+    """The nucleus diameters (px, low and high) a tracking model was trained on: its
+    config.json's ``train.diameters_px``, else ``model.TRAINED_DIAMETERS_PX`` (the shipped
+    models, trained before the range was written)."""
     train = meta.get("train", {})
     sizes = train.get("diameters_px") if isinstance(train, dict) else None
     if sizes is None:
-        return float(TRAINED_DIAMETERS_PX[0])
-    try:
-        low = float(sizes[0])
-    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        return float(TRAINED_DIAMETERS_PX[0]), float(TRAINED_DIAMETERS_PX[1])
+    ok = (
+        isinstance(sizes, list | tuple)
+        and len(sizes) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in sizes)
+    )
+    low, high = (float(sizes[0]), float(sizes[1])) if ok else (math.nan, math.nan)
+    if not (ok and math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
         raise ConfigError(
-            f"tracking model config.json: 'train.diameters_px' must be [low, high], got {sizes!r}"
-        ) from exc
-    if not math.isfinite(low) or low < 0:
-        raise ConfigError(f"tracking model config.json: 'train.diameters_px' low {low} invalid")
-    return low
+            "tracking model config.json: 'train.diameters_px' must be [low, high] in px, "
+            f"0 <= low <= high, got {sizes!r}"
+        )
+    return low, high
+
+
+def trained_min_diameter(meta: dict[str, Any]) -> float:
+    """The smallest nucleus diameter (px) a tracking model was trained on
+    (``trained_diameter_range``)."""
+    return trained_diameter_range(meta)[0]
 
 
 def rescaled(scores: DivisionScores, threshold: float) -> DivisionScores:

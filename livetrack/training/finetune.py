@@ -45,6 +45,7 @@ from livetrack.errors import ConfigError
 from livetrack.evaluate.ctcfiles import read_track_file
 from livetrack.models import SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL, weights_digest
 from livetrack.segment.model import CONFIG_FILE, ModelConfig, load_model, save_model
+from livetrack.track.lstm import trained_diameter_range
 from livetrack.track.model import load_tracknet, save_tracknet
 from livetrack.training.segment import (
     CtcSource,
@@ -359,7 +360,15 @@ def finetune_tracker(
         len(replay),
         time.perf_counter() - start,
     )
-    track_cfg = TrackConfig()
+    track_cfg = TrackConfig(division_geometry_weight_small=None)
+    # The corrected cells' sizes join the range the model knows (a tracker fine-tuned on
+    # small nuclei is not held to its base's smallest size: TrackConfig
+    # .division_geometry_weight_small).
+    low, high = trained_diameter_range(meta)
+    units = [f.diameter for mv in own for f in mv.frames if f.diameter > 0]
+    if units:
+        low, high = min(low, float(min(units))), max(high, float(max(units)))
+    base_train["diameters_px"] = [round(low, 2), round(high, 2)]
     # Class weights as in the full training (inverse square root of the pair frequencies).
     counts = np.zeros(3, np.int64)
     for _ in range(60):

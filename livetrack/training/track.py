@@ -582,7 +582,9 @@ def train(cfg: TrackTrainConfig, out_dir: Path) -> dict[str, object]:
     torch.set_num_threads(cfg.threads)
     root = np.random.default_rng(cfg.seed)
     data_rng, val_rng, sample_rng = root.spawn(3)
-    track_cfg = TrackConfig()
+    # The shares of the division cues as when the shipped thresholds were chosen (the rule
+    # for nuclei smaller than the training sizes came later).
+    track_cfg = TrackConfig(division_geometry_weight_small=None)
     movies = build_movies(cfg.sim_movies, data_rng, cfg)
     val = build_movies(cfg.val_movies, val_rng, cfg)
     window = history_window(cfg)
