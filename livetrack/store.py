@@ -1874,6 +1874,7 @@ IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {
     ("segment", "zoom"): 1.0,
     ("segment", "max_scale_rise"): None,
     ("segment", "border_min_area_fraction"): 0.15,
+    ("segment", "large_object_area"): 0.0,
 }
 """Settings added after runs were stored: the value a run stored without the key ran with
 (the behaviour before the setting existed: the plain mean of the two division cues, on

@@ -84,6 +84,8 @@ class LearnedSegmenter(ScaledSegmenter):
             peak_prominence=self.config.peak_prominence,
             min_area_fraction=self.config.min_area_fraction,
             border_min_area_fraction=self.config.border_min_area_fraction,
+            large_object_area=self.config.large_object_area,
+            large_object_prominence=self.config.large_object_prominence,
         )
         labels = labels_from_maps(
             maps[0], maps[1], maps[2], self.canonical_diameter_px, params=params

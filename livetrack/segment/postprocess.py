@@ -36,6 +36,12 @@ class PostprocessParams:
     """Minimum distance between two markers, in diameters."""
     min_area_fraction: float = 0.15
     """Objects smaller than this fraction of a typical nucleus' area are dropped."""
+    large_object_area: float = 1.3
+    """Objects larger than this many nominal nucleus areas (π d²/4) are looked at again for
+    markers with ``large_object_prominence``: an object that big is more likely touching
+    nuclei than one (0: off)."""
+    large_object_prominence: float = 0.03
+    """The dip between two peaks that keeps both inside such a large object."""
     border_min_area_fraction: float = 0.02
     """The same for objects touching the frame's edge (a nucleus cut by it); used when
     smaller than ``min_area_fraction``."""
@@ -60,18 +66,34 @@ def labels_from_maps(
     fg = ndi.binary_fill_holes(fg)
     smooth_inner = gaussian_filter(np.asarray(inner, np.float32), max(0.05 * diameter_px, 0.5))
     relief_in = np.where(fg, smooth_inner, 0.0).astype(np.float32)
-    peaks = peak_local_max(
+    candidates = peak_local_max(
         relief_in,
         min_distance=max(1, round(p.peak_min_distance * diameter_px)),
         threshold_abs=p.peak_threshold,
         exclude_border=False,
     )
+    peaks = candidates
     if p.peak_prominence > 0:
-        peaks = _drop_shallow_peaks(relief_in, peaks, p.peak_prominence, diameter_px)
-    markers = np.zeros(fg.shape, np.int32)
-    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+        peaks = _drop_shallow_peaks(relief_in, candidates, p.peak_prominence, diameter_px)
     relief = -np.asarray(outer, np.float32) - smooth_inner
-    labels = np.asarray(watershed(relief, markers, mask=fg), dtype=np.int32)
+    labels = _watershed(relief, peaks, fg)
+    if p.large_object_area > 0 and p.large_object_prominence < p.peak_prominence:
+        # Objects much larger than a nucleus are most likely touching nuclei: inside them
+        # a shallower dip between two peaks is enough to keep both.
+        nominal = np.pi * diameter_px**2 / 4.0
+        large = np.bincount(labels.ravel()) > p.large_object_area * nominal
+        large[0] = False
+        if large.any():
+            low = _drop_shallow_peaks(relief_in, candidates, p.large_object_prominence, diameter_px)
+            have = {(int(y), int(x)) for y, x in peaks}
+            extra = [
+                (int(y), int(x))
+                for y, x in low
+                if (int(y), int(x)) not in have and large[labels[y, x]]
+            ]
+            if extra:
+                peaks = np.concatenate([peaks, np.asarray(extra, peaks.dtype)])
+                labels = _watershed(relief, peaks, fg)
     orphans, n_orphans = ndi.label(fg & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + int(labels.max()), labels).astype(np.int32)
@@ -85,6 +107,14 @@ def labels_from_maps(
             edge[line] = True
         keep |= edge & (areas >= p.border_min_area_fraction * nominal)
     return relabel(labels, keep=keep)
+
+
+def _watershed(
+    relief: NDArray[np.float32], peaks: NDArray[np.intp], fg: NDArray[np.bool_]
+) -> NDArray[np.int32]:
+    markers = np.zeros(fg.shape, np.int32)
+    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    return np.asarray(watershed(relief, markers, mask=fg), dtype=np.int32)
 
 
 def relabel(labels: NDArray[np.integer], keep: NDArray[np.bool_] | None = None) -> LabelImage:
