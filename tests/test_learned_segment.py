@@ -114,6 +114,47 @@ def test_peak_prominence_keeps_touching_nuclei_apart_and_lobes_together() -> Non
     assert labels_from_maps(inner, outer, fg, 30.0, two).max() == 1
 
 
+def test_a_large_object_is_looked_at_again_for_touching_nuclei() -> None:
+    # Two touching nuclei whose inner maps dip only 0.04 between them (less than
+    # peak_prominence 0.05): one object of ~2 nominal areas, so the second look (0.03)
+    # keeps both peaks. The same shallow dip inside an object of one nucleus' area (two
+    # lobes of one elongated nucleus) stays one object.
+    yy, xx = np.mgrid[:64, :96]
+
+    def lobes(cx: float, half_w: float, half_h: float) -> tuple[np.ndarray, np.ndarray]:
+        blob = ((yy - 32) / half_h) ** 2 + ((xx - cx) / half_w) ** 2 <= 1
+        bumps = 0.5 + 0.04 * (
+            np.exp(-((yy - 32) ** 2 + (xx - cx + half_w / 2) ** 2) / 20.0)
+            + np.exp(-((yy - 32) ** 2 + (xx - cx - half_w / 2) ** 2) / 20.0)
+        )
+        return blob, np.where(blob, bumps, 0.0).astype(np.float32)
+
+    d = 16.0  # nominal area ~201 px²
+    pair, pair_inner = lobes(48, 15, 8)  # ~377 px²: 1.9 nominal areas
+    single, single_inner = lobes(48, 10, 6)  # ~188 px²: one nucleus
+    for blob, inner, expected in ((pair, pair_inner, 2), (single, single_inner, 1)):
+        fg = blob.astype(np.float32)
+        outer = outer_distance(blob.astype(np.int32), d / 2)
+        default = labels_from_maps(inner, outer, fg, d, PostprocessParams(peak_threshold=0.3))
+        off = PostprocessParams(peak_threshold=0.3, large_object_area=0.0)
+        assert labels_from_maps(inner, outer, fg, d, off).max() == 1
+        assert default.max() == expected
+
+
+def test_postprocess_defaults_are_the_settings_defaults() -> None:
+    # The learned segmenter passes each of these from SegmentConfig; a default that
+    # differed would make direct calls of labels_from_maps disagree with a run.
+    from dataclasses import fields
+
+    cfg = SegmentConfig()
+    shared = [f.name for f in fields(PostprocessParams) if f.name in SegmentConfig.model_fields]
+    assert {"border_min_area_fraction", "large_object_area", "large_object_prominence"} <= set(
+        shared
+    )
+    for name in shared:
+        assert getattr(PostprocessParams(), name) == getattr(cfg, name), name
+
+
 def test_postprocess_empty_and_markerless_foreground() -> None:
     zeros = np.zeros((40, 40), np.float32)
     assert labels_from_maps(zeros, zeros, zeros, 16.0).max() == 0

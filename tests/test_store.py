@@ -1526,3 +1526,24 @@ def test_a_run_begun_before_edge_slivers_were_kept_resumes_as_it_ran(tmp_path: P
         s.check_resume("r1", run_config(resumed))
         with pytest.raises(ResumeMismatch, match="border_min_area_fraction"):
             s.check_resume("r1", run_config(defaults))
+
+
+def test_a_run_begun_before_the_second_look_at_large_objects_resumes_without_it(
+    tmp_path: Path,
+) -> None:
+    """segment.large_object_area came later: a run stored without it had no second look (0),
+    and resumes so with the default command."""
+    from livetrack.config import Settings
+    from livetrack.worker import implied_settings, resume_settings, run_config
+
+    old = run_config(Settings())
+    del old["segment"]["large_object_area"]
+    with Store(tmp_path / "old.db") as s:
+        assert s.begin_run("r1", source="sim", config=old) is True
+        defaults = Settings()
+        assert implied_settings(defaults, old) == {("segment", "large_object_area"): 0.0}
+        resumed = resume_settings("r1", defaults, old)
+        assert resumed.segment.large_object_area == 0.0
+        s.check_resume("r1", run_config(resumed))
+        with pytest.raises(ResumeMismatch, match="large_object_area"):
+            s.check_resume("r1", run_config(defaults))
