@@ -1509,41 +1509,29 @@ def test_a_run_begun_before_the_small_size_rule_resumes_without_it(tmp_path: Pat
         assert implied_settings(defaults, new) == {}
 
 
-def test_a_run_begun_before_edge_slivers_were_kept_resumes_as_it_ran(tmp_path: Path) -> None:
-    """segment.border_min_area_fraction came later: a run stored without it dropped objects
-    at the frame's edge like any other (0.15), and resumes so with the default command."""
-    from livetrack.config import Settings
-    from livetrack.worker import implied_settings, resume_settings, run_config
-
-    old = run_config(Settings())
-    del old["segment"]["border_min_area_fraction"]
-    with Store(tmp_path / "old.db") as s:
-        assert s.begin_run("r1", source="sim", config=old) is True
-        defaults = Settings()
-        assert implied_settings(defaults, old) == {("segment", "border_min_area_fraction"): 0.15}
-        resumed = resume_settings("r1", defaults, old)
-        assert resumed.segment.border_min_area_fraction == 0.15
-        s.check_resume("r1", run_config(resumed))
-        with pytest.raises(ResumeMismatch, match="border_min_area_fraction"):
-            s.check_resume("r1", run_config(defaults))
-
-
-def test_a_run_begun_before_the_second_look_at_large_objects_resumes_without_it(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("key", "ran_with"),
+    [("border_min_area_fraction", 0.15), ("large_object_area", 0.0)],
+)
+def test_a_run_begun_before_a_later_segment_setting_resumes_as_it_ran(
+    tmp_path: Path, key: str, ran_with: float
 ) -> None:
-    """segment.large_object_area came later: a run stored without it had no second look (0),
-    and resumes so with the default command."""
+    """segment.border_min_area_fraction (objects at the edge dropped like any other: 0.15)
+    and segment.large_object_area (no second look: 0) came later: a run stored without one
+    resumes as it ran with the default command, and is refused, naming the setting, with
+    the default itself."""
     from livetrack.config import Settings
     from livetrack.worker import implied_settings, resume_settings, run_config
 
     old = run_config(Settings())
-    del old["segment"]["large_object_area"]
+    del old["segment"][key]
     with Store(tmp_path / "old.db") as s:
         assert s.begin_run("r1", source="sim", config=old) is True
         defaults = Settings()
-        assert implied_settings(defaults, old) == {("segment", "large_object_area"): 0.0}
+        assert getattr(defaults.segment, key) != ran_with
+        assert implied_settings(defaults, old) == {("segment", key): ran_with}
         resumed = resume_settings("r1", defaults, old)
-        assert resumed.segment.large_object_area == 0.0
+        assert getattr(resumed.segment, key) == ran_with
         s.check_resume("r1", run_config(resumed))
-        with pytest.raises(ResumeMismatch, match="large_object_area"):
+        with pytest.raises(ResumeMismatch, match=key):
             s.check_resume("r1", run_config(defaults))
