@@ -106,13 +106,13 @@ class SegmentConfig(BaseModel):
     min_area_fraction: float = Field(default=0.15, ge=0)
     """Objects smaller than this fraction of the expected nucleus area are dropped."""
     large_object_area: float = Field(default=1.3, ge=0)
-    """(learned) Objects larger than this many nominal nucleus areas are looked at again
+    """(learned) Objects larger than this many typical nucleus areas are looked at again
     for markers with ``large_object_prominence``: that big, an object is more likely
     touching nuclei than one (0: off, the behaviour before this setting). Chosen on the
     validation suite (docs/training.md)."""
     large_object_prominence: float = Field(default=0.03, ge=0)
     """(learned) The dip between two peaks that keeps both inside such a large object
-    (``peak_prominence`` elsewhere)."""
+    (``peak_prominence`` elsewhere); acts only when smaller than ``peak_prominence``."""
     border_min_area_fraction: float = Field(default=0.02, ge=0)
     """(learned) The same for objects touching the frame's edge: a nucleus cut by the edge
     shows any part of itself, and a sliver is still that nucleus (used when smaller than

@@ -141,6 +141,15 @@ def test_a_large_object_is_looked_at_again_for_touching_nuclei() -> None:
         off = PostprocessParams(peak_threshold=0.3, large_object_area=0.0)
         assert labels_from_maps(inner, outer, fg, d, off).max() == 1
         assert default.max() == expected
+    # Both in one frame (the single one moved down): only the large object gets the
+    # second look, three objects in all.
+    both = pair | np.roll(single, 20, axis=0)
+    both_inner = np.maximum(pair_inner, np.roll(single_inner, 20, axis=0))
+    outer = outer_distance(both.astype(np.int32), d / 2)
+    got = labels_from_maps(
+        both_inner, outer, both.astype(np.float32), d, PostprocessParams(peak_threshold=0.3)
+    )
+    assert got.max() == 3
 
 
 def test_postprocess_defaults_are_the_settings_defaults() -> None:

@@ -84,7 +84,8 @@ class LearnedSegmenter(ScaledSegmenter):
             peak_prominence=self.config.peak_prominence,
             min_area_fraction=self.config.min_area_fraction,
             border_min_area_fraction=self.config.border_min_area_fraction,
-            large_object_area=self.config.large_object_area,
+            # the nucleus is canonical × zoom wide at the model's scale
+            large_object_area=self.config.large_object_area * self.config.zoom**2,
             large_object_prominence=self.config.large_object_prominence,
         )
         labels = labels_from_maps(
