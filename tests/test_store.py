@@ -1511,13 +1511,14 @@ def test_a_run_begun_before_the_small_size_rule_resumes_without_it(tmp_path: Pat
 
 @pytest.mark.parametrize(
     ("key", "ran_with"),
-    [("border_min_area_fraction", 0.15), ("large_object_area", 0.0)],
+    [("border_min_area_fraction", 0.15), ("large_object_area", 0.0), ("outline_threshold", None)],
 )
 def test_a_run_begun_before_a_later_segment_setting_resumes_as_it_ran(
-    tmp_path: Path, key: str, ran_with: float
+    tmp_path: Path, key: str, ran_with: float | None
 ) -> None:
-    """segment.border_min_area_fraction (objects at the edge dropped like any other: 0.15)
-    and segment.large_object_area (no second look: 0) came later: a run stored without one
+    """segment.border_min_area_fraction (objects at the edge dropped like any other: 0.15),
+    segment.large_object_area (no second look: 0) and segment.outline_threshold (labels
+    upscaled by nearest neighbour: None) came later: a run stored without one
     resumes as it ran with the default command, and is refused, naming the setting, with
     the default itself."""
     from livetrack.config import Settings

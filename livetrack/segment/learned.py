@@ -14,7 +14,13 @@ from livetrack.blur import downscale
 from livetrack.config import SegmentConfig
 from livetrack.models import SHIPPED_SEGMENT_MODEL
 from livetrack.segment.model import NucleusUNet, load_model
-from livetrack.segment.postprocess import PostprocessParams, labels_from_maps, relabel
+from livetrack.segment.postprocess import (
+    PostprocessParams,
+    bilinear_resize,
+    labels_from_maps,
+    outline_on_frame,
+    relabel,
+)
 from livetrack.segment.scale import NucleusScale, ScaledSegmenter, normalise
 from livetrack.types import LabelImage
 
@@ -91,12 +97,19 @@ class LearnedSegmenter(ScaledSegmenter):
         labels = labels_from_maps(
             maps[0], maps[1], maps[2], self.canonical_diameter_px, params=params
         )
+        fg = maps[2]
         if labels.shape != image.shape:
             labels = resize(
                 labels, image.shape, order=0, anti_aliasing=False, preserve_range=True
             ).astype(np.int32)
             labels = relabel(labels)  # tiny objects can vanish upscaling
-        return np.asarray(labels, dtype=np.int32)
+            if self.config.outline_threshold is not None:
+                fg = bilinear_resize(fg, image.shape)
+        labels = np.asarray(labels, dtype=np.int32)
+        # The scale is measured on the objects as detected, before their outlines are drawn
+        # (``SegmentConfig.outline_threshold``), so it is what the model's scale sees.
+        self._detected_areas = np.bincount(labels.ravel())
+        return outline_on_frame(labels, fg, self.config.outline_threshold)
 
     def predict_maps(self, img: NDArray[np.float32]) -> NDArray[np.float32]:
         """(3, H, W): inner distance, outer distance, foreground probability, for an

@@ -18,6 +18,8 @@ from skimage.segmentation import watershed
 from livetrack.blur import gaussian_filter
 from livetrack.types import LabelImage
 
+FloatArray32 = NDArray[np.float32]
+
 
 @dataclass(frozen=True)
 class PostprocessParams:
@@ -115,6 +117,82 @@ def _watershed(
     markers = np.zeros(fg.shape, np.int32)
     markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     return np.asarray(watershed(relief, markers, mask=fg), dtype=np.int32)
+
+
+def bilinear_resize(values: NDArray[np.floating], shape: tuple[int, int]) -> NDArray[np.float32]:
+    """``values`` interpolated bilinearly to ``shape`` (pixel centres aligned, as
+    ``skimage.transform.resize(order=1)`` aligns them; edges held): two separable passes,
+    a few times faster than skimage's general warp."""
+    a = np.asarray(values, np.float32)
+
+    def taps(n_out: int, n_in: int) -> tuple[NDArray[np.intp], NDArray[np.intp], FloatArray32]:
+        src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1.0)
+        lo = np.floor(src).astype(np.intp)
+        return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
+
+    x0, x1, wx = taps(shape[1], a.shape[1])
+    cols = np.take(a, x0, axis=1)
+    cols *= 1.0 - wx
+    cols += np.take(a, x1, axis=1) * wx
+    y0, y1, wy = taps(shape[0], a.shape[0])
+    out = np.take(cols, y0, axis=0)
+    out *= (1.0 - wy)[:, None]
+    out += np.take(cols, y1, axis=0) * wy[:, None]
+    return out
+
+
+def outline_on_frame(
+    labels: NDArray[np.integer],
+    fg_prob: NDArray[np.floating],
+    threshold: float | None,
+) -> LabelImage:
+    """Each object of ``labels`` (already at the frame's resolution, e.g. upscaled by
+    nearest neighbour from the model's scale) outlined where the foreground probability
+    ``fg_prob`` (interpolated to the frame's pixels) is above ``threshold``: its pixels
+    at or below that level leave it, and an unlabelled pixel above it next to an object
+    (8-neighbours; the highest label if several) joins it, so a boundary follows the
+    probability map between its samples, at a level of its own, instead of the blocks of an
+    upscaled label image. No object is lost or gained: one that would keep less than half
+    its pixels keeps the ones it had (a dim nucleus found just above the detection
+    threshold). Labels keep their values. None: ``labels`` unchanged."""
+    lab = np.asarray(labels, np.int32)
+    if threshold is None or lab.size == 0 or int(lab.max()) == 0:
+        return lab
+    if lab.shape != fg_prob.shape:
+        raise ValueError(f"labels {lab.shape} and probabilities {fg_prob.shape} differ")
+    h, w = lab.shape
+    flat = lab.ravel()
+    above = np.asarray(fg_prob).ravel() > threshold
+    drop = np.flatnonzero(~above & (flat > 0))
+    cand = np.flatnonzero(above & (flat == 0))
+    # The highest label among each candidate's 8 neighbours inside the frame.
+    row, col = np.divmod(cand, w)
+    join = np.zeros(len(cand), np.int32)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            r, c = row + dy, col + dx
+            inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+            nb = np.zeros(len(cand), np.int32)
+            nb[inside] = flat[r[inside] * w + c[inside]]
+            np.maximum(join, nb, out=join)
+    add = cand[join > 0]
+    join = join[join > 0]
+    n = int(lab.max()) + 1
+    before = np.bincount(flat, minlength=n)
+    after = before - np.bincount(flat[drop], minlength=n) + np.bincount(join, minlength=n)
+    lost = after < 0.5 * before
+    lost[0] = False
+    if lost.any():
+        drop = drop[~lost[flat[drop]]]
+        keep = ~lost[join]
+        add, join = add[keep], join[keep]
+    out = lab.copy()
+    flat_out = out.ravel()
+    flat_out[drop] = 0
+    flat_out[add] = join
+    return out
 
 
 def relabel(labels: NDArray[np.integer], keep: NDArray[np.bool_] | None = None) -> LabelImage:

@@ -282,16 +282,17 @@ class NucleusScale:
                 self._add(estimate, announce=True)
         return self._settled
 
-    def observe(self, detections: Detections) -> None:
+    def observe(self, detections: Detections, areas: NDArray[np.integer] | None = None) -> None:
         """After segmenting a frame that ``for_frame`` chose to measure (scale_source
         "detections"): its measurement is the median equivalent diameter of the detections,
         kept within ``DETECTION_SCALE_LIMIT`` of the bound — the frame's image estimate
         until the scale settled, then the scale in use — and the bound itself when fewer
-        than ``MIN_ESTIMATE_OBJECTS`` nuclei were found."""
+        than ``MIN_ESTIMATE_OBJECTS`` nuclei were found. ``areas``: the detections' areas
+        as detected, when their outlines were drawn afterwards (default: their areas)."""
         bound, self._pending = self._pending, None
         if bound is None:
             return
-        areas = np.asarray(detections.areas, np.float64)
+        areas = np.asarray(detections.areas if areas is None else areas, np.float64)
         measured = bound
         if areas.size >= MIN_ESTIMATE_OBJECTS:
             found = float(2.0 * np.sqrt(np.median(areas) / np.pi))
@@ -351,6 +352,9 @@ class ScaledSegmenter:
     implement ``segment``."""
 
     _scale: NucleusScale
+    _detected_areas: NDArray[np.integer] | None = None
+    """Set by ``segment`` when it outlines the objects after detecting them: the pixel
+    count of each label value as detected (what the scale is measured on)."""
 
     @property
     def diameter_px(self) -> float | None:
@@ -368,9 +372,13 @@ class ScaledSegmenter:
         diameter = self._scale.for_frame(image, pixel_size_um)
         if diameter is None:  # nothing that looks like nuclei
             return Segmentation.empty(image.shape)
+        self._detected_areas = None
         mask = self.segment(image, diameter)
         detections = Detections.from_labels(mask)
-        self._scale.observe(detections)
+        detected = self._detected_areas
+        if detected is not None and len(detections):
+            detected = detected[detections.labels]
+        self._scale.observe(detections, detected)
         info = {"diameter_px": diameter}
         if self._scale.last_estimate is not None:
             info["diameter_estimate"] = self._scale.last_estimate
