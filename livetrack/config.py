@@ -139,10 +139,12 @@ class SegmentConfig(BaseModel):
     """(learned) Foreground probability above which a pixel belongs to its nucleus' outline,
     on the probability map interpolated to the frame's pixels (``fg_threshold`` still
     decides what is detected; an object is never lost to its outline, and the scale is
-    measured on the objects as detected). The network's maps are at its canonical scale,
-    so without it outlines are blocks of the label image upscaled by nearest neighbour
-    at the 0.5 level, 3–7% too large on every validation movie; 0.6 was chosen on the
-    validation suite (see docs/training.md). 0 or None: that behaviour (the one before
+    measured on the objects as detected; an object grows by one pixel at most, and a dip
+    inside it leaves no hole). The network's maps are at its canonical scale, so without it
+    outlines are blocks of the label image upscaled by nearest neighbour at the 0.5 level,
+    3–7% too large on every validation movie; at the canonical scale itself (no resizing)
+    the level applies to the map as it is. 0.6 was chosen on the validation suite (see
+    docs/training.md). 0 or None: that behaviour (the one before
     this setting; TOML and environment variables cannot say None)."""
 
     @field_validator("outline_threshold")

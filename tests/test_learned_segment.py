@@ -215,6 +215,31 @@ def test_outlines_follow_the_probability_map_and_no_object_is_lost() -> None:
     assert not np.any((out == 9) & (labels != 9))
     # None: unchanged
     np.testing.assert_array_equal(outline_on_frame(labels, fg, None), labels)
+    with pytest.raises(ValueError, match="differ"):
+        outline_on_frame(labels, fg[:-1], 0.6)
+
+
+def test_a_dip_inside_a_nucleus_leaves_no_hole_but_a_bay_recedes() -> None:
+    # A disc whose map dips below the level inside (a nucleolus): the dip stays its own;
+    # the same dip open to the outside (a notch reaching the edge of the disc) is cut.
+    yy, xx = np.mgrid[:60, :120]
+    labels = np.zeros((60, 120), np.int32)
+    labels[np.hypot(yy - 30, xx - 30) <= 15] = 1
+    labels[np.hypot(yy - 30, xx - 90) <= 15] = 2
+    fg = np.where(labels > 0, 0.9, 0.1).astype(np.float32)
+    dip = np.hypot(yy - 30, xx - 30) <= 5
+    fg[dip] = 0.55
+    notch = (np.abs(yy - 30) <= 2) & (xx >= 90)
+    fg[notch] = 0.55
+    out = outline_on_frame(labels, fg, 0.6)
+    np.testing.assert_array_equal(out[dip], 1)
+    assert not np.any(out[notch & (labels == 2)])
+    np.testing.assert_array_equal(out[(labels == 2) & ~notch], 2)
+
+
+def test_outline_threshold_zero_means_off() -> None:
+    assert SegmentConfig(outline_threshold=0).outline_threshold is None
+    assert SegmentConfig().outline_threshold == 0.6
 
 
 def test_postprocess_empty_and_markerless_foreground() -> None:
@@ -358,14 +383,15 @@ def test_the_segmenter_keeps_a_nucleus_cut_by_the_frame_edge(shipped: LearnedSeg
 
 
 def test_outlines_change_pixels_not_objects_nor_the_scale(shipped: LearnedSegmenter) -> None:
-    # Nuclei of 34 px, segmented at the model's 20 px scale: outlines drawn on the frame's
+    # Nuclei of 34 px, segmented at the model's 16 px scale: outlines drawn on the frame's
     # pixels at 0.6 against the previous upscaled labels. The same objects, a mask closer
     # to the truth, and the same measured scale (it is measured on the objects as found).
     image, gt = _sim_frame(34.0, (256, 256), 25, seed=103)
     runs = {}
     for level in (0.6, None):
         seg = LearnedSegmenter(
-            SegmentConfig(method="learned", outline_threshold=level), model=shipped.model
+            SegmentConfig(method="learned", device="cpu", outline_threshold=level),
+            model=shipped.model,
         )
         out = [seg.predict(image) for _ in range(5)]  # frames 0-2 and 4 are measured
         runs[level] = (out, [o.info for o in out])

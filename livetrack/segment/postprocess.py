@@ -154,7 +154,11 @@ def outline_on_frame(
     probability map between its samples, at a level of its own, instead of the blocks of an
     upscaled label image. No object is lost or gained: one that would keep less than half
     its pixels keeps the ones it had (a dim nucleus found just above the detection
-    threshold). Labels keep their values. None: ``labels`` unchanged."""
+    threshold), and pixels the cut would leave as a hole inside the result keep their
+    object. An object grows by one pixel at most (the blocks of a large upscale factor are
+    wider: there the outline can only come in, never go out further than a pixel), and
+    shrinks as far as the level says. Labels keep their values. None: ``labels``
+    unchanged."""
     lab = np.asarray(labels, np.int32)
     if threshold is None or lab.size == 0 or int(lab.max()) == 0:
         return lab
@@ -192,6 +196,19 @@ def outline_on_frame(
     flat_out = out.ravel()
     flat_out[drop] = 0
     flat_out[add] = join
+    if len(drop):
+        # A dip of the map inside a nucleus (a nucleolus, say) is not its outline: dropped
+        # pixels that the result encloses — a background component (4-connected, away from
+        # the frame's edge) made of dropped pixels only — go back to their objects.
+        comp, n_comp = ndi.label(out == 0)
+        sizes = np.bincount(comp.ravel(), minlength=n_comp + 1)
+        ids = comp.ravel()[drop]
+        hole = sizes == np.bincount(ids, minlength=n_comp + 1)
+        for line in (comp[0], comp[-1], comp[:, 0], comp[:, -1]):
+            hole[line] = False
+        hole[0] = False
+        back = drop[hole[ids]]
+        flat_out[back] = flat[back]
     return out
 
 

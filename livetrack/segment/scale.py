@@ -376,7 +376,7 @@ class ScaledSegmenter:
         mask = self.segment(image, diameter)
         detections = Detections.from_labels(mask)
         detected = self._detected_areas
-        if detected is not None and len(detections):
+        if detected is not None:
             detected = detected[detections.labels]
         self._scale.observe(detections, detected)
         info = {"diameter_px": diameter}
