@@ -231,10 +231,17 @@ def test_a_dip_inside_a_nucleus_leaves_no_hole_but_a_bay_recedes() -> None:
     fg[dip] = 0.55
     notch = (np.abs(yy - 30) <= 2) & (xx >= 90)
     fg[notch] = 0.55
+    # and a gap between two touching objects, enclosed by both: it opens
+    labels[:, 60:] = np.where(labels[:, 60:] == 2, np.where(xx[:, 60:] < 90, 2, 3), 0)
+    gap = (np.abs(yy - 30) <= 3) & (np.abs(xx - 89.5) <= 1)
+    notch &= xx > 92
+    fg = np.where(labels > 0, 0.9, 0.1).astype(np.float32)
+    fg[dip | notch | gap] = 0.55
     out = outline_on_frame(labels, fg, 0.6)
     np.testing.assert_array_equal(out[dip], 1)
-    assert not np.any(out[notch & (labels == 2)])
-    np.testing.assert_array_equal(out[(labels == 2) & ~notch], 2)
+    assert not np.any(out[notch & (labels > 0)])
+    assert not np.any(out[gap])
+    np.testing.assert_array_equal(out[(labels == 2) & ~gap], 2)
 
 
 def test_outline_threshold_zero_means_off() -> None:

@@ -154,11 +154,10 @@ def outline_on_frame(
     probability map between its samples, at a level of its own, instead of the blocks of an
     upscaled label image. No object is lost or gained: one that would keep less than half
     its pixels keeps the ones it had (a dim nucleus found just above the detection
-    threshold), and pixels the cut would leave as a hole inside the result keep their
-    object. An object grows by one pixel at most (the blocks of a large upscale factor are
-    wider: there the outline can only come in, never go out further than a pixel), and
-    shrinks as far as the level says. Labels keep their values. None: ``labels``
-    unchanged."""
+    threshold), and pixels the cut would leave as a hole inside one object keep it. An
+    object grows by one pixel at most (the blocks of a large upscale factor are wider:
+    there the outline can only come in, never go out further than a pixel), and shrinks as
+    far as the level says. Labels keep their values. None: ``labels`` unchanged."""
     lab = np.asarray(labels, np.int32)
     if threshold is None or lab.size == 0 or int(lab.max()) == 0:
         return lab
@@ -198,8 +197,9 @@ def outline_on_frame(
     flat_out[add] = join
     if len(drop):
         # A dip of the map inside a nucleus (a nucleolus, say) is not its outline: dropped
-        # pixels that the result encloses — a background component (4-connected, away from
-        # the frame's edge) made of dropped pixels only — go back to their objects.
+        # pixels that one object encloses — a background component (4-connected, away from
+        # the frame's edge) made of dropped pixels only, whose neighbours all belong to that
+        # object — go back to it. (A gap enclosed by several touching objects stays open.)
         comp, n_comp = ndi.label(out == 0)
         sizes = np.bincount(comp.ravel(), minlength=n_comp + 1)
         ids = comp.ravel()[drop]
@@ -207,8 +207,21 @@ def outline_on_frame(
         for line in (comp[0], comp[-1], comp[:, 0], comp[:, -1]):
             hole[line] = False
         hole[0] = False
-        back = drop[hole[ids]]
-        flat_out[back] = flat[back]
+        inside = hole[ids]
+        if inside.any():
+            pix, cid = drop[inside], ids[inside]
+            around = np.concatenate(
+                [flat_out[pix - 1], flat_out[pix + 1], flat_out[pix - w], flat_out[pix + w]]
+            )
+            around_id = np.tile(cid, 4)
+            lo = np.full(n_comp + 1, np.iinfo(np.int32).max, np.int64)
+            hi = np.zeros(n_comp + 1, np.int64)
+            nz = around > 0
+            np.minimum.at(lo, around_id[nz], around[nz])
+            np.maximum.at(hi, around_id[nz], around[nz])
+            one = (hi > 0) & (lo == hi)
+            back = pix[one[cid]]
+            flat_out[back] = flat[back]
     return out
 
 
