@@ -231,6 +231,17 @@ class TrackConfig(BaseModel):
             return max(weight, self.division_geometry_weight_small)
         return weight
 
+    merge_area_ratio: float = Field(default=0.0, ge=0)
+    """On livetrack's own segmentation: an object that holds the predicted positions of two
+    or more tracks seen as separate objects in the previous frame, and is at least this many
+    times the largest one's last area, is split between them, each pixel to the nearest
+    predicted position, when every part keeps at least half its track's area
+    (``track.merges.split_merges``). 0: never. Label images given with the frames are never
+    split. Off by default: on crowded simulated nuclei 1.25 raised TRA, but on the two real
+    sequences, where livetrack's segmentation merges no nuclei, it only split nuclei the
+    previous frame had cut in two, and on held-out movies it cost divisions
+    (docs/training.md). Try 1.25 for crowded colonies whose nuclei touch."""
+
     feature_max_diameter_px: float = Field(default=0.0, ge=0)
     """lstm, for speed: nuclei wider than this (px) have their appearance and shape
     features computed on the frame reduced by the smallest integer factor that brings them

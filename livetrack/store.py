@@ -1870,6 +1870,7 @@ IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {
     ("track", "division_geometry_weight_given"): 0.5,
     ("track", "feature_max_diameter_px"): 0.0,
     ("track", "division_geometry_weight_small"): None,
+    ("track", "merge_area_ratio"): 0.0,
     ("segment", "scale_source"): "image",
     ("segment", "zoom"): 1.0,
     ("segment", "max_scale_rise"): None,

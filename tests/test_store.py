@@ -1538,3 +1538,29 @@ def test_a_run_begun_before_a_later_segment_setting_resumes_as_it_ran(
         s.check_resume("r1", run_config(resumed))
         with pytest.raises(ResumeMismatch, match=key):
             s.check_resume("r1", run_config(defaults))
+
+
+def test_a_run_begun_before_merges_could_be_split_resumes_and_one_that_split_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """track.merge_area_ratio came later, off by default: a run stored without it resumes
+    with the default command (it never split); a run begun with splitting on is refused,
+    naming the setting, without it."""
+    from livetrack.config import Settings
+    from livetrack.worker import implied_settings, run_config
+
+    defaults = Settings()
+    assert defaults.track.merge_area_ratio == 0.0
+    old = run_config(defaults)
+    del old["track"]["merge_area_ratio"]
+    splitting = defaults.model_copy(
+        update={"track": defaults.track.model_copy(update={"merge_area_ratio": 1.25})}
+    )
+    with Store(tmp_path / "old.db") as s:
+        assert s.begin_run("r1", source="sim", config=old) is True
+        assert implied_settings(defaults, old) == {}
+        s.check_resume("r1", run_config(defaults))
+        assert s.begin_run("r2", source="sim", config=run_config(splitting)) is True
+        with pytest.raises(ResumeMismatch, match="merge_area_ratio"):
+            s.check_resume("r2", run_config(defaults))
+        s.check_resume("r2", run_config(splitting))

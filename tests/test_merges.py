@@ -1,0 +1,124 @@
+"""Merged nuclei split between the tracks they hold (``track.merges``), and never on label
+images given with the frames."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from livetrack.config import Settings, TrackConfig
+from livetrack.store import Store
+from livetrack.track.lap import lap_tracker
+from livetrack.track.merges import split_merges
+from livetrack.track.online import OpenTracks
+from livetrack.transport import FramePuller
+from livetrack.types import Detections, Segmentation
+from livetrack.worker import Worker, _split_merges
+from tests.test_worker import drain, labelled_frame, pusher_for
+
+ON = TrackConfig(merge_area_ratio=1.4)
+
+
+def discs(shape: tuple[int, int], centres: list[tuple[float, float]], r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        out[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    return out
+
+
+def tracks_at(centres: list[tuple[float, float]], areas: list[float], last: int) -> OpenTracks:
+    n = len(centres)
+    return OpenTracks(
+        ids=np.arange(1, n + 1, dtype=np.int64),
+        pos=np.array(centres, np.float64),
+        vel=np.zeros((n, 2)),
+        area=np.array(areas, np.float64),
+        last=np.full(n, last, np.int64),
+    )
+
+
+def test_two_tracks_inside_one_large_object_split_it_between_them() -> None:
+    separate = discs((80, 80), [(40, 30), (40, 48)], 10)
+    merged = (separate > 0).astype(np.int32) * 7
+    before = merged.copy()
+    areas = [float((separate == 1).sum()), float((separate == 2).sum())]
+    mask, dets, n = split_merges(
+        merged, Detections.from_labels(merged), tracks_at([(40, 30), (40, 48)], areas, 4), 5, ON
+    )
+    assert n == 1
+    assert np.array_equal(merged, before)  # the input is not modified
+    assert len(dets) == 2
+    assert set(np.unique(mask)) == {0, 7, 8}
+    # Each part holds its own disc's centre and about its area.
+    assert mask[40, 30] != mask[40, 48]
+    assert np.all(np.abs(np.sort(dets.areas) - np.sort(areas)) <= 0.1 * max(areas))
+    assert np.array_equal(mask > 0, merged > 0)  # no pixel gained or lost
+
+
+def test_no_split_unless_clearly_larger_than_the_largest_track() -> None:
+    one = discs((80, 80), [(40, 40)], 10)
+    area = float((one > 0).sum())
+    # Two tracks of a nucleus' size land in an object no larger than one of them.
+    tracks = tracks_at([(40, 36), (40, 44)], [area, area], 4)
+    mask, dets, n = split_merges(one, Detections.from_labels(one), tracks, 5, ON)
+    assert n == 0
+    assert mask is one
+    assert len(dets) == 1
+
+
+def test_no_split_when_a_part_would_keep_less_than_half_its_track() -> None:
+    separate = discs((80, 80), [(40, 30), (40, 48)], 10)
+    merged = (separate > 0).astype(np.int32)
+    area = float((separate == 1).sum())
+    # The second track was large and sits at the object's rim: its share is too small.
+    tracks = tracks_at([(40, 38), (40, 57)], [area, 1.5 * area], 4)
+    _, _, n = split_merges(merged, Detections.from_labels(merged), tracks, 5, ON)
+    assert n == 0
+
+
+def test_only_tracks_seen_in_the_previous_frame_count_and_zero_is_off() -> None:
+    separate = discs((80, 80), [(40, 30), (40, 48)], 10)
+    merged = (separate > 0).astype(np.int32)
+    dets = Detections.from_labels(merged)
+    areas = [float((separate == 1).sum()), float((separate == 2).sum())]
+    old = tracks_at([(40, 30), (40, 48)], areas, 3)  # last seen two frames ago
+    assert split_merges(merged, dets, old, 5, ON)[2] == 0
+    recent = tracks_at([(40, 30), (40, 48)], areas, 4)
+    assert split_merges(merged, dets, recent, 5, TrackConfig(merge_area_ratio=0))[2] == 0
+    assert split_merges(merged, dets, recent, 5, ON)[2] == 1
+
+
+def test_the_worker_step_splits_with_the_trackers_own_open_tracks() -> None:
+    separate = discs((80, 80), [(40, 30), (40, 48)], 10)
+    merged = (separate > 0).astype(np.int32)
+    tracker = lap_tracker(ON, merged.shape)
+    tracker.step(0, Detections.from_labels(separate))
+    seg = Segmentation(mask=merged, detections=Detections.from_labels(merged))
+    out = _split_merges(seg, tracker, 1)
+    assert len(out.detections) == 2
+    step = tracker.step(1, out.detections)
+    assert sorted(step.track_ids.tolist()) == [1, 2]  # both tracks go on, nobody new
+    off = lap_tracker(TrackConfig(merge_area_ratio=0), merged.shape)
+    off.step(0, Detections.from_labels(separate))
+    assert _split_merges(seg, off, 1) is seg
+
+
+def test_given_label_images_are_never_split(tmp_path, zmq_context, closing):
+    settings = Settings().model_copy(
+        update={
+            "worker": Settings().worker.model_copy(update={"exit_on_eos": True}),
+            "track": Settings().track.model_copy(update={"method": "lap", "merge_area_ratio": 1.4}),
+        }
+    )
+    puller = closing(FramePuller("tcp://127.0.0.1:0", hwm=1000, context=zmq_context))
+    worker = Worker(settings, closing(Store(tmp_path / "given.db")), puller, None)
+    pusher = pusher_for(worker, zmq_context, closing)
+    separate = discs((80, 80), [(40, 30), (40, 48)], 10)
+    merged = (separate > 0).astype(np.int32)
+    for i, labels in enumerate([separate, merged, merged]):
+        header, image = labelled_frame(i, labels)
+        pusher.send_frame(header, image, labels)
+    results = drain(worker, until_eos=False)
+    assert [r.status for r in results] == ["stored"] * 3
+    for i in (1, 2):
+        assert np.array_equal(worker.store.load_mask("r", "p", i), merged)
