@@ -84,6 +84,7 @@ def track(
     from livetrack.evaluate.table import measure
     from livetrack.segment.factory import make_segmenter
     from livetrack.track.factory import make_tracker
+    from livetrack.track.merges import split_segmentation
     from livetrack.types import Detections, Segmentation
 
     seg = make_segmenter(cfg.segment) if labels is None else None
@@ -99,7 +100,7 @@ def track(
                 result = Segmentation(mask=mask, detections=Detections.from_labels(mask))
             else:
                 assert seg is not None
-                result = seg.predict(image, pixel_size)
+                result = split_segmentation(seg.predict(image, pixel_size), trk, t)
             step = trk.step(
                 t, result.detections, image=image, mask=result.mask, labels_given=seg is None
             )

@@ -242,6 +242,16 @@ class TrackConfig(BaseModel):
     previous frame had cut in two, and on held-out movies it cost divisions
     (docs/training.md). Try 1.25 for crowded colonies whose nuclei touch."""
 
+    @field_validator("merge_area_ratio")
+    @classmethod
+    def _off_or_at_least_one(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError(
+                "must be 0 (off) or at least 1: a merged object is larger than each of the "
+                f"tracks it holds, got {value}"
+            )
+        return value
+
     feature_max_diameter_px: float = Field(default=0.0, ge=0)
     """lstm, for speed: nuclei wider than this (px) have their appearance and shape
     features computed on the frame reduced by the smallest integer factor that brings them

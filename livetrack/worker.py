@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from livetrack.config import Settings, TrackConfig
+from livetrack.config import Settings
 from livetrack.errors import (
     BadFrame,
     BadMessage,
@@ -69,7 +69,7 @@ from livetrack.store import (
 from livetrack.timings import stage_medians
 from livetrack.track.base import Tracker, TrackStep
 from livetrack.track.factory import make_tracker
-from livetrack.track.merges import split_merges
+from livetrack.track.merges import split_segmentation
 from livetrack.transport import EventPublisher, FramePuller, InvalidFrame, ReceivedFrame
 from livetrack.types import Segmentation
 
@@ -408,7 +408,7 @@ class Worker:
             ) from err
         t = time.perf_counter()
         if rf.labels is None:
-            seg = _split_merges(seg, tracker, h.frame_index)
+            seg = split_segmentation(seg, tracker, h.frame_index)
         step = tracker.step(
             h.frame_index,
             seg.detections,
@@ -1078,18 +1078,3 @@ def _device_of(positions: dict[Any, PositionState]) -> str:
         if isinstance(s.segmenter, OnDevice) and s.segmenter.device is not None:
             return str(s.segmenter.device)
     return "cpu"
-
-
-def _split_merges(seg: Segmentation, tracker: object, frame: int) -> Segmentation:
-    """``seg`` with objects the segmentation merged split between the open tracks they
-    hold (``TrackConfig.merge_area_ratio``; ``track.merges``), for an online tracker whose
-    settings ask for it; ``seg`` itself otherwise."""
-    config = getattr(tracker, "config", None)
-    tracks = getattr(tracker, "open_tracks", None)
-    if not isinstance(config, TrackConfig) or tracks is None or config.merge_area_ratio <= 0:
-        return seg
-    mask, detections, n_split = split_merges(seg.mask, seg.detections, tracks, frame, config)
-    if n_split == 0:
-        return seg
-    log.debug("frame %d: %d merged objects split between their tracks", frame, n_split)
-    return Segmentation(mask=mask, detections=detections, info=dict(seg.info))

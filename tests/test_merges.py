@@ -4,15 +4,17 @@ images given with the frames."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from pydantic import ValidationError
 
 from livetrack.config import Settings, TrackConfig
 from livetrack.store import Store
 from livetrack.track.lap import lap_tracker
-from livetrack.track.merges import split_merges
+from livetrack.track.merges import split_merges, split_segmentation
 from livetrack.track.online import OpenTracks
 from livetrack.transport import FramePuller
 from livetrack.types import Detections, Segmentation
-from livetrack.worker import Worker, _split_merges
+from livetrack.worker import Worker
 from tests.test_worker import drain, labelled_frame, pusher_for
 
 ON = TrackConfig(merge_area_ratio=1.4)
@@ -70,10 +72,13 @@ def test_no_split_when_a_part_would_keep_less_than_half_its_track() -> None:
     separate = discs((80, 80), [(40, 30), (40, 48)], 10)
     merged = (separate > 0).astype(np.int32)
     area = float((separate == 1).sum())
-    # The second track was large and sits at the object's rim: its share is too small.
+    # The second track was large and sits at the object's rim: its share is too small. (The
+    # object is 1.36 times the larger track, so at 1.2 only the half-area rule refuses.)
     tracks = tracks_at([(40, 38), (40, 57)], [area, 1.5 * area], 4)
-    _, _, n = split_merges(merged, Detections.from_labels(merged), tracks, 5, ON)
-    assert n == 0
+    dets = Detections.from_labels(merged)
+    assert split_merges(merged, dets, tracks, 5, TrackConfig(merge_area_ratio=1.2))[2] == 0
+    fair = tracks_at([(40, 30), (40, 48)], [area, area], 4)
+    assert split_merges(merged, dets, fair, 5, TrackConfig(merge_area_ratio=1.2))[2] == 1
 
 
 def test_only_tracks_seen_in_the_previous_frame_count_and_zero_is_off() -> None:
@@ -94,13 +99,13 @@ def test_the_worker_step_splits_with_the_trackers_own_open_tracks() -> None:
     tracker = lap_tracker(ON, merged.shape)
     tracker.step(0, Detections.from_labels(separate))
     seg = Segmentation(mask=merged, detections=Detections.from_labels(merged))
-    out = _split_merges(seg, tracker, 1)
+    out = split_segmentation(seg, tracker, 1)
     assert len(out.detections) == 2
     step = tracker.step(1, out.detections)
     assert sorted(step.track_ids.tolist()) == [1, 2]  # both tracks go on, nobody new
     off = lap_tracker(TrackConfig(merge_area_ratio=0), merged.shape)
     off.step(0, Detections.from_labels(separate))
-    assert _split_merges(seg, off, 1) is seg
+    assert split_segmentation(seg, off, 1) is seg
 
 
 def test_given_label_images_are_never_split(tmp_path, zmq_context, closing):
@@ -122,3 +127,71 @@ def test_given_label_images_are_never_split(tmp_path, zmq_context, closing):
     assert [r.status for r in results] == ["stored"] * 3
     for i in (1, 2):
         assert np.array_equal(worker.store.load_mask("r", "p", i), merged)
+
+
+class DiscSegmenter:
+    """A plain segmenter for the worker: connected components of the bright pixels."""
+
+    name = "components"
+
+    def predict(self, image: np.ndarray, pixel_size_um: float | None = None) -> Segmentation:
+        from scipy import ndimage as ndi
+
+        mask = ndi.label(image > 500)[0].astype(np.int32)
+        return Segmentation(mask=mask, detections=Detections.from_labels(mask))
+
+    def restore_scale(self, state: object) -> None:
+        """No adaptive scale."""
+
+
+def test_the_worker_splits_its_own_segmentation_and_stores_the_split(
+    tmp_path, zmq_context, closing
+):
+    settings = Settings().model_copy(
+        update={
+            "worker": Settings().worker.model_copy(update={"exit_on_eos": True}),
+            "track": Settings().track.model_copy(update={"method": "lap", "merge_area_ratio": 1.4}),
+        }
+    )
+    puller = closing(FramePuller("tcp://127.0.0.1:0", hwm=1000, context=zmq_context))
+    store = closing(Store(tmp_path / "own.db"))
+    worker = Worker(settings, store, puller, None, segmenter_factory=DiscSegmenter)
+    pusher = pusher_for(worker, zmq_context, closing)
+    separate = discs((80, 80), [(40, 30), (40, 48)], 10)
+    apart = separate > 0
+    apart[:, 39] = False  # the two nuclei apart in the first frame only
+    for i, labels in enumerate([apart, separate > 0, separate > 0]):
+        header, image = labelled_frame(i, labels.astype(np.int32))
+        pusher.send_frame(header.model_copy(update={"labels_dtype": None}), image)
+    results = drain(worker, until_eos=False)
+    assert [r.status for r in results] == ["stored"] * 3
+    for i in (1, 2):
+        stored = worker.store.load_mask("r", "p", i)
+        assert len(np.unique(stored[stored > 0])) == 2  # one object in the frame, two stored
+        assert np.array_equal(stored > 0, separate > 0)
+    assert [r.n_cells for r in results] == [2, 2, 2]
+
+
+def test_the_python_api_splits_with_the_same_setting(monkeypatch) -> None:
+    """``livetrack.track()`` applies the setting to its own segmentation as the worker does
+    (the segmenter here: connected components, so the merge is certain)."""
+    import livetrack.segment.factory as factory
+    from livetrack.api import track
+
+    monkeypatch.setattr(factory, "make_segmenter", lambda *a, **k: DiscSegmenter())
+    separate = discs((80, 80), [(40, 30), (40, 48)], 10)
+    movie = np.stack([separate > 0] * 3).astype(np.uint16) * 1000
+    movie[0][:, 39] = 0  # apart in the first frame only
+    on = track(movie, tracker=TrackConfig(method="lap", merge_area_ratio=1.4)).tracks
+    off = track(movie, tracker=TrackConfig(method="lap")).tracks
+    assert on.groupby("t").size().tolist() == [2, 2, 2]
+    assert off.groupby("t").size().tolist() == [2, 1, 1]
+    assert sorted(on[on.t == 2].track.tolist()) == sorted(on[on.t == 0].track.tolist())
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.99])
+def test_a_ratio_between_zero_and_one_is_refused_with_a_clear_error(ratio: float) -> None:
+    with pytest.raises(ValidationError, match="0 \\(off\\) or at least 1"):
+        TrackConfig(merge_area_ratio=ratio)
+    assert TrackConfig(merge_area_ratio=0).merge_area_ratio == 0
+    assert TrackConfig(merge_area_ratio=1).merge_area_ratio == 1

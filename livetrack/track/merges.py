@@ -4,8 +4,9 @@ In crowded frames touching nuclei are sometimes outlined as one object. When two
 tracks seen as separate objects in the previous frame both land, at their predicted
 positions, inside one object of this frame, and that object is clearly larger than the
 largest of them (``TrackConfig.merge_area_ratio``), its pixels are shared between them,
-each pixel to the nearest predicted position. The split is kept only when every part keeps
-at least half its track's last area.
+each pixel to the nearest predicted position (on a strongly curved object a part can come
+out in two pieces). The split is kept only when every part keeps at least half its track's
+last area.
 
 The evidence is the previous frame's: the tracks were there as separate objects. A merge
 that persists is split again in every frame, because the tracks stay separate; a nucleus
@@ -19,12 +20,16 @@ frame's labels, so a resumed run splits exactly as the uninterrupted one would.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from numpy.typing import NDArray
 
 from livetrack.config import TrackConfig
 from livetrack.track.online import OpenTracks
-from livetrack.types import Detections, LabelImage
+from livetrack.types import Detections, LabelImage, Segmentation
+
+log = logging.getLogger("livetrack.track")
 
 
 def split_merges(
@@ -117,4 +122,21 @@ def _split_object(
     return (y0, x0), sub
 
 
-__all__ = ["split_merges"]
+def split_segmentation(seg: Segmentation, tracker: object, frame: int) -> Segmentation:
+    """``seg`` (livetrack's own segmentation of ``frame``) with merged objects split between
+    the open tracks of ``tracker`` (an online tracker: its ``config`` and ``open_tracks``),
+    when its settings ask for it (``TrackConfig.merge_area_ratio``); ``seg`` itself when
+    they do not or nothing is split. Called between segmentation and tracking by the worker
+    and by ``livetrack.track()``; never on label images given with the frames."""
+    config = getattr(tracker, "config", None)
+    tracks = getattr(tracker, "open_tracks", None)
+    if not isinstance(config, TrackConfig) or tracks is None or config.merge_area_ratio <= 0:
+        return seg
+    mask, detections, n_split = split_merges(seg.mask, seg.detections, tracks, frame, config)
+    if n_split == 0:
+        return seg
+    log.debug("frame %d: %d merged objects split between their tracks", frame, n_split)
+    return Segmentation(mask=mask, detections=detections, info=dict(seg.info))
+
+
+__all__ = ["split_merges", "split_segmentation"]
