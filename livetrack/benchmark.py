@@ -195,10 +195,11 @@ def simulation_config(movie: SuiteMovie) -> Any:
 # -------------------------------------------------------------------------- provenance
 def training_record(
     extra_models: Sequence[Path] = (),
-) -> list[tuple[str, Path, int | None, int | None]]:
-    """(model, CTC path, first, last frame) of every CTC sequence a shipped model — or one
-    of ``extra_models`` (the model folders a run's settings name, e.g. fine-tuned ones) —
-    was trained, tuned or fine-tuned on, read from the models' ``config.json``."""
+) -> list[tuple[str, Path, int | None, int | None, str | None]]:
+    """(model, CTC path, first, last frame, lineage sha256 or None) of every CTC sequence a
+    shipped model — or one of ``extra_models`` (the model folders a run's settings name,
+    e.g. fine-tuned ones) — was trained, tuned or fine-tuned on, read from the models'
+    ``config.json``."""
     from livetrack.models import MODELS_DIR
 
     out = []
@@ -214,18 +215,32 @@ def training_record(
         items = list(meta.get("train", {}).get("ctc", []) or [])
         items += list((meta.get("finetune") or {}).get("data", []) or [])
         for item in items:
-            out.append((cfg.parent.name, Path(item["path"]), item.get("first"), item.get("last")))
+            digest = item.get("lineage_sha256")
+            out.append(
+                (
+                    cfg.parent.name,
+                    Path(item["path"]),
+                    item.get("first"),
+                    item.get("last"),
+                    digest if isinstance(digest, str) else None,
+                )
+            )
     return out
 
 
 def provenance(images: Path, extra_models: Sequence[Path] = ()) -> str:
     """'held-out', or which models (shipped, or named in ``extra_models``) trained on (part
     of) this CTC sequence. A sequence is recognised by its last two path parts
-    (dataset/sequence), wherever the data lies on this machine."""
+    (dataset/sequence), wherever the data lies on this machine, or by its annotated lineage
+    (``ctcfiles.lineage_digest``), whatever the folder is called: a renamed copy, or one with
+    its images binned or re-encoded, is still the sequence the model saw."""
+    from livetrack.evaluate.ctcfiles import lineage_digest
+
     key = images.resolve().parts[-2:]
+    digest = lineage_digest(images)
     uses = []
-    for model, path, first, last in training_record(extra_models):
-        if path.parts[-2:] != key:
+    for model, path, first, last, seen in training_record(extra_models):
+        if path.parts[-2:] != key and (digest is None or seen != digest):
             continue
         if first is None or last is None or last >= 10**9:
             uses.append(

@@ -17,6 +17,7 @@ from livetrack.benchmark import (
 )
 from livetrack.cli import main
 from livetrack.errors import ConfigError
+from tests.conftest import SIM_PLUS, needs_data
 
 TINY = """
 name = "tiny"
@@ -66,6 +67,44 @@ def test_a_sequence_a_shipped_model_trained_on_is_marked(tmp_path: Path) -> None
     other = tmp_path / "Fluo-N2DH-HeLa" / "01"
     other.mkdir(parents=True)
     assert provenance(other) == "held-out"
+
+
+def _sequence(root: Path, name: str, lineage: str) -> Path:
+    seq = root / name / "01"
+    (root / name / "01_GT" / "TRA").mkdir(parents=True)
+    seq.mkdir(parents=True)
+    (root / name / "01_GT" / "TRA" / "man_track.txt").write_text(lineage)
+    return seq
+
+
+def test_a_trained_on_sequence_is_recognised_under_any_name_by_its_lineage(
+    tmp_path: Path,
+) -> None:
+    """A copy renamed, moved or with altered images keeps its annotated lineage; the model
+    records its sha256 (``with_lineage_digests``) and the benchmark matches it."""
+    from livetrack.evaluate.ctcfiles import lineage_digest, with_lineage_digests
+
+    trained = _sequence(tmp_path / "data", "MyCells", "1 0 9 0\n2 3 9 1\n")
+    model = tmp_path / "my-model"
+    model.mkdir()
+    items = with_lineage_digests([{"path": str(trained), "first": 0, "last": 4}])
+    assert items[0]["lineage_sha256"] == lineage_digest(trained)
+    (model / "config.json").write_text(json.dumps({"train": {"ctc": items}}))
+    copy = _sequence(tmp_path / "copies", "binned-2x2", "1 0 9 0\n2 3 9 1\n")
+    assert provenance(copy, [model]) == "my-model trained on frames 0-4"
+    other = _sequence(tmp_path / "copies", "other", "1 0 9 0\n")
+    assert provenance(other, [model]) == "held-out"
+    assert lineage_digest(tmp_path / "nowhere" / "01") is None
+
+
+@needs_data
+def test_a_renamed_copy_of_the_shipped_models_training_sequence_is_not_held_out(
+    tmp_path: Path,
+) -> None:
+    """The shipped models' configs carry the lineage digests of their CTC training data."""
+    lineage = (SIM_PLUS / "01_GT" / "TRA" / "man_track.txt").read_text()
+    copy = _sequence(tmp_path, "SIM-binned", lineage)
+    assert "trained on frames 0-39" in provenance(copy)
 
 
 def _row(seq: str, pipeline: str, f1: float | None, tra: float, training: str = "held-out") -> Row:

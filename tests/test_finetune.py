@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from livetrack.cli import main
 from livetrack.errors import ConfigError
+from livetrack.evaluate.ctcfiles import lineage_digest
 from livetrack.models import SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL, weights_digest
 from livetrack.segment.model import load_model
 from livetrack.store import Store
@@ -165,6 +166,7 @@ def test_finetune_segmenter_records_provenance_and_runs(
     prov = meta["finetune"]
     assert prov["base_model"]["weights_sha256"] == weights_digest(SHIPPED_SEGMENT_MODEL)
     assert prov["data"][0]["frames"] == [0, 1, 2, 3]
+    assert prov["data"][0]["lineage_sha256"] == lineage_digest(movie / "01")
     assert prov["settings"]["steps"] == 3
     assert prov["command"][1] == "finetune"
     assert info["frames"] == 4

@@ -7,8 +7,10 @@ results!" on stdout; these checks turn the common mistakes into an
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -155,3 +157,30 @@ def check_presence(
         bad = list(dict.fromkeys(bad))
         more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
         raise EvaluationError(f"{name} disagrees with its masks: " + "; ".join(bad[:5]) + more)
+
+
+def lineage_digest(sequence: Path) -> str | None:
+    """sha256 of a CTC sequence's annotated lineage (``NN_GT/TRA/man_track.txt`` beside the
+    ``NN`` image folder): the same for any copy of the sequence, renamed, moved or with its
+    images altered (binned, re-encoded), so a model's training data is recognised by
+    content as well as by name. None when the sequence has no such file."""
+    path = Path(sequence)
+    lineage = path.parent / f"{path.name}_GT" / "TRA" / "man_track.txt"
+    try:
+        return hashlib.sha256(lineage.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def with_lineage_digests(items: Any) -> Any:
+    """``items`` (a model config's list of CTC data, dicts with a "path") with each one's
+    ``lineage_digest`` added as "lineage_sha256" where the sequence is readable."""
+    if not isinstance(items, list):
+        return items
+    out = []
+    for item in items:
+        if isinstance(item, dict) and "path" in item:
+            digest = lineage_digest(Path(str(item["path"])))
+            item = {**item, "lineage_sha256": digest} if digest else dict(item)
+        out.append(item)
+    return out

@@ -42,7 +42,7 @@ from scipy import ndimage as ndi
 
 from livetrack.config import TrackConfig
 from livetrack.errors import ConfigError
-from livetrack.evaluate.ctcfiles import read_track_file
+from livetrack.evaluate.ctcfiles import read_track_file, with_lineage_digests
 from livetrack.models import SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL, weights_digest
 from livetrack.segment.model import CONFIG_FILE, ModelConfig, load_model, save_model
 from livetrack.track.lstm import trained_diameter_range
@@ -111,15 +111,17 @@ def _provenance(cfg: FinetuneConfig, base: Path, used: dict[str, list[int]]) -> 
     skip = ("ctc", "base", "command")
     return {
         "base_model": {"path": str(base.resolve()), "weights_sha256": weights_digest(base)},
-        "data": [
-            {
-                "path": str(s.path.resolve()),
-                "first": s.first,
-                "last": s.last,
-                "frames": used[str(s.path)],
-            }
-            for s in cfg.ctc
-        ],
+        "data": with_lineage_digests(
+            [
+                {
+                    "path": str(s.path.resolve()),
+                    "first": s.first,
+                    "last": s.last,
+                    "frames": used[str(s.path)],
+                }
+                for s in cfg.ctc
+            ]
+        ),
         "settings": jsonable({k: v for k, v in asdict(cfg).items() if k not in skip}),
         "command": list(cfg.command),
     }

@@ -391,7 +391,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, object]:
             log.info("step %d loss %.4f (%.0f s)", step, running, time.perf_counter() - start)
     wall = time.perf_counter() - start
     info: dict[str, object] = {
-        "train": jsonable(asdict(cfg)),
+        "train": train_record_with_digests(jsonable(asdict(cfg))),
         "frames": len(samples),
         "final_loss": running,
         "wall_s": round(wall, 1),
@@ -399,6 +399,16 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict[str, object]:
     }
     save_model(model, out_dir, info)
     return info
+
+
+def train_record_with_digests(train: object) -> object:
+    """The training record with each CTC sequence's lineage digest (so a benchmark knows
+    the sequence under any name: ``benchmark.provenance``)."""
+    from livetrack.evaluate.ctcfiles import with_lineage_digests
+
+    if isinstance(train, dict) and "ctc" in train:
+        return {**train, "ctc": with_lineage_digests(train["ctc"])}
+    return train
 
 
 def jsonable(obj: object) -> object:

@@ -56,7 +56,7 @@ from livetrack.track.model import (
     save_tracknet,
 )
 from livetrack.track.online import OnlineTracker
-from livetrack.training.segment import CtcSource, jsonable
+from livetrack.training.segment import CtcSource, jsonable, train_record_with_digests
 from livetrack.types import Detections
 
 log = logging.getLogger("livetrack.training.track")
@@ -658,8 +658,10 @@ def train(cfg: TrackTrainConfig, out_dir: Path) -> dict[str, object]:
     info: dict[str, object] = {
         "thresholds": thresholds,
         "validation": table,
-        "train": jsonable(
-            {**asdict(cfg), "model": cfg.model.to_dict(), "diameters_px": TRAINED_DIAMETERS_PX}
+        "train": train_record_with_digests(
+            jsonable(
+                {**asdict(cfg), "model": cfg.model.to_dict(), "diameters_px": TRAINED_DIAMETERS_PX}
+            )
         ),
         "frames": n_frames,
         "wall_s": round(time.perf_counter() - t_start, 1),
