@@ -648,6 +648,12 @@ def test_tiny_training_with_a_ctc_sequence_records_it(tmp_path: Path) -> None:
     )
     info = train(cfg, tmp_path / "m")
     _, meta = load_tracknet(tmp_path / "m")
-    assert meta["train"]["ctc"] == [{"path": str(seq), "first": 0, "last": 5}]
+    from livetrack.evaluate.ctcfiles import lineage_digest
+
+    digest = lineage_digest(seq)
+    assert digest is not None
+    assert meta["train"]["ctc"] == [
+        {"path": str(seq), "first": 0, "last": 5, "lineage_sha256": digest}
+    ]
     assert meta["train"]["ctc_fraction"] == 1.0
     assert info["frames"] == 6 + 6
