@@ -194,52 +194,79 @@ def simulation_config(movie: SuiteMovie) -> Any:
 
 # -------------------------------------------------------------------------- provenance
 def training_record(
-    extra_models: Sequence[Path] = (),
+    models: Sequence[Path] | None = None,
 ) -> list[tuple[str, Path, int | None, int | None, str | None]]:
-    """(model, CTC path, first, last frame, lineage sha256 or None) of every CTC sequence a
-    shipped model — or one of ``extra_models`` (the model folders a run's settings name,
-    e.g. fine-tuned ones) — was trained, tuned or fine-tuned on, read from the models'
-    ``config.json``."""
-    from livetrack.models import MODELS_DIR
+    """(model, CTC path, first, last frame, lineage sha256 or None) of every CTC sequence
+    the given model folders — the ones a run uses (``settings_models``); None: the shipped
+    defaults — were trained, tuned or fine-tuned on, read from their ``config.json``. A
+    fine-tuned model also carries what its base model learned from: the base is found by
+    the path its config records or, moved to another machine, by its weights' sha256 among
+    the shipped models; a base found neither way counts as every shipped model (a sequence
+    is then held out only if no shipped model saw it)."""
+    from livetrack.models import MODELS_DIR, SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL
 
-    out = []
-    configs = [
-        *sorted(MODELS_DIR.glob("*/config.json")),
-        *(Path(m) / "config.json" for m in extra_models),
-    ]
-    for cfg in configs:
+    if models is None:
+        models = [SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL]
+    shipped = sorted(p.parent for p in MODELS_DIR.glob("*/config.json"))
+    out: list[tuple[str, Path, int | None, int | None, str | None]] = []
+    seen: set[Path] = set()
+    todo = [Path(m) for m in models]
+    while todo:
+        folder = todo.pop(0)
+        key = folder.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
         try:
-            meta = json.loads(cfg.read_text())
+            meta = json.loads((folder / "config.json").read_text())
         except (OSError, json.JSONDecodeError):
             continue
         items = list(meta.get("train", {}).get("ctc", []) or [])
-        items += list((meta.get("finetune") or {}).get("data", []) or [])
+        finetune = meta.get("finetune") or {}
+        items += list(finetune.get("data", []) or [])
         for item in items:
             digest = item.get("lineage_sha256")
             out.append(
                 (
-                    cfg.parent.name,
+                    folder.name,
                     Path(item["path"]),
                     item.get("first"),
                     item.get("last"),
                     digest if isinstance(digest, str) else None,
                 )
             )
+        if finetune:
+            todo += _base_models(finetune.get("base_model") or {}, shipped)
     return out
 
 
-def provenance(images: Path, extra_models: Sequence[Path] = ()) -> str:
-    """'held-out', or which models (shipped, or named in ``extra_models``) trained on (part
-    of) this CTC sequence. A sequence is recognised by its last two path parts
-    (dataset/sequence), wherever the data lies on this machine, or by its annotated lineage
-    (``ctcfiles.lineage_digest``), whatever the folder is called: a renamed copy, or one with
-    its images binned or re-encoded, is still the sequence the model saw."""
+def _base_models(base: dict[str, Any], shipped: Sequence[Path]) -> list[Path]:
+    """The folder of a fine-tuned model's base: by its recorded path, else by its weights'
+    sha256 among the shipped models, else all shipped models (unknown: assume the worst)."""
+    from livetrack.models import weights_digest
+
+    path = base.get("path")
+    if isinstance(path, str) and (Path(path) / "config.json").is_file():
+        return [Path(path)]
+    digest = base.get("weights_sha256")
+    same = [m for m in shipped if digest is not None and weights_digest(m) == digest]
+    return same or list(shipped)
+
+
+def provenance(images: Path, models: Sequence[Path] | None = None) -> str:
+    """'held-out', or which of the run's models (``models``; None: the shipped defaults)
+    trained on (part of) this CTC sequence. A sequence is recognised by its last two path
+    parts (dataset/sequence), wherever the data lies on this machine, or by its annotated
+    lineage (``ctcfiles.lineage_digest``), whatever the folder is called: a renamed copy,
+    or one with its images binned or re-encoded, is still the sequence the model saw. A
+    model the run does not use (a shipped one replaced by ``model_dir``) does not count,
+    so a leave-one-out model makes its left-out sequence held out."""
     from livetrack.evaluate.ctcfiles import lineage_digest
 
     key = images.resolve().parts[-2:]
     digest = lineage_digest(images)
     uses = []
-    for model, path, first, last, seen in training_record(extra_models):
+    for model, path, first, last, seen in training_record(models):
         if path.parts[-2:] != key and (digest is None or seen != digest):
             continue
         if first is None or last is None or last >= 10**9:
@@ -248,15 +275,23 @@ def provenance(images: Path, extra_models: Sequence[Path] = ()) -> str:
             )
         else:
             uses.append(f"{model} trained on frames {first}-{last}")
-    return "; ".join(uses) if uses else "held-out"
+    return "; ".join(dict.fromkeys(uses)) if uses else "held-out"
 
 
 def settings_models(settings: Settings | None) -> list[Path]:
-    """The model folders a run's settings name (None: the shipped ones only)."""
+    """The model folders a run with these settings uses: the segmenter's and the
+    tracker's, the shipped defaults unless ``model_dir`` names others (None: the shipped
+    defaults). Counted whichever pipelines run (a classical or LAP pipeline uses fewer):
+    a sequence is held out only if none of them saw it."""
+    from livetrack.models import SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL
+
     if settings is None:
-        return []
-    named = [settings.segment.model_dir, settings.track.model_dir]
-    return [Path(m) for m in named if m is not None]
+        return [SHIPPED_SEGMENT_MODEL, SHIPPED_TRACK_MODEL]
+    seg, trk = settings.segment.model_dir, settings.track.model_dir
+    return [
+        Path(seg) if seg is not None else SHIPPED_SEGMENT_MODEL,
+        Path(trk) if trk is not None else SHIPPED_TRACK_MODEL,
+    ]
 
 
 # ---------------------------------------------------------------------------- running

@@ -13,9 +13,11 @@ from livetrack.benchmark import (
     load_suite,
     provenance,
     rule_violations,
+    settings_models,
     simulation_config,
 )
 from livetrack.cli import main
+from livetrack.config import Settings
 from livetrack.errors import ConfigError
 from tests.conftest import SIM_PLUS, needs_data
 
@@ -95,6 +97,58 @@ def test_a_trained_on_sequence_is_recognised_under_any_name_by_its_lineage(
     other = _sequence(tmp_path / "copies", "other", "1 0 9 0\n")
     assert provenance(other, [model]) == "held-out"
     assert lineage_digest(tmp_path / "nowhere" / "01") is None
+
+
+def test_only_the_models_a_run_uses_count_so_a_left_out_sequence_is_held_out(
+    tmp_path: Path,
+) -> None:
+    """Leave-one-out: a segmenter trained without GOWT1 replaces the shipped one (which saw
+    GOWT1 frames 0-24); the shipped tracker never saw GOWT1, so GOWT1 is held out for that
+    run, while SIM+ (seen by the shipped tracker) is not, and a sequence the replacement
+    segmenter saw is marked with its name."""
+    from livetrack.config import SegmentConfig
+
+    gowt1 = tmp_path / "Fluo-N2DH-GOWT1" / "01"
+    sim = tmp_path / "Fluo-N2DH-SIM+" / "01"
+    for seq in (gowt1, sim):
+        seq.mkdir(parents=True)
+    assert "seg-unet-v2 trained on frames 0-24" in provenance(gowt1)
+    loo = tmp_path / "seg-no-gowt1"
+    loo.mkdir()
+    seen = [{"path": str(tmp_path / "X" / "01"), "first": 0, "last": 9}]
+    (loo / "config.json").write_text(json.dumps({"train": {"ctc": seen}}))
+    models = settings_models(Settings(segment=SegmentConfig(model_dir=loo)))
+    assert provenance(gowt1, models) == "held-out"
+    assert provenance(sim, models) == "track-lstm-v4 trained on frames 0-39"
+    assert provenance(tmp_path / "X" / "01", models) == "seg-no-gowt1 trained on frames 0-9"
+    # The shipped defaults when nothing is named.
+    assert settings_models(Settings()) == settings_models(None)
+
+
+def test_a_fine_tuned_model_carries_what_its_base_learned_from(tmp_path: Path) -> None:
+    """Fine-tuned from the shipped segmenter (which saw SIM+ frames 0-39): SIM+ is not held
+    out for a run with the fine-tuned model — the base found by its recorded path, or by
+    its weights' sha256 when that path is gone (another machine)."""
+    from livetrack.models import SHIPPED_SEGMENT_MODEL, weights_digest
+
+    sim = tmp_path / "Fluo-N2DH-SIM+" / "01"
+    sim.mkdir(parents=True)
+    tuned = tmp_path / "seg-tuned"
+    tuned.mkdir()
+
+    def write(base_path: str) -> None:
+        base = {"path": base_path, "weights_sha256": weights_digest(SHIPPED_SEGMENT_MODEL)}
+        data = [{"path": str(tmp_path / "Mine" / "01"), "first": 0, "last": 9}]
+        (tuned / "config.json").write_text(
+            json.dumps({"finetune": {"base_model": base, "data": data}})
+        )
+
+    write(str(SHIPPED_SEGMENT_MODEL))
+    got = provenance(sim, [tuned])
+    assert got == "seg-unet-v2 trained on frames 0-39", got
+    write(str(tmp_path / "gone" / "seg-unet-v2"))
+    assert provenance(sim, [tuned]) == "seg-unet-v2 trained on frames 0-39"
+    assert provenance(tmp_path / "Mine" / "01", [tuned]) == "seg-tuned trained on frames 0-9"
 
 
 @needs_data
