@@ -112,7 +112,8 @@ def add_parsers(sub: Subcommands) -> None:
         default=[],
         metavar="SEQ",
         help="also score this CTC sequence folder (its NN_GT beside it); repeatable. "
-        "Marked as training data when a shipped model was trained on it",
+        "Marked as training data when a model the run uses (the shipped ones, or those "
+        "its settings name) was trained on it",
     )
     p.add_argument(
         "--pipelines",
