@@ -117,6 +117,11 @@ class SegmentConfig(BaseModel):
     """(learned) The same for objects touching the frame's edge: a nucleus cut by the edge
     shows any part of itself, and a sliver is still that nucleus (used when smaller than
     ``min_area_fraction``). Chosen on the validation suite (docs/training.md)."""
+    min_mean_probability: float = Field(default=0.0, ge=0, lt=1)
+    """(learned) Objects whose mean foreground probability (the model's, over the object's
+    pixels at the model's scale) is below this are dropped: faint out-of-focus structures
+    the model outlines half-heartedly, not nuclei. 0: none dropped (the behaviour before
+    this setting)."""
     model_dir: Path | None = None
     """(learned) Model folder with config.json + weights.pt; None = the shipped model."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

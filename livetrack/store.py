@@ -1878,6 +1878,7 @@ IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {
     ("segment", "large_object_area"): 0.0,
     ("segment", "large_object_prominence"): 0.03,  # inert while large_object_area is 0
     ("segment", "outline_threshold"): None,
+    ("segment", "min_mean_probability"): 0.0,
 }
 """Settings added after runs were stored: the value a run stored without the key ran with
 (the behaviour before the setting existed: the plain mean of the two division cues, on

@@ -285,6 +285,27 @@ def test_a_sliver_cut_by_the_frame_edge_is_kept_and_a_speck_inside_is_not() -> N
     )
 
 
+
+def test_an_object_the_model_is_unsure_of_is_dropped_and_a_confident_one_kept() -> None:
+    """``min_mean_probability``: two nuclei of the same shape, one outlined with foreground
+    probability 0.95, one with 0.6 (a faint out-of-focus structure): a floor of 0.7 drops
+    the second only; 0 keeps both; the mean is over the object's own pixels."""
+    lab = _discs((48, 96), [(24, 24), (24, 72)], 9)
+    fg = np.where(lab == 1, 0.95, np.where(lab == 2, 0.6, 0.0)).astype(np.float32)
+    inner = inner_distance(lab, 4.0)
+    outer = outer_distance(lab, 8.0)
+    both = labels_from_maps(inner, outer, fg, 16.0, PostprocessParams())
+    assert both.max() == 2
+    got = labels_from_maps(inner, outer, fg, 16.0, PostprocessParams(min_mean_probability=0.7))
+    assert got.max() == 1
+    assert np.array_equal(got > 0, lab == 1)
+    # At the object's own mean the object stays (a floor, not a strict bound above it).
+    edge = PostprocessParams(min_mean_probability=0.59)
+    assert labels_from_maps(inner, outer, fg, 16.0, edge).max() == 2
+    with pytest.raises(ValueError):
+        SegmentConfig(min_mean_probability=1.0)
+
+
 def test_tiled_maps_equal_whole_frame_maps_away_from_the_border() -> None:
     model = _tiny_model(3)
     rng = np.random.default_rng(0)

@@ -184,3 +184,52 @@ def with_lineage_digests(items: Any) -> Any:
             item = {**item, "lineage_sha256": digest} if digest else dict(item)
         out.append(item)
     return out
+
+
+def trim_sequence(images: Path, first: int, last: int, out: Path) -> Path:
+    """A CTC sequence cut to its frames ``first``–``last`` (inclusive), renumbered from 0,
+    written under ``out`` as ``01`` (images, linked to the originals) and ``01_GT`` (TRA
+    masks and ``man_track.txt`` clipped to the range: a track begun before it starts there
+    without a parent; SEG masks of the range). Returns the new image folder. Written once:
+    an existing copy of the same range is reused."""
+    images = Path(images)
+    gt = images.with_name(images.name + "_GT")
+    if first < 0 or last < first:
+        raise EvaluationError(f"{images}: frames {first}-{last} is not a range (FIRST-LAST)")
+    tracks = read_track_file(gt / "TRA" / "man_track.txt")
+    frames = {
+        frame_index(p, "t"): p for p in sorted(images.glob("t*.tif*")) if p.stem[1:].isdigit()
+    }
+    wanted = [t for t in sorted(frames) if first <= t <= last]
+    if not wanted:
+        held = f"{min(frames)}-{max(frames)}" if frames else "none"
+        raise EvaluationError(f"{images}: no frame in {first}-{last} (it holds frames {held})")
+    out_images, out_gt = Path(out) / "01", Path(out) / "01_GT"
+    done = out_gt / "TRA" / "man_track.txt"
+    if done.is_file():
+        return out_images
+    digits = max(3, len(str(len(wanted) - 1)))
+    for folder in (out_images, out_gt / "TRA", out_gt / "SEG"):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def link(src: Path, dst: Path) -> None:
+        if dst.exists() or dst.is_symlink():
+            dst.unlink()
+        dst.symlink_to(src.resolve())
+
+    for t in wanted:
+        n = f"{t - first:0{digits}d}"
+        link(frames[t], out_images / f"t{n}{frames[t].suffix}")
+        for kind, prefix in (("TRA", "man_track"), ("SEG", "man_seg")):
+            for src in (gt / kind).glob(f"{prefix}*{t}.tif"):
+                if src.stem[len(prefix) :].isdigit() and int(src.stem[len(prefix) :]) == t:
+                    link(src, out_gt / kind / f"{prefix}{n}.tif")
+    rows = tracks.row()
+    lines = []
+    for label, (begin, end, parent) in sorted(rows.items()):
+        if end < first or begin > last:
+            continue
+        kept_parent = parent if parent and begin >= first and rows[parent][1] >= first else 0
+        lines.append(f"{label} {max(begin, first) - first} {min(end, last) - first} {kept_parent}")
+    done.write_text("\n".join(lines) + "\n")
+    return out_images

@@ -93,6 +93,7 @@ class LearnedSegmenter(ScaledSegmenter):
             # the nucleus is canonical × zoom wide at the model's scale
             large_object_area=self.config.large_object_area * self.config.zoom**2,
             large_object_prominence=self.config.large_object_prominence,
+            min_mean_probability=self.config.min_mean_probability,
         )
         labels = labels_from_maps(
             maps[0], maps[1], maps[2], self.canonical_diameter_px, params=params

@@ -47,6 +47,9 @@ class PostprocessParams:
     border_min_area_fraction: float = 0.02
     """The same for objects touching the frame's edge (a nucleus cut by it); used when
     smaller than ``min_area_fraction``."""
+    min_mean_probability: float = 0.0
+    """Objects whose mean foreground probability over their pixels is below this are
+    dropped (0: none): faint structures the model is unsure of, not nuclei it outlines."""
 
 
 def labels_from_maps(
@@ -108,6 +111,10 @@ def labels_from_maps(
         for line in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
             edge[line] = True
         keep |= edge & (areas >= p.border_min_area_fraction * nominal)
+    if p.min_mean_probability > 0:
+        weights = np.asarray(fg_prob, np.float64).ravel()
+        total = np.bincount(labels.ravel(), weights=weights, minlength=len(areas))
+        keep &= total >= p.min_mean_probability * areas
     return relabel(labels, keep=keep)
 
 
