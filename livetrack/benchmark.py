@@ -253,14 +253,18 @@ def _base_models(base: dict[str, Any], shipped: Sequence[Path]) -> list[Path]:
     return same or list(shipped)
 
 
-def provenance(images: Path, models: Sequence[Path] | None = None) -> str:
+def provenance(
+    images: Path, models: Sequence[Path] | None = None, frames: tuple[int, int] | None = None
+) -> str:
     """'held-out', or which of the run's models (``models``; None: the shipped defaults)
     trained on (part of) this CTC sequence. A sequence is recognised by its last two path
     parts (dataset/sequence), wherever the data lies on this machine, or by its annotated
     lineage (``ctcfiles.lineage_digest``), whatever the folder is called: a renamed copy,
     or one with its images binned or re-encoded, is still the sequence the model saw. A
     model the run does not use (a shipped one replaced by ``model_dir``) does not count,
-    so a leave-one-out model makes its left-out sequence held out."""
+    so a leave-one-out model makes its left-out sequence held out. ``frames``: only these
+    frames (first, last) are scored; other frames of a sequence a model trained on are
+    still not held out (same cells, same microscope), and their row says so."""
     from livetrack.evaluate.ctcfiles import lineage_digest
 
     key = images.resolve().parts[-2:]
@@ -270,11 +274,15 @@ def provenance(images: Path, models: Sequence[Path] | None = None) -> str:
         if path.parts[-2:] != key and (digest is None or seen != digest):
             continue
         if first is None or last is None or last >= 10**9:
-            uses.append(
+            said = (
                 f"{model} trained" if first in (None, 0) else f"{model} trained on frames {first}-"
             )
-        else:
-            uses.append(f"{model} trained on frames {first}-{last}")
+        else:  # a closed range
+            said = f"{model} trained on frames {first}-{last}"
+        lo, hi = first or 0, last if last is not None else 10**9
+        if frames is not None and (hi < frames[0] or lo > frames[1]):
+            said += " (not the frames scored)"
+        uses.append(said)
     return "; ".join(dict.fromkeys(uses)) if uses else "held-out"
 
 
@@ -315,16 +323,38 @@ def sequences(
             write_ctc(simulation_config(movie), root)
         training = "held-out" if suite.role == "held-out" else "validation: chose settings"
         yield BenchSequence(movie.name, root / "01", root / "01_GT", training)
-    for images in ctc_dirs:
-        images = Path(images)
+    for entry in ctc_dirs:
+        images, frames = parse_ctc_entry(entry)
         gt = images.with_name(images.name + "_GT")
         if not images.is_dir() or not (gt / "TRA" / "man_track.txt").is_file():
             raise EvaluationError(
                 f"{images}: a CTC sequence folder needs its ground truth beside it "
                 f"({gt.name}/TRA/man_track.txt)"
             )
-        training = provenance(images, models)
-        yield BenchSequence(f"{images.parent.name}/{images.name}", images, gt, training)
+        training = provenance(images, models, frames)
+        name = f"{images.parent.name}/{images.name}"
+        if frames is not None:
+            from livetrack.evaluate.ctcfiles import trim_sequence
+
+            name += f":{frames[0]}-{frames[1]}"
+            on_progress(f"cutting {name} (frames renumbered from 0)")
+            cut = data_dir / f"{images.parent.name}_{images.name}_{frames[0]}-{frames[1]}"
+            images = trim_sequence(images, frames[0], frames[1], cut)
+            gt = images.with_name(images.name + "_GT")
+        yield BenchSequence(name, images, gt, training)
+
+
+def parse_ctc_entry(entry: str | Path) -> tuple[Path, tuple[int, int] | None]:
+    """``SEQ`` or ``SEQ:FIRST-LAST`` (inclusive frame numbers) → (folder, frames or None)."""
+    import re
+
+    m = re.fullmatch(r"(.+?):(\d+)-(\d+)", str(entry))
+    if m is None or Path(str(entry)).is_dir():
+        return Path(entry), None
+    first, last = int(m.group(2)), int(m.group(3))
+    if last < first:
+        raise ConfigError(f"--ctc {entry}: frames must be FIRST-LAST with FIRST <= LAST")
+    return Path(m.group(1)), (first, last)
 
 
 def run_benchmark(

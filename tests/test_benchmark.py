@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,78 @@ def test_benchmark_command_scores_a_suite_and_a_ctc_folder(
     assert "| small | held-out | classical+lap |" in table
     assert "trained on frames 0-39" in table
     assert table in printed
+
+
+def test_a_sequence_cut_to_a_frame_range_is_renumbered_and_its_lineage_clipped(
+    tmp_path: Path,
+) -> None:
+    """``trim_sequence``: frames FIRST-LAST renumbered from 0; a track begun before the
+    range starts at 0 without its parent; one that divides inside keeps its parent; the
+    cut ground truth scores itself perfectly."""
+    from livetrack.evaluate import evaluate_ctc
+    from livetrack.evaluate.ctcfiles import read_track_file, trim_sequence, validate_tracks
+
+    code = main(["simulate", str(tmp_path / "Cells"), "--frames", "12", "--seed", "3",
+                 "--size", "96", "96", "--cells", "10", "--diameter", "16"])  # fmt: skip
+    assert code == 0
+    seq = tmp_path / "Cells" / "01"
+    whole = read_track_file(seq.parent / "01_GT" / "TRA" / "man_track.txt").row()
+    cut = trim_sequence(seq, 4, 9, tmp_path / "cut")
+    assert sorted(p.name for p in cut.glob("t*.tif")) == [f"t{i:03d}.tif" for i in range(6)]
+    assert (cut / "t000.tif").resolve() == (seq / "t004.tif").resolve()
+    tra = cut.parent / "01_GT" / "TRA"
+    assert len(list(tra.glob("man_track*.tif"))) == 6
+    rows = read_track_file(tra / "man_track.txt").row()
+    validate_tracks(read_track_file(tra / "man_track.txt"), 6, "cut")
+    for label, (begin, end, parent) in rows.items():
+        b0, e0, p0 = whole[label]
+        assert (begin, end) == (max(b0, 4) - 4, min(e0, 9) - 4)
+        assert parent == (p0 if b0 >= 4 and p0 and whole[p0][1] >= 4 else 0)
+    assert any(p for _, _, p in rows.values()), "no division inside the range to check"
+    assert any(b < 4 <= e for b, e, _ in whole.values()), "no track across the cut"
+    assert set(rows) == {k for k, (b, e, _) in whole.items() if e >= 4 and b <= 9}
+    res = tmp_path / "res"  # the cut ground truth as a result
+    res.mkdir()
+    for f in tra.glob("man_track*.tif"):
+        shutil.copy(f, res / f.name.replace("man_track", "mask"))
+    shutil.copy(tra / "man_track.txt", res / "res_track.txt")
+    result = evaluate_ctc(res, cut.parent / "01_GT")
+    assert result.to_dict()["TRA"] == pytest.approx(1.0)
+
+
+def test_scored_frames_a_model_did_not_train_on_are_still_not_held_out(tmp_path: Path) -> None:
+    """Frames after the shipped models' SIM+ training frames (0-39) are other frames of a
+    sequence they learned from: marked so, never "held-out"; overlapping ranges are marked
+    as trained on."""
+    from livetrack.benchmark import parse_ctc_entry
+
+    seq = tmp_path / "Fluo-N2DH-SIM+" / "01"
+    seq.mkdir(parents=True)
+    later = provenance(seq, None, (40, 64))
+    assert "seg-unet-v2 trained on frames 0-39 (not the frames scored)" in later
+    assert later != "held-out"
+    assert "(not the frames scored)" not in provenance(seq, None, (30, 64))
+    assert parse_ctc_entry(f"{seq}:40-64") == (seq, (40, 64))
+    assert parse_ctc_entry(seq) == (seq, None)
+    with pytest.raises(ConfigError, match="FIRST-LAST"):
+        parse_ctc_entry(f"{seq}:9-3")
+
+
+def test_benchmark_scores_only_the_frames_named(tmp_path: Path) -> None:
+    suite = tmp_path / "none.toml"
+    suite.write_text('name = "none"\nframes = 5\n')
+    code = main(["simulate", str(tmp_path / "Cells"), "--frames", "10", "--seed", "2",
+                 "--size", "96", "96", "--cells", "5", "--diameter", "16"])  # fmt: skip
+    assert code == 0
+    out = tmp_path / "bench"
+    code = main(["benchmark", str(suite), "--out", str(out), "--pipelines", "gt+lap",
+                 "--ctc", f"{tmp_path / 'Cells' / '01'}:3-8"])  # fmt: skip
+    assert code == 0
+    (row,) = json.loads((out / "benchmark.json").read_text())["rows"]
+    assert row["sequence"] == "Cells/01:3-8"
+    assert row["frames"] == 6
+    assert row["held_out"] is True
+    assert row["metrics"]["DET"] == pytest.approx(1.0)
+    # A range outside the sequence is a clear error, not an empty row.
+    assert main(["benchmark", str(suite), "--out", str(out), "--pipelines", "gt+lap",
+                 "--ctc", f"{tmp_path / 'Cells' / '01'}:20-30"]) != 0  # fmt: skip

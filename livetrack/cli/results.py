@@ -110,10 +110,10 @@ def add_parsers(sub: Subcommands) -> None:
         type=Path,
         action="append",
         default=[],
-        metavar="SEQ",
-        help="also score this CTC sequence folder (its NN_GT beside it); repeatable. "
-        "Marked as training data when a model the run uses (the shipped ones, or those "
-        "its settings name) was trained on it",
+        metavar="SEQ[:FIRST-LAST]",
+        help="also score this CTC sequence folder (its NN_GT beside it), or only its frames "
+        "FIRST-LAST; repeatable. Marked as training data when a model the run uses (the "
+        "shipped ones, or those its settings name) was trained on it (on any of its frames)",
     )
     p.add_argument(
         "--pipelines",
