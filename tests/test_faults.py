@@ -695,6 +695,36 @@ def test_stop_after_the_driver_sent_every_frame_still_says_how_to_resume(
     assert "run the same command again to resume" in capsys.readouterr().out
 
 
+def _run_stopped(
+    config: Any, settings: Settings, db: Path, run_id: str, stop_after: int | None
+) -> None:
+    """Simulated frames through an in-process pipeline into ``db``; stopped (the run left
+    aborted, resumable) once ``stop_after`` more frames are stored, or run to the end."""
+    from livetrack.drivers.simulator import SimulatorSource
+
+    from livetrack.runner import run_pipeline
+
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def on_frame(result: Any) -> None:
+        if result.status == "stored":
+            seen.append(result.frame_index)
+            if stop_after is not None and len(seen) == stop_after:
+                stop.set()
+
+    run_pipeline(
+        SimulatorSource(config),
+        settings,
+        description="sim",
+        run_id=run_id,
+        db_path=db,
+        stop=stop,
+        on_frame=on_frame,
+        events_endpoint="tcp://127.0.0.1:0",
+    )
+
+
 def _scale_and_lineage(db: Path, run_id: str) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -715,10 +745,7 @@ def test_interrupted_default_pipeline_resumes_with_the_same_scale_and_lineage(
     segment every frame with the diameter an uninterrupted run used, and end with the
     same lineage. Before the scale was stored, the resumed worker estimated it again on
     later frames."""
-    from livetrack.drivers.simulator import SimulatorSource
     from livetrack.simulators.nuclei import SimulationConfig
-
-    from livetrack.runner import run_pipeline
 
     # Nuclei that shrink as the movie goes on: a re-estimate on later frames differs.
     cfg = SimulationConfig(
@@ -729,25 +756,7 @@ def test_interrupted_default_pipeline_resumes_with_the_same_scale_and_lineage(
     settings = Settings(segment=SegmentConfig(rescale_every=3))
 
     def run(db: Path, stop_after: int | None) -> None:
-        stop = threading.Event()
-        seen: list[int] = []
-
-        def on_frame(result: Any) -> None:
-            if result.status == "stored":
-                seen.append(result.frame_index)
-                if stop_after is not None and len(seen) == stop_after:
-                    stop.set()
-
-        run_pipeline(
-            SimulatorSource(cfg),
-            settings,
-            description="sim",
-            run_id="scale",
-            db_path=db,
-            stop=stop,
-            on_frame=on_frame,
-            events_endpoint="tcp://127.0.0.1:0",
-        )
+        _run_stopped(cfg, settings, db, "scale", stop_after)
 
     whole, resumed = tmp_path / "whole.db", tmp_path / "resumed.db"
     run(whole, None)
@@ -786,10 +795,7 @@ def test_interrupted_run_that_splits_merges_resumes_with_the_same_splits(
     in the same frames as an uninterrupted run — above all in the first frame after each
     resume, where the open tracks come from the database — and end with the same lineage
     and the same masks."""
-    from livetrack.drivers.simulator import SimulatorSource
     from livetrack.simulators.nuclei import SimulationConfig
-
-    from livetrack.runner import run_pipeline
 
     # Crowded, touching nuclei: the segmenter merges some, and the rule splits them.
     cfg = SimulationConfig(
@@ -802,31 +808,13 @@ def test_interrupted_run_that_splits_merges_resumes_with_the_same_splits(
     )
 
     def run(db: Path, stop_after: int | None) -> list[int]:
-        stop = threading.Event()
-        seen: list[int] = []
         splits = _SplitFrames()
         logger = logging.getLogger("livetrack.track")
         level = logger.level
         logger.addHandler(splits)
         logger.setLevel(logging.DEBUG)
-
-        def on_frame(result: Any) -> None:
-            if result.status == "stored":
-                seen.append(result.frame_index)
-                if stop_after is not None and len(seen) == stop_after:
-                    stop.set()
-
         try:
-            run_pipeline(
-                SimulatorSource(cfg),
-                settings,
-                description="sim",
-                run_id="merges",
-                db_path=db,
-                stop=stop,
-                on_frame=on_frame,
-                events_endpoint="tcp://127.0.0.1:0",
-            )
+            _run_stopped(cfg, settings, db, "merges", stop_after)
         finally:
             logger.removeHandler(splits)
             logger.setLevel(level)
