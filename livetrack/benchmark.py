@@ -241,14 +241,15 @@ def training_record(
 
 
 def _base_models(base: dict[str, Any], shipped: Sequence[Path]) -> list[Path]:
-    """The folder of a fine-tuned model's base: by its recorded path, else by its weights'
-    sha256 among the shipped models, else all shipped models (unknown: assume the worst)."""
+    """The folder of a fine-tuned model's base: its recorded path while that folder still
+    holds the recorded weights (sha256), else the shipped model with those weights, else
+    all shipped models (unknown: assume the worst)."""
     from livetrack.models import weights_digest
 
-    path = base.get("path")
-    if isinstance(path, str) and (Path(path) / "config.json").is_file():
-        return [Path(path)]
-    digest = base.get("weights_sha256")
+    path, digest = base.get("path"), base.get("weights_sha256")
+    found = isinstance(path, str) and (Path(path) / "config.json").is_file()
+    if found and (digest is None or weights_digest(Path(str(path))) == digest):
+        return [Path(str(path))]
     same = [m for m in shipped if digest is not None and weights_digest(m) == digest]
     return same or list(shipped)
 
@@ -309,11 +310,12 @@ def sequences(
     data_dir: Path,
     *,
     on_progress: Callable[[str], None],
-    models: Sequence[Path] = (),
+    models: Sequence[Path] | None = None,
 ) -> Iterator[BenchSequence]:
     """The suite's movies written in CTC layout under ``data_dir`` (once), then the CTC
-    folders named on the command line (marked as training data when a shipped model or
-    one of ``models`` was trained or fine-tuned on them)."""
+    folders named on the command line (marked as training data when one of ``models`` —
+    the run's models, ``settings_models``; None: the shipped defaults — was trained or
+    fine-tuned on them)."""
     from livetrack.simulators.nuclei import write_ctc
 
     for movie in suite.movies:

@@ -149,7 +149,35 @@ def test_a_fine_tuned_model_carries_what_its_base_learned_from(tmp_path: Path) -
     assert got == "seg-unet-v2 trained on frames 0-39", got
     write(str(tmp_path / "gone" / "seg-unet-v2"))
     assert provenance(sim, [tuned]) == "seg-unet-v2 trained on frames 0-39"
+    # A base folder that now holds other weights is not the base: found by digest instead.
+    other = tmp_path / "retrained"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"train": {"ctc": []}}))
+    (other / "weights.pt").write_bytes(b"other weights")
+    write(str(other))
+    assert provenance(sim, [tuned]) == "seg-unet-v2 trained on frames 0-39"
     assert provenance(tmp_path / "Mine" / "01", [tuned]) == "seg-tuned trained on frames 0-9"
+
+
+def test_an_unknown_base_counts_as_every_shipped_model_and_a_loop_ends(tmp_path: Path) -> None:
+    """A fine-tuned model whose base is neither at its recorded path nor a shipped model
+    (by weights) may have learned from anything a shipped model did; a config that names
+    itself as its base does not loop."""
+    sim = tmp_path / "Fluo-N2DH-SIM+" / "01"
+    sim.mkdir(parents=True)
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    lost = {"path": str(tmp_path / "nowhere"), "weights_sha256": "0" * 64}
+    (tuned / "config.json").write_text(json.dumps({"finetune": {"base_model": lost}}))
+    got = provenance(sim, [tuned])
+    assert "seg-unet-v1 trained on frames 0-39" in got
+    assert "track-lstm-v3 trained on frames 0-39" in got
+    looped = {"path": str(tuned), "weights_sha256": None}
+    data = [{"path": str(sim), "first": 0, "last": 3}]
+    (tuned / "config.json").write_text(
+        json.dumps({"finetune": {"base_model": looped, "data": data}})
+    )
+    assert provenance(sim, [tuned]) == "tuned trained on frames 0-3"
 
 
 @needs_data
@@ -236,6 +264,9 @@ def test_a_sequence_cut_to_a_frame_range_is_renumbered_and_its_lineage_clipped(
     assert sorted(p.name for p in cut.glob("t*.tif")) == [f"t{i:03d}.tif" for i in range(6)]
     assert (cut / "t000.tif").resolve() == (seq / "t004.tif").resolve()
     tra = cut.parent / "01_GT" / "TRA"
+    gt_tra = seq.parent / "01_GT" / "TRA"
+    assert (tra / "man_track000.tif").resolve() == (gt_tra / "man_track004.tif").resolve()
+    assert (tra / "man_track005.tif").resolve() == (gt_tra / "man_track009.tif").resolve()
     assert len(list(tra.glob("man_track*.tif"))) == 6
     rows = read_track_file(tra / "man_track.txt").row()
     validate_tracks(read_track_file(tra / "man_track.txt"), 6, "cut")

@@ -285,13 +285,12 @@ def test_a_sliver_cut_by_the_frame_edge_is_kept_and_a_speck_inside_is_not() -> N
     )
 
 
-
 def test_an_object_the_model_is_unsure_of_is_dropped_and_a_confident_one_kept() -> None:
     """``min_mean_probability``: two nuclei of the same shape, one outlined with foreground
-    probability 0.95, one with 0.6 (a faint out-of-focus structure): a floor of 0.7 drops
+    probability 0.95, one with 0.625 (a faint out-of-focus structure): a floor of 0.7 drops
     the second only; 0 keeps both; the mean is over the object's own pixels."""
     lab = _discs((48, 96), [(24, 24), (24, 72)], 9)
-    fg = np.where(lab == 1, 0.95, np.where(lab == 2, 0.6, 0.0)).astype(np.float32)
+    fg = np.where(lab == 1, 0.95, np.where(lab == 2, 0.625, 0.0)).astype(np.float32)
     inner = inner_distance(lab, 4.0)
     outer = outer_distance(lab, 8.0)
     both = labels_from_maps(inner, outer, fg, 16.0, PostprocessParams())
@@ -300,9 +299,9 @@ def test_an_object_the_model_is_unsure_of_is_dropped_and_a_confident_one_kept() 
     assert got.max() == 1
     assert np.array_equal(got > 0, lab == 1)
     # At the object's own mean the object stays (a floor, not a strict bound above it).
-    edge = PostprocessParams(min_mean_probability=0.59)
+    edge = PostprocessParams(min_mean_probability=0.625)  # exact in float32
     assert labels_from_maps(inner, outer, fg, 16.0, edge).max() == 2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="min_mean_probability"):
         SegmentConfig(min_mean_probability=1.0)
 
 

@@ -8,6 +8,7 @@ results!" on stdout; these checks turn the common mistakes into an
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,8 +191,8 @@ def trim_sequence(images: Path, first: int, last: int, out: Path) -> Path:
     """A CTC sequence cut to its frames ``first``–``last`` (inclusive), renumbered from 0,
     written under ``out`` as ``01`` (images, linked to the originals) and ``01_GT`` (TRA
     masks and ``man_track.txt`` clipped to the range: a track begun before it starts there
-    without a parent; SEG masks of the range). Returns the new image folder. Written once:
-    an existing copy of the same range is reused."""
+    without a parent; SEG masks of the range). Returns the new image folder. Written anew
+    each time (links are cheap), so a cut never outlives a change of its sequence."""
     images = Path(images)
     gt = images.with_name(images.name + "_GT")
     if first < 0 or last < first:
@@ -205,16 +206,14 @@ def trim_sequence(images: Path, first: int, last: int, out: Path) -> Path:
         held = f"{min(frames)}-{max(frames)}" if frames else "none"
         raise EvaluationError(f"{images}: no frame in {first}-{last} (it holds frames {held})")
     out_images, out_gt = Path(out) / "01", Path(out) / "01_GT"
-    done = out_gt / "TRA" / "man_track.txt"
-    if done.is_file():
-        return out_images
-    digits = max(3, len(str(len(wanted) - 1)))
+    for folder in (out_images, out_gt):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    digits = max(3, len(str(wanted[-1] - first)))
     for folder in (out_images, out_gt / "TRA", out_gt / "SEG"):
         folder.mkdir(parents=True, exist_ok=True)
 
     def link(src: Path, dst: Path) -> None:
-        if dst.exists() or dst.is_symlink():
-            dst.unlink()
         dst.symlink_to(src.resolve())
 
     for t in wanted:
@@ -224,6 +223,7 @@ def trim_sequence(images: Path, first: int, last: int, out: Path) -> Path:
             for src in (gt / kind).glob(f"{prefix}*{t}.tif"):
                 if src.stem[len(prefix) :].isdigit() and int(src.stem[len(prefix) :]) == t:
                     link(src, out_gt / kind / f"{prefix}{n}.tif")
+    validate_tracks(tracks, max(frames) + 1, str(gt / "TRA" / "man_track.txt"))
     rows = tracks.row()
     lines = []
     for label, (begin, end, parent) in sorted(rows.items()):
@@ -231,5 +231,5 @@ def trim_sequence(images: Path, first: int, last: int, out: Path) -> Path:
             continue
         kept_parent = parent if parent and begin >= first and rows[parent][1] >= first else 0
         lines.append(f"{label} {max(begin, first) - first} {min(end, last) - first} {kept_parent}")
-    done.write_text("\n".join(lines) + "\n")
+    (out_gt / "TRA" / "man_track.txt").write_text("\n".join(lines) + "\n")
     return out_images
