@@ -151,6 +151,15 @@ class SimulationConfig(BaseModel):
     nuclei, times this, is added (glow between touching nuclei, low contrast at edges)."""
     haze_diameters: float = Field(1.0, gt=0.0, le=5.0)
     """Blur of the out-of-focus light, in nucleus diameters (Gaussian sigma)."""
+    defocused_fraction: float = Field(0.0, ge=0.0, le=2.0)
+    """Cells in other focal planes: this many per in-focus cell of the first frame are
+    drawn as faint, blurred, irregular blobs that drift slowly and are NOT in the ground
+    truth (widefield or thick samples; Fluo-N2DH-GOWT1's annotation leaves them out). 0:
+    none (and the movie is exactly as without this setting)."""
+    defocused_brightness: float = Field(0.1, ge=0.0, le=1.0)
+    """Their mean signal, as a fraction of ``nucleus_signal`` (each one ×0.5–1.5)."""
+    defocused_blur: float = Field(0.2, ge=0.0, le=2.0)
+    """Their blur, in nucleus diameters (Gaussian sigma)."""
     camera_offset: float = Field(100.0, ge=0.0)
     """Camera offset (ADU) added to every pixel."""
     gain: float = Field(1.0, gt=0.0)
@@ -312,9 +321,12 @@ class NucleiSimulator:
         self._tracks = {}
         self._next_label = 1
         cells = self._initial_cells(motion, appearance)
+        defocused = _Defocused(self.config) if self.config.defocused_fraction > 0 else None
         for t in range(self.config.n_frames):
             slot_img, signal = self._render(cells)
             labels = self._update_tracks(cells, slot_img, t)
+            if defocused is not None:
+                signal = signal + defocused.render(t)
             image = self._camera(signal, t, camera)
             yield SimFrame(index=t, image=image, labels=labels)
             if t + 1 < self.config.n_frames:
@@ -615,6 +627,50 @@ class NucleiSimulator:
 
 
 # ---------------------------------------------------------------------- helpers
+class _Defocused:
+    """Cells in other focal planes (``SimulationConfig.defocused_fraction``): faint blurred
+    blobs of two overlapping ellipses each, drifting slowly, never labelled. Their own
+    random stream (from the seed), so the in-focus movie is the same with or without them."""
+
+    def __init__(self, c: SimulationConfig) -> None:
+        self.c = c
+        rng = np.random.default_rng([c.seed, 0xDEF0C])
+        n = max(1, round(c.defocused_fraction * c.n_cells))
+        d = c.nucleus_diameter_px
+        self.pos = rng.uniform(0, 1, (n, 2)) * np.array([c.height, c.width])
+        self.vel = rng.normal(0, 0.03 * d, (n, 2))
+        self.axes = d * rng.uniform(0.4, 1.0, (n, 2, 2))  # (blob, lobe, semi-axis)
+        self.offset = d * rng.uniform(-0.4, 0.4, (n, 2))  # the second lobe's centre
+        self.theta = rng.uniform(0, np.pi, (n, 2))
+        self.level = c.defocused_brightness * c.nucleus_signal * rng.uniform(0.5, 1.5, n)
+
+    def render(self, t: int) -> NDArray[np.float32]:
+        c, d = self.c, self.c.nucleus_diameter_px
+        layer = np.zeros((c.height, c.width), np.float32)
+        centres = self.pos + t * self.vel
+        for k in range(len(centres)):
+            for lobe in range(2):
+                cy, cx = centres[k] + (self.offset[k] if lobe else 0.0)
+                a, b = self.axes[k, lobe]
+                r = int(np.ceil(max(a, b)))
+                y0, y1 = max(0, int(cy) - r), min(c.height, int(cy) + r + 1)
+                x0, x1 = max(0, int(cx) - r), min(c.width, int(cx) + r + 1)
+                if y1 <= y0 or x1 <= x0:
+                    continue
+                dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(cy)
+                dx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(cx)
+                angle = self.theta[k, lobe]
+                ct, st = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+                u = (dx * ct + dy * st) / np.float32(a)
+                v = (dy * ct - dx * st) / np.float32(b)
+                inside = u * u + v * v <= 1.0
+                region = layer[y0:y1, x0:x1]
+                region[inside] = np.maximum(region[inside], np.float32(self.level[k]))
+        if c.defocused_blur > 0:
+            layer = ndi.gaussian_filter(layer, c.defocused_blur * d)
+        return layer
+
+
 _EXACT_POISSON_BELOW = 20.0
 """Shot noise is drawn exactly (Poisson) where the mean is below this many electrons and
 with the Gaussian approximation (mean = variance = λ) above, where the two are

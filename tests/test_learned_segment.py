@@ -503,6 +503,22 @@ def test_training_recipe_v3_adds_rod_colonies_and_keeps_v2_otherwise() -> None:
     assert all(a == b for a, b in others)
 
 
+def test_training_recipe_v4_adds_defocused_cells_and_keeps_v2_otherwise() -> None:
+    from livetrack.training.segment import DEFOCUSED_SHARE, random_sim_config
+
+    v2 = [random_sim_config(np.random.default_rng(s), 16.0, "v2") for s in range(200)]
+    v4 = [random_sim_config(np.random.default_rng(s), 16.0, "v4") for s in range(200)]
+    foggy = [c for c in v4 if c.defocused_fraction > 0]
+    assert 0.5 * DEFOCUSED_SHARE * 200 < len(foggy) < 1.5 * DEFOCUSED_SHARE * 200
+    assert all(0.04 <= c.defocused_brightness <= 0.3 for c in foggy)
+    assert all(c.defocused_fraction == 0 for c in v2)
+    # apart from the cells in other planes, recipe v4 draws exactly recipe v2's movies
+    for a, b in zip(v2, v4, strict=True):
+        same = b.model_copy(update={k: getattr(a, k) for k in ("defocused_fraction",
+                            "defocused_brightness", "defocused_blur")})  # fmt: skip
+        assert same == a
+
+
 def test_zoom_shows_the_model_larger_nuclei_and_labels_come_back_full_size(
     shipped: LearnedSegmenter,
 ) -> None:

@@ -204,9 +204,36 @@ def test_nucleoli_darken_nuclei_and_haze_lights_the_background() -> None:
     assert hazy_out > plain_out + 5.0  # out-of-focus light between the nuclei
 
 
+def test_cells_in_other_focal_planes_are_faint_unlabelled_and_leave_the_cells_alone() -> None:
+    """``defocused_fraction``: faint blurred blobs added to the image only; the in-focus
+    cells, their labels and their lineage are those of the movie without them."""
+    base = SimulationConfig(
+        seed=4, n_frames=4, height=128, width=128, n_cells=8, nucleus_diameter_px=20
+    )
+    foggy = base.model_copy(
+        update={"defocused_fraction": 1.0, "defocused_brightness": 0.2, "defocused_blur": 0.2}
+    )
+    plain_sim, foggy_sim = NucleiSimulator(base), NucleiSimulator(foggy)
+    lit = 0.0
+    for a, b in zip(plain_sim.frames(), foggy_sim.frames(), strict=True):
+        assert np.array_equal(a.labels, b.labels)
+        outside = a.labels == 0
+        extra = b.image.astype(float)[outside] - a.image.astype(float)[outside]
+        # brighter between the nuclei where blobs lie, by at most about their level
+        assert np.percentile(extra, 99) > 0.1 * base.nucleus_signal * base.gain
+        assert np.percentile(extra, 99) < 0.5 * base.nucleus_signal * base.gain
+        lit = max(lit, float(np.mean(extra > 0.05 * base.nucleus_signal * base.gain)))
+    assert 0.02 < lit < 0.9
+    assert plain_sim.tracks() == foggy_sim.tracks()
+    with pytest.raises(ValueError, match="defocused_fraction"):
+        SimulationConfig(defocused_fraction=-1.0)
+
+
 def test_new_appearance_options_off_by_default_change_nothing() -> None:
     base = SimulationConfig(seed=5, n_frames=3, height=96, width=96, n_cells=6)
-    explicit = base.model_copy(update={"nucleoli_fraction": 0.0, "haze": 0.0})
+    explicit = base.model_copy(
+        update={"nucleoli_fraction": 0.0, "haze": 0.0, "defocused_fraction": 0.0}
+    )
     for a, b in zip(
         NucleiSimulator(base).frames(), NucleiSimulator(explicit).frames(), strict=True
     ):

@@ -81,8 +81,10 @@ class TrainConfig:
     """Simulated-data recipe: "v1" (seg-unet-v1's: two frames of short movies), "v2"
     (seg-unet-v2's: longer movies whose late frames are crowded, a frame right after a
     division from each, and wider appearance: mitotic shapes, shrinking daughters,
-    nucleoli, out-of-focus haze, strongly elongated nuclei) or "v3" (v2's, with a quarter
-    of the movies dense colonies of small rods that divide end to end, ``ROD_SHARE``)."""
+    nucleoli, out-of-focus haze, strongly elongated nuclei), "v3" (v2's, with a quarter
+    of the movies dense colonies of small rods that divide end to end, ``ROD_SHARE``) or
+    "v4" (v2's, with cells in other focal planes in ``DEFOCUSED_SHARE`` of the movies:
+    faint blurred blobs that are background, ``SimulationConfig.defocused_fraction``)."""
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -135,6 +137,8 @@ def make_sample(
 
 ROD_SHARE = 0.25
 """Recipe v3: the share of simulated training movies that are rod colonies."""
+DEFOCUSED_SHARE = 0.35
+"""Recipe v4: the share of simulated training movies with cells in other focal planes."""
 
 
 def random_sim_config(
@@ -171,7 +175,7 @@ def random_sim_config(
         "psf_sigma_px": rng.uniform(0.0, 0.05 * diameter),
         "vignetting": rng.uniform(0.0, 0.5),
     }
-    if recipe in ("v2", "v3"):
+    if recipe in ("v2", "v3", "v4"):
         over.update(
             {
                 "n_frames": int(rng.integers(1, 61)),
@@ -188,7 +192,17 @@ def random_sim_config(
             }
         )
     elif recipe != "v1":
-        raise ConfigError(f"unknown training recipe {recipe!r} (v1, v2 or v3)")
+        raise ConfigError(f"unknown training recipe {recipe!r} (v1, v2, v3 or v4)")
+    if recipe == "v4" and rng.random() < DEFOCUSED_SHARE:
+        # Cells in other focal planes: faint, blurred, irregular, not in the ground truth —
+        # what a widefield microscope shows around the nuclei in focus.
+        over.update(
+            {
+                "defocused_fraction": rng.uniform(0.1, 1.0),
+                "defocused_brightness": float(np.exp(rng.uniform(np.log(0.04), np.log(0.3)))),
+                "defocused_blur": rng.uniform(0.05, 0.4),
+            }
+        )
     if recipe == "v3" and rng.random() < ROD_SHARE:
         # A dense colony of small rods (bacteria-like) dividing end to end with no mitotic
         # look, packed towards confluence: cells the nuclear presets never show.
@@ -233,7 +247,7 @@ def simulated_samples(cfg: TrainConfig, rng: np.random.Generator) -> list[Sample
         sim = NucleiSimulator(sim_cfg)
         take = {0, sim_cfg.n_frames - 1}
         frames = list(sim.frames())
-        if cfg.recipe in ("v2", "v3") and sim.divisions():
+        if cfg.recipe in ("v2", "v3", "v4") and sim.divisions():
             take.add(min(d.frame for d in sim.divisions()))
         for frame in frames:
             if frame.index in take and frame.labels.max() > 0:
