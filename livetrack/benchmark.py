@@ -518,10 +518,20 @@ def rule_violations(rows: Sequence[Row]) -> list[str]:
             if d is None or b is None:
                 continue
             for metric in ("division_f1", "TRA"):
-                dv, bv = d.metrics.get(metric), b.metrics.get(metric)
+                dv, bv = _rule_value(d.metrics, metric), _rule_value(b.metrics, metric)
                 if bv is not None and (dv is None or float(dv) < float(bv)):
                     out.append(f"{seq}: {default} {metric} {_fmt(dv)} < {baseline} {_fmt(bv)}")
     return out
+
+
+def _rule_value(metrics: dict[str, Any], metric: str) -> Any:
+    """The metric as the rule compares it: a division F1 left undefined because nothing was
+    called a division (no precision) on a sequence that has divisions counts as 0 — no
+    division found — not as missing."""
+    value = metrics.get(metric)
+    if metric == "division_f1" and value is None and (metrics.get("n_gt_divisions") or 0) > 0:
+        return 0.0
+    return value
 
 
 def write_report(rows: Sequence[Row], suite: Suite, out_dir: Path, settings: Settings) -> None:

@@ -208,6 +208,20 @@ def test_rule_for_defaults_flags_only_held_out_rows_below_their_baseline() -> No
     assert rule_violations(rows) == ["a: default division_f1 0.800 < learned+lap 0.900"]
 
 
+def test_no_division_called_on_a_sequence_with_divisions_counts_as_f1_zero() -> None:
+    """Both miss the two divisions; the default calls none (F1 undefined: no precision),
+    the baseline calls two false ones (F1 0): the default is not below it. Had the
+    baseline found one, it would be."""
+
+    def row(pipeline: str, f1: float | None, correct: int) -> Row:
+        metrics = {"division_f1": f1, "TRA": 0.99, "n_gt_divisions": 2, "correct": correct}
+        return Row("g", pipeline, "held-out", 10, metrics, None, 0.0)
+
+    assert rule_violations([row("default", None, 0), row("learned+lap", 0.0, 0)]) == []
+    broken = rule_violations([row("default", None, 0), row("learned+lap", 0.5, 1)])
+    assert broken == ["g: default division_f1 0.000 < learned+lap 0.500"]
+
+
 def test_benchmark_command_scores_a_suite_and_a_ctc_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
