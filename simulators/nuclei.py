@@ -104,6 +104,17 @@ class SimulationConfig(BaseModel):
     mitotic_axis_ratio: float = Field(1.0, ge=1.0, le=3.0)
     """Major/minor axis ratio of the mother in mitosis: 1 = rounded up; > 1 = elongated
     along the axis it then divides on (anaphase-like, as in Fluo-N2DH-SIM+)."""
+    anaphase_frames: int = Field(0, ge=0, le=3)
+    """The last this-many frames of a mother's mitosis show anaphase: her chromatin in two
+    lobes along the axis she then divides on, joined by a dimmer bridge and a pinched
+    waist, the lobes further apart frame by frame — still one object in the ground truth
+    (as Fluo-N2DH-SIM+ annotates a mother until her daughters part). 0: none (and the
+    movie is exactly as without this setting)."""
+    anaphase_bridge: float = Field(0.4, ge=0.0, le=1.0)
+    """Signal between the two lobes at the last anaphase frame, relative to a lobe's."""
+    anaphase_pinch: float = Field(0.4, ge=0.0, le=0.8)
+    """Narrowing of the mother's outline at her waist at the last anaphase frame (0: an
+    ellipse; 0.8: the minor axis is 80% shorter there)."""
     max_confluence: float = Field(0.55, gt=0.0, le=1.0)
     """Nucleus-area fraction of the simulated world at which the cell cycle stops
     (progression slows linearly towards it: contact inhibition)."""
@@ -491,7 +502,7 @@ class NucleiSimulator:
         """Two daughters per mother, each of half its pre-mitotic area, along an axis."""
         m = len(mothers)
         axis = motion.uniform(0.0, np.pi, m)
-        if self.config.mitotic_axis_ratio > 1.0:
+        if self.config.mitotic_axis_ratio > 1.0 or self.config.anaphase_frames > 0:
             axis = mothers.theta.copy()  # elongated mothers divide along their long axis
         unit = np.stack([np.sin(axis), np.cos(axis)], axis=1)
         phase = np.clip(mothers.age / mothers.cycle, 0.0, 1.0)
@@ -557,6 +568,13 @@ class NucleiSimulator:
         signal = np.zeros((h, w), np.float32)
         area = self._areas(cells)
         ratio = np.where(cells.mitosis > 0, c.mitotic_axis_ratio, cells.ratio)
+        # anaphase: 1 at a mother's last mitotic frame, falling to 1 / anaphase_frames
+        stage = np.where(
+            (cells.mitosis > 0) & (cells.mitosis <= c.anaphase_frames),
+            (c.anaphase_frames + 1 - cells.mitosis) / max(c.anaphase_frames, 1),
+            0.0,
+        )
+        ratio = np.where(stage > 0, np.maximum(ratio, 1.4 + 0.6 * stage), ratio)
         b_ax = np.sqrt(area / (np.pi * ratio))
         a_ax = b_ax * ratio
         gain = cells.bright * c.nucleus_signal
@@ -576,11 +594,16 @@ class NucleiSimulator:
             cos_t, sin_t = np.float32(np.cos(cells.theta[k])), np.float32(np.sin(cells.theta[k]))
             u = (dx * cos_t + dy * sin_t) / np.float32(a_ax[k])
             v = (dy * cos_t - dx * sin_t) / np.float32(b_ax[k])
+            lobes = None
+            if stage[k] > 0:
+                v, lobes = _anaphase(u, v, float(stage[k]), c)
             d2 = u * u + v * v
             win = d2 < best[sl]
             if not win.any():
                 continue
             inten = _texture(u, v, d2, cells, int(k), c, mitotic=bool(cells.mitosis[k] > 0))
+            if lobes is not None:
+                inten = inten * lobes
             best[sl][win] = d2[win]
             slot[sl][win] = k + 1
             signal[sl][win] = inten[win] * np.float32(gain[k])
@@ -730,6 +753,26 @@ def _draw_appearance(
 def _evolve_texture(cells: _Cells, rng: np.random.Generator) -> None:
     """Chromatin changes slowly: the texture phases drift a little every frame."""
     cells.waves[:, :, 2] += rng.normal(0.0, 0.15, (len(cells), _N_WAVES))
+
+
+def _anaphase(
+    u: NDArray[np.float32], v: NDArray[np.float32], stage: float, c: SimulationConfig
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """A mother in anaphase, in her own (u, v) ellipse coordinates (u along the division
+    axis): ``v`` rescaled so that her outline narrows at the waist, and the relative
+    signal of two chromatin lobes at u = ±centre joined by a dimmer bridge. ``stage``
+    (0, 1]: how far anaphase has gone (1 = the frame before the daughters appear)."""
+    centre = np.float32(0.2 + 0.35 * stage)
+    width = np.float32(0.3)
+    pinch = np.float32(c.anaphase_pinch * stage)
+    waist = 1.0 - pinch * np.exp(-(u * u) / np.float32(2 * 0.25**2))
+    bridge = np.float32(1.0 - (1.0 - c.anaphase_bridge) * stage)
+    near = np.minimum(np.abs(u - centre), np.abs(u + centre))
+    lobe = np.exp(-(near * near) / (2 * width * width))
+    lobe = np.where(np.abs(u) > centre, np.float32(1.0), lobe)  # outer halves stay full
+    mid = np.exp(-(centre * centre) / (2 * width * width))  # the profile at the waist
+    lobe = (lobe - mid) / (1.0 - mid)
+    return (v / waist).astype(np.float32), (bridge + (1.0 - bridge) * lobe).astype(np.float32)
 
 
 def _texture(

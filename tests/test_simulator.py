@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 import tifffile
 from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig, write_ctc
 
@@ -232,10 +234,59 @@ def test_cells_in_other_focal_planes_are_faint_unlabelled_and_leave_the_cells_al
 def test_new_appearance_options_off_by_default_change_nothing() -> None:
     base = SimulationConfig(seed=5, n_frames=3, height=96, width=96, n_cells=6)
     explicit = base.model_copy(
-        update={"nucleoli_fraction": 0.0, "haze": 0.0, "defocused_fraction": 0.0}
+        update={
+            "nucleoli_fraction": 0.0,
+            "haze": 0.0,
+            "defocused_fraction": 0.0,
+            "anaphase_frames": 0,
+        }
     )
     for a, b in zip(
         NucleiSimulator(base).frames(), NucleiSimulator(explicit).frames(), strict=True
     ):
         assert np.array_equal(a.image, b.image)
         assert np.array_equal(a.labels, b.labels)
+
+
+def _profile_along(image: np.ndarray, mask: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Mean image over the mask in five bins along ``axis`` through the mask's centroid."""
+    ys, xs = np.nonzero(mask)
+    proj = (ys - ys.mean()) * axis[0] + (xs - xs.mean()) * axis[1]
+    edges = np.linspace(proj.min(), proj.max() + 1e-6, 6)
+    vals = image[ys, xs].astype(float)
+    return np.array([vals[(proj >= a) & (proj < b)].mean() for a, b in itertools.pairwise(edges)])
+
+
+def test_mothers_in_anaphase_are_two_lobes_of_one_object_and_the_lineage_stays() -> None:
+    """``anaphase_frames``: in her last mitotic frame a mother's signal has two lobes along
+    the axis her daughters then appear on, darker between them, yet she is one connected
+    object; the lineage is the movie's without it."""
+    base = SimulationConfig(
+        seed=3, n_frames=24, height=160, width=160, n_cells=10, nucleus_diameter_px=30,
+        cell_cycle_frames=10, mitosis_frames=2, mitotic_axis_ratio=1.3, texture_amplitude=0.0,
+        mean_spots=0.0, psf_sigma_px=0.5, read_noise=0.5,
+    )  # fmt: skip
+    ana = base.model_copy(
+        update={"anaphase_frames": 2, "anaphase_bridge": 0.3, "anaphase_pinch": 0.5}
+    )
+    dips = {}
+    for cfg in (base, ana):
+        sim = NucleiSimulator(cfg)
+        frames = list(sim.frames())
+        ratios = []
+        for d in sim.divisions():
+            before, after = frames[d.frame - 1], frames[d.frame]
+            mother = before.labels == d.parent
+            if not mother.any() or not all((after.labels == k).any() for k in d.daughters):
+                continue
+            assert ndi.label(mother)[1] == 1
+            (y0, x0), (y1, x1) = (np.argwhere(after.labels == k).mean(0) for k in d.daughters)
+            axis = np.array([y1 - y0, x1 - x0]) / np.hypot(y1 - y0, x1 - x0)
+            prof = _profile_along(before.image, mother, axis) - cfg.camera_offset
+            ratios.append(prof[2] / min(prof[1], prof[3]))
+        assert len(ratios) >= 3
+        dips[cfg.anaphase_frames] = float(np.median(ratios))
+    assert dips[2] < 0.8 < dips[0]  # dark waist only in anaphase
+    assert NucleiSimulator(base).tracks() == NucleiSimulator(ana).tracks()
+    with pytest.raises(ValueError, match="anaphase_frames"):
+        SimulationConfig(anaphase_frames=4)
