@@ -519,6 +519,21 @@ def test_training_recipe_v4_adds_defocused_cells_and_keeps_v2_otherwise() -> Non
         assert same == a
 
 
+def test_training_recipe_v5_adds_mothers_in_anaphase_and_keeps_v2_otherwise() -> None:
+    from livetrack.training.segment import ANAPHASE_SHARE, random_sim_config
+
+    v2 = [random_sim_config(np.random.default_rng(s), 16.0, "v2") for s in range(200)]
+    v5 = [random_sim_config(np.random.default_rng(s), 16.0, "v5") for s in range(200)]
+    ana = [c for c in v5 if c.anaphase_frames > 0]
+    assert 0.5 * ANAPHASE_SHARE * 200 < len(ana) < 1.5 * ANAPHASE_SHARE * 200
+    assert all(c.mitosis_frames >= c.anaphase_frames for c in ana)
+    assert all(0.15 <= c.anaphase_bridge <= 0.7 for c in ana)
+    assert all(c.anaphase_frames == 0 for c in v2)
+    keys = ("anaphase_frames", "anaphase_bridge", "anaphase_pinch", "mitosis_frames")
+    for a, b in zip(v2, v5, strict=True):
+        assert b.model_copy(update={k: getattr(a, k) for k in keys}) == a
+
+
 def test_zoom_shows_the_model_larger_nuclei_and_labels_come_back_full_size(
     shipped: LearnedSegmenter,
 ) -> None:

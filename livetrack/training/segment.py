@@ -84,7 +84,10 @@ class TrainConfig:
     nucleoli, out-of-focus haze, strongly elongated nuclei), "v3" (v2's, with a quarter
     of the movies dense colonies of small rods that divide end to end, ``ROD_SHARE``) or
     "v4" (v2's, with cells in other focal planes in ``DEFOCUSED_SHARE`` of the movies:
-    faint blurred blobs that are background, ``SimulationConfig.defocused_fraction``)."""
+    faint blurred blobs that are background, ``SimulationConfig.defocused_fraction``) or
+    "v5" (v2's, with mothers in anaphase in ``ANAPHASE_SHARE`` of the movies: two chromatin
+    lobes that are still one object, ``SimulationConfig.anaphase_frames``, and from each
+    movie also the frame before its first division, where such a mother is)."""
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -141,6 +144,10 @@ DEFOCUSED_SHARE = 0.35
 """Recipe v4: the share of simulated training movies with cells in other focal planes."""
 
 
+ANAPHASE_SHARE = 0.5
+"""Recipe v5: the share of simulated training movies whose mothers show anaphase."""
+
+
 def random_sim_config(
     rng: np.random.Generator, canonical: float, recipe: str = "v1"
 ) -> SimulationConfig:
@@ -175,7 +182,7 @@ def random_sim_config(
         "psf_sigma_px": rng.uniform(0.0, 0.05 * diameter),
         "vignetting": rng.uniform(0.0, 0.5),
     }
-    if recipe in ("v2", "v3", "v4"):
+    if recipe in ("v2", "v3", "v4", "v5"):
         over.update(
             {
                 "n_frames": int(rng.integers(1, 61)),
@@ -192,7 +199,7 @@ def random_sim_config(
             }
         )
     elif recipe != "v1":
-        raise ConfigError(f"unknown training recipe {recipe!r} (v1, v2, v3 or v4)")
+        raise ConfigError(f"unknown training recipe {recipe!r} (v1, v2, v3, v4 or v5)")
     if recipe == "v4" and rng.random() < DEFOCUSED_SHARE:
         # Cells in other focal planes: faint, blurred, irregular, not in the ground truth —
         # what a widefield microscope shows around the nuclei in focus.
@@ -201,6 +208,18 @@ def random_sim_config(
                 "defocused_fraction": rng.uniform(0.1, 1.0),
                 "defocused_brightness": float(np.exp(rng.uniform(np.log(0.04), np.log(0.3)))),
                 "defocused_blur": rng.uniform(0.05, 0.4),
+            }
+        )
+    if recipe == "v5" and rng.random() < ANAPHASE_SHARE:
+        # Mothers in anaphase: two lobes of chromatin with a bridge, one object until the
+        # daughters part (how Fluo-N2DH-SIM+ annotates them) — not two touching nuclei.
+        frames = int(rng.integers(1, 4))
+        over.update(
+            {
+                "anaphase_frames": frames,
+                "mitosis_frames": int(rng.integers(frames, 6)),
+                "anaphase_bridge": rng.uniform(0.15, 0.7),
+                "anaphase_pinch": rng.uniform(0.1, 0.6),
             }
         )
     if recipe == "v3" and rng.random() < ROD_SHARE:
@@ -247,8 +266,10 @@ def simulated_samples(cfg: TrainConfig, rng: np.random.Generator) -> list[Sample
         sim = NucleiSimulator(sim_cfg)
         take = {0, sim_cfg.n_frames - 1}
         frames = list(sim.frames())
-        if cfg.recipe in ("v2", "v3", "v4") and sim.divisions():
+        if cfg.recipe in ("v2", "v3", "v4", "v5") and sim.divisions():
             take.add(min(d.frame for d in sim.divisions()))
+        if cfg.recipe == "v5" and sim.divisions():
+            take.add(min(d.frame for d in sim.divisions()) - 1)  # a mother in anaphase
         for frame in frames:
             if frame.index in take and frame.labels.max() > 0:
                 out.append(
