@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from livetrack.config import Settings, TrackConfig
 from livetrack.store import Store
 from livetrack.track.lap import lap_tracker
-from livetrack.track.merges import split_merges, split_segmentation
+from livetrack.track.merges import hold_splits, split_merges, split_segmentation
 from livetrack.track.online import OpenTracks
 from livetrack.transport import FramePuller
 from livetrack.types import Detections, Segmentation
@@ -195,3 +195,78 @@ def test_a_ratio_between_zero_and_one_is_refused_with_a_clear_error(ratio: float
         TrackConfig(merge_area_ratio=ratio)
     assert TrackConfig(merge_area_ratio=0).merge_area_ratio == 0
     assert TrackConfig(merge_area_ratio=1).merge_area_ratio == 1
+
+
+HOLD = TrackConfig(hold_convex_splits=0.95)
+
+
+def cut_disc(shape: tuple[int, int] = (80, 80), r: float = 15.0) -> np.ndarray:
+    """A disc cut straight through its middle into labels 1 (left) and 2 (right)."""
+    one = discs(shape, [(40, 40)], r)
+    one[(one > 0) & (np.arange(shape[1])[None, :] >= 40)] = 2
+    return one
+
+
+def test_a_convex_object_cut_in_two_where_one_track_was_is_joined() -> None:
+    cut = cut_disc()
+    before = cut.copy()
+    area = float((cut > 0).sum())
+    mask, dets, n = hold_splits(
+        cut, Detections.from_labels(cut), tracks_at([(40, 41)], [area], 4), 5, HOLD
+    )
+    assert n == 1
+    assert np.array_equal(cut, before)  # the input is not modified
+    assert len(dets) == 1 and dets.labels.tolist() == [2]  # the part the track is in
+    assert np.array_equal(mask > 0, cut > 0)  # no pixel gained or lost
+
+
+def test_round_nuclei_that_touch_are_not_joined() -> None:
+    """Two nuclei side by side: their union has a waist, so they stay two even where only
+    one track was (the other just came in); a short cut is not enough either."""
+    two = discs((80, 80), [(40, 27), (40, 53)], 13.5)
+    assert len(np.unique(two)) == 3 and (two[40, 39:42] > 0).all()  # they touch
+    tracks = tracks_at([(40, 27)], [float((two == 1).sum())], 4)
+    assert hold_splits(two, Detections.from_labels(two), tracks, 5, HOLD)[2] == 0
+    # and whatever the solidity asked for, a cut shorter than 0.9 diameters keeps them apart
+    low = TrackConfig(hold_convex_splits=0.5)
+    assert hold_splits(two, Detections.from_labels(two), tracks, 5, low)[2] == 0
+
+
+def test_no_join_where_two_tracks_were_or_none_was_recent_and_zero_is_off() -> None:
+    cut = cut_disc()
+    dets = Detections.from_labels(cut)
+    half = float((cut == 1).sum())
+    two = tracks_at([(40, 33), (40, 47)], [half, half], 4)
+    assert hold_splits(cut, dets, two, 5, HOLD)[2] == 0
+    stale = tracks_at([(40, 41)], [2 * half], 3)  # last seen two frames ago
+    assert hold_splits(cut, dets, stale, 5, HOLD)[2] == 0
+    recent = tracks_at([(40, 41)], [2 * half], 4)
+    assert hold_splits(cut, dets, recent, 5, TrackConfig())[2] == 0  # off by default
+    assert hold_splits(cut, dets, recent, 5, HOLD)[2] == 1
+    with pytest.raises(ValidationError, match="hold_convex_splits"):
+        TrackConfig(hold_convex_splits=1.5)
+
+
+class CutSegmenter(DiscSegmenter):
+    """Components of the bright pixels; in frames marked by a 7 at pixel (0, 0) each one is
+    cut at column 40, as a segmenter cuts a nucleus (or a mother) in two."""
+
+    def predict(self, image: np.ndarray, pixel_size_um: float | None = None) -> Segmentation:
+        mask = super().predict(image).mask
+        if image[0, 0] == 7:
+            mask[(mask > 0) & (np.arange(mask.shape[1])[None, :] >= 40)] = mask.max() + 1
+        return Segmentation(mask=mask, detections=Detections.from_labels(mask))
+
+
+def test_the_python_api_holds_a_cut_nucleus_together(monkeypatch) -> None:
+    import livetrack.segment.factory as factory
+    from livetrack.api import track
+
+    monkeypatch.setattr(factory, "make_segmenter", lambda *a, **k: CutSegmenter())
+    movie = np.stack([discs((80, 80), [(40, 40)], 15) > 0] * 3).astype(np.uint16) * 1000
+    movie[1:, 0, 0] = 7  # cut in frames 1 and 2
+    on = track(movie, tracker=TrackConfig(method="lap", hold_convex_splits=0.95)).tracks
+    off = track(movie, tracker=TrackConfig(method="lap")).tracks
+    assert on.groupby("t").size().tolist() == [1, 1, 1]
+    assert on.track.nunique() == 1
+    assert off.groupby("t").size().tolist() == [1, 2, 2]

@@ -1,4 +1,5 @@
-"""Nuclei the segmentation merged, split again where the tracks say two cells were.
+"""Nuclei the segmentation merged, split again where the tracks say two cells were; and
+convex objects it cut in two, joined again where the tracks say one cell was.
 
 In crowded frames touching nuclei are sometimes outlined as one object. When two (or more)
 tracks seen as separate objects in the previous frame both land, at their predicted
@@ -16,6 +17,13 @@ real sequences measured here, so it is off unless asked for (docs/training.md). 
 corrects livetrack's own segmentation only: label images given with the frames are never
 changed. It is a deterministic function of the open tracks and the
 frame's labels, so a resumed run splits exactly as the uninterrupted one would.
+
+The converse (``TrackConfig.hold_convex_splits``, ``hold_splits``): two touching objects
+where only one track of the previous frame is predicted, cut along a long line, whose union
+is convex, are joined — a nucleus cut in two, or a mother whose chromatin has separated but
+whose outline shows no waist yet (how Fluo-N2DH-SIM+ annotates a mother until her daughters
+part). Daughters that have parted show a waist (a union far from convex) and stay apart.
+Also a deterministic function of the open tracks and the frame's labels.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 
 import numpy as np
 from numpy.typing import NDArray
+from skimage.morphology import convex_hull_image
 
 from livetrack.config import TrackConfig
 from livetrack.track.online import OpenTracks
@@ -122,6 +131,106 @@ def _split_object(
     return (y0, x0), sub
 
 
+HOLD_MIN_CUT = 0.9
+"""``hold_splits``: the cut between the two objects, in 4-neighbour pixel pairs across it,
+is at least this × the smaller one's equivalent diameter — a straight cut through a
+nucleus, not two round nuclei that touch."""
+
+
+def hold_splits(
+    mask: LabelImage,
+    detections: Detections,
+    tracks: OpenTracks,
+    frame: int,
+    config: TrackConfig,
+) -> tuple[LabelImage, Detections, int]:
+    """The frame's labels with convex objects cut in two made whole again
+    (``TrackConfig.hold_convex_splits``).
+
+    Two touching objects are joined when the predicted positions of the tracks seen in
+    the previous frame fall in exactly one of them (one cell was there), the cut between
+    them is long (``HOLD_MIN_CUT``) and their union is convex — its solidity (area over
+    the area of its convex hull) at least ``hold_convex_splits``: no waist, so no cleavage
+    furrow yet. A mother whose daughters are still parting, or a nucleus the segmentation
+    cut, stays one object; daughters that have parted show a waist and are left apart.
+    Returns (mask, detections, number of pairs joined); the inputs themselves when nothing
+    is joined (``mask`` is never modified in place)."""
+    threshold = config.hold_convex_splits
+    if threshold <= 0 or len(tracks) == 0 or len(detections) < 2:
+        return mask, detections, 0
+    recent = np.flatnonzero(tracks.last == frame - 1)
+    if len(recent) == 0:
+        return mask, detections, 0
+    m = np.asarray(mask)
+    pairs = _touching_pairs(m)
+    if len(pairs) == 0:
+        return mask, detections, 0
+    row_lut = np.full(int(m.max()) + 1, -1, np.int64)
+    row_lut[np.asarray(detections.labels, np.int64)] = np.arange(len(detections))
+    rows = row_lut[pairs[:, :2]]
+    known = (rows >= 0).all(axis=1)
+    pairs, rows = pairs[known], rows[known]
+    diam = 2.0 * np.sqrt(np.asarray(detections.areas, np.float64) / np.pi)
+    long_cut = pairs[:, 2] >= HOLD_MIN_CUT * np.minimum(diam[rows[:, 0]], diam[rows[:, 1]])
+    pairs, rows = pairs[long_cut], rows[long_cut]
+    if len(pairs) == 0:
+        return mask, detections, 0
+    h, w = m.shape
+    yx = np.rint(tracks.predicted(frame, config.velocity_damping)[recent]).astype(np.int64)
+    inside = (yx[:, 0] >= 0) & (yx[:, 0] < h) & (yx[:, 1] >= 0) & (yx[:, 1] < w)
+    hit = m[yx[inside, 0], yx[inside, 1]].astype(np.int64)
+    held = np.bincount(hit[hit > 0], minlength=int(m.max()) + 1)
+    out: LabelImage | None = None
+    joined: set[int] = set()
+    n_joined = 0
+    for (a, b, _), (ra, rb) in zip(pairs, rows, strict=True):
+        if held[a] + held[b] != 1 or a in joined or b in joined:
+            continue
+        if _union_solidity(m, int(a), int(b), detections.bboxes[ra], detections.bboxes[rb]) < (
+            threshold
+        ):
+            continue
+        if out is None:
+            out = np.array(mask, copy=True)
+        keep, gone = (int(a), int(b)) if held[a] else (int(b), int(a))
+        y0, x0, y1, x1 = (int(v) for v in detections.bboxes[rb if gone == int(b) else ra])
+        region = out[y0:y1, x0:x1]
+        region[region == gone] = keep
+        joined.update((int(a), int(b)))
+        n_joined += 1
+    if out is None:
+        return mask, detections, 0
+    return out, Detections.from_labels(out), n_joined
+
+
+def _touching_pairs(m: NDArray[np.integer]) -> NDArray[np.int64]:
+    """(label a, label b, 4-neighbour pixel pairs between them) for every two touching
+    objects, a < b, sorted by (a, b)."""
+    codes = []
+    top = int(m.max()) + 1
+    for u, v in ((m[:, :-1], m[:, 1:]), (m[:-1, :], m[1:, :])):
+        edge = (u != v) & (u > 0) & (v > 0)
+        lo = np.minimum(u[edge], v[edge]).astype(np.int64)
+        hi = np.maximum(u[edge], v[edge]).astype(np.int64)
+        codes.append(lo * top + hi)
+    if not any(len(c) for c in codes):
+        return np.zeros((0, 3), np.int64)
+    values, counts = np.unique(np.concatenate(codes), return_counts=True)
+    return np.stack([values // top, values % top, counts], axis=1).astype(np.int64)
+
+
+def _union_solidity(
+    m: NDArray[np.integer], a: int, b: int, box_a: NDArray[np.int32], box_b: NDArray[np.int32]
+) -> float:
+    """Area of objects ``a`` and ``b`` together over the area of their convex hull."""
+    y0, x0 = min(int(box_a[0]), int(box_b[0])), min(int(box_a[1]), int(box_b[1]))
+    y1, x1 = max(int(box_a[2]), int(box_b[2])), max(int(box_a[3]), int(box_b[3]))
+    crop = m[y0:y1, x0:x1]
+    union = (crop == a) | (crop == b)
+    hull = convex_hull_image(union)
+    return float(union.sum()) / max(float(hull.sum()), 1.0)
+
+
 def split_segmentation(seg: Segmentation, tracker: object, frame: int) -> Segmentation:
     """``seg`` (livetrack's own segmentation of ``frame``) with merged objects split between
     the open tracks of ``tracker`` (an online tracker: its ``config`` and ``open_tracks``),
@@ -130,13 +239,21 @@ def split_segmentation(seg: Segmentation, tracker: object, frame: int) -> Segmen
     and by ``livetrack.track()``; never on label images given with the frames."""
     config = getattr(tracker, "config", None)
     tracks = getattr(tracker, "open_tracks", None)
-    if not isinstance(config, TrackConfig) or tracks is None or config.merge_area_ratio <= 0:
+    if not isinstance(config, TrackConfig) or tracks is None:
         return seg
-    mask, detections, n_split = split_merges(seg.mask, seg.detections, tracks, frame, config)
-    if n_split == 0:
+    if config.merge_area_ratio <= 0 and config.hold_convex_splits <= 0:
         return seg
-    log.debug("frame %d: %d merged objects split between their tracks", frame, n_split)
+    mask, detections, n_held = hold_splits(seg.mask, seg.detections, tracks, frame, config)
+    mask, detections, n_split = split_merges(mask, detections, tracks, frame, config)
+    if n_split == 0 and n_held == 0:
+        return seg
+    log.debug(
+        "frame %d: %d cut objects joined, %d merged objects split between their tracks",
+        frame,
+        n_held,
+        n_split,
+    )
     return Segmentation(mask=mask, detections=detections, info=dict(seg.info))
 
 
-__all__ = ["split_merges", "split_segmentation"]
+__all__ = ["hold_splits", "split_merges", "split_segmentation"]
