@@ -162,61 +162,61 @@ def hold_splits(
     if len(recent) == 0:
         return mask, detections, 0
     m = np.asarray(mask)
-    pairs = _touching_pairs(m)
-    if len(pairs) == 0:
-        return mask, detections, 0
-    row_lut = np.full(int(m.max()) + 1, -1, np.int64)
-    row_lut[np.asarray(detections.labels, np.int64)] = np.arange(len(detections))
-    rows = row_lut[pairs[:, :2]]
-    known = (rows >= 0).all(axis=1)
-    pairs, rows = pairs[known], rows[known]
-    diam = 2.0 * np.sqrt(np.asarray(detections.areas, np.float64) / np.pi)
-    long_cut = pairs[:, 2] >= HOLD_MIN_CUT * np.minimum(diam[rows[:, 0]], diam[rows[:, 1]])
-    pairs, rows = pairs[long_cut], rows[long_cut]
-    if len(pairs) == 0:
-        return mask, detections, 0
     h, w = m.shape
     yx = np.rint(tracks.predicted(frame, config.velocity_damping)[recent]).astype(np.int64)
     inside = (yx[:, 0] >= 0) & (yx[:, 0] < h) & (yx[:, 1] >= 0) & (yx[:, 1] < w)
     hit = m[yx[inside, 0], yx[inside, 1]].astype(np.int64)
     held = np.bincount(hit[hit > 0], minlength=int(m.max()) + 1)
+    labels = np.asarray(detections.labels, np.int64)
+    row_lut = np.full(len(held), -1, np.int64)
+    row_lut[labels] = np.arange(len(labels))
+    diam = 2.0 * np.sqrt(np.asarray(detections.areas, np.float64) / np.pi)
+    # Only an object no track is in (a piece the cut made) can be joined to its neighbour.
+    pairs: list[tuple[int, int]] = []
+    for row in np.flatnonzero(held[labels] == 0):
+        for other, cut in _neighbours(m, int(labels[row]), detections.bboxes[row]):
+            other_row = int(row_lut[other])
+            if other_row < 0 or held[other] != 1:
+                continue
+            if cut >= HOLD_MIN_CUT * min(diam[row], diam[other_row]):
+                pairs.append((min(int(labels[row]), other), max(int(labels[row]), other)))
     out: LabelImage | None = None
     joined: set[int] = set()
     n_joined = 0
-    for (a, b, _), (ra, rb) in zip(pairs, rows, strict=True):
-        if held[a] + held[b] != 1 or a in joined or b in joined:
+    for a, b in sorted(pairs):
+        ra, rb = int(row_lut[a]), int(row_lut[b])
+        if a in joined or b in joined:
             continue
-        if _union_solidity(m, int(a), int(b), detections.bboxes[ra], detections.bboxes[rb]) < (
-            threshold
-        ):
+        if _union_solidity(m, a, b, detections.bboxes[ra], detections.bboxes[rb]) < threshold:
             continue
         if out is None:
             out = np.array(mask, copy=True)
-        keep, gone = (int(a), int(b)) if held[a] else (int(b), int(a))
-        y0, x0, y1, x1 = (int(v) for v in detections.bboxes[rb if gone == int(b) else ra])
+        keep, gone, gone_row = (a, b, rb) if held[a] else (b, a, ra)
+        y0, x0, y1, x1 = (int(v) for v in detections.bboxes[gone_row])
         region = out[y0:y1, x0:x1]
         region[region == gone] = keep
-        joined.update((int(a), int(b)))
+        joined.update((a, b))
         n_joined += 1
     if out is None:
         return mask, detections, 0
     return out, Detections.from_labels(out), n_joined
 
 
-def _touching_pairs(m: NDArray[np.integer]) -> NDArray[np.int64]:
-    """(label a, label b, 4-neighbour pixel pairs between them) for every two touching
-    objects, a < b, sorted by (a, b)."""
-    codes = []
-    top = int(m.max()) + 1
-    for u, v in ((m[:, :-1], m[:, 1:]), (m[:-1, :], m[1:, :])):
-        edge = (u != v) & (u > 0) & (v > 0)
-        lo = np.minimum(u[edge], v[edge]).astype(np.int64)
-        hi = np.maximum(u[edge], v[edge]).astype(np.int64)
-        codes.append(lo * top + hi)
-    if not any(len(c) for c in codes):
-        return np.zeros((0, 3), np.int64)
-    values, counts = np.unique(np.concatenate(codes), return_counts=True)
-    return np.stack([values // top, values % top, counts], axis=1).astype(np.int64)
+def _neighbours(
+    m: NDArray[np.integer], label: int, bbox: NDArray[np.int32]
+) -> list[tuple[int, int]]:
+    """(neighbour label, 4-neighbour pixel pairs between it and ``label``) for every object
+    that touches object ``label`` (bounding box ``bbox``: y0, x0, y1, x1)."""
+    h, w = m.shape
+    y0, x0 = max(int(bbox[0]) - 1, 0), max(int(bbox[1]) - 1, 0)
+    y1, x1 = min(int(bbox[2]) + 1, h), min(int(bbox[3]) + 1, w)
+    crop = m[y0:y1, x0:x1]
+    found = []
+    for u, v in ((crop[:, :-1], crop[:, 1:]), (crop[:-1, :], crop[1:, :])):
+        found.append(v[(u == label) & (v > 0) & (v != label)])
+        found.append(u[(v == label) & (u > 0) & (u != label)])
+    values, counts = np.unique(np.concatenate(found).astype(np.int64), return_counts=True)
+    return [(int(a), int(c)) for a, c in zip(values, counts, strict=True)]
 
 
 def _union_solidity(
