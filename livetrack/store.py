@@ -1890,6 +1890,7 @@ setting was left at its default) and is refused, naming it, when it does not."""
 
 CHANGED_DEFAULTS: dict[tuple[str, str], Any] = {
     ("segment", "rescale_every"): 10,
+    ("track", "hold_convex_splits"): 0.0,
 }
 """Settings whose default changed, with the default before. A run stored with that value
 resumes with it when the setting is left at its (new) default (``worker.implied_settings``),

@@ -216,7 +216,8 @@ def test_a_convex_object_cut_in_two_where_one_track_was_is_joined() -> None:
     )
     assert n == 1
     assert np.array_equal(cut, before)  # the input is not modified
-    assert len(dets) == 1 and dets.labels.tolist() == [2]  # the part the track is in
+    assert len(dets) == 1
+    assert dets.labels.tolist() == [2]  # the part the track is in
     assert np.array_equal(mask > 0, cut > 0)  # no pixel gained or lost
 
 
@@ -224,7 +225,8 @@ def test_round_nuclei_that_touch_are_not_joined() -> None:
     """Two nuclei side by side: their union has a waist, so they stay two even where only
     one track was (the other just came in); a short cut is not enough either."""
     two = discs((80, 80), [(40, 27), (40, 53)], 13.5)
-    assert len(np.unique(two)) == 3 and (two[40, 39:42] > 0).all()  # they touch
+    assert len(np.unique(two)) == 3
+    assert (two[40, 39:42] > 0).all()  # they touch
     tracks = tracks_at([(40, 27)], [float((two == 1).sum())], 4)
     assert hold_splits(two, Detections.from_labels(two), tracks, 5, HOLD)[2] == 0
     # and whatever the solidity asked for, a cut shorter than 0.9 diameters keeps them apart
@@ -232,7 +234,7 @@ def test_round_nuclei_that_touch_are_not_joined() -> None:
     assert hold_splits(two, Detections.from_labels(two), tracks, 5, low)[2] == 0
 
 
-def test_no_join_where_two_tracks_were_or_none_was_recent_and_zero_is_off() -> None:
+def test_no_join_where_two_tracks_were_or_none_was_recent_or_zero() -> None:
     cut = cut_disc()
     dets = Detections.from_labels(cut)
     half = float((cut == 1).sum())
@@ -241,7 +243,8 @@ def test_no_join_where_two_tracks_were_or_none_was_recent_and_zero_is_off() -> N
     stale = tracks_at([(40, 41)], [2 * half], 3)  # last seen two frames ago
     assert hold_splits(cut, dets, stale, 5, HOLD)[2] == 0
     recent = tracks_at([(40, 41)], [2 * half], 4)
-    assert hold_splits(cut, dets, recent, 5, TrackConfig())[2] == 0  # off by default
+    assert hold_splits(cut, dets, recent, 5, TrackConfig(hold_convex_splits=0))[2] == 0
+    assert TrackConfig().hold_convex_splits == 0.95  # on by default
     assert hold_splits(cut, dets, recent, 5, HOLD)[2] == 1
     with pytest.raises(ValidationError, match="hold_convex_splits"):
         TrackConfig(hold_convex_splits=1.5)
@@ -265,8 +268,8 @@ def test_the_python_api_holds_a_cut_nucleus_together(monkeypatch) -> None:
     monkeypatch.setattr(factory, "make_segmenter", lambda *a, **k: CutSegmenter())
     movie = np.stack([discs((80, 80), [(40, 40)], 15) > 0] * 3).astype(np.uint16) * 1000
     movie[1:, 0, 0] = 7  # cut in frames 1 and 2
-    on = track(movie, tracker=TrackConfig(method="lap", hold_convex_splits=0.95)).tracks
-    off = track(movie, tracker=TrackConfig(method="lap")).tracks
+    on = track(movie, tracker=TrackConfig(method="lap")).tracks  # the default: 0.95
+    off = track(movie, tracker=TrackConfig(method="lap", hold_convex_splits=0)).tracks
     assert on.groupby("t").size().tolist() == [1, 1, 1]
     assert on.track.nunique() == 1
     assert off.groupby("t").size().tolist() == [1, 2, 2]
