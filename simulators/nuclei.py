@@ -756,8 +756,8 @@ def _evolve_texture(cells: _Cells, rng: np.random.Generator) -> None:
 
 
 def _anaphase(
-    u: NDArray[np.float32], v: NDArray[np.float32], stage: float, c: SimulationConfig
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    u: NDArray[np.floating[Any]], v: NDArray[np.floating[Any]], stage: float, c: SimulationConfig
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """A mother in anaphase, in her own (u, v) ellipse coordinates (u along the division
     axis): ``v`` rescaled so that her outline narrows at the waist, and the relative
     signal of two chromatin lobes at u = ±centre joined by a dimmer bridge. ``stage``
