@@ -534,6 +534,20 @@ def test_training_recipe_v5_adds_mothers_in_anaphase_and_keeps_v2_otherwise() ->
         assert b.model_copy(update={k: getattr(a, k) for k in keys}) == a
 
 
+def test_training_recipe_v6_draws_blurred_out_of_focus_cells_as_bright_as_dim_nuclei() -> None:
+    from livetrack.training.segment import DEFOCUSED_SHARE, random_sim_config
+
+    v2 = [random_sim_config(np.random.default_rng(s), 16.0, "v2") for s in range(200)]
+    v6 = [random_sim_config(np.random.default_rng(s), 16.0, "v6") for s in range(200)]
+    foggy = [c for c in v6 if c.defocused_fraction > 0]
+    assert 0.5 * DEFOCUSED_SHARE * 200 < len(foggy) < 1.5 * DEFOCUSED_SHARE * 200
+    assert all(0.2 <= c.defocused_blur <= 0.5 for c in foggy)
+    assert all(0.08 <= c.defocused_brightness <= 0.5 for c in foggy)
+    keys = ("defocused_fraction", "defocused_brightness", "defocused_blur")
+    for a, b in zip(v2, v6, strict=True):
+        assert b.model_copy(update={k: getattr(a, k) for k in keys}) == a
+
+
 def test_zoom_shows_the_model_larger_nuclei_and_labels_come_back_full_size(
     shipped: LearnedSegmenter,
 ) -> None:

@@ -35,13 +35,13 @@ def add_parsers(sub: Subcommands) -> None:
     p.add_argument("--sim-movies", type=int, default=160, help="random simulated movies")
     p.add_argument(
         "--recipe",
-        choices=("v1", "v2", "v3", "v4", "v5"),
+        choices=("v1", "v2", "v3", "v4", "v5", "v6"),
         default="v1",
         help="simulated-data recipe (v1: seg-unet-v1's; v2: seg-unet-v2's — crowded late "
         "frames, frames right after divisions, nucleoli, haze, mitotic shapes; v3: v2 plus "
         "dense colonies of small rods; v4: v2 plus faint cells in other focal planes that "
         "are background; v5: v2 plus mothers in anaphase, two lobes that are still one object; "
-        "see docs/training.md)",
+        "v6: v4 with the out-of-focus cells told by blur, not faintness; see docs/training.md)",
     )
     ctc_arg(p, "NN_GT/SEG masks")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -87,7 +87,9 @@ class TrainConfig:
     faint blurred blobs that are background, ``SimulationConfig.defocused_fraction``) or
     "v5" (v2's, with mothers in anaphase in ``ANAPHASE_SHARE`` of the movies: two chromatin
     lobes that are still one object, ``SimulationConfig.anaphase_frames``, and from each
-    movie also the frame before its first division, where such a mother is)."""
+    movie also the frame before its first division, where such a mother is) or "v6" (v4's
+    cells in other focal planes, but always strongly blurred and as bright as dim nuclei in
+    focus can be, so that blur, not faintness, marks them)."""
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -182,7 +184,7 @@ def random_sim_config(
         "psf_sigma_px": rng.uniform(0.0, 0.05 * diameter),
         "vignetting": rng.uniform(0.0, 0.5),
     }
-    if recipe in ("v2", "v3", "v4", "v5"):
+    if recipe in ("v2", "v3", "v4", "v5", "v6"):
         over.update(
             {
                 "n_frames": int(rng.integers(1, 61)),
@@ -199,7 +201,7 @@ def random_sim_config(
             }
         )
     elif recipe != "v1":
-        raise ConfigError(f"unknown training recipe {recipe!r} (v1, v2, v3, v4 or v5)")
+        raise ConfigError(f"unknown training recipe {recipe!r} (v1, v2, v3, v4, v5 or v6)")
     if recipe == "v4" and rng.random() < DEFOCUSED_SHARE:
         # Cells in other focal planes: faint, blurred, irregular, not in the ground truth —
         # what a widefield microscope shows around the nuclei in focus.
@@ -208,6 +210,16 @@ def random_sim_config(
                 "defocused_fraction": rng.uniform(0.1, 1.0),
                 "defocused_brightness": float(np.exp(rng.uniform(np.log(0.04), np.log(0.3)))),
                 "defocused_blur": rng.uniform(0.05, 0.4),
+            }
+        )
+    if recipe == "v6" and rng.random() < DEFOCUSED_SHARE:
+        # Cells in other focal planes told apart by their blur: as bright as the dimmest
+        # nuclei in focus, but blurred over a fifth to a half of a diameter.
+        over.update(
+            {
+                "defocused_fraction": rng.uniform(0.1, 1.0),
+                "defocused_brightness": float(np.exp(rng.uniform(np.log(0.08), np.log(0.5)))),
+                "defocused_blur": rng.uniform(0.2, 0.5),
             }
         )
     if recipe == "v5" and rng.random() < ANAPHASE_SHARE:
@@ -266,7 +278,7 @@ def simulated_samples(cfg: TrainConfig, rng: np.random.Generator) -> list[Sample
         sim = NucleiSimulator(sim_cfg)
         take = {0, sim_cfg.n_frames - 1}
         frames = list(sim.frames())
-        if cfg.recipe in ("v2", "v3", "v4", "v5") and sim.divisions():
+        if cfg.recipe in ("v2", "v3", "v4", "v5", "v6") and sim.divisions():
             take.add(min(d.frame for d in sim.divisions()))
         if cfg.recipe == "v5" and sim.divisions():
             take.add(min(d.frame for d in sim.divisions()) - 1)  # a mother in anaphase
