@@ -273,3 +273,36 @@ def test_the_python_api_holds_a_cut_nucleus_together(monkeypatch) -> None:
     assert on.groupby("t").size().tolist() == [1, 1, 1]
     assert on.track.nunique() == 1
     assert off.groupby("t").size().tolist() == [1, 2, 2]
+
+
+def test_a_piece_where_a_track_missed_last_frame_is_predicted_is_not_joined() -> None:
+    """A track still open after a missed frame counts: its cell may be the other piece."""
+    cut = cut_disc()
+    dets = Detections.from_labels(cut)
+    half = float((cut == 1).sum())
+    tracks = OpenTracks(
+        ids=np.array([1, 2], np.int64),
+        pos=np.array([[40.0, 45.0], [40.0, 33.0]]),
+        vel=np.zeros((2, 2)),
+        area=np.array([half, half]),
+        last=np.array([4, 3], np.int64),  # the second was last seen two frames ago
+    )
+    assert hold_splits(cut, dets, tracks, 5, HOLD)[2] == 0
+    only_recent = tracks_at([(40, 45)], [half], 4)
+    assert hold_splits(cut, dets, only_recent, 5, HOLD)[2] == 1
+
+
+def test_a_piece_between_two_tracked_objects_joins_the_one_it_shares_the_longest_cut_with() -> None:
+    """A disc cut in three vertical slabs: the middle one (no track) goes to the neighbour it
+    shares the longer cut with, though the other neighbour has the lower label."""
+    one = discs((80, 80), [(40, 40)], 18)
+    cols = np.arange(80)[None, :]
+    three = np.where(one > 0, 3, 0).astype(np.int32)  # left slab: label 3
+    three[(one > 0) & (cols >= 34)] = 2  # middle: cut at 34 (a 34 px chord) ...
+    three[(one > 0) & (cols >= 50)] = 1  # ... and at 50 (30 px): right slab, label 1
+    area = float((one > 0).sum())
+    tracks = tracks_at([(40, 28), (40, 54)], [area / 3, area / 3], 4)
+    mask, _, n = hold_splits(three, Detections.from_labels(three), tracks, 5, HOLD)
+    assert n == 1
+    assert set(np.unique(mask).tolist()) == {0, 1, 3}
+    assert (mask[three == 2] == 3).all()  # joined to the left slab

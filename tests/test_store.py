@@ -1564,3 +1564,33 @@ def test_a_run_begun_before_merges_could_be_split_resumes_and_one_that_split_kee
         with pytest.raises(ResumeMismatch, match="merge_area_ratio"):
             s.check_resume("r2", run_config(defaults))
         s.check_resume("r2", run_config(splitting))
+
+
+def test_runs_begun_before_cut_objects_were_joined_resume_without_joining(
+    tmp_path: Path,
+) -> None:
+    """track.hold_convex_splits came later and is on by default: a run stored without it
+    (older version) or with 0 (the default for a while) resumes under the default command
+    with 0, as it ran; one begun with another value is refused, naming the setting."""
+    from livetrack.config import Settings
+    from livetrack.worker import implied_settings, resume_settings, run_config
+
+    defaults = Settings()
+    assert defaults.track.hold_convex_splits == 0.95
+    without = run_config(defaults)
+    del without["track"]["hold_convex_splits"]
+    with_zero = run_config(defaults)
+    with_zero["track"]["hold_convex_splits"] = 0.0
+    other = run_config(defaults)
+    other["track"]["hold_convex_splits"] = 0.9
+    with Store(tmp_path / "old.db") as s:
+        for run_id, stored in (("r1", without), ("r2", with_zero)):
+            assert s.begin_run(run_id, source="sim", config=stored) is True
+            assert implied_settings(defaults, stored) == {("track", "hold_convex_splits"): 0.0}
+            resumed = resume_settings(run_id, defaults, stored)
+            assert resumed.track.hold_convex_splits == 0.0
+            s.check_resume(run_id, run_config(resumed))
+        assert s.begin_run("r3", source="sim", config=other) is True
+        assert implied_settings(defaults, other) == {}
+        with pytest.raises(ResumeMismatch, match="hold_convex_splits"):
+            s.check_resume("r3", run_config(defaults))

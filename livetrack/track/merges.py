@@ -132,9 +132,9 @@ def _split_object(
 
 
 HOLD_MIN_CUT = 0.9
-"""``hold_splits``: the cut between the two objects, in 4-neighbour pixel pairs across it,
-is at least this × the smaller one's equivalent diameter — a straight cut through a
-nucleus, not two round nuclei that touch."""
+"""``hold_splits``: the cut between the two objects, in 4-neighbour pixel pairs across it
+(a diagonal cut counts up to √2 its length), is at least this × the smaller one's
+equivalent diameter — a straight cut through a nucleus, not two round nuclei that touch."""
 
 
 def hold_splits(
@@ -147,12 +147,16 @@ def hold_splits(
     """The frame's labels with convex objects cut in two made whole again
     (``TrackConfig.hold_convex_splits``).
 
-    Two touching objects are joined when the predicted positions of the tracks seen in
-    the previous frame fall in exactly one of them (one cell was there), the cut between
-    them is long (``HOLD_MIN_CUT``) and their union is convex — its solidity (area over
-    the area of its convex hull) at least ``hold_convex_splits``: no waist, so no cleavage
-    furrow yet. A mother whose daughters are still parting, or a nucleus the segmentation
-    cut, stays one object; daughters that have parted show a waist and are left apart.
+    Two touching objects are joined when one of them holds the predicted position of
+    exactly one track, seen in the previous frame, and the other holds no open track's
+    (one cell was there), the cut between them is long (``HOLD_MIN_CUT``) and their union
+    is convex — its solidity (area over the area of its convex hull, the hull through the
+    pixels' corners) at least ``hold_convex_splits``: no waist, so no cleavage furrow yet.
+    That hull makes small objects less solid: a disc cut in two reaches 0.95 only from
+    ~28 px across, so at the default the rule acts on large nuclei only — below that,
+    pixel steps make two touching daughters look as convex as a cut nucleus. A mother
+    whose daughters are still parting, or a nucleus the segmentation cut, stays one
+    object; daughters that have parted show a waist and are left apart.
     Returns (mask, detections, number of pairs joined); the inputs themselves when nothing
     is joined (``mask`` is never modified in place)."""
     threshold = config.hold_convex_splits
@@ -162,44 +166,63 @@ def hold_splits(
     if len(recent) == 0:
         return mask, detections, 0
     m = np.asarray(mask)
-    h, w = m.shape
-    yx = np.rint(tracks.predicted(frame, config.velocity_damping)[recent]).astype(np.int64)
-    inside = (yx[:, 0] >= 0) & (yx[:, 0] < h) & (yx[:, 1] >= 0) & (yx[:, 1] < w)
-    hit = m[yx[inside, 0], yx[inside, 1]].astype(np.int64)
-    held = np.bincount(hit[hit > 0], minlength=int(m.max()) + 1)
+    held = _held(m, tracks, recent, frame, config)  # tracks seen in the previous frame
+    held_any = _held(m, tracks, np.arange(len(tracks)), frame, config)  # any open track
     labels = np.asarray(detections.labels, np.int64)
     row_lut = np.full(len(held), -1, np.int64)
     row_lut[labels] = np.arange(len(labels))
     diam = 2.0 * np.sqrt(np.asarray(detections.areas, np.float64) / np.pi)
-    # Only an object no track is in (a piece the cut made) can be joined to its neighbour.
-    pairs: list[tuple[int, int]] = []
-    for row in np.flatnonzero(held[labels] == 0):
+    # Only an object no open track is in (a piece the cut made) can be joined to a
+    # neighbour that holds exactly one track, seen in the previous frame; of several such
+    # neighbours, the one it shares the longest cut with.
+    pairs: list[tuple[int, int, int]] = []
+    for row in np.flatnonzero(held_any[labels] == 0):
+        best: tuple[int, int] | None = None
         for other, cut in _neighbours(m, int(labels[row]), detections.bboxes[row]):
             other_row = int(row_lut[other])
-            if other_row < 0 or held[other] != 1:
+            if other_row < 0 or held[other] != 1 or held_any[other] != 1:
                 continue
-            if cut >= HOLD_MIN_CUT * min(diam[row], diam[other_row]):
-                pairs.append((min(int(labels[row]), other), max(int(labels[row]), other)))
+            if cut < HOLD_MIN_CUT * min(diam[row], diam[other_row]):
+                continue
+            if best is None or cut > best[1]:
+                best = (other, cut)
+        if best is not None:
+            pairs.append((int(labels[row]), best[0], best[1]))
     out: LabelImage | None = None
     joined: set[int] = set()
     n_joined = 0
-    for a, b in sorted(pairs):
-        ra, rb = int(row_lut[a]), int(row_lut[b])
-        if a in joined or b in joined:
+    for gone, keep, _ in sorted(pairs, key=lambda p: (-p[2], p[0])):  # longest cut first
+        if gone in joined or keep in joined:
             continue
-        if _union_solidity(m, a, b, detections.bboxes[ra], detections.bboxes[rb]) < threshold:
+        gone_row, keep_row = int(row_lut[gone]), int(row_lut[keep])
+        box_gone, box_keep = detections.bboxes[gone_row], detections.bboxes[keep_row]
+        if _union_solidity(m, gone, keep, box_gone, box_keep) < threshold:
             continue
         if out is None:
             out = np.array(mask, copy=True)
-        keep, gone, gone_row = (a, b, rb) if held[a] else (b, a, ra)
-        y0, x0, y1, x1 = (int(v) for v in detections.bboxes[gone_row])
+        y0, x0, y1, x1 = (int(v) for v in box_gone)
         region = out[y0:y1, x0:x1]
         region[region == gone] = keep
-        joined.update((a, b))
+        joined.update((gone, keep))
         n_joined += 1
     if out is None:
         return mask, detections, 0
     return out, Detections.from_labels(out), n_joined
+
+
+def _held(
+    m: NDArray[np.integer],
+    tracks: OpenTracks,
+    which: NDArray[np.intp],
+    frame: int,
+    config: TrackConfig,
+) -> NDArray[np.int64]:
+    """Per label of ``m``: how many of the tracks ``which`` are predicted inside it."""
+    h, w = m.shape
+    yx = np.rint(tracks.predicted(frame, config.velocity_damping)[which]).astype(np.int64)
+    inside = (yx[:, 0] >= 0) & (yx[:, 0] < h) & (yx[:, 1] >= 0) & (yx[:, 1] < w)
+    hit = m[yx[inside, 0], yx[inside, 1]].astype(np.int64)
+    return np.bincount(hit[hit > 0], minlength=int(m.max()) + 1)
 
 
 def _neighbours(
@@ -234,9 +257,11 @@ def _union_solidity(
 def split_segmentation(seg: Segmentation, tracker: object, frame: int) -> Segmentation:
     """``seg`` (livetrack's own segmentation of ``frame``) with merged objects split between
     the open tracks of ``tracker`` (an online tracker: its ``config`` and ``open_tracks``),
-    when its settings ask for it (``TrackConfig.merge_area_ratio``); ``seg`` itself when
-    they do not or nothing is split. Called between segmentation and tracking by the worker
-    and by ``livetrack.track()``; never on label images given with the frames."""
+    when its settings ask for it (``TrackConfig.merge_area_ratio``), after objects cut in
+    two where one track was are joined again (``TrackConfig.hold_convex_splits``, on by
+    default); ``seg`` itself when neither changes anything. Called between segmentation
+    and tracking by the worker and by ``livetrack.track()``; never on label images given
+    with the frames."""
     config = getattr(tracker, "config", None)
     tracks = getattr(tracker, "open_tracks", None)
     if not isinstance(config, TrackConfig) or tracks is None:
