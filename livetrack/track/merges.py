@@ -153,7 +153,7 @@ def hold_splits(
     is convex — its solidity (area over the area of its convex hull, the hull through the
     pixels' corners) at least ``hold_convex_splits``: no waist, so no cleavage furrow yet.
     That hull makes small objects less solid: a disc cut in two reaches 0.95 only from
-    ~28 px across, so at the default the rule acts on large nuclei only — below that,
+    ~26 px across, so at the default the rule acts on large nuclei only — below that,
     pixel steps make two touching daughters look as convex as a cut nucleus. A mother
     whose daughters are still parting, or a nucleus the segmentation cut, stays one
     object; daughters that have parted show a waist and are left apart.
