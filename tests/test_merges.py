@@ -306,3 +306,33 @@ def test_a_piece_between_two_tracked_objects_joins_the_one_it_shares_the_longest
     assert n == 1
     assert set(np.unique(mask).tolist()) == {0, 1, 3}
     assert (mask[three == 2] == 3).all()  # joined to the left slab
+
+
+def test_the_worker_joins_a_cut_nucleus_and_stores_it_whole(tmp_path, zmq_context, closing):
+    """The worker (real sockets, real SQLite file) applies the default to its own
+    segmentation: the nucleus cut in two in frames 1 and 2 is stored as one object of one
+    track, and the stored masks keep every pixel."""
+    settings = Settings().model_copy(
+        update={
+            "worker": Settings().worker.model_copy(update={"exit_on_eos": True}),
+            "track": Settings().track.model_copy(update={"method": "lap"}),
+        }
+    )
+    assert settings.track.hold_convex_splits == 0.95
+    puller = closing(FramePuller("tcp://127.0.0.1:0", hwm=1000, context=zmq_context))
+    store = closing(Store(tmp_path / "held.db"))
+    worker = Worker(settings, store, puller, None, segmenter_factory=CutSegmenter)
+    pusher = pusher_for(worker, zmq_context, closing)
+    whole = discs((80, 80), [(40, 40)], 15)
+    for i in range(3):
+        header, image = labelled_frame(i, whole)
+        image = image.copy()
+        image[0, 0] = 7 if i else 0  # the segmenter cuts frames 1 and 2
+        pusher.send_frame(header.model_copy(update={"labels_dtype": None}), image)
+    results = drain(worker, until_eos=False)
+    assert [r.status for r in results] == ["stored"] * 3
+    assert [r.n_cells for r in results] == [1, 1, 1]
+    for i in (1, 2):
+        stored = worker.store.load_mask("r", "p", i)
+        assert len(np.unique(stored[stored > 0])) == 1
+        assert np.array_equal(stored > 0, whole > 0)
