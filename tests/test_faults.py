@@ -775,16 +775,34 @@ def test_interrupted_default_pipeline_resumes_with_the_same_scale_and_lineage(
 
 
 class _SplitFrames(logging.Handler):
-    """The frames in which the worker split merged objects (from its debug log)."""
+    """The frames in which the worker split merged objects, or (``phrase`` "joined again")
+    joined objects cut in two (from its debug log)."""
 
-    def __init__(self) -> None:
+    def __init__(self, phrase: str = "merged objects split") -> None:
         super().__init__(logging.DEBUG)
+        self.phrase = phrase
         self.frames: list[int] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        if "merged objects split" in msg:
+        if self.phrase in msg:
             self.frames.append(int(msg.split(":")[0].split()[1]))
+
+
+def _logged_frames(phrase: str, work: Any) -> list[int]:
+    """The frames whose debug log line from the tracking stage holds ``phrase`` while
+    ``work()`` runs."""
+    seen = _SplitFrames(phrase)
+    logger = logging.getLogger("livetrack.track")
+    level = logger.level
+    logger.addHandler(seen)
+    logger.setLevel(logging.DEBUG)
+    try:
+        work()
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
+    return seen.frames
 
 
 def test_interrupted_run_that_splits_merges_resumes_with_the_same_splits(
@@ -808,17 +826,9 @@ def test_interrupted_run_that_splits_merges_resumes_with_the_same_splits(
     )
 
     def run(db: Path, stop_after: int | None) -> list[int]:
-        splits = _SplitFrames()
-        logger = logging.getLogger("livetrack.track")
-        level = logger.level
-        logger.addHandler(splits)
-        logger.setLevel(logging.DEBUG)
-        try:
-            _run_stopped(cfg, settings, db, "merges", stop_after)
-        finally:
-            logger.removeHandler(splits)
-            logger.setLevel(level)
-        return splits.frames
+        return _logged_frames(
+            "merged objects split", lambda: _run_stopped(cfg, settings, db, "merges", stop_after)
+        )
 
     whole, resumed = tmp_path / "whole.db", tmp_path / "resumed.db"
     want_splits = run(whole, None)
@@ -836,6 +846,39 @@ def test_interrupted_run_that_splits_merges_resumes_with_the_same_splits(
     with Store(whole, readonly=True) as a, Store(resumed, readonly=True) as b:
         for f in range(12):
             assert np.array_equal(a.load_mask("merges", "sim", f), b.load_mask("merges", "sim", f))
+
+
+def test_interrupted_run_that_joins_cut_objects_resumes_with_the_same_joins(
+    tmp_path: Path,
+) -> None:
+    """Default settings join an object the learned segmenter cut in two where one track was
+    (``track.hold_convex_splits``; here mothers in anaphase): a run stopped just before the
+    frame where that happens and resumed must join there too — the open tracks it needs
+    come from the database — and end with the same lineage and masks."""
+    from livetrack.simulators.nuclei import SimulationConfig
+
+    cfg = SimulationConfig(
+        seed=0, n_frames=12, height=160, width=160, n_cells=10, nucleus_diameter_px=34,
+        cell_cycle_frames=7, mitosis_frames=3, mitotic_axis_ratio=1.3, anaphase_frames=2,
+    )  # fmt: skip
+    settings = Settings()
+
+    def run(db: Path, stop_after: int | None) -> list[int]:
+        return _logged_frames(
+            "joined again", lambda: _run_stopped(cfg, settings, db, "held", stop_after)
+        )
+
+    whole, resumed = tmp_path / "whole.db", tmp_path / "resumed.db"
+    want = run(whole, None)
+    assert want, "no object was joined in this movie (here: one, in frame 4)"
+    got = run(resumed, want[0])  # the frames before the first join
+    assert lineage(resumed, "held")["status"] == "aborted"
+    got += run(resumed, None)  # the rest: the first join comes first
+    assert got == want
+    assert lineage(resumed, "held") == lineage(whole, "held")
+    with Store(whole, readonly=True) as a, Store(resumed, readonly=True) as b:
+        for f in range(12):
+            assert np.array_equal(a.load_mask("held", "sim", f), b.load_mask("held", "sim", f))
 
 
 # ------------------------------------------------------------- backpressure

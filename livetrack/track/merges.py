@@ -272,12 +272,10 @@ def split_segmentation(seg: Segmentation, tracker: object, frame: int) -> Segmen
     mask, detections, n_split = split_merges(mask, detections, tracks, frame, config)
     if n_split == 0 and n_held == 0:
         return seg
-    log.debug(
-        "frame %d: %d cut objects joined, %d merged objects split between their tracks",
-        frame,
-        n_held,
-        n_split,
-    )
+    if n_held:
+        log.debug("frame %d: %d objects cut in two joined again", frame, n_held)
+    if n_split:
+        log.debug("frame %d: %d merged objects split between their tracks", frame, n_split)
     return Segmentation(mask=mask, detections=detections, info=dict(seg.info))
 
 
