@@ -7,6 +7,11 @@ is. A band of rows extended by the radius on each side (except at the frame's ow
 where the ``reflect`` boundary is the frame's) therefore gives exactly the full call's
 values on the band's own rows. SciPy's filters release the GIL, so the bands run in
 parallel (a 1024² frame: ~18 → ~9 ms on two cores); small frames take the single call.
+
+``gaussian_filter_f32`` is the same blur in float32 arithmetic (PyTorch, both passes as
+shifted adds of a symmetric kernel): equal to SciPy's to float32 rounding (relative
+difference ≤ ~1e-6), ~3 ms for a 1024² frame instead of ~9. For the tracker's features
+at run time, where the last bit does not matter; training keeps SciPy's values.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
@@ -110,6 +116,54 @@ def gaussian_filter(
     for done in futures:
         done.result()
     return out
+
+
+def gaussian_kernel_half(sigma: float, truncate: float) -> NDArray[np.float64]:
+    """The weights g_0 … g_r of SciPy's Gaussian kernel (``ndimage._gaussian_kernel1d``,
+    order 0): ``exp(-x² / 2σ²)`` normalised over −r … r, r = ``int(truncate·σ + 0.5)``."""
+    sigma = float(sigma)
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 / (sigma * sigma) * x * x)
+    k /= k.sum()
+    return k[radius:]
+
+
+def reflect_indices(start: int, stop: int, n: int) -> NDArray[np.int64]:
+    """Indices start … stop − 1 into an axis of length ``n``, those outside folded back as
+    SciPy's ``reflect`` mode does (d c b a | a b c d | d c b a), one fold at most."""
+    i = np.arange(start, stop, dtype=np.int64)
+    i = np.where(i < 0, -i - 1, i)
+    return np.where(i >= n, 2 * n - 1 - i, i)
+
+
+def gaussian_filter_f32(
+    image: NDArray[Any], sigma: float, *, truncate: float = 4.0
+) -> NDArray[np.float32]:
+    """``scipy.ndimage.gaussian_filter(image, sigma, truncate=truncate)`` (mode ``reflect``)
+    of a 2-D frame as float32, in float32 arithmetic: the same kernel, applied along the
+    rows and then the columns as g_0·x + Σ_k g_k·(x[−k] + x[+k]) on the padded frame
+    (PyTorch's element-wise kernels, threaded). Equal to SciPy's to float32 rounding; not
+    bit for bit (SciPy adds in float64). Kernels wider than the frame take SciPy's call."""
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"gaussian_filter_f32 takes a 2-D image, got shape {img.shape}")
+    g = gaussian_kernel_half(sigma, truncate)
+    r = len(g) - 1
+    h, w = img.shape
+    if r == 0 or r >= min(h, w):  # nothing to blur, or folds beyond one reflection
+        return ndi.gaussian_filter(img.astype(np.float32), sigma, truncate=truncate)
+    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+    with torch.inference_mode():
+        rows = x.index_select(0, torch.from_numpy(reflect_indices(-r, h + r, h)))
+        out = rows[r : r + h] * float(g[0])
+        for k in range(1, r + 1):
+            out.add_(rows[r - k : r - k + h] + rows[r + k : r + k + h], alpha=float(g[k]))
+        cols = out.index_select(1, torch.from_numpy(reflect_indices(-r, w + r, w)))
+        out = cols[:, r : r + w] * float(g[0])
+        for k in range(1, r + 1):
+            out.add_(cols[:, r - k : r - k + w] + cols[:, r + k : r + k + w], alpha=float(g[k]))
+    return out.numpy()
 
 
 def downscale(image: NDArray[np.floating], shape: tuple[int, int]) -> NDArray[np.floating]:

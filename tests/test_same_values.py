@@ -1,6 +1,8 @@
 """Faster versions of library calls on the per-frame path give the library's values to the
 last bit: the banded Gaussian blur, the lookup-table relabelling, and the tracker's
-features built with them (checked against the plain computation they replaced)."""
+features built with them (checked against the plain computation they replaced). The
+float32 blur and bilinear sampling of the tracker's run-time features give them to float32
+rounding (training keeps the exact path)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,14 @@ from skimage.segmentation import relabel_sequential
 from skimage.transform import resize
 
 import livetrack.blur
-from livetrack.blur import MIN_BAND_ROWS, band_cuts, blur_threads, downscale, gaussian_filter
+from livetrack.blur import (
+    MIN_BAND_ROWS,
+    band_cuts,
+    blur_threads,
+    downscale,
+    gaussian_filter,
+    gaussian_filter_f32,
+)
 from livetrack.segment.postprocess import relabel
 from livetrack.track import features as F
 from livetrack.types import Detections
@@ -145,9 +154,11 @@ def test_tracker_features_are_those_of_the_plain_computation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Label images of several integer types, objects on the frame's edges, large nuclei
-    (the blurred path) and small ones: crops and morphology equal to the last bit to those
-    with one plain ``ndi.gaussian_filter`` call and int64 labels; the perimeter equal to
-    the full-frame comparison's."""
+    (the blurred path) and small ones: with ``exact`` (training), crops and morphology equal
+    to the last bit to those with one plain ``ndi.gaussian_filter`` call and int64 labels;
+    the perimeter equal to the full-frame comparison's. The run-time path (float32 blur,
+    bilinear sampling by hand) gives the same shapes, the same morphology except the
+    brightness (float32 rounding) and crops equal to float32 rounding."""
     from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
 
     cfg = SimulationConfig(
@@ -167,12 +178,54 @@ def test_tracker_features_are_those_of_the_plain_computation(
         for diameter in (26.0, 14.0):  # crops blurred (step > 1.5 px) and not
             with monkeypatch.context() as m:
                 m.setattr(F, "gaussian_filter", ndi.gaussian_filter)
-                plain = F.frame_features(f.image, f.labels.astype(np.int64), det, diameter)
+                plain = F.frame_features(
+                    f.image, f.labels.astype(np.int64), det, diameter, exact=True
+                )
             assert np.array_equal(plain.morph[:, 1], (perimeter / diameter).astype(np.float32))
             for mask in (f.labels, f.labels.astype(np.int64), f.labels.astype(np.uint16)):
-                got = F.frame_features(f.image, mask, det, diameter)
+                got = F.frame_features(f.image, mask, det, diameter, exact=True)
                 assert np.array_equal(got.morph, plain.morph)
                 assert np.array_equal(got.crops, plain.crops)
+                fast = F.frame_features(f.image, mask, det, diameter)
+                assert fast.crops.shape == plain.crops.shape
+                assert np.array_equal(fast.crops[:, 1], plain.crops[:, 1])  # inside masks
+                assert np.array_equal(fast.morph[:, :3], plain.morph[:, :3])
+                np.testing.assert_allclose(fast.morph[:, 3], plain.morph[:, 3], atol=1e-5)
+                np.testing.assert_allclose(fast.crops, plain.crops, atol=2e-4)
+                if diameter == 26.0:  # the blurred path really differs from the plain one
+                    assert not np.array_equal(fast.crops, plain.crops)
+
+
+def test_float32_blur_is_scipys_blur_to_float32_rounding() -> None:
+    """``gaussian_filter_f32``: SciPy's ``reflect`` blur of any 2-D frame (integer or
+    float, tiny, one pixel wide, kernels wider than the frame), in float32, within float32
+    rounding of SciPy's float64 sums; not the same to the last bit."""
+    rng = np.random.default_rng(5)
+    differs = False
+    for h, w in [(300, 211), (7, 90), (90, 7), (1, 40), (3, 3)]:
+        for dtype in (np.uint16, np.float32, np.float64):
+            img = (rng.random((h, w)) * 4000).astype(dtype)
+            for sigma, truncate in [(1.17, 2.5), (0.3, 2.5), (3.0, 4.0), (0.1, 4.0)]:
+                expected = ndi.gaussian_filter(img.astype(np.float64), sigma, truncate=truncate)
+                out = gaussian_filter_f32(img, sigma, truncate=truncate)
+                assert out.dtype == np.float32
+                assert out.shape == img.shape
+                np.testing.assert_allclose(out, expected, rtol=0, atol=4000 * 1e-6)
+                differs |= not np.array_equal(out, expected.astype(np.float32))
+    assert differs
+    with pytest.raises(ValueError, match="2-D"):
+        gaussian_filter_f32(np.zeros((2, 3, 4), np.float32), 1.0)
+
+
+def test_bilinear_sampling_is_map_coordinates_nearest() -> None:
+    """The crops' sampling by hand: ``map_coordinates(order=1, mode="nearest")``, inside the
+    frame, on its edges and beyond them (the edge pixels continue)."""
+    rng = np.random.default_rng(6)
+    img = (rng.random((40, 57)) * 1000).astype(np.float32)
+    y = np.concatenate([rng.uniform(-8, 48, 3000), [0.0, 39.0, 39.5, -0.5, 20.0]])
+    x = np.concatenate([rng.uniform(-8, 65, 3000), [0.0, 56.0, 56.5, 3.0, -1.0]])
+    expected = ndi.map_coordinates(img, np.stack([y, x]), order=1, mode="nearest")
+    np.testing.assert_allclose(F._bilinear(img, y, x), expected, rtol=0, atol=1e-3)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -191,3 +244,28 @@ def test_banded_blur_works_in_a_forked_child() -> None:
 
 def _blur_in_child(img: np.ndarray) -> np.ndarray:
     return gaussian_filter(img, 1.0, bands=2)
+
+
+def test_training_features_take_the_exact_path() -> None:
+    """The tracker's training data is built with SciPy's blur and sampling (``exact``), so
+    the shipped weights reproduce to the bit; the run-time path differs in the last bits."""
+    from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
+
+    from livetrack.track.model import TrackNetConfig
+    from livetrack.training.track import movie_from_frames
+
+    cfg = SimulationConfig(seed=7, n_frames=2, height=160, width=150, n_cells=12)
+    frames = list(NucleiSimulator(cfg).frames())
+    cfg_model = TrackNetConfig()
+    movie = movie_from_frames(
+        [f.image for f in frames], [f.labels for f in frames], {}, cfg_model, window=3
+    )
+    last = frames[-1]
+    det = Detections.from_labels(last.labels)
+    diameter = movie.frames[-1].diameter
+    assert diameter * cfg_model.crop_diameters / F.CROP > 1.5  # the blurred path
+    kwargs = {"crop_diameters": cfg_model.crop_diameters}
+    exact = F.frame_features(last.image, last.labels, det, diameter, exact=True, **kwargs)
+    fast = F.frame_features(last.image, last.labels, det, diameter, **kwargs)
+    assert np.array_equal(movie.frames[-1].crops, exact.crops)
+    assert not np.array_equal(movie.frames[-1].crops, fast.crops)

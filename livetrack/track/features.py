@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from livetrack.blur import gaussian_filter
+from livetrack.blur import gaussian_filter, gaussian_filter_f32
 from livetrack.percentile import frame_percentiles
 from livetrack.types import Detections
 
@@ -112,13 +112,20 @@ def frame_features(
     crop_diameters: float = 1.25,
     neighbour_diameters: float = 4.0,
     max_diameter_px: float | None = None,
+    exact: bool = False,
 ) -> FrameFeatures:
     """Features of every detection of one frame; ``diameter`` is the length unit in px.
 
     ``max_diameter_px``: nuclei larger than this have their crops and morphology computed
     on the frame reduced by an integer factor (``reduction_factor``, ``reduce_frame``), a
     fraction of the pixel work; the features are in units of the diameter either way. The
-    centroids and neighbour pairs stay those of the full frame. None or 0: full resolution."""
+    centroids and neighbour pairs stay those of the full frame. None or 0: full resolution.
+
+    ``exact``: the crops' anti-aliasing blur and sampling with SciPy (``gaussian_filter``,
+    ``map_coordinates``), as the shipped models were trained (training passes True, so
+    their weights reproduce to the bit). False (the tracker at run time): the same blur and
+    bilinear sampling in float32 (``gaussian_filter_f32``, ``_bilinear``), equal to
+    float32 rounding and ~10 ms faster on a 1024² frame."""
     if image.shape != mask.shape or image.ndim != 2:
         raise ValueError(
             f"image {image.shape} and mask {mask.shape} must be 2-D and of the same shape"
@@ -146,7 +153,7 @@ def frame_features(
         if np.any(area > 0):
             cen_f = np.where((area > 0)[:, None], _moments(lab, labels, area), cen_f)
     fg = np.flatnonzero(lab > 0)  # (the same indices as of ``lab``, ~4x faster)
-    crops, mean = _crops(img, lab, labels, cen_f, area, crop_diameters * unit, fg)
+    crops, mean = _crops(img, lab, labels, cen_f, area, crop_diameters * unit, fg, exact=exact)
     morph = _morphology(lab, labels, cen_f, area, unit, fg)
     bg = background_level(image)  # background level, so the ratio is offset-free
     signal = np.maximum(mean - bg, 1e-3)
@@ -188,6 +195,8 @@ def _crops(
     area: NDArray[np.float64],
     side_px: float,
     fg: NDArray[np.intp],
+    *,
+    exact: bool = True,
 ) -> tuple[FloatArray, NDArray[np.float64]]:
     """Crops (N, 2, CROP, CROP) and the mean intensity of each detection's pixels."""
     n = len(labels)
@@ -195,14 +204,21 @@ def _crops(
     if step > 1.5:
         # Anti-aliasing: large nuclei are sampled sparsely, so low-pass the frame first
         # (the crop then looks the same whatever the magnification).
-        # (Bands in threads: the same values as one ``ndi.gaussian_filter`` call.)
-        img = gaussian_filter(img, 0.5 * step, truncate=2.5)
+        # (exact: bands in threads, the same values as one ``ndi.gaussian_filter`` call.)
+        if exact:
+            img = gaussian_filter(img, 0.5 * step, truncate=2.5)
+        else:
+            img = gaussian_filter_f32(img, 0.5 * step, truncate=2.5)
     offs = (np.arange(CROP, dtype=np.float64) - (CROP - 1) / 2.0) * step
     yy = cen[:, 0, None, None] + offs[None, :, None]
     xx = cen[:, 1, None, None] + offs[None, None, :]
     yy, xx = np.broadcast_arrays(yy, xx)
     coords = np.stack([yy.ravel(), xx.ravel()])
-    vals = ndi.map_coordinates(img, coords, order=1, mode="nearest").reshape(n, CROP, CROP)
+    if exact:
+        vals = ndi.map_coordinates(img, coords, order=1, mode="nearest")
+    else:
+        vals = _bilinear(img, coords[0], coords[1])
+    vals = vals.reshape(n, CROP, CROP)
     near = np.stack(
         [
             np.clip(np.rint(coords[0]), 0, lab.shape[0] - 1),
@@ -225,6 +241,24 @@ def _crops(
     z = (vals - mean[:, None, None]) / std[:, None, None]
     z = np.clip(z, -5.0, 5.0) * inside
     return np.stack([z, inside], axis=1).astype(np.float32), mean
+
+
+def _bilinear(
+    img: NDArray[np.float32], y: NDArray[np.float64], x: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """``ndi.map_coordinates(img, [y, x], order=1, mode="nearest")`` by hand (four gathers;
+    beyond the frame the edge pixels continue): equal to float32 rounding."""
+    h, w = img.shape
+    y0, x0 = np.floor(y), np.floor(x)
+    fy, fx = y - y0, x - x0
+    y0i, x0i = y0.astype(np.intp), x0.astype(np.intp)
+    r0, r1 = np.clip(y0i, 0, h - 1) * w, np.clip(y0i + 1, 0, h - 1) * w
+    c0, c1 = np.clip(x0i, 0, w - 1), np.clip(x0i + 1, 0, w - 1)
+    flat = img.ravel()
+    top = flat[r0 + c0] * (1.0 - fx) + flat[r0 + c1] * fx
+    bottom = flat[r1 + c0] * (1.0 - fx) + flat[r1 + c1] * fx
+    out: NDArray[np.float64] = top * (1.0 - fy) + bottom * fy
+    return out
 
 
 def _morphology(
@@ -254,18 +288,20 @@ def _morphology(
     l1 = (myy + mxx) / 2.0 + root
     l2 = np.maximum((myy + mxx) / 2.0 - root, 0.0)
     ecc = np.sqrt(np.clip(1.0 - l2 / np.maximum(l1, 1e-9), 0.0, 1.0))
-    # Perimeter: pixels of the object with a 4-neighbour outside it (or on the frame edge),
-    # looked up for the foreground pixels only.
-    on_edge = (row == 0) | (row == h - 1) | (col == 0) | (col == w - 1)
-    inner = fg[~on_edge]
-    own = flat_fg[~on_edge]
-    differs = flat[inner - w] != own
-    differs |= flat[inner + w] != own
-    differs |= flat[inner - 1] != own
-    differs |= flat[inner + 1] != own
-    perim = np.bincount(own[differs], minlength=size) + np.bincount(
-        flat_fg[on_edge], minlength=size
-    )
+    # Perimeter: pixels of the object with a 4-neighbour of another label (background
+    # included) or on the frame's edge: neighbouring pixels compared over the whole frame in
+    # the labels' own type (faster than looking up the foreground's neighbours), then
+    # counted over the foreground.
+    boundary = np.zeros((h, w), bool)
+    boundary[[0, -1], :] = True
+    boundary[:, [0, -1]] = True
+    rows = lab[1:] != lab[:-1]
+    boundary[1:] |= rows
+    boundary[:-1] |= rows
+    cols = lab[:, 1:] != lab[:, :-1]
+    boundary[:, 1:] |= cols
+    boundary[:, :-1] |= cols
+    perim = np.bincount(flat_fg[boundary.ravel()[fg]], minlength=size)
     perim = perim[labels].astype(np.float64)
     d = max(float(diameter), 1.0)
     return np.stack([area / d**2, perim / d, ecc], axis=1).astype(np.float32)

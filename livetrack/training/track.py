@@ -223,6 +223,7 @@ def movie_from_frames(
                 diam,
                 crop_diameters=model.crop_diameters,
                 neighbour_diameters=model.neighbour_diameters,
+                exact=True,  # SciPy's values, as the shipped weights were trained with
             )
         )
         ids.append(np.fromiter((id_of.get(int(v), int(v)) for v in det.labels), np.int64, len(det)))
