@@ -15,6 +15,7 @@ from livetrack.segment.factory import make_segmenter
 from livetrack.segment.learned import LearnedSegmenter
 from livetrack.segment.model import (
     WEIGHTS_FILE,
+    InferenceUNet,
     ModelConfig,
     NucleusUNet,
     inner_distance,
@@ -67,6 +68,45 @@ def test_tiny_model_shapes_and_determinism() -> None:
     assert out1.shape == (2, 4, 32, 48)
     assert torch.equal(out1, out2)
     assert not torch.equal(_tiny_model(1)(x), out1)
+
+
+def test_the_inference_network_gives_the_models_maps() -> None:
+    """``InferenceUNet`` (batch norms folded, no concatenations) computes the same maps as
+    the model it is built from, to float32 rounding: random weights and batch-norm
+    statistics, with and without coordinate channels, frames that are not multiples of the
+    model's stride; the model itself is left as it was."""
+    for cfg, shape in [
+        (TINY, (2, 1, 32, 48)),
+        (ModelConfig(width=8, depth=4, canonical_diameter_px=16.0), (1, 1, 80, 64)),
+        (ModelConfig(width=4, depth=3, coord_channels=True), (1, 3, 40, 56)),
+        (TINY, (1, 1, 30, 45)),
+    ]:
+        torch.manual_seed(3)
+        model = NucleusUNet(cfg)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.2, 3.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.3, 0.3)
+        model.eval()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        net = InferenceUNet(model)
+        assert net.multiple == model.multiple
+        x = torch.rand(*shape)
+        with torch.inference_mode():
+            expected, got = model(x), net(x)
+            got_cl = net.to(memory_format=torch.channels_last)(  # type: ignore[call-overload]
+                x.contiguous(memory_format=torch.channels_last)
+            )
+        assert got.shape == expected.shape
+        scale = float(expected.abs().max())
+        assert scale > 0.1
+        assert torch.allclose(got, expected, rtol=0, atol=1e-5 * scale)
+        assert torch.allclose(got_cl, expected, rtol=0, atol=1e-5 * scale)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k])
 
 
 def test_targets_have_a_peak_per_nucleus_and_a_valley_between_touching_ones() -> None:

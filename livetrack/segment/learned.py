@@ -13,7 +13,7 @@ from skimage.transform import resize
 from livetrack.blur import downscale
 from livetrack.config import SegmentConfig
 from livetrack.models import SHIPPED_SEGMENT_MODEL
-from livetrack.segment.model import NucleusUNet, load_model
+from livetrack.segment.model import InferenceUNet, NucleusUNet, load_model
 from livetrack.segment.postprocess import (
     PostprocessParams,
     bilinear_resize,
@@ -65,6 +65,12 @@ class LearnedSegmenter(ScaledSegmenter):
         self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.half:
             self.model.half()
+        # What runs: the same network with its batch norms folded and no concatenations
+        # (``InferenceUNet``: the same maps to float32 rounding, ~1.5x faster on a CPU).
+        self.net = InferenceUNet(self.model).to(self.torch_device)
+        self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.half:
+            self.net.half()
         if self.torch_device.type == "cpu" and torch.get_num_threads() > MAX_CPU_THREADS:
             torch.set_num_threads(MAX_CPU_THREADS)
         self.device = str(self.torch_device)
@@ -155,7 +161,7 @@ class LearnedSegmenter(ScaledSegmenter):
         if self.half:
             x = x.half()
         with torch.inference_mode():
-            raw = self.model(x).float()
+            raw = self.net(x).float()
             fg = torch.softmax(raw[:, 2:4], dim=1)[:, 1:2]
             maps = torch.cat([raw[:, 0:2], fg], dim=1)
         return np.asarray(maps.cpu().numpy(), dtype=np.float32)

@@ -15,6 +15,7 @@ have one size.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,6 +110,96 @@ class NucleusUNet(nn.Module):
             x = block(torch.cat([x, skip], dim=1))
         out: torch.Tensor = self.head(x)
         return out
+
+
+def _folded(conv: nn.Module, bn: nn.Module) -> nn.Conv2d:
+    """One convolution (with bias) equal to ``bn(conv(x))`` with the batch norm's running
+    statistics (eval mode), folded in float64 and stored as float32."""
+    assert isinstance(conv, nn.Conv2d)
+    assert isinstance(bn, nn.BatchNorm2d)
+    assert bn.running_mean is not None
+    assert bn.running_var is not None
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else w.new_zeros(w.shape[0])
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = (b - bn.running_mean.double()) * scale + bn.bias.detach().double()
+    out = copy.deepcopy(conv).float()
+    out.weight = nn.Parameter((w * scale[:, None, None, None]).float().to(conv.weight.device))
+    out.bias = nn.Parameter(shift.float().to(conv.weight.device))
+    return out
+
+
+class InferenceUNet(nn.Module):
+    """A ``NucleusUNet`` rearranged for inference (the segmenter runs this; training and the
+    saved weights use ``NucleusUNet``): each batch norm folded into the convolution before
+    it, and each up block's first convolution split in two — one over the upsampled map,
+    one over the skip connection — whose outputs are added, instead of convolving their
+    concatenation (a copy of both maps that is slow in the channels-last layout on a CPU).
+    The same maps to float32 rounding (summation order differs); ~1.5x faster on a CPU.
+    Built from the model's weights as they are at construction."""
+
+    def __init__(self, model: NucleusUNet) -> None:
+        super().__init__()
+        self.config = model.config
+        self.down = nn.ModuleList()
+        for block in _blocks(model.down):
+            self.down.append(
+                nn.Sequential(
+                    _folded(block[0], block[1]),
+                    nn.ReLU(inplace=True),
+                    _folded(block[3], block[4]),
+                    nn.ReLU(inplace=True),
+                )
+            )
+        self.up_from_below = nn.ModuleList()
+        self.up_from_skip = nn.ModuleList()
+        self.up_second = nn.ModuleList()
+        for block in _blocks(model.up):
+            first = _folded(block[0], block[1])
+            skip_channels = first.out_channels  # the skip has the level's width
+            below = first.in_channels - skip_channels
+            from_below = nn.Conv2d(below, first.out_channels, 3, padding=1)
+            from_skip = nn.Conv2d(skip_channels, first.out_channels, 3, padding=1, bias=False)
+            with torch.no_grad():
+                from_below.weight.copy_(first.weight[:, :below])
+                assert from_below.bias is not None
+                assert first.bias is not None
+                from_below.bias.copy_(first.bias)
+                from_skip.weight.copy_(first.weight[:, below:])
+            self.up_from_below.append(from_below)
+            self.up_from_skip.append(from_skip)
+            self.up_second.append(nn.Sequential(_folded(block[3], block[4]), nn.ReLU(inplace=True)))
+        self.head = copy.deepcopy(model.head).float()
+        self.eval()
+
+    @property
+    def multiple(self) -> int:
+        return int(2**self.config.depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: list[torch.Tensor] = []
+        for i, block in enumerate(self.down):
+            if i > 0:
+                x = max_pool2(x)
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for from_below, from_skip, second in zip(
+            self.up_from_below, self.up_from_skip, self.up_second, strict=True
+        ):
+            skip = skips.pop()
+            x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="bilinear")
+            y = from_below(x)
+            y += from_skip(skip)
+            x = second(torch.relu_(y))
+        out: torch.Tensor = self.head(x)
+        return out
+
+
+def _blocks(modules: nn.ModuleList) -> list[nn.Sequential]:
+    out = [m for m in modules if isinstance(m, nn.Sequential)]
+    assert len(out) == len(modules)
+    return out
 
 
 def coordinate_maps(shape: tuple[int, int]) -> NDArray[np.float32]:
