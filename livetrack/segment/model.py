@@ -97,19 +97,26 @@ class NucleusUNet(nn.Module):
         return int(2**self.config.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips: list[torch.Tensor] = []
-        for i, block in enumerate(self.down):
-            if i > 0:
-                x = max_pool2(x)  # max_pool2d(x, 2), faster on a CPU
-            x = block(x)
-            skips.append(x)
-        skips.pop()
+        x, skips = _down_path(self.down, x)
         for block in self.up:
             skip = skips.pop()
             x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="bilinear")
             x = block(torch.cat([x, skip], dim=1))
         out: torch.Tensor = self.head(x)
         return out
+
+
+def _down_path(blocks: nn.ModuleList, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The U-Net's contracting path: each level's block after a 2 × 2 max pool (none before
+    the first); the deepest map and the skip connections of the levels above it."""
+    skips: list[torch.Tensor] = []
+    for i, block in enumerate(blocks):
+        if i > 0:
+            x = max_pool2(x)  # max_pool2d(x, 2), faster on a CPU
+        x = block(x)
+        skips.append(x)
+    skips.pop()
+    return x, skips
 
 
 def _folded(conv: nn.Module, bn: nn.Module) -> nn.Conv2d:
@@ -177,13 +184,7 @@ class InferenceUNet(nn.Module):
         return int(2**self.config.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips: list[torch.Tensor] = []
-        for i, block in enumerate(self.down):
-            if i > 0:
-                x = max_pool2(x)
-            x = block(x)
-            skips.append(x)
-        skips.pop()
+        x, skips = _down_path(self.down, x)
         for from_below, from_skip, second in zip(
             self.up_from_below, self.up_from_skip, self.up_second, strict=True
         ):
