@@ -149,6 +149,30 @@ def _perimeter_by_full_frame_comparison(mask: np.ndarray, labels: np.ndarray) ->
     return np.bincount(lab.ravel()[edge.ravel()], minlength=int(labels.max()) + 1)[labels]
 
 
+def _eccentricity_by_pixel_sums(mask: np.ndarray, det: Detections) -> np.ndarray:
+    """Eccentricity from second moments summed pixel by pixel (the code before the sums
+    over runs of one label along the rows)."""
+    lab = np.maximum(mask, 0).astype(np.int64)
+    labels = det.labels.astype(np.int64)
+    size = int(labels.max()) + 1
+    ys, xs = np.nonzero(lab)
+    flat = lab[ys, xs]
+    area = np.maximum(det.areas.astype(np.float64), 1)
+    ys, xs = ys.astype(np.float64), xs.astype(np.float64)
+    cen = det.centroids.astype(np.float64)
+
+    def mean(w: np.ndarray) -> np.ndarray:
+        return np.bincount(flat, weights=w, minlength=size)[labels] / area
+
+    myy = mean(ys * ys) - cen[:, 0] ** 2
+    mxx = mean(xs * xs) - cen[:, 1] ** 2
+    mxy = mean(xs * ys) - cen[:, 0] * cen[:, 1]
+    root = np.sqrt(np.maximum((myy - mxx) ** 2 / 4.0 + mxy**2, 0.0))
+    l1 = (myy + mxx) / 2.0 + root
+    l2 = np.maximum((myy + mxx) / 2.0 - root, 0.0)
+    return np.sqrt(np.clip(1.0 - l2 / np.maximum(l1, 1e-9), 0.0, 1.0)).astype(np.float32)
+
+
 @pytest.mark.usefixtures("small_bands")
 def test_tracker_features_are_those_of_the_plain_computation(
     monkeypatch: pytest.MonkeyPatch,
@@ -156,9 +180,10 @@ def test_tracker_features_are_those_of_the_plain_computation(
     """Label images of several integer types, objects on the frame's edges, large nuclei
     (the blurred path) and small ones: with ``exact`` (training), crops and morphology equal
     to the last bit to those with one plain ``ndi.gaussian_filter`` call and int64 labels;
-    the perimeter equal to the full-frame comparison's. The run-time path (float32 blur,
-    bilinear sampling by hand) gives the same shapes, the same morphology except the
-    brightness (float32 rounding) and crops equal to float32 rounding."""
+    the perimeter equal to the full-frame comparison's, the eccentricity to that of moments
+    summed pixel by pixel. The run-time path (float32 blur, bilinear sampling by hand) gives
+    the same shapes, the same morphology except the brightness (float32 rounding) and crops
+    equal to float32 rounding."""
     from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
 
     cfg = SimulationConfig(
@@ -175,6 +200,7 @@ def test_tracker_features_are_those_of_the_plain_computation(
         border = np.concatenate([f.labels[[0, -1]].ravel(), f.labels[:, [0, -1]].ravel()])
         assert (border > 0).any()
         perimeter = _perimeter_by_full_frame_comparison(f.labels, det.labels)
+        eccentricity = _eccentricity_by_pixel_sums(f.labels, det)
         for diameter in (26.0, 14.0):  # crops blurred (step > 1.5 px) and not
             with monkeypatch.context() as m:
                 m.setattr(F, "gaussian_filter", ndi.gaussian_filter)
@@ -182,6 +208,7 @@ def test_tracker_features_are_those_of_the_plain_computation(
                     f.image, f.labels.astype(np.int64), det, diameter, exact=True
                 )
             assert np.array_equal(plain.morph[:, 1], (perimeter / diameter).astype(np.float32))
+            assert np.array_equal(plain.morph[:, 2], eccentricity)
             for mask in (f.labels, f.labels.astype(np.int64), f.labels.astype(np.uint16)):
                 got = F.frame_features(f.image, mask, det, diameter, exact=True)
                 assert np.array_equal(got.morph, plain.morph)
@@ -218,14 +245,21 @@ def test_float32_blur_is_scipys_blur_to_float32_rounding() -> None:
 
 
 def test_bilinear_sampling_is_map_coordinates_nearest() -> None:
-    """The crops' sampling by hand: ``map_coordinates(order=1, mode="nearest")``, inside the
-    frame, on its edges and beyond them (the edge pixels continue)."""
+    """The crops' sampling by hand: ``map_coordinates(order=1, mode="nearest")`` at every
+    point of each grid, inside the frame, on its edges and beyond them (the edge pixels
+    continue)."""
     rng = np.random.default_rng(6)
     img = (rng.random((40, 57)) * 1000).astype(np.float32)
-    y = np.concatenate([rng.uniform(-8, 48, 3000), [0.0, 39.0, 39.5, -0.5, 20.0]])
-    x = np.concatenate([rng.uniform(-8, 65, 3000), [0.0, 56.0, 56.5, 3.0, -1.0]])
-    expected = ndi.map_coordinates(img, np.stack([y, x]), order=1, mode="nearest")
-    np.testing.assert_allclose(F._bilinear(img, y, x), expected, rtol=0, atol=1e-3)
+    ys = rng.uniform(-8, 48, (200, 5))
+    xs = rng.uniform(-8, 65, (200, 7))
+    ys[0] = [0.0, 39.0, 39.5, -0.5, 20.0]
+    xs[0, :5] = [0.0, 56.0, 56.5, 3.0, -1.0]
+    yy, xx = np.broadcast_arrays(ys[:, :, None], xs[:, None, :])
+    expected = ndi.map_coordinates(img, np.stack([yy.ravel(), xx.ravel()]), order=1, mode="nearest")
+    got = F._bilinear_grids(img, ys, xs)
+    assert got.shape == (200, 5, 7)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got.ravel(), expected, rtol=0, atol=1e-3)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
