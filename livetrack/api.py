@@ -82,6 +82,7 @@ def track(
     labels = as_movie(masks, "masks") if masks is not None else None
     n_frames, shape = _check_movies(movie, labels)
     from livetrack.evaluate.table import measure
+    from livetrack.percentile import one_frame
     from livetrack.segment.factory import make_segmenter
     from livetrack.track.factory import make_tracker
     from livetrack.track.merges import split_segmentation
@@ -95,15 +96,16 @@ def track(
     try:
         for t in range(n_frames):
             image = _frame(movie, t, shape, "images")
-            if labels is not None:
-                mask = _frame(labels, t, shape, "masks").astype(np.int32)
-                result = Segmentation(mask=mask, detections=Detections.from_labels(mask))
-            else:
-                assert seg is not None
-                result = split_segmentation(seg.predict(image, pixel_size), trk, t)
-            step = trk.step(
-                t, result.detections, image=image, mask=result.mask, labels_given=seg is None
-            )
+            with one_frame(image):  # the frame's histogram counted once
+                if labels is not None:
+                    mask = _frame(labels, t, shape, "masks").astype(np.int32)
+                    result = Segmentation(mask=mask, detections=Detections.from_labels(mask))
+                else:
+                    assert seg is not None
+                    result = split_segmentation(seg.predict(image, pixel_size), trk, t)
+                step = trk.step(
+                    t, result.detections, image=image, mask=result.mask, labels_given=seg is None
+                )
             builder.add_frame(result.mask, result.detections, step)
             dets = builder.detections[t][0]
             builder.features[t] = measure(result.mask, dets.labels, image)

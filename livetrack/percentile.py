@@ -7,11 +7,19 @@ interpolation between them is then repeated term for term, so the value is ident
 ``np.percentile(frame.astype(np.float32), q)``. numpy has changed that interpolation between
 versions: the shortcut is checked against the running numpy once and not used if they
 differ.
+
+The segmenter's normalisation, its scale estimate and the tracker's background level all
+ask for percentiles of the same frame. Inside ``one_frame(image)`` (the worker wraps each
+frame's segmentation and tracking in it) the histogram of that very array is counted once
+and reused; outside it, or for any other array, it is counted on every call.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,7 +37,42 @@ def frame_percentiles(
         return None
     if not _numpy_agrees():
         return None
-    return _from_histogram(arr, qs, as_list)
+    return _from_histogram(arr, qs, as_list, _histogram_of(image, arr))
+
+
+_scope = threading.local()
+
+
+@contextmanager
+def one_frame(image: object) -> Iterator[None]:
+    """Within this block the histogram of ``image`` (this very object, which must not change
+    until the block ends) is counted at most once, whoever asks for its percentiles; the
+    same values as without it. Blocks nest; each thread has its own."""
+    before = getattr(_scope, "frame", None)
+    _scope.frame = [image, None]
+    try:
+        yield
+    finally:
+        _scope.frame = before
+
+
+def _histogram_of(image: object, arr: NDArray[np.generic]) -> tuple[NDArray[np.int64], int]:
+    held = getattr(_scope, "frame", None)
+    if held is None or held[0] is not image:
+        return _histogram(arr)
+    if held[1] is None:
+        held[1] = _histogram(arr)
+    hist: tuple[NDArray[np.int64], int] = held[1]
+    return hist
+
+
+def _histogram(arr: NDArray[np.generic]) -> tuple[NDArray[np.int64], int]:
+    """Cumulative counts of the frame's values from its minimum (0 for unsigned frames),
+    and that minimum."""
+    flat = arr.ravel()
+    low = int(flat.min()) if arr.dtype.kind == "i" else 0
+    counts = np.cumsum(np.bincount((flat.astype(np.int64) - low) if low else flat))
+    return counts, low
 
 
 _AGREES: list[bool] = []
@@ -55,16 +98,18 @@ def _numpy_agrees() -> bool:
 
 
 def _from_histogram(
-    arr: NDArray[np.generic], qs: tuple[float, ...], as_list: bool
+    arr: NDArray[np.generic],
+    qs: tuple[float, ...],
+    as_list: bool,
+    hist: tuple[NDArray[np.int64], int] | None = None,
 ) -> tuple[float, ...]:
-    flat = arr.ravel()
-    low = int(flat.min()) if arr.dtype.kind == "i" else 0
-    counts = np.cumsum(np.bincount((flat.astype(np.int64) - low) if low else flat))
+    counts, low = _histogram(arr) if hist is None else hist
+    size = arr.size
     out = []
     for q in qs:
-        pos = (q / 100.0) * (flat.size - 1)
+        pos = (q / 100.0) * (size - 1)
         below = math.floor(pos)
-        above = min(below + 1, flat.size - 1)
+        above = min(below + 1, size - 1)
         v_below = int(np.searchsorted(counts, below + 1)) + low
         v_above = int(np.searchsorted(counts, above + 1)) + low
         # numpy's _lerp, term for term: the weight t = pos - floor(pos) is float64; with one

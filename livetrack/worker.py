@@ -55,6 +55,7 @@ from livetrack.messages import (
     UseModel,
     WorkerStatus,
 )
+from livetrack.percentile import one_frame
 from livetrack.segment.base import Segmenter
 from livetrack.segment.factory import make_segmenter
 from livetrack.store import (
@@ -387,6 +388,19 @@ class Worker:
             segmenter = GivenLabels(labels)
         tracker = self._live_tracker(h, state)
         timings = {"receive": receive_ms}
+        # The frame's histogram is counted once for the segmenter and the tracker.
+        with one_frame(rf.image):
+            return self._segment_track_store(h, rf, state, segmenter, tracker, timings)
+
+    def _segment_track_store(
+        self,
+        h: FrameHeader,
+        rf: ReceivedFrame,
+        state: PositionState,
+        segmenter: Segmenter,
+        tracker: Tracker,
+        timings: dict[str, float],
+    ) -> FrameResult:
         try:
             t = time.perf_counter()
             seg = segmenter.predict(rf.image, h.pixel_size_um)

@@ -34,6 +34,7 @@ from livetrack.track.lstm import (
     trained_min_diameter,
 )
 from livetrack.track.model import (
+    N_GEOM,
     TRAINED_DIAMETERS_PX,
     TrackNet,
     TrackNetConfig,
@@ -205,6 +206,29 @@ def test_tiny_seeded_model_gives_valid_probabilities_deterministically() -> None
     assert np.array_equal(prob, fb.prob)
     assert sa.embeddings is not None
     assert sa.embeddings.shape == (3, 16)
+
+
+def test_the_head_by_parts_gives_the_heads_logits() -> None:
+    """The run-time head (first layer's work once per track and once per detection) gives
+    the training head's logits on every (track, detection) pair, to float32 rounding."""
+    from livetrack.models import SHIPPED_TRACK_MODEL
+
+    shipped, _ = load_tracknet(SHIPPED_TRACK_MODEL)
+    for model in (tiny_model(5), shipped):
+        cfg = model.config
+        gen = torch.Generator().manual_seed(2)
+        t, n, p = 9, 13, 40
+        summary = torch.randn(t, cfg.hidden + cfg.disp_hidden, generator=gen)
+        last = torch.randn(t, cfg.embed_dim, generator=gen)
+        emb = torch.randn(n, cfg.embed_dim, generator=gen)
+        track = torch.randint(0, t, (p,), generator=gen)
+        det = torch.randint(0, n, (p,), generator=gen)
+        geom = torch.randn(p, N_GEOM, generator=gen)
+        with torch.inference_mode():
+            full = model.pair_logits(summary[track], last[track], emb[det], geom)
+            parts = model.pair_logits_by_parts(summary, last, emb, track, det, geom)
+        assert parts.shape == (p, 3)
+        torch.testing.assert_close(parts, full, rtol=0, atol=1e-4)
 
 
 def test_model_save_load_round_trip(tmp_path: Path) -> None:

@@ -372,6 +372,41 @@ def test_the_rise_limit_counts_from_the_settled_scale_not_the_first_guess() -> N
     assert used[-1] == pytest.approx(31.0, rel=0.03)  # followed: 31 < 1.25 x 26
 
 
+def test_one_frames_histogram_is_counted_once_and_only_for_that_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inside ``one_frame(image)`` every percentile of that very array comes from one
+    histogram, with the same values as without it; another array (even with the same
+    values), or the same array after the block, is counted afresh."""
+    from livetrack import percentile as P
+
+    frame = next(integer_frames(3, 1, 80))
+    other = frame.copy()
+    expected = (P.frame_percentiles(frame, (5.0,)), P.frame_percentiles(frame, (1.0, 99.8)))
+    counted: list[int] = []
+    real = P._histogram
+
+    def counting(arr: np.ndarray) -> tuple[np.ndarray, int]:
+        counted.append(arr.size)
+        return real(arr)
+
+    monkeypatch.setattr(P, "_histogram", counting)
+    with P.one_frame(frame):
+        got = (P.frame_percentiles(frame, (5.0,)), P.frame_percentiles(frame, (1.0, 99.8)))
+        assert len(counted) == 1
+        assert P.frame_percentiles(other, (5.0,)) == expected[0]
+        assert len(counted) == 2
+        with P.one_frame(other):  # nested: the inner frame's own
+            P.frame_percentiles(frame, (5.0,))
+            assert len(counted) == 3
+        P.frame_percentiles(frame, (1.0,))
+        assert len(counted) == 3  # the outer frame's histogram again
+    assert got == expected
+    frame[0, 0] += 1  # changed after the block: counted afresh
+    P.frame_percentiles(frame, (5.0,))
+    assert len(counted) == 4
+
+
 def test_normalise_is_numpys_percentile_normalisation_to_the_last_bit() -> None:
     """``normalise`` takes its percentiles from a histogram for integer frames
     (``frame_percentiles``): the result is the same array as with ``np.percentile``."""

@@ -17,7 +17,6 @@ thousands of nuclei.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,11 +84,16 @@ def gate(
     r = np.broadcast_to(np.asarray(radius, np.float64), (n_t,))
     if n_t == 0 or n_d == 0:
         return Candidates(_empty_index(), _empty_index(), np.zeros(0, np.float64))
-    tree = cKDTree(dp)
-    lists = tree.query_ball_point(tp, r=r, return_sorted=False)
-    counts = np.fromiter((len(v) for v in lists), dtype=np.intp, count=n_t)
-    det = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.intp, count=int(counts.sum()))
-    trk = np.repeat(np.arange(n_t, dtype=np.intp), counts)
+    usable = r[r >= 0]  # (a negative or NaN radius admits no pair)
+    if len(usable) == 0:
+        return Candidates(_empty_index(), _empty_index(), np.zeros(0, np.float64))
+    r_max = float(usable.max())
+    # Every pair within the largest radius (a little beyond, so that rounding in the trees'
+    # distances cannot drop one), as arrays; each track's own radius is applied below.
+    near = cKDTree(tp).sparse_distance_matrix(
+        cKDTree(dp), r_max * (1.0 + 1e-9) + 1e-9, output_type="ndarray"
+    )
+    trk, det = near["i"].astype(np.intp), near["j"].astype(np.intp)
     dist = np.hypot(dp[det, 0] - tp[trk, 0], dp[det, 1] - tp[trk, 1])
     keep = dist <= r[trk]
     trk, det, dist = trk[keep], det[keep], dist[keep]

@@ -183,23 +183,26 @@ def pair_probabilities(
     win_present: NDArray[np.float32],
     win_disp: NDArray[np.float32],
     last_emb: NDArray[np.float32],
-    cand_emb: NDArray[np.float32],
+    emb: NDArray[np.float32],
     geom: NDArray[np.float32],
     pair_track: NDArray[np.intp],
+    pair_det: NDArray[np.intp],
 ) -> NDArray[np.float64]:
-    """(P, 3) probabilities (same, different, parent→daughter) for each pair; the track
-    summaries are computed once per track row of the windows."""
+    """(P, 3) probabilities (same, different, parent→daughter) for each (track row, detection)
+    pair; the track summaries are computed once per track row of the windows, and the
+    head's first layer once per track row and once per detection of ``emb``."""
     if len(pair_track) == 0:
         return np.zeros((0, 3))
     with torch.inference_mode():
         summary = model.summarise(
             torch.from_numpy(win_emb), torch.from_numpy(win_present), torch.from_numpy(win_disp)
         )
-        idx = torch.from_numpy(pair_track.astype(np.int64))
-        logits = model.pair_logits(
-            summary[idx],
-            torch.from_numpy(last_emb)[idx],
-            torch.from_numpy(cand_emb),
+        logits = model.pair_logits_by_parts(
+            summary,
+            torch.from_numpy(last_emb),
+            torch.from_numpy(emb),
+            torch.from_numpy(pair_track.astype(np.int64)),
+            torch.from_numpy(pair_det.astype(np.int64)),
             torch.from_numpy(geom),
         )
         prob = torch.softmax(logits.double(), dim=1)
@@ -236,11 +239,11 @@ class _Rings:
     def slots_of(self, ids: IntArray) -> NDArray[np.intp]:
         """Slots of the tracks, allocating an empty one for a track not seen yet (e.g. one
         restored without stored embeddings)."""
-        for tid in ids:
-            tid = int(tid)
+        keys = [int(i) for i in ids] if not isinstance(ids, np.ndarray) else ids.tolist()
+        for tid in keys:
             if tid not in self.slot:
                 self.slot[tid] = self.free.pop() if self.free else self._grow()
-        return np.fromiter((self.slot[int(i)] for i in ids), np.intp, count=len(ids))
+        return np.fromiter(map(self.slot.__getitem__, keys), np.intp, count=len(keys))
 
     def write(self, ids: IntArray, frame: int, emb: NDArray[np.float32], pos: FloatArray) -> None:
         s = self.slots_of(ids)
@@ -690,9 +693,10 @@ class LearnedScorer:
             w_present,
             w_disp,
             last_emb,
-            emb[cand.detection],
+            emb,
             geom,
             pair_track.astype(np.intp),
+            cand.detection,
         )
 
 

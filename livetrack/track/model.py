@@ -162,6 +162,29 @@ class TrackNet(nn.Module):
         out: Tensor = self.head(x)
         return out
 
+    def pair_logits_by_parts(
+        self, summary: Tensor, last: Tensor, emb: Tensor, track: Tensor, det: Tensor, geom: Tensor
+    ) -> Tensor:
+        """``pair_logits(summary[track], last[track], emb[det], geom)`` (inference): the head's
+        first layer is linear in its four inputs, so its share of the summary and the last
+        embedding is computed once per track, of the candidate's embedding once per
+        detection, and only the geometry's per pair. The same logits to float32 rounding."""
+        first = self.head[0]
+        assert isinstance(first, nn.Linear)
+        s, d = summary.shape[1], emb.shape[1]
+        w = first.weight
+        w_sum, w_cand, w_diff, w_geom = (
+            w[:, :s],
+            w[:, s : s + d],
+            w[:, s + d : s + 2 * d],
+            w[:, s + 2 * d :],
+        )
+        per_track = summary @ w_sum.T - last @ w_diff.T
+        per_det = emb @ (w_cand + w_diff).T
+        x = per_track[track] + per_det[det] + geom @ w_geom.T + first.bias
+        out: Tensor = self.head[1:](x)
+        return out
+
 
 def save_tracknet(model: TrackNet, out_dir: Path, info: dict[str, object] | None = None) -> None:
     """config.json (architecture, thresholds, how it was trained) + weights.pt (float16)."""
