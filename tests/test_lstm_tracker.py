@@ -30,6 +30,7 @@ from livetrack.track.lstm import (
     division_posterior,
     encode_frame,
     lstm_tracker,
+    partner_features,
     rescaled,
     trained_min_diameter,
 )
@@ -681,3 +682,32 @@ def test_tiny_training_with_a_ctc_sequence_records_it(tmp_path: Path) -> None:
     ]
     assert meta["train"]["ctc_fraction"] == 1.0
     assert info["frames"] == 6 + 6
+
+
+def test_partner_features_are_those_of_a_plain_search() -> None:
+    """The sister cue of each (track, candidate) pair: among the track's other candidates,
+    the one whose midpoint with this one lies nearest the track's last position (the first
+    in order on ties), found by a plain double loop; random pairs on an integer grid (ties
+    common), tracks with one candidate, none at all."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(0, 30))
+        pair_track = np.sort(rng.integers(0, max(1, n // 3 + 1), n)).astype(np.intp)
+        cand = rng.integers(0, 12, (n, 2)).astype(float)
+        track = rng.integers(0, 12, (n, 2)).astype(float)
+        area = rng.integers(0, 40, n).astype(float)
+        expected = np.zeros((n, 3), np.float32)
+        expected[:, 0] = 3.0
+        for i in range(n):
+            others = [j for j in range(n) if j != i and pair_track[j] == pair_track[i]]
+            if not others:
+                continue
+            asym = [np.hypot(*(0.5 * (cand[i] + cand[j]) - track[i])) / 7.0 for j in others]
+            best = others[int(np.argmin(asym))]
+            expected[i] = (
+                min(min(asym), 3.0),
+                np.log(max(area[best], 1.0) / max(area[i], 1.0)),
+                1.0,
+            )
+        got = partner_features(pair_track, cand, track, area, 7.0)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

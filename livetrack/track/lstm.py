@@ -158,20 +158,25 @@ def partner_features(
     starts = np.flatnonzero(np.r_[True, pair_track[1:] != pair_track[:-1]])
     sizes = np.diff(np.r_[starts, n])
     group = np.repeat(np.arange(len(starts)), sizes)
-    g = sizes[group]
-    i_idx = np.repeat(np.arange(n), g)
-    offset = np.arange(int(g.sum())) - np.repeat(np.cumsum(g) - g, g)
-    j_idx = starts[group][i_idx] + offset
-    ok = i_idx != j_idx
-    i_idx, j_idx = i_idx[ok], j_idx[ok]
+    others = sizes[group] - 1  # per pair, the other candidates of its track
+    # Every (pair i, other pair j of the same track), grouped by i, j ascending.
+    i_idx = np.repeat(np.arange(n), others)
     if len(i_idx) == 0:
         return out
+    k = np.arange(len(i_idx)) - np.repeat(np.cumsum(others) - others, others)
+    first = starts[group][i_idx]
+    j_idx = first + k + (k >= i_idx - first)  # (skipping i itself)
     mid = 0.5 * (cand_pos[i_idx] + cand_pos[j_idx])
     asym = np.hypot(*(mid - track_pos[i_idx]).T) / diameter
-    order = np.lexsort((asym, i_idx))
-    first = order[np.r_[True, i_idx[order][1:] != i_idx[order][:-1]]]
-    rows, best = i_idx[first], j_idx[first]
-    out[rows, 0] = np.minimum(asym[first], 3.0)
+    # Per i, the smallest asymmetry and the first j that has it.
+    seg = np.flatnonzero(np.r_[True, i_idx[1:] != i_idx[:-1]])
+    seg_len = np.diff(np.r_[seg, len(i_idx)])
+    rows = i_idx[seg]
+    low = np.minimum.reduceat(asym, seg)
+    hit = np.flatnonzero(asym == np.repeat(low, seg_len))
+    hit_seg = np.repeat(np.arange(len(seg)), seg_len)[hit]
+    best = j_idx[hit[np.r_[True, hit_seg[1:] != hit_seg[:-1]]]]
+    out[rows, 0] = np.minimum(low, 3.0)
     out[rows, 1] = np.log(np.maximum(cand_area[best], 1.0) / np.maximum(cand_area[rows], 1.0))
     out[rows, 2] = 1.0
     return out
