@@ -212,3 +212,32 @@ def test_parent_selection_duplicate_pairs_keep_the_best_score() -> None:
     p, c, s = select_parents([7, 7], [1, 1], [0.6, 0.9], threshold=0.5)
     assert (p.tolist(), c.tolist()) == ([7], [1])
     assert s.tolist() == pytest.approx([0.9])
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_gate_finds_exactly_the_pairs_within_each_tracks_radius(
+    many: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against every (track, detection) distance by ``np.hypot``: the same pairs, ordered
+    by track then detection, for per-track radii (a few distinct values, or more than the
+    trees are queried for one by one), zero, infinite, negative and NaN radii, coincident
+    points and pairs exactly at their radius."""
+    import livetrack.track.assign as assign
+
+    if many:
+        monkeypatch.setattr(assign, "MAX_RADIUS_GROUPS", 1)
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        tp = rng.integers(0, 40, (int(rng.integers(0, 25)), 2)).astype(float)
+        dp = rng.integers(0, 40, (int(rng.integers(0, 25)), 2)).astype(float)
+        r = rng.choice([0.0, 3.0, 5.0, 7.5], len(tp))
+        if len(tp) > 3:
+            r[0], r[1], r[2] = np.inf, -1.0, np.nan
+        if len(tp) and len(dp):  # one pair exactly at its radius
+            r[-1] = float(np.hypot(*(dp[0] - tp[-1])))
+        got = gate(tp, dp, r)
+        dist = np.hypot(dp[None, :, 0] - tp[:, None, 0], dp[None, :, 1] - tp[:, None, 1])
+        trk, det = np.nonzero(dist <= r[:, None])  # row-major: by track, then detection
+        assert np.array_equal(got.track, trk)
+        assert np.array_equal(got.detection, det)
+        assert np.array_equal(got.distance, dist[trk, det])

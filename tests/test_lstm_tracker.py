@@ -711,3 +711,17 @@ def test_partner_features_are_those_of_a_plain_search() -> None:
             )
         got = partner_features(pair_track, cand, track, area, 7.0)
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    # NaN ranks last, as in a sort: a partner at an infinite distance beats one whose
+    # midpoint is undefined; where every midpoint is undefined, the first partner.
+    cand = np.array([[0.0, np.inf], [0.0, -np.inf], [1.0, 1.0]])
+    with np.errstate(invalid="ignore"):  # inf − inf
+        got = partner_features(
+            np.zeros(3, np.intp), cand, np.zeros((3, 2)), np.array([4.0, 2, 1]), 7.0
+        )
+        nan = partner_features(
+            np.zeros(2, np.intp), np.full((2, 2), np.nan), np.zeros((2, 2)), np.ones(2), 7.0
+        )
+    np.testing.assert_allclose(got[:, 0], [3.0, 3.0, 3.0])
+    np.testing.assert_allclose(got[:, 1], np.log([1 / 4, 1 / 2, 4 / 1]), rtol=1e-6)
+    assert np.isnan(nan[:, 0]).all()
+    np.testing.assert_array_equal(nan[:, 1:], [[0.0, 1.0], [0.0, 1.0]])

@@ -223,6 +223,29 @@ def test_tracker_features_are_those_of_the_plain_computation(
                     assert not np.array_equal(fast.crops, plain.crops)
 
 
+def test_shape_features_break_runs_at_row_starts() -> None:
+    """An object at the end of one row and the start of the next (adjacent in memory, not in
+    the frame), frames one pixel wide or high, a single object: the shape features from runs
+    of one label are those of moments summed pixel by pixel."""
+    masks = []
+    m = np.zeros((6, 7), np.int32)
+    m[0, 4:] = 1  # the end of row 0 …
+    m[1, :3] = 1  # … and the start of row 1: one object, two runs
+    m[2:5, 2:6] = 2
+    m[5, :] = 3
+    masks.append(m)
+    masks.append(np.array([[1], [1], [0], [2], [2], [2]], np.int32))  # one pixel wide
+    masks.append(np.array([[1, 1, 0, 2, 2, 2, 0, 1]], np.int32))  # one high; label 1 twice
+    masks.append(np.ones((3, 4), np.int32))
+    for mask in masks:
+        det = Detections.from_labels(mask)
+        image = (mask * 100 + 20).astype(np.uint16)
+        got = F.frame_features(image, mask, det, 4.0, exact=True)
+        assert np.array_equal(got.morph[:, 2], _eccentricity_by_pixel_sums(mask, det))
+        perimeter = _perimeter_by_full_frame_comparison(mask, det.labels)
+        assert np.array_equal(got.morph[:, 1], (perimeter / 4.0).astype(np.float32))
+
+
 def test_float32_blur_is_scipys_blur_to_float32_rounding() -> None:
     """``gaussian_filter_f32``: SciPy's ``reflect`` blur of any 2-D frame (integer or
     float, tiny, one pixel wide, kernels wider than the frame), in float32, within float32

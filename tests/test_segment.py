@@ -402,7 +402,7 @@ def test_one_frames_histogram_is_counted_once_and_only_for_that_frame(
         P.frame_percentiles(frame, (1.0,))
         assert len(counted) == 3  # the outer frame's histogram again
     assert got == expected
-    frame[0, 0] += 1  # changed after the block: counted afresh
+    frame[0, 0] += 1  # the block has ended: nothing is held, the frame is counted afresh
     P.frame_percentiles(frame, (5.0,))
     assert len(counted) == 4
 

@@ -73,10 +73,13 @@ def gate(
     det_pos: ArrayLike,
     radius: ArrayLike,
 ) -> Candidates:
-    """All (track, detection) pairs with ``|det - track| <= radius[track]``.
+    """All (track, detection) pairs with ``|det - track| <= radius[track]`` (the distance by
+    ``np.hypot``), ordered by track, then detection.
 
-    ``radius`` is a scalar or one value per track (e.g. larger for tracks in a gap). A KD-tree
-    over the detections keeps this O((T + N) log N + pairs) instead of O(T·N).
+    ``radius`` is a scalar or one value per track (e.g. larger for tracks in a gap); a
+    negative or NaN radius admits no pair. KD-trees keep this O((T + N) log N + pairs)
+    instead of O(T·N): one tree-to-tree query per distinct radius (a few: the radius grows
+    with missed frames), or one at the largest radius when there are many.
     """
     tp = np.asarray(track_pos, np.float64).reshape(-1, 2)
     dp = np.asarray(det_pos, np.float64).reshape(-1, 2)
@@ -84,21 +87,35 @@ def gate(
     r = np.broadcast_to(np.asarray(radius, np.float64), (n_t,))
     if n_t == 0 or n_d == 0:
         return Candidates(_empty_index(), _empty_index(), np.zeros(0, np.float64))
-    usable = r[r >= 0]  # (a negative or NaN radius admits no pair)
-    if len(usable) == 0:
+    radii = np.unique(r[r >= 0])
+    if len(radii) == 0:
         return Candidates(_empty_index(), _empty_index(), np.zeros(0, np.float64))
-    r_max = float(usable.max())
-    # Every pair within the largest radius (a little beyond, so that rounding in the trees'
-    # distances cannot drop one), as arrays; each track's own radius is applied below.
-    near = cKDTree(tp).sparse_distance_matrix(
-        cKDTree(dp), r_max * (1.0 + 1e-9) + 1e-9, output_type="ndarray"
+    dets = cKDTree(dp)
+    groups = (
+        [(np.flatnonzero(r == x), x) for x in radii]
+        if len(radii) <= MAX_RADIUS_GROUPS
+        else [(np.flatnonzero(r >= 0), radii[-1])]
     )
-    trk, det = near["i"].astype(np.intp), near["j"].astype(np.intp)
+    trk_parts, det_parts = [], []
+    for rows, reach in groups:
+        # A little beyond the radius, so that rounding in the trees' distances cannot drop
+        # a pair; each track's own radius is applied below.
+        near = cKDTree(tp[rows]).sparse_distance_matrix(
+            dets, float(reach) * (1.0 + 1e-9) + 1e-9, output_type="ndarray"
+        )
+        trk_parts.append(rows[near["i"]])
+        det_parts.append(near["j"].astype(np.intp))
+    trk, det = np.concatenate(trk_parts).astype(np.intp), np.concatenate(det_parts)
     dist = np.hypot(dp[det, 0] - tp[trk, 0], dp[det, 1] - tp[trk, 1])
     keep = dist <= r[trk]
     trk, det, dist = trk[keep], det[keep], dist[keep]
     order = np.lexsort((det, trk))
     return Candidates(trk[order], det[order], dist[order])
+
+
+MAX_RADIUS_GROUPS = 8
+"""``gate``: up to this many distinct radii are queried each on their own tracks; with more,
+every track is queried at the largest (the same pairs, more of them to filter)."""
 
 
 def connected_blocks(

@@ -168,15 +168,19 @@ def partner_features(
     j_idx = first + k + (k >= i_idx - first)  # (skipping i itself)
     mid = 0.5 * (cand_pos[i_idx] + cand_pos[j_idx])
     asym = np.hypot(*(mid - track_pos[i_idx]).T) / diameter
-    # Per i, the smallest asymmetry and the first j that has it.
+    # Per i, the smallest asymmetry and the first j that has it (NaN ranks last, as in a
+    # sort: where all are NaN, the first j).
     seg = np.flatnonzero(np.r_[True, i_idx[1:] != i_idx[:-1]])
     seg_len = np.diff(np.r_[seg, len(i_idx)])
     rows = i_idx[seg]
-    low = np.minimum.reduceat(asym, seg)
-    hit = np.flatnonzero(asym == np.repeat(low, seg_len))
+    low = np.fmin.reduceat(asym, seg)
+    is_low = asym == np.repeat(low, seg_len)
+    is_low[seg[np.isnan(low)]] = True
+    hit = np.flatnonzero(is_low)
     hit_seg = np.repeat(np.arange(len(seg)), seg_len)[hit]
-    best = j_idx[hit[np.r_[True, hit_seg[1:] != hit_seg[:-1]]]]
-    out[rows, 0] = np.minimum(low, 3.0)
+    pick = hit[np.r_[True, hit_seg[1:] != hit_seg[:-1]]]
+    best = j_idx[pick]
+    out[rows, 0] = np.minimum(asym[pick], 3.0)
     out[rows, 1] = np.log(np.maximum(cand_area[best], 1.0) / np.maximum(cand_area[rows], 1.0))
     out[rows, 2] = 1.0
     return out
