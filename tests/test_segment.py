@@ -143,6 +143,49 @@ def test_diameter_from_clumped_nuclei_is_not_inflated() -> None:
     assert est == pytest.approx(24, rel=0.25)
 
 
+@pytest.mark.parametrize("centres", [[(70.0, 90.0)], [(60.0, 60.0), (150.0, 170.0)]])
+def test_a_sparse_field_of_one_or_two_nuclei_is_measured(
+    centres: list[tuple[float, float]],
+) -> None:
+    """The first frames of a run often hold one or two cells: their scale is measured (it
+    used to need three objects, and such frames came out empty)."""
+    img = discs((220, 240), centres, 26, noise=20)
+    est = estimate_diameter(img)
+    assert est is not None
+    assert est == pytest.approx(26, rel=0.15)
+    seg = ClassicalSegmenter().predict(img)
+    assert len(seg.detections) == len(centres)
+
+
+@pytest.mark.parametrize(
+    ("centres", "diameter", "why"),
+    [
+        ([(0.0, 100.0)], 26, "the only object is cut by the frame's edge"),
+        ([(110.0, 120.0)], 120, "the only object spans half the frame"),
+        ([(60.0, 60.0), (60.0, 82.0)], 26, "the only object is two touching nuclei"),
+    ],
+)
+def test_a_sparse_field_is_not_measured_on_objects_that_may_not_be_one_nucleus(
+    centres: list[tuple[float, float]], diameter: float, why: str
+) -> None:
+    img = discs((220, 240), centres, diameter, noise=20)
+    assert estimate_diameter(img) is None, why
+
+
+def test_a_movie_of_one_nucleus_is_tracked_in_every_frame() -> None:
+    """End to end with the defaults (learned segmenter, no diameter given)."""
+    from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig
+
+    from livetrack.api import track
+
+    cfg = SimulationConfig(seed=5, n_frames=6, n_cells=1, height=160, width=160)
+    frames = list(NucleiSimulator(cfg).frames())
+    assert all(len(np.unique(f.labels)) == 2 for f in frames)
+    table = track([f.image for f in frames]).tracks
+    assert table.groupby("t").size().reindex(range(6), fill_value=0).tolist() == [1] * 6
+    assert table.track.nunique() == 1
+
+
 def test_diameter_resolution_order() -> None:
     assert resolve_diameter(30.0, 10.0, 0.5) == 30.0
     assert resolve_diameter(None, 10.0, 0.5) == pytest.approx(20.0)

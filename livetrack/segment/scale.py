@@ -22,7 +22,13 @@ from livetrack.types import Detections, LabelImage, ScaleState, Segmentation
 log = logging.getLogger("livetrack.segment.scale")
 
 MIN_ESTIMATE_OBJECTS = 3
-"""Fewer foreground objects than this and the estimate is not trusted."""
+"""Fewer foreground objects than this and the estimate rests on the sparse-field rule
+(``SPARSE_MAX_FRACTION``): isolated single nuclei only."""
+SPARSE_MAX_FRACTION = 0.25
+"""A sparse field (fewer than ``MIN_ESTIMATE_OBJECTS`` objects): an object counts towards
+the estimate only if it is a single nucleus by shape, does not touch the frame's edge and
+is at most this fraction of the frame's shorter side across. The first frames of a run
+often hold one or two cells; without this rule they were empty until a third appeared."""
 DETECTION_SCALE_LIMIT = 1.5
 """A scale measured from a frame's detections stays within this factor of the frame's image
 estimate (either way): a bound on how far merged or split nuclei can move the scale."""
@@ -137,7 +143,7 @@ def _estimate(img: NDArray[np.float32], sigma: float, min_contrast: float) -> fl
         return None
     mask = ndi.binary_opening(mask, iterations=1)
     labels, n = ndi.label(mask)
-    if n < MIN_ESTIMATE_OBJECTS:
+    if n == 0:
         return None
     dist = ndi.distance_transform_edt(mask)
     # The largest inscribed radius of each component: ndi.maximum's values, without its
@@ -149,15 +155,22 @@ def _estimate(img: NDArray[np.float32], sigma: float, min_contrast: float) -> fl
     radii = radii[1:]
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
     real = radii >= 2.0  # specks of noise
-    radii, areas = radii[real], areas[real]
-    if radii.size < MIN_ESTIMATE_OBJECTS:
-        return None
     # A single nucleus (an ellipse of axis ratio up to ~1.8) has an area of at most ~1.8×
     # the disc inscribed in it; clumps of touching nuclei have more. Measure singles only.
     single = areas < SINGLE_NUCLEUS_RATIO * np.pi * radii**2
-    if np.count_nonzero(single) >= MIN_ESTIMATE_OBJECTS:
-        return float(2.0 * np.sqrt(np.median(areas[single]) / np.pi))
-    return float(2.0 * np.median(radii) * 1.15)
+    if np.count_nonzero(real) >= MIN_ESTIMATE_OBJECTS:
+        if np.count_nonzero(single & real) >= MIN_ESTIMATE_OBJECTS:
+            return float(2.0 * np.sqrt(np.median(areas[single & real]) / np.pi))
+        return float(2.0 * np.median(radii[real]) * 1.15)
+    # A sparse field: only isolated single nuclei inside the frame, small against it.
+    edge = np.zeros(n + 1, bool)
+    edge[labels[0]] = edge[labels[-1]] = edge[labels[:, 0]] = edge[labels[:, -1]] = True
+    diameter = 2.0 * np.sqrt(areas / np.pi)
+    small = diameter <= SPARSE_MAX_FRACTION * min(img.shape)
+    ok = real & single & small & ~edge[1:]
+    if not np.any(ok):
+        return None
+    return float(np.median(diameter[ok]))
 
 
 def resolve_diameter(
