@@ -82,6 +82,7 @@ def track(
     labels = as_movie(masks, "masks") if masks is not None else None
     n_frames, shape = _check_movies(movie, labels)
     from livetrack.evaluate.table import measure
+    from livetrack.finite import describe_non_finite, finite_frame
     from livetrack.percentile import one_frame
     from livetrack.segment.factory import make_segmenter
     from livetrack.track.factory import make_tracker
@@ -93,9 +94,17 @@ def track(
     builder = LineageBuilder(position, shape, pixel_size)
     store, run_id = _open_db(db, run_id, cfg) if db is not None else (None, None)
     t0 = time.perf_counter()
+    warned_non_finite = False
     try:
         for t in range(n_frames):
-            image = _frame(movie, t, shape, "images")
+            image, n_bad = finite_frame(_frame(movie, t, shape, "images"))
+            if n_bad == image.size:
+                logger.warning("frame %d: no pixel is a finite number; tracked as empty", t)
+            elif n_bad and not warned_non_finite:
+                warned_non_finite = True
+                logger.warning(
+                    "frame %d: %s (said once)", t, describe_non_finite(n_bad, image.size)
+                )
             with one_frame(image):  # the frame's histogram counted once
                 if labels is not None:
                     mask = _frame(labels, t, shape, "masks").astype(np.int32)

@@ -153,7 +153,10 @@ def gaussian_filter_f32(
     h, w = img.shape
     if r == 0 or r >= min(h, w):  # nothing to blur, or folds beyond one reflection
         return ndi.gaussian_filter(img.astype(np.float32), sigma, truncate=truncate)
-    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+    arr = np.ascontiguousarray(img, dtype=np.float32)
+    if not arr.flags.writeable:  # a received float32 frame is a read-only view: torch
+        arr = arr.copy()  # warns on those (and would let a write through); it only reads
+    x = torch.from_numpy(arr)
     with torch.inference_mode():
         rows = x.index_select(0, torch.from_numpy(reflect_indices(-r, h + r, h)))
         out = rows[r : r + h] * float(g[0])

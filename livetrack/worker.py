@@ -43,6 +43,7 @@ from livetrack.errors import (
     StoreError,
     StoreLost,
 )
+from livetrack.finite import describe_non_finite, finite_frame
 from livetrack.given_labels import GivenLabels, given_label_image
 from livetrack.messages import (
     EndOfStream,
@@ -303,6 +304,7 @@ class Worker:
         self.trackers_dropped = 0
         """Trackers dropped from memory to stay within ``max_live_trackers``."""
         self._renumbered: set[tuple[str, str]] = set()
+        self._non_finite: set[tuple[str, str]] = set()
         self._last_heartbeat = time.monotonic()
 
     # ------------------------------------------------------------------ loop
@@ -388,6 +390,17 @@ class Worker:
             segmenter = GivenLabels(labels)
         tracker = self._live_tracker(h, state)
         timings = {"receive": receive_ms}
+        image, n_bad = finite_frame(rf.image)
+        if n_bad:
+            rf = replace(rf, image=image)
+            if (h.run_id, h.position) not in self._non_finite:
+                self._non_finite.add((h.run_id, h.position))
+                log.warning(
+                    "position %s frame %d: %s (said once per position)",
+                    h.position,
+                    h.frame_index,
+                    describe_non_finite(n_bad, image.size),
+                )
         # The frame's histogram is counted once for the segmenter and the tracker.
         with one_frame(rf.image):
             return self._segment_track_store(h, rf, state, segmenter, tracker, timings)

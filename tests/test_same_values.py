@@ -267,6 +267,17 @@ def test_float32_blur_is_scipys_blur_to_float32_rounding() -> None:
         gaussian_filter_f32(np.zeros((2, 3, 4), np.float32), 1.0)
 
 
+def test_float32_blur_of_a_read_only_frame() -> None:
+    """A float32 frame received over the socket is a read-only view: blurred as any other
+    (no warning from torch, which the suite's settings make an error), and left as it was."""
+    img = (np.random.default_rng(7).random((64, 48)) * 100).astype(np.float32)
+    view = np.frombuffer(img.tobytes(), np.float32).reshape(img.shape)
+    assert not view.flags.writeable
+    out = gaussian_filter_f32(view, 1.17, truncate=2.5)
+    np.testing.assert_array_equal(out, gaussian_filter_f32(img.copy(), 1.17, truncate=2.5))
+    np.testing.assert_array_equal(view, img)
+
+
 def test_bilinear_sampling_is_map_coordinates_nearest() -> None:
     """The crops' sampling by hand: ``map_coordinates(order=1, mode="nearest")`` at every
     point of each grid, inside the frame, on its edges and beyond them (the edge pixels

@@ -185,12 +185,19 @@ def test_unknown_dtype_and_schema_version_are_named() -> None:
         decode_driver_message([json.dumps(future).encode(), b"\0" * 24])
 
 
-def test_nan_pixels_are_rejected_with_count() -> None:
+def test_a_frame_of_nan_is_rejected_and_some_nan_pixels_pass_to_the_worker() -> None:
+    """Registration pads frames with NaN; the worker replaces such pixels
+    (``livetrack.finite``). A frame with no finite pixel at all holds nothing."""
     img = np.ones((3, 4), np.float32)
     img[0, 0] = np.nan
     img[1, 1] = np.inf
     h = header(dtype="float32")
-    with pytest.raises(BadFrame, match="2 pixels are NaN or infinite"):
+    got = decode_driver_message([h.model_dump_json().encode(), img.tobytes()])
+    assert isinstance(got, ReceivedFrame)
+    assert np.isnan(got.image[0, 0])
+    assert np.isinf(got.image[1, 1])
+    img[:] = np.nan
+    with pytest.raises(BadFrame, match="all 12 pixels are NaN or infinite"):
         decode_driver_message([h.model_dump_json().encode(), img.tobytes()])
 
 
