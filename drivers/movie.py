@@ -393,16 +393,30 @@ def open_tiff_movie(
         channel_name = "default"
         for si, series in enumerate(all_series):
             what = f"{path.name} series {si}"
-            letters, shape = sized_axes(axes, series.shape, what) if axes else (None, None)
-            shape = shape or tuple(series.shape)
-            ax = normalise_axes(letters or series.axes, shape, what, given=axes is not None)
+            # RGB(A): samples per pixel are the pages' last axis (S), not planes.
+            rgb = series.axes.upper().endswith("S") and series.shape[-1] in (3, 4)
+            own_axes, own_shape = (
+                (series.axes[:-1], tuple(series.shape[:-1]))
+                if rgb
+                else (series.axes, tuple(series.shape))
+            )
+            user = axes[:-1] if rgb and axes and axes.upper().endswith("S") else axes
+            letters, shape = sized_axes(user, own_shape, what) if user else (None, None)
+            shape = shape or own_shape
+            ax = normalise_axes(letters or own_axes, shape, what, given=user is not None)
             image_md = _ome_image(tif, si)
             name = position if position and len(all_series) == 1 else None
             name = name or _series_position(path, series, si, len(all_series))
             sizes = dict(zip(ax, shape, strict=True))
-            names = _ome_channel_names(image_md, sizes.get("C", 1))
-            ci = _pick_channel(names, channel, what)
-            channel_name = names[ci] if image_md or len(names) > 1 else "default"
+            sample: int | None = None
+            if rgb and "C" not in sizes:
+                sample = _pick_sample(series.shape[-1], channel, what)
+                channel_name = RGB_NAMES[sample] if sample >= 0 else "mean of RGB"
+                ci = 0
+            else:
+                names = _ome_channel_names(image_md, sizes.get("C", 1))
+                ci = _pick_channel(names, channel, what)
+                channel_name = names[ci] if image_md or len(names) > 1 else "default"
             zs = _pick_z(sizes.get("Z", 1), z, what)
             n_t = sizes.get("T", 1)
             times = _ome_times(image_md, n_t) if image_md else _imagej_times(tif, n_t)
@@ -416,7 +430,7 @@ def open_tiff_movie(
                         if lead
                         else 0
                     )
-                    readers.append(_page_reader(tif, si, key))
+                    readers.append(_page_reader(tif, si, key, sample if rgb else None))
                 planes.append(PlaneRef(name, t, _max_of(readers), times[t] if times else None))
         first_md = _ome_image(tif, 0)
         size = pixel_size_um or _ome_pixel_size(first_md) or pixel_size_from_tiff(path)
@@ -441,14 +455,47 @@ def _series_position(path: Path, series: Any, index: int, n_series: int) -> str:
     return name if name and not name.startswith("Image") else f"Pos{index}"
 
 
-def _page_reader(tif: tifffile.TiffFile, series: int, key: int) -> Callable[[], np.ndarray]:
+RGB_NAMES = ("red", "green", "blue", "alpha")
+"""The samples of an RGB(A) TIFF, as ``--channel`` names them."""
+
+
+def _pick_sample(n: int, channel: str | int | None, what: str) -> int:
+    """Which sample of an RGB(A) page to track: one by name or index, or -1 for the mean of
+    red, green and blue (the default: a nuclear stain exported in any one colour, or grey
+    saved as RGB, is then what is tracked)."""
+    if channel is None:
+        log.info("%s is RGB; tracking the mean of red, green and blue (or --channel)", what)
+        return -1
+    names = list(RGB_NAMES[:n])
+    if isinstance(channel, int) or (isinstance(channel, str) and channel.isdigit()):
+        idx = int(channel)
+        if not 0 <= idx < n:
+            raise SourceError(f"{what} is RGB with {n} samples; index {idx} is out of range")
+        return idx
+    if channel.lower() not in names:
+        raise SourceError(f"{what} is RGB; --channel must be one of {names} or an index")
+    return names.index(channel.lower())
+
+
+def _page_reader(
+    tif: tifffile.TiffFile, series: int, key: int, sample: int | None = None
+) -> Callable[[], np.ndarray]:
+    """A reader of one page; of an RGB(A) page, one ``sample`` (-1: the mean of R, G, B)."""
+
     def read() -> np.ndarray:
         try:
-            return np.asarray(tif.asarray(series=series, key=key))
+            page = np.asarray(tif.asarray(series=series, key=key))
         except Exception as err:  # any failure (truncated file, codec error): skip this plane
             raise SourceError(
                 f"page {key} of series {series}: {type(err).__name__}: {err}"
             ) from None
+        if sample is None:
+            return page
+        if page.ndim != 3:
+            raise SourceError(f"page {key} of series {series}: expected RGB, got {page.shape}")
+        if sample >= 0:
+            return page[..., sample]
+        return page[..., :3].mean(axis=-1, dtype=np.float32)
 
     return read
 

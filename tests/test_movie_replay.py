@@ -143,6 +143,49 @@ def test_stack_without_axis_metadata_is_refused_until_axes_given(tmp_path: Path)
     assert len(list(open_tiff_movie(shaped, axes="TCYX").frames())) == 6
 
 
+def test_rgb_stacks_are_read_as_one_colour_or_their_mean(tmp_path: Path) -> None:
+    """An RGB export (a nuclear stain in blue): samples are not planes. By default the mean
+    of red, green and blue is tracked; --channel picks one by name or index. An unlabelled
+    RGB stack is refused with its true plane count; --axes TYX (or TYXS) reads it."""
+    grey = _movie(4, 1)[:, 0, 0]
+    blue8 = (grey // 257).astype(np.uint8)
+    rgb = np.zeros((*blue8.shape, 3), np.uint8)
+    rgb[..., 2] = blue8
+    ij = tmp_path / "ij.tif"
+    tifffile.imwrite(ij, rgb, imagej=True, photometric="rgb", metadata={"axes": "TYXS"})
+    src = open_tiff_movie(ij)
+    assert src.channel == "mean of RGB"
+    frames = [img for img, _ in src.frames()]
+    assert len(frames) == 4
+    np.testing.assert_allclose(frames[0], blue8[0] / 3.0, rtol=1e-6)
+    blue = [img for img, _ in open_tiff_movie(ij, channel="blue").frames()]
+    np.testing.assert_array_equal(blue[2], blue8[2])
+    red = [img for img, _ in open_tiff_movie(ij, channel=0).frames()]
+    assert not red[1].any()
+    with pytest.raises(SourceError, match="must be one of"):
+        open_tiff_movie(ij, channel="cyan")
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, rgb, photometric="rgb")
+    with pytest.raises(SourceError, match=r"4 planes with no axis metadata.*--axes TYX"):
+        open_tiff_movie(plain)
+    for axes in ("TYX", "TYXS"):
+        got = [img for img, _ in open_tiff_movie(plain, axes=axes, channel="blue").frames()]
+        np.testing.assert_array_equal(np.stack(got), blue8)
+    result = _replay(open_tiff_movie(ij), tmp_path / "rgb.db")
+    grey_result = _replay(
+        open_tiff_movie(_write_grey(tmp_path / "grey.tif", blue8)), tmp_path / "grey.db"
+    )
+    assert result.frames_stored == grey_result.frames_stored == 4
+    n_rgb = _rows(tmp_path / "rgb.db", "SELECT count(*) FROM detections")[0][0]
+    n_grey = _rows(tmp_path / "grey.db", "SELECT count(*) FROM detections")[0][0]
+    assert n_rgb == n_grey > 0
+
+
+def _write_grey(path: Path, frames: np.ndarray) -> Path:
+    tifffile.imwrite(path, frames, photometric="minisblack", metadata={"axes": "TYX"})
+    return path
+
+
 def test_a_movie_without_one_readable_frame_is_an_error(tmp_path: Path) -> None:
     """Every page's pixels garbage: the source ends with NoFramesRead (not an empty
     'complete' stream), after skipping and recording each page."""
