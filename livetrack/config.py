@@ -293,6 +293,14 @@ class TrackConfig(BaseModel):
     """Predicted position = last position + damping × last frame-to-frame velocity × frames
     elapsed; 0 = no motion model, 1 = constant velocity."""
 
+    drift_correction: bool = True
+    """Follow a common motion of the whole field (stage drift, a sheet of cells migrating):
+    when the median of the open tracks' last frame-to-frame displacements differs from zero
+    significantly (``online.estimate_drift``), every track is predicted to move with it in
+    full, and only its own motion beyond the drift is damped (``velocity_damping``); the
+    divisions are judged about the mother's drift-corrected position. Without drift the
+    median is noise and nothing changes."""
+
     area_weight: float = Field(default=0.1, ge=0)
     """Weight of |log(area ratio)| added to the link cost (a small shape-consistency cue)."""
 

@@ -253,9 +253,13 @@ class _Cell:
 
 
 def synthetic_movie(
-    seed: int, n_frames: int, skip: frozenset[int] = frozenset()
+    seed: int,
+    n_frames: int,
+    skip: frozenset[int] = frozenset(),
+    drift: tuple[float, float] = (0.0, 0.0),
 ) -> list[tuple[int, Detections]]:
-    """A seeded random walk with divisions, segmentation misses, deaths and arrivals."""
+    """A seeded random walk with divisions, segmentation misses, deaths and arrivals, all
+    carried by a common ``drift`` (px per frame)."""
     rng = np.random.default_rng(seed)
     cells = [_Cell(rng.uniform(20, 180, 2), float(rng.uniform(70, 110))) for _ in range(25)]
     out: list[tuple[int, Detections]] = []
@@ -270,7 +274,7 @@ def synthetic_movie(
                 continue
             if r < 0.04:  # dies
                 continue
-            c.pos = np.clip(c.pos + rng.normal(0, 1.5, 2), 0, 199)
+            c.pos = np.clip(c.pos + rng.normal(0, 1.5, 2) + drift, 0, 199)
             c.area = min(c.area * 1.03, 120.0)
             c.hidden = int(rng.integers(1, 4)) if rng.random() < 0.04 else max(c.hidden - 1, 0)
             nxt.append(c)
@@ -301,10 +305,20 @@ def _records(steps: list[TrackStep]) -> list[TrackRecord]:
 
 @pytest.mark.parametrize("diameter", [10.0, None])
 @pytest.mark.parametrize("extra_history", [0, 3])
-def test_restore_continues_exactly(diameter: float | None, extra_history: int) -> None:
+@pytest.mark.parametrize("drift", [(0.0, 0.0), (2.0, -1.5)])
+def test_restore_continues_exactly(
+    diameter: float | None, extra_history: int, drift: tuple[float, float]
+) -> None:
+    from livetrack.track.online import estimate_drift
+
     cfg = replace_cfg(nucleus_diameter_px=diameter)
-    movie = synthetic_movie(3, 40, skip=frozenset({17, 25}))
-    straight = run(lap_tracker(cfg, SHAPE), movie)
+    movie = synthetic_movie(3, 40, skip=frozenset({17, 25}), drift=drift)
+    tracker = lap_tracker(cfg, SHAPE)
+    straight, drifts = [], []
+    for f, d in movie:
+        drifts.append(estimate_drift(f, tracker.open_tracks).tolist())
+        straight.append(tracker.step(f, d))
+    assert any(x != [0.0, 0.0] for x in drifts) == (drift != (0.0, 0.0))
     n_div = sum(e.kind == "division" for s in straight for e in s.events)
     n_gap = sum(
         len(set(a.track_ids.tolist()) - set(b.track_ids.tolist()) & set(c.track_ids.tolist()))
@@ -453,3 +467,115 @@ def test_lineage_check_refuses_a_mother_with_one_daughter() -> None:
     check_lineage(two)
     with pytest.raises(LineageError, match="not divided"):
         check_lineage(replace(two, ended=[TrackEnd(3, 4, "lost")]))
+
+
+# ------------------------------------------------------------------ stage drift
+def _field(points: list[tuple[float, float]], areas: list[int] | None = None) -> Detections:
+    """Detections on a 1000 × 1000 frame (``dets`` clips to the small test frame)."""
+    c = np.array(points, np.float64).reshape(-1, 2)
+    a = np.array(areas if areas is not None else [79] * len(c), np.int64)
+    r = np.sqrt(a / np.pi)[:, None]
+    lo, hi = np.floor(c - r), np.ceil(c + r) + 1
+    return Detections(
+        labels=np.arange(1, len(c) + 1, dtype=np.int32),
+        centroids=c,
+        areas=a,
+        bboxes=np.concatenate([lo, hi], axis=1).astype(np.int32),
+    )
+
+
+def _drifting(drift: tuple[float, float], n_frames: int, seed: int = 0) -> list[np.ndarray]:
+    """A 4 × 4 grid of cells 60 px apart, each with a little motion of its own, all carried
+    by a common drift (px per frame)."""
+    rng = np.random.default_rng(seed)
+    grid = np.array([(300.0 + 60 * i, 300.0 + 60 * j) for i in range(4) for j in range(4)])
+    own = np.zeros_like(grid)
+    frames = []
+    for f in range(n_frames):
+        own += rng.normal(0, 1.0, own.shape)
+        frames.append(grid + own + f * np.array(drift))
+    return frames
+
+
+def test_drift_is_the_median_displacement_only_where_it_is_significant() -> None:
+    from livetrack.track.online import OpenTracks, drift_corrected, estimate_drift
+
+    rng = np.random.default_rng(1)
+    n = 40
+
+    def tracks(vel: np.ndarray, last: int = 9) -> OpenTracks:
+        return OpenTracks(
+            np.arange(1, len(vel) + 1),
+            rng.uniform(0, 500, (len(vel), 2)),
+            vel,
+            np.full(len(vel), 79.0),
+            np.full(len(vel), last, np.int64),
+        )
+
+    still = tracks(rng.normal(0, 2.0, (n, 2)))
+    assert estimate_drift(10, still).tolist() == [0.0, 0.0]  # noise about zero
+    moving = tracks(rng.normal(0, 2.0, (n, 2)) + np.array([6.0, -4.0]))
+    d = estimate_drift(10, moving)
+    assert abs(d[0] - 6.0) < 1.0
+    assert abs(d[1] + 4.0) < 1.0
+    assert estimate_drift(10, tracks(moving.vel[:4])).tolist() == [0.0, 0.0]  # too few
+    assert estimate_drift(12, moving).tolist() == [0.0, 0.0]  # not seen in the last frame
+    unknown = tracks(np.zeros((n, 2)))  # born in the last frame: no displacement yet
+    assert estimate_drift(10, unknown).tolist() == [0.0, 0.0]
+    # Seen through the drift: predicted = last + drift + damped own motion, per frame elapsed.
+    t = tracks(np.array([[8.0, 2.0], [0.0, 0.0]]), last=7)
+    seen = drift_corrected(10, t, np.array([6.0, 0.0]))
+    expected = t.pos + 3 * np.array([[6.0 + 0.5 * 2.0, 0.5 * 2.0], [6.0, 0.0]])
+    np.testing.assert_allclose(seen.predicted(10, 0.5), expected)
+    assert drift_corrected(10, t, np.zeros(2)) is t
+
+
+def _render(points: list[tuple[float, float]], areas: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """An image of bright discs (nuclei) and its label mask, on a 1000 × 1000 frame."""
+    yy, xx = np.mgrid[:1000, :1000]
+    mask = np.zeros((1000, 1000), np.int32)
+    for k, ((cy, cx), a) in enumerate(zip(points, areas, strict=True)):
+        r2 = a / np.pi
+        box = (slice(int(cy - 8), int(cy + 9)), slice(int(cx - 8), int(cx + 9)))
+        inside = (yy[box] - cy) ** 2 + (xx[box] - cx) ** 2 <= r2
+        mask[box][inside] = k + 1
+    image = np.where(mask > 0, 1000, 100).astype(np.uint16)
+    return image, mask
+
+
+@pytest.mark.parametrize("method", ["lap", "lstm"])
+def test_a_division_under_drift_is_found(method: str) -> None:
+    """A mother carried by the drift (0.7 diameters per frame, with the rest of the field)
+    divides: her daughters are born about where the drift took her, 0.36 diameters from
+    where half her last displacement would put her. Judged about that, the division is
+    missed (LAP); followed, the drift puts her where they are born."""
+    frames = _drifting((6.0, 4.0), 7, seed=2)
+    movie = []
+    for f, p in enumerate(frames):
+        points = [(float(q[0]), float(q[1])) for q in p]
+        areas = [79] * len(points)
+        if f >= 5:  # cell 5 divided: two halves 7 px either side of where she is now
+            y, x = points[5]
+            points[5] = (y - 7.0, x)
+            points.append((y + 7.0, x))
+            areas[5] = 40
+            areas.append(42)
+        movie.append((points, areas))
+    found = {}
+    for correct in (True, False):
+        cfg = replace_cfg(method=method, drift_correction=correct)
+        tr = make_tracker(cfg, (1000, 1000))
+        steps = []
+        for f, (points, areas) in enumerate(movie):
+            if method == "lap":
+                steps.append(tr.step(f, _field(points, areas)))
+            else:
+                image, mask = _render(points, areas)
+                steps.append(tr.step(f, Detections.from_labels(mask), image=image, mask=mask))
+        mother = int(steps[4].track_ids[5])
+        events = [e for s in steps for e in s.events]
+        found[correct] = [(e.frame, e.track_id) for e in events if e.kind == "division"]
+        if correct:
+            assert found[correct] == [(5, mother)]
+    if method == "lap":
+        assert found[False] == []

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -63,6 +63,46 @@ IndexArray = NDArray[np.intp]
 def equivalent_diameter(areas: NDArray[np.integer] | FloatArray) -> FloatArray:
     """Diameter of the disc with the same area (pixels)."""
     return np.asarray(2.0 * np.sqrt(np.asarray(areas, np.float64) / np.pi), np.float64)
+
+
+DRIFT_MIN_TRACKS = 5
+"""Fewer tracks with a known displacement than this and no drift is estimated."""
+DRIFT_SIGNIFICANCE = 5.0
+"""A drift is followed when the median displacement, in either axis, lies more than this
+many standard errors from zero (a median's standard error: 1.2533 × 1.4826 × MAD / √n)."""
+
+
+def estimate_drift(frame: int, tracks: OpenTracks) -> FloatArray:
+    """(2,) the field's common displacement per frame (y, x) from the tracks seen in the
+    previous frame with a known displacement (one that is exactly zero counts as unknown:
+    a track born in the previous frame has none): their median, kept only where it is
+    significant (``DRIFT_SIGNIFICANCE``) in either axis, else zeros."""
+    known = (tracks.last == frame - 1) & np.any(tracks.vel != 0.0, axis=1)
+    v = tracks.vel[known]
+    if len(v) < DRIFT_MIN_TRACKS:
+        return np.zeros(2)
+    med = np.median(v, axis=0)
+    mad = np.median(np.abs(v - med), axis=0)
+    se = 1.2533 * 1.4826 * mad / np.sqrt(len(v))
+    if np.all(np.abs(med) <= DRIFT_SIGNIFICANCE * se):
+        return np.zeros(2)
+    return np.asarray(med, np.float64)
+
+
+def drift_corrected(frame: int, tracks: OpenTracks, drift: FloatArray) -> OpenTracks:
+    """The open tracks as a scorer should see them under a common ``drift``: each moved by
+    the drift for every frame since it was seen, its displacement less the drift (its own
+    motion; unknown stays zero), so that ``predicted`` is last position + drift + damped own
+    motion, and the divisions' reference is where the drift took the mother."""
+    if not np.any(drift):
+        return tracks
+    gap = (frame - tracks.last).astype(np.float64)[:, None]
+    known = np.any(tracks.vel != 0.0, axis=1)[:, None]
+    return replace(
+        tracks,
+        pos=tracks.pos + drift[None, :] * gap,
+        vel=np.where(known, tracks.vel - drift[None, :], 0.0),
+    )
 
 
 # ---------------------------------------------------------------------- what scorers see
@@ -339,9 +379,12 @@ class OnlineTracker:
         self._close(self._tracks.take(stale), diam, ended, events)
         self._tracks = tracks = self._tracks.take(~stale)
 
+        seen = tracks
+        if self.config.drift_correction:
+            seen = drift_corrected(frame, tracks, estimate_drift(frame, tracks))
         scores = self.scorer.score(
             frame,
-            tracks,
+            seen,
             detections,
             diam,
             self.frame_shape,
@@ -634,7 +677,9 @@ __all__ = [
     "LinkScorer",
     "OnlineTracker",
     "OpenTracks",
+    "drift_corrected",
     "equivalent_diameter",
+    "estimate_drift",
     "select_divisions",
     "touches_border",
 ]
