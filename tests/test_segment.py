@@ -172,6 +172,21 @@ def test_a_sparse_field_is_not_measured_on_objects_that_may_not_be_one_nucleus(
     assert estimate_diameter(img) is None, why
 
 
+def test_a_frame_without_an_estimate_after_frames_with_nuclei_is_not_emptied() -> None:
+    """Two nuclei, then a frame in which they touch (one object, no single nucleus to
+    measure): segmented at the earlier frames' scale, not returned empty."""
+    apart = discs((200, 220), [(60.0, 60.0), (140.0, 160.0)], 26, noise=20)
+    touching = discs((200, 220), [(100.0, 90.0), (100.0, 113.0)], 26, noise=20)
+    assert estimate_diameter(touching) is None
+    seg = ClassicalSegmenter()
+    seg.predict(apart)
+    second = seg.predict(touching)
+    assert second.info["diameter_px"] == pytest.approx(26, rel=0.15)
+    assert len(second.detections) >= 1
+    fresh = ClassicalSegmenter().predict(touching)  # with no earlier frame: nothing
+    assert len(fresh.detections) == 0
+
+
 def test_a_movie_of_one_nucleus_is_tracked_in_every_frame() -> None:
     """End to end with the defaults (learned segmenter, no diameter given)."""
     from livetrack.simulators.nuclei import NucleiSimulator, SimulationConfig

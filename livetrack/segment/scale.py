@@ -28,7 +28,10 @@ SPARSE_MAX_FRACTION = 0.25
 """A sparse field (fewer than ``MIN_ESTIMATE_OBJECTS`` objects): an object counts towards
 the estimate only if it is a single nucleus by shape, does not touch the frame's edge and
 is at most this fraction of the frame's shorter side across. The first frames of a run
-often hold one or two cells; without this rule they were empty until a third appeared."""
+often hold one or two cells; without this rule they were empty until a third appeared.
+Such a measurement counts like any other: a run whose first frames show only a speck of
+dust of nucleus shape settles on its size, and ``max_scale_rise`` then holds the scale
+near it when the nuclei come (a known limit; give ``nucleus_diameter_px`` there)."""
 DETECTION_SCALE_LIMIT = 1.5
 """A scale measured from a frame's detections stays within this factor of the frame's image
 estimate (either way): a bound on how far merged or split nuclei can move the scale."""
@@ -114,7 +117,18 @@ def dim_objects(
 
 
 def estimate_diameter(image: NDArray[np.generic], min_contrast: float = 3.0) -> float | None:
-    """Typical nucleus diameter in pixels, from the image alone, or None if unsure.
+    """Typical nucleus diameter in pixels, from the image alone, or None if unsure
+    (``measure_diameter`` without saying whether the field was sparse)."""
+    found = measure_diameter(image, min_contrast)
+    return None if found is None else found[0]
+
+
+def measure_diameter(
+    image: NDArray[np.generic], min_contrast: float = 3.0
+) -> tuple[float, bool] | None:
+    """Typical nucleus diameter in pixels, from the image alone, and whether it rests on a
+    sparse field (fewer than ``MIN_ESTIMATE_OBJECTS`` objects: ``SPARSE_MAX_FRACTION``), or
+    None if unsure.
 
     Foreground by Otsu on a lightly smoothed image. Components whose area is close to
     their largest inscribed disc's are single nuclei; the median equivalent diameter of
@@ -131,12 +145,14 @@ def estimate_diameter(image: NDArray[np.generic], min_contrast: float = 3.0) -> 
         return None
     # The smoothing widens small nuclei by ~its sigma: re-measure with a sigma suited to
     # the first estimate (only ever smaller, so noise stays averaged for big nuclei).
-    sigma = float(np.clip(0.06 * first, 0.7, 2.0))
+    sigma = float(np.clip(0.06 * first[0], 0.7, 2.0))
     second = _estimate(img, sigma, min_contrast) if sigma < 2.0 else first
-    return None if second is None else second * step
+    return None if second is None else (second[0] * step, second[1])
 
 
-def _estimate(img: NDArray[np.float32], sigma: float, min_contrast: float) -> float | None:
+def _estimate(
+    img: NDArray[np.float32], sigma: float, min_contrast: float
+) -> tuple[float, bool] | None:
     smoothed = gaussian_filter(img, sigma)
     mask = foreground(smoothed, min_contrast)
     if mask is None:
@@ -160,8 +176,8 @@ def _estimate(img: NDArray[np.float32], sigma: float, min_contrast: float) -> fl
     single = areas < SINGLE_NUCLEUS_RATIO * np.pi * radii**2
     if np.count_nonzero(real) >= MIN_ESTIMATE_OBJECTS:
         if np.count_nonzero(single & real) >= MIN_ESTIMATE_OBJECTS:
-            return float(2.0 * np.sqrt(np.median(areas[single & real]) / np.pi))
-        return float(2.0 * np.median(radii[real]) * 1.15)
+            return float(2.0 * np.sqrt(np.median(areas[single & real]) / np.pi)), False
+        return float(2.0 * np.median(radii[real]) * 1.15), False
     # A sparse field: only isolated single nuclei inside the frame, small against it.
     edge = np.zeros(n + 1, bool)
     edge[labels[0]] = edge[labels[-1]] = edge[labels[:, 0]] = edge[labels[:, -1]] = True
@@ -170,7 +186,7 @@ def _estimate(img: NDArray[np.float32], sigma: float, min_contrast: float) -> fl
     ok = real & single & small & ~edge[1:]
     if not np.any(ok):
         return None
-    return float(np.median(diameter[ok]))
+    return float(np.median(diameter[ok])), True
 
 
 def resolve_diameter(
@@ -242,7 +258,8 @@ class NucleusScale:
         """Measurements made so far (the restore needs only whether it reached the window)."""
 
     def for_frame(self, image: NDArray[np.generic], pixel_size_um: float | None) -> float | None:
-        """Diameter in px for this frame, or None when it shows nothing like nuclei."""
+        """Diameter in px for this frame, or None when it shows nothing like nuclei (and no
+        earlier frame did)."""
         c = self.config
         self.last_estimate = None
         self._pending = None
@@ -250,6 +267,11 @@ class NucleusScale:
         settled_before = self._measured >= c.auto_diameter_frames
         if diameter is None:
             diameter = self._estimate(image) if self._settled is None else self._follow(image)
+            if diameter is None and self.last is not None:
+                # No estimate on this frame (a sparse field whose objects touch or sit at the
+                # edge, say) though an earlier one had nuclei: their scale, as a settled
+                # scale would be used, rather than an empty frame.
+                diameter = self.last
         if diameter is not None:
             self.last = diameter
             if settled_before:  # a frame after the window's last first measurement
@@ -265,9 +287,10 @@ class NucleusScale:
         return min(diameter, self._smallest * rise)
 
     def _estimate(self, image: NDArray[np.generic]) -> float | None:
-        estimate = estimate_diameter(image, self.config.min_contrast)
-        if estimate is None:
+        found = measure_diameter(image, self.config.min_contrast)
+        if found is None:
             return None
+        estimate = found[0]  # (a sparse field's too: see ``SPARSE_MAX_FRACTION``)
         if self.from_detections:
             # Until the scale settles: the median of the detections' measurements so far
             # (the image estimate for the very first frame); this frame is measured next.
