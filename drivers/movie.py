@@ -417,6 +417,8 @@ def open_tiff_movie(
                 names = _ome_channel_names(image_md, sizes.get("C", 1))
                 ci = _pick_channel(names, channel, what)
                 channel_name = names[ci] if image_md or len(names) > 1 else "default"
+                if rgb:  # channels and RGB samples both: --channel picks the channel
+                    sample = -1
             zs = _pick_z(sizes.get("Z", 1), z, what)
             n_t = sizes.get("T", 1)
             times = _ome_times(image_md, n_t) if image_md else _imagej_times(tif, n_t)

@@ -181,6 +181,17 @@ def test_rgb_stacks_are_read_as_one_colour_or_their_mean(tmp_path: Path) -> None
     assert n_rgb == n_grey > 0
 
 
+def test_an_rgb_ome_tiff_with_channels_picks_the_channel_and_averages_its_colours(
+    tmp_path: Path,
+) -> None:
+    data = (np.random.default_rng(0).random((3, 2, 32, 40, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "tcyxs.ome.tif"
+    tifffile.imwrite(path, data, photometric="rgb", metadata={"axes": "TCYXS"}, ome=True)
+    frames = [img for img, _ in open_tiff_movie(path, channel=1).frames()]
+    assert len(frames) == 3
+    np.testing.assert_allclose(frames[2], data[2, 1].mean(axis=-1), rtol=1e-6)
+
+
 def _write_grey(path: Path, frames: np.ndarray) -> Path:
     tifffile.imwrite(path, frames, photometric="minisblack", metadata={"axes": "TYX"})
     return path

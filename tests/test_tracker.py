@@ -519,7 +519,9 @@ def test_drift_is_the_median_displacement_only_where_it_is_significant() -> None
     assert abs(d[0] - 6.0) < 1.0
     assert abs(d[1] + 4.0) < 1.0
     assert estimate_drift(10, tracks(moving.vel[:4])).tolist() == [0.0, 0.0]  # too few
-    assert estimate_drift(12, moving).tolist() == [0.0, 0.0]  # not seen in the last frame
+    older = tracks(rng.normal(0, 2.0, (n, 2)) - np.array([9.0, 9.0]), last=8)
+    mixed = moving.concat(older)  # only the latest frame's tracks count
+    np.testing.assert_allclose(estimate_drift(12, mixed), estimate_drift(10, moving))
     unknown = tracks(np.zeros((n, 2)))  # born in the last frame: no displacement yet
     assert estimate_drift(10, unknown).tolist() == [0.0, 0.0]
     # Seen through the drift: predicted = last + drift + damped own motion, per frame elapsed.
@@ -579,3 +581,35 @@ def test_a_division_under_drift_is_found(method: str) -> None:
             assert found[correct] == [(5, mother)]
     if method == "lap":
         assert found[False] == []
+
+
+def test_drift_is_followed_across_a_missing_frame_and_still_cells_count() -> None:
+    """The drift comes from the latest frame any track was seen in (right after a frame that
+    never arrived it is still known; one frame later it pauses, as links across the gap
+    have no displacement), and a cell that did not move at all (the same mask
+    twice) is a known displacement of zero, not an unknown one: twenty still cells and six
+    moving ones are no drift."""
+    from livetrack.track.online import estimate_drift
+
+    cfg = replace_cfg(method="lap")
+    frames = _drifting((6.0, 4.0), 8, seed=3)
+    tr = make_tracker(cfg, (1000, 1000))
+    for f in (0, 1, 2, 3, 5, 6):  # frame 4 never arrived
+        d = estimate_drift(f, tr.open_tracks)
+        if f in (2, 3, 5):  # frame 5: from frame 3's displacements, over two frames
+            assert abs(d[0] - 6.0) < 1.5, f
+            assert abs(d[1] - 4.0) < 1.5, f
+        tr.step(f, _field([(float(q[0]), float(q[1])) for q in frames[f]]))
+    # (frame 6 had none: links across the gap have no displacement; frame 7 has again)
+    d = estimate_drift(7, tr.open_tracks)
+    assert abs(d[0] - 6.0) < 1.5
+    assert abs(d[1] - 4.0) < 1.5
+
+    still = [(100.0 + 40 * (k % 5), 100.0 + 40 * (k // 5)) for k in range(20)]
+    tr = make_tracker(cfg, (1000, 1000))
+    for f in range(4):
+        movers = [(700.0 + 40 * k, 700.0 + 5.0 * f) for k in range(6)]
+        tr.step(f, _field(still + movers))
+    assert tr.open_tracks.known is not None
+    assert tr.open_tracks.known.all()
+    assert estimate_drift(4, tr.open_tracks).tolist() == [0.0, 0.0]

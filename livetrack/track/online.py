@@ -74,10 +74,12 @@ many standard errors from zero (a median's standard error: 1.2533 × 1.4826 × M
 
 def estimate_drift(frame: int, tracks: OpenTracks) -> FloatArray:
     """(2,) the field's common displacement per frame (y, x) from the tracks seen in the
-    previous frame with a known displacement (one that is exactly zero counts as unknown:
-    a track born in the previous frame has none): their median, kept only where it is
+    latest frame any was seen in (the previous one, unless a frame went missing) whose
+    displacement is known (``OpenTracks.known``): their median, kept only where it is
     significant (``DRIFT_SIGNIFICANCE``) in either axis, else zeros."""
-    known = (tracks.last == frame - 1) & np.any(tracks.vel != 0.0, axis=1)
+    if len(tracks) == 0:
+        return np.zeros(2)
+    known = (tracks.last == tracks.last.max()) & tracks.known_vel()
     v = tracks.vel[known]
     if len(v) < DRIFT_MIN_TRACKS:
         return np.zeros(2)
@@ -97,7 +99,7 @@ def drift_corrected(frame: int, tracks: OpenTracks, drift: FloatArray) -> OpenTr
     if not np.any(drift):
         return tracks
     gap = (frame - tracks.last).astype(np.float64)[:, None]
-    known = np.any(tracks.vel != 0.0, axis=1)[:, None]
+    known = tracks.known_vel()[:, None]
     return replace(
         tracks,
         pos=tracks.pos + drift[None, :] * gap,
@@ -120,6 +122,9 @@ class OpenTracks:
     area: FloatArray
     last: IntArray
     """Last frame with a detection."""
+    known: NDArray[np.bool_] | None = None
+    """(T,) whether ``vel`` is a measured displacement (the track's last two detections in
+    consecutive frames); None: wherever ``vel`` is not zero."""
 
     @classmethod
     def empty(cls) -> OpenTracks:
@@ -129,14 +134,26 @@ class OpenTracks:
             vel=np.zeros((0, 2)),
             area=np.zeros(0),
             last=np.zeros(0, np.int64),
+            known=np.zeros(0, bool),
         )
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def known_vel(self) -> NDArray[np.bool_]:
+        """``known``, or where ``vel`` is not zero when it was not given."""
+        if self.known is not None:
+            return self.known
+        return np.asarray(np.any(self.vel != 0.0, axis=1))
+
     def take(self, idx: IndexArray | NDArray[np.bool_]) -> OpenTracks:
         return OpenTracks(
-            self.ids[idx], self.pos[idx], self.vel[idx], self.area[idx], self.last[idx]
+            self.ids[idx],
+            self.pos[idx],
+            self.vel[idx],
+            self.area[idx],
+            self.last[idx],
+            self.known_vel()[idx],
         )
 
     def concat(self, other: OpenTracks) -> OpenTracks:
@@ -146,6 +163,7 @@ class OpenTracks:
             np.concatenate([self.vel, other.vel]),
             np.concatenate([self.area, other.area]),
             np.concatenate([self.last, other.last]),
+            np.concatenate([self.known_vel(), other.known_vel()]),
         )
 
     def missed(self, frame: int) -> FloatArray:
@@ -348,6 +366,11 @@ class OnlineTracker:
         """The open tracks (read-only view, sorted by id)."""
         return self._tracks
 
+    def _drift_view(self, frame: int, tracks: OpenTracks) -> OpenTracks:
+        if not self.config.drift_correction:
+            return tracks
+        return drift_corrected(frame, tracks, estimate_drift(frame, tracks))
+
     @property
     def history_window(self) -> int:
         """How many last frames ``restore`` needs to rebuild the state exactly."""
@@ -379,9 +402,7 @@ class OnlineTracker:
         self._close(self._tracks.take(stale), diam, ended, events)
         self._tracks = tracks = self._tracks.take(~stale)
 
-        seen = tracks
-        if self.config.drift_correction:
-            seen = drift_corrected(frame, tracks, estimate_drift(frame, tracks))
+        seen = self._drift_view(frame, tracks)
         scores = self.scorer.score(
             frame,
             seen,
@@ -454,6 +475,7 @@ class OnlineTracker:
             vel=np.zeros((len(new_dets), 2)),
             area=detections.areas[new_dets].astype(np.float64),
             last=np.full(len(new_dets), frame, np.int64),
+            known=np.zeros(len(new_dets), bool),
         )
         keep = updated.concat(tracks.take(waiting))
         keep = keep.take(np.argsort(keep.ids, kind="stable"))
@@ -615,6 +637,7 @@ def _advance(
         vel=vel,
         area=detections.areas[d_idx].astype(np.float64),
         last=np.full(len(t_idx), frame, np.int64),
+        known=consecutive[:, 0].copy(),
     )
 
 
@@ -666,7 +689,7 @@ def _rebuild_tracks(hist: list[FrameHistory], open_ids: IntArray) -> OpenTracks:
     has_prev = (prev >= 0) & (ids[np.maximum(prev, 0)] == ids[last])
     has_prev &= frames[np.maximum(prev, 0)] == frames[last] - 1
     vel = np.where(has_prev[:, None], pos[last] - pos[np.maximum(prev, 0)], 0.0)
-    return OpenTracks(ids[last], pos[last], vel, area[last], frames[last])
+    return OpenTracks(ids[last], pos[last], vel, area[last], frames[last], has_prev)
 
 
 __all__ = [
