@@ -188,7 +188,7 @@ class SimulationConfig(BaseModel):
     def like_sim_plus(cls, **overrides: object) -> SimulationConfig:
         """A movie whose statistics resemble CTC Fluo-N2DH-SIM+ sequence 01.
 
-        Measured there (see notes/simulator.md): 690×628 px, 0.125 µm/px, equivalent
+        Measured there: 690×628 px, 0.125 µm/px, equivalent
         diameter ~49 px with wide area spread, median nearest neighbour 1.3 d, median
         displacement 0.07 d/frame, ~0.011 divisions per cell per frame, background 91 ADU,
         pixel noise ~4 ADU, nucleus median ~1.28× background.
