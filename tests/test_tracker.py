@@ -613,3 +613,30 @@ def test_drift_is_followed_across_a_missing_frame_and_still_cells_count() -> Non
     assert tr.open_tracks.known is not None
     assert tr.open_tracks.known.all()
     assert estimate_drift(4, tr.open_tracks).tolist() == [0.0, 0.0]
+
+
+def test_leftover_links_are_mutual_nearest_pairs_within_the_distance() -> None:
+    from livetrack.track.online import leftover_links
+
+    pred = np.array([[0.0, 0.0], [0.0, 10.0], [50.0, 50.0], [100.0, 100.0]])
+    cents = np.array([[0.0, 3.0], [0.0, 9.0], [50.0, 58.0], [200.0, 200.0]])
+    links = leftover_links(pred, cents, np.arange(4), np.arange(4), 5.0)
+    # track 0 → det 0 (3 px), track 1 → det 1 (1 px); track 2's nearest is 8 px away.
+    assert links.tolist() == [[0, 0], [1, 1]]
+    # Only the leftovers count: without det 1, det 0 is track 1's nearest too, but
+    # det 0's nearest is track 0 — one link, not two.
+    assert leftover_links(pred, cents, np.arange(4), np.array([0]), 5.0).tolist() == [[0, 0]]
+    assert leftover_links(pred, cents, np.array([1]), np.array([0, 2]), 5.0).tolist() == []
+    assert leftover_links(pred, cents, np.arange(4), np.arange(4), 0.0).tolist() == []
+
+
+def test_a_track_the_scorer_will_not_link_continues_when_geometry_leaves_no_doubt() -> None:
+    """A scorer that links nothing (a gate of a hundredth of a diameter): a cell that moved
+    0.3 diameters keeps its track through the leftover links; one that moved 0.8
+    diameters starts a new track; with the leftover links off, both start new tracks."""
+    for distance, kept in ((0.5, [True, False]), (0.0, [False, False])):
+        cfg = replace_cfg(method="lap", max_displacement=0.01, leftover_link_distance=distance)
+        tr = make_tracker(cfg, (1000, 1000))
+        first = tr.step(0, _field([(100.0, 100.0), (300.0, 300.0)]))
+        second = tr.step(1, _field([(103.0, 100.0), (308.0, 300.0)]))
+        assert [a == b for a, b in zip(first.track_ids, second.track_ids, strict=True)] == kept

@@ -430,9 +430,20 @@ class OnlineTracker:
             matches = np.concatenate([matches, divisions.links])
             matches = matches[np.argsort(matches[:, 0], kind="stable")]
             newborn = np.setdiff1d(newborn, divisions.links[:, 1])
-        t_match, d_match = matches[:, 0], matches[:, 1]
         is_mother = np.zeros(len(tracks), bool)
         is_mother[divisions.mother] = True
+        leftover = leftover_links(
+            seen.predicted(frame, self.config.velocity_damping),
+            detections.centroids,
+            _unmatched(len(tracks), matches[:, 0], is_mother, tracks.last == frame - 1),
+            np.setdiff1d(newborn, [d for kids in divisions.daughters for d in kids]),
+            self.config.leftover_link_distance * diam,
+        )
+        if len(leftover):
+            matches = np.concatenate([matches, leftover])
+            matches = matches[np.argsort(matches[:, 0], kind="stable")]
+            newborn = np.setdiff1d(newborn, leftover[:, 1])
+        t_match, d_match = matches[:, 0], matches[:, 1]
 
         # Continuing tracks: matched and not dividing.
         cont = ~is_mother[t_match]
@@ -611,6 +622,39 @@ class OnlineTracker:
             ended.append(TrackEnd(int(tid), int(last), fate))
             kind: EventKind = "left" if fate == "left" else "lost"
             events.append(LineageEvent(kind, int(last), int(tid), y=float(p[0]), x=float(p[1])))
+
+
+def _unmatched(
+    n_tracks: int, matched: IndexArray, is_mother: NDArray[np.bool_], recent: NDArray[np.bool_]
+) -> IndexArray:
+    """Open-track indices neither matched nor dividing, among the ``recent`` ones."""
+    free = np.ones(n_tracks, bool)
+    free[matched] = False
+    return np.flatnonzero(free & ~is_mother & recent)
+
+
+def leftover_links(
+    predicted: FloatArray,
+    centroids: FloatArray,
+    tracks: IndexArray,
+    detections: IndexArray,
+    max_distance: float,
+) -> IndexArray:
+    """(K, 2) (track index, detection index) links among the leftovers of a frame: the
+    ``tracks`` (their ``predicted`` positions) and ``detections`` that are each other's
+    nearest among these and at most ``max_distance`` px apart
+    (``TrackConfig.leftover_link_distance``)."""
+    if len(tracks) == 0 or len(detections) == 0 or max_distance <= 0:
+        return np.zeros((0, 2), np.intp)
+    d = np.hypot(
+        *(predicted[tracks][:, None, :] - centroids[detections][None, :, :]).transpose(2, 0, 1)
+    )
+    nearest_det = np.argmin(d, axis=1)
+    nearest_track = np.argmin(d, axis=0)
+    rows = np.arange(len(tracks))
+    mutual = (nearest_track[nearest_det] == rows) & (d[rows, nearest_det] <= max_distance)
+    out = np.stack([tracks[mutual], detections[nearest_det[mutual]]], axis=1)
+    return out.astype(np.intp).reshape(-1, 2)
 
 
 def touches_border(detections: Detections, frame_shape: tuple[int, int]) -> NDArray[np.bool_]:
