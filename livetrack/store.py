@@ -1872,6 +1872,7 @@ IMPLIED_SETTINGS: dict[tuple[str, str], Any] = {
     ("track", "division_geometry_weight_small"): None,
     ("track", "merge_area_ratio"): 0.0,
     ("track", "hold_convex_splits"): 0.0,
+    ("track", "drift_correction"): False,
     ("track", "leftover_link_distance"): 0.0,
     ("segment", "scale_source"): "image",
     ("segment", "zoom"): 1.0,

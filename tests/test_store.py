@@ -1372,6 +1372,31 @@ def test_a_run_begun_before_a_setting_existed_resumes_with_default_settings(
             s.check_resume("r1", run_config(resume_settings("r1", chosen, old)))
 
 
+def test_a_run_begun_before_drift_correction_and_leftover_links_resumes_as_it_ran(
+    tmp_path: Path,
+) -> None:
+    """track.drift_correction and track.leftover_link_distance came later: a run stored
+    without them ran with neither, resumes so with the default command, and is refused
+    when either is asked for explicitly."""
+    from livetrack.config import Settings
+    from livetrack.worker import resume_settings, run_config
+
+    old = run_config(Settings())
+    for key in ("drift_correction", "leftover_link_distance"):
+        del old["track"][key]
+    with Store(tmp_path / "old.db") as s:
+        assert s.begin_run("r1", source="sim", config=old) is True
+        resumed = resume_settings("r1", Settings(), old)
+        assert resumed.track.drift_correction is False
+        assert resumed.track.leftover_link_distance == 0.0
+        s.check_resume("r1", run_config(resumed))
+        with pytest.raises(ResumeMismatch, match=r"track\.drift_correction: begun with False"):
+            s.check_resume("r1", run_config(Settings()))
+        chosen = Settings.model_validate({"track": {"leftover_link_distance": 0.3}})
+        with pytest.raises(ResumeMismatch, match=r"leftover_link_distance: begun with 0\.0"):
+            s.check_resume("r1", run_config(resume_settings("r1", chosen, old)))
+
+
 def test_a_run_begun_before_the_scale_settings_resumes_as_it_ran(tmp_path: Path) -> None:
     """segment.scale_source, segment.zoom and segment.max_scale_rise came later: a run
     stored without them ran with the image estimate at zoom 1 and no limit on the scale's
