@@ -36,6 +36,7 @@ from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.spatial import cKDTree
 
 from livetrack.config import TrackConfig
 from livetrack.errors import BadFrame
@@ -646,14 +647,13 @@ def leftover_links(
     (``TrackConfig.leftover_link_distance``)."""
     if len(tracks) == 0 or len(detections) == 0 or max_distance <= 0:
         return np.zeros((0, 2), np.intp)
-    d = np.hypot(
-        *(predicted[tracks][:, None, :] - centroids[detections][None, :, :]).transpose(2, 0, 1)
-    )
-    nearest_det = np.argmin(d, axis=1)
-    nearest_track = np.argmin(d, axis=0)
-    rows = np.arange(len(tracks))
-    mutual = (nearest_track[nearest_det] == rows) & (d[rows, nearest_det] <= max_distance)
-    out = np.stack([tracks[mutual], detections[nearest_det[mutual]]], axis=1)
+    p, c = predicted[tracks], centroids[detections]
+    # Nearest within reach each way (a k-d tree: a frame with nothing linked stays cheap).
+    d_t, nearest_det = cKDTree(c).query(p, distance_upper_bound=max_distance)
+    _, nearest_track = cKDTree(p).query(c, distance_upper_bound=max_distance)
+    rows = np.flatnonzero(np.isfinite(d_t))
+    rows = rows[nearest_track[nearest_det[rows]] == rows]
+    out = np.stack([tracks[rows], detections[nearest_det[rows]]], axis=1)
     return out.astype(np.intp).reshape(-1, 2)
 
 
