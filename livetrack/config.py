@@ -294,8 +294,8 @@ class TrackConfig(BaseModel):
     elapsed; 0 = no motion model, 1 = constant velocity."""
 
     leftover_link_distance: float = Field(default=0.5, ge=0)
-    """After the assignment and the divisions, a track seen in the previous frame but left
-    without a detection now and a newborn detection that are each other's nearest (the
+    """After the assignment and the divisions, a track seen in the previous frame (the last
+    one that arrived) but left without a detection now and a newborn detection that are each other's nearest (the
     track's predicted position, among the leftovers only) and at most this many diameters
     apart are linked (gaps stay the scorer's to close): where geometry
     leaves no doubt, a look the scorer never saw (a mother split in anaphase by the

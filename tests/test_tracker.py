@@ -623,11 +623,18 @@ def test_leftover_links_are_mutual_nearest_pairs_within_the_distance() -> None:
     links = leftover_links(pred, cents, np.arange(4), np.arange(4), 5.0)
     # track 0 → det 0 (3 px), track 1 → det 1 (1 px); track 2's nearest is 8 px away.
     assert links.tolist() == [[0, 0], [1, 1]]
-    # Only the leftovers count: without det 1, det 0 is track 1's nearest too, but
-    # det 0's nearest is track 0 — one link, not two.
+    # Without det 1, det 0 lies 3 px from track 0 and 7 px from track 1: one link.
     assert leftover_links(pred, cents, np.arange(4), np.array([0]), 5.0).tolist() == [[0, 0]]
     assert leftover_links(pred, cents, np.array([1]), np.array([0, 2]), 5.0).tolist() == []
     assert leftover_links(pred, cents, np.arange(4), np.arange(4), 0.0).tolist() == []
+    # Mutual, not one-sided: within reach of both, det 0's nearest is track 5, so track 2
+    # (whose nearest it is too) gets nothing; indices are the callers', not positions.
+    pred = np.zeros((6, 2))
+    pred[2], pred[5] = (0.0, 0.0), (0.0, 5.0)
+    cents = np.array([[0.0, 4.0], [0.0, 30.0]])
+    assert leftover_links(pred, cents, np.array([2, 5]), np.array([0]), 6.0).tolist() == [[5, 0]]
+    # The bound itself counts.
+    assert leftover_links(pred, cents, np.array([2]), np.array([0]), 4.0).tolist() == [[2, 0]]
 
 
 def test_a_track_the_scorer_will_not_link_continues_when_geometry_leaves_no_doubt() -> None:
@@ -635,8 +642,10 @@ def test_a_track_the_scorer_will_not_link_continues_when_geometry_leaves_no_doub
     0.3 diameters keeps its track through the leftover links; one that moved 0.8
     diameters starts a new track; with the leftover links off, both start new tracks."""
     for distance, kept in ((0.5, [True, False]), (0.0, [False, False])):
-        cfg = replace_cfg(method="lap", max_displacement=0.01, leftover_link_distance=distance)
-        tr = make_tracker(cfg, (1000, 1000))
-        first = tr.step(0, _field([(100.0, 100.0), (300.0, 300.0)]))
-        second = tr.step(1, _field([(103.0, 100.0), (308.0, 300.0)]))
-        assert [a == b for a, b in zip(first.track_ids, second.track_ids, strict=True)] == kept
+        for gap in (1, 2):  # 2: the frame between never arrived; the links still hold
+            cfg = replace_cfg(method="lap", max_displacement=0.01, leftover_link_distance=distance)
+            tr = make_tracker(cfg, (1000, 1000))
+            first = tr.step(0, _field([(100.0, 100.0), (300.0, 300.0)]))
+            second = tr.step(gap, _field([(103.0, 100.0), (308.0, 300.0)]))
+            same = [a == b for a, b in zip(first.track_ids, second.track_ids, strict=True)]
+            assert same == kept, (distance, gap)

@@ -436,7 +436,7 @@ class OnlineTracker:
         leftover = leftover_links(
             seen.predicted(frame, self.config.velocity_damping),
             detections.centroids,
-            _unmatched(len(tracks), matches[:, 0], is_mother, tracks.last == frame - 1),
+            _unmatched(len(tracks), matches[:, 0], is_mother, tracks.last == self._last_frame),
             np.setdiff1d(newborn, [d for kids in divisions.daughters for d in kids]),
             self.config.leftover_link_distance * diam,
         )
@@ -649,8 +649,9 @@ def leftover_links(
         return np.zeros((0, 2), np.intp)
     p, c = predicted[tracks], centroids[detections]
     # Nearest within reach each way (a k-d tree: a frame with nothing linked stays cheap).
-    d_t, nearest_det = cKDTree(c).query(p, distance_upper_bound=max_distance)
-    _, nearest_track = cKDTree(p).query(c, distance_upper_bound=max_distance)
+    reach = float(np.nextafter(max_distance, np.inf))  # the bound itself counts
+    d_t, nearest_det = cKDTree(c).query(p, distance_upper_bound=reach)
+    _, nearest_track = cKDTree(p).query(c, distance_upper_bound=reach)
     rows = np.flatnonzero(np.isfinite(d_t))
     rows = rows[nearest_track[nearest_det[rows]] == rows]
     out = np.stack([tracks[rows], detections[nearest_det[rows]]], axis=1)
