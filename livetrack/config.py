@@ -295,12 +295,12 @@ class TrackConfig(BaseModel):
 
     leftover_link_distance: float = Field(default=0.5, ge=0)
     """After the assignment and the divisions, a track seen in the previous frame (the last
-    one that arrived) but left without a detection now and a newborn detection that are each other's nearest (the
-    track's predicted position, among the leftovers only) and at most this many diameters
-    apart are linked (gaps stay the scorer's to close): where geometry
-    leaves no doubt, a look the scorer never saw (a mother split in anaphase by the
-    segmentation whose halves then grow into her daughters, a sudden change of focus or
-    brightness) does not end a track. 0: no such links."""
+    one that arrived) but left without a detection now and a newborn detection that are
+    each other's nearest (the track's predicted position, among the leftovers only) and at
+    most this many diameters apart are linked (gaps stay the scorer's to close): where
+    geometry leaves no doubt, a look the scorer never saw (a mother split in anaphase by
+    the segmentation whose halves then grow into her daughters, a sudden change of focus
+    or brightness) does not end a track. 0: no such links."""
 
     drift_correction: bool = True
     """Follow a common motion of the whole field (stage drift, a sheet of cells migrating):
